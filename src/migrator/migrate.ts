@@ -1,0 +1,140 @@
+import { sql, type Kysely } from 'kysely'
+import { Migrator, NO_MIGRATIONS, type MigrationResultSet } from 'kysely/migration'
+import { describeConnectionError } from '../connection/connection-error.ts'
+import { targetOf } from '../connection/create-db.ts'
+import { ALLOW_DATA_LOSS_SETTING } from '../online/data-loss-guard.ts'
+import { APP_ROLE_SETTING, DEFAULT_APP_ROLE } from '../tenancy/app-role.ts'
+import { adoptLegacySchema, SchemaMismatchError } from './legacy-adoption.ts'
+import { withMigrationLock } from './migration-lock.ts'
+import { silentLogger, type MigrationLogger } from './migration-logger.ts'
+import { timedMigrationProvider } from './migration-provider.ts'
+import { MIGRATION_SCHEMA, MIGRATION_TABLE, readAppliedMigrations } from './migration-table.ts'
+
+export interface MigrateOptions {
+  logger?: MigrationLogger
+  /** Role the app connects as once multi-tenant; created when missing. Default `app_user`. */
+  appRole?: string
+  /** Let a `down` drop data it cannot restore (CLI: `--force`). */
+  allowDataLoss?: boolean
+  /** Another migrations folder (tests). */
+  migrationsDir?: string
+}
+
+export interface MigrationStep {
+  name: string
+  direction: 'Up' | 'Down'
+}
+
+/** What a run did. Never thrown: callers decide what an error means for them. */
+export type MigrationOutcome =
+  | { status: 'applied'; steps: MigrationStep[]; adopted: boolean }
+  | { status: 'up-to-date'; steps: []; adopted: boolean }
+  | { status: 'error'; steps: MigrationStep[]; error: { message: string; migration?: string; details?: string[] } }
+
+type Target = { kind: 'latest' } | { kind: 'up' } | { kind: 'down' } | { kind: 'to'; name: string } | { kind: 'all-down' }
+
+/**
+ * Brings the database to the newest migration; safe to call from every app instance at boot:
+ * exactly one applies each migration, the others wait and then return `up-to-date`.
+ *
+ * @example
+ * const outcome = await migrateToLatest(db, { logger: console })
+ * if (outcome.status === 'error') throw new Error(`${outcome.error.migration}: ${outcome.error.message}`)
+ */
+export function migrateToLatest(db: Kysely<any>, options: MigrateOptions = {}): Promise<MigrationOutcome> {
+  return run(db, { kind: 'latest' }, options)
+}
+
+/** Applies the next pending migration. */
+export function migrateUp(db: Kysely<any>, options: MigrateOptions = {}): Promise<MigrationOutcome> {
+  return run(db, { kind: 'up' }, options)
+}
+
+/** Rolls back one migration, down to (not including) `to`, or everything with `to: 'all'`. */
+export function migrateDown(
+  db: Kysely<any>,
+  options: MigrateOptions & { to?: string } = {},
+): Promise<MigrationOutcome> {
+  const target: Target = options.to === undefined ? { kind: 'down' } : options.to === 'all' ? { kind: 'all-down' } : { kind: 'to', name: options.to }
+  return run(db, target, options)
+}
+
+async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Promise<MigrationOutcome> {
+  const logger = options.logger ?? silentLogger
+  try {
+    return await db.connection().execute(async (conn) => {
+      await sql`select set_config(${ALLOW_DATA_LOSS_SETTING}, ${options.allowDataLoss ? 'on' : 'off'}, false),
+                       set_config(${APP_ROLE_SETTING}, ${options.appRole ?? DEFAULT_APP_ROLE}, false),
+                       set_config('application_name', 'skills-db migrator', false)`.execute(conn)
+      try {
+        return await withMigrationLock(conn, logger, () => runLocked(conn, target, { ...options, db }, logger))
+      } finally {
+        // The connection goes back to the app's pool: leave nothing of ours on it.
+        await sql`select set_config(${ALLOW_DATA_LOSS_SETTING}, 'off', false), set_config('lock_timeout', '0', false),
+                         set_config('statement_timeout', '0', false)`.execute(conn).catch(() => {})
+      }
+    })
+  } catch (error) {
+    const details = error instanceof SchemaMismatchError ? { details: error.differences } : {}
+    return { status: 'error', steps: [], error: { message: describe(error, db), ...details } }
+  }
+}
+
+async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOptions & { db?: Kysely<any> }, logger: MigrationLogger): Promise<MigrationOutcome> {
+  const adopted = target.kind === 'latest' || target.kind === 'up' ? await adoptLegacySchema(conn, logger) : false
+  const migrator = new Migrator({
+    db: conn,
+    provider: timedMigrationProvider(logger, options.migrationsDir),
+    migrationTableSchema: MIGRATION_SCHEMA,
+    migrationTableName: MIGRATION_TABLE,
+    // Each migration manages its own short transactions: one transaction around everything would
+    // hold locks on every table at once, and CREATE INDEX CONCURRENTLY cannot run inside one.
+    disableTransactions: true,
+  })
+  const applied = await readAppliedMigrations(conn)
+  let resultSet: MigrationResultSet
+  switch (target.kind) {
+    case 'latest': resultSet = await migrator.migrateToLatest(); break
+    case 'up': resultSet = await migrator.migrateUp(); break
+    case 'down':
+    case 'all-down':
+    case 'to': {
+      if (applied.length === 0) return fail('nothing to roll back: no migration is applied')
+      if (target.kind === 'to' && !applied.some((m) => m.name === target.name)) {
+        return fail(`unknown migration "${target.name}" for --to; applied: ${applied.map((m) => m.name).join(', ')}`)
+      }
+      resultSet =
+        target.kind === 'down' ? await migrator.migrateDown()
+        : target.kind === 'all-down' ? await migrator.migrateTo(NO_MIGRATIONS)
+        : await migrator.migrateTo(target.name)
+    }
+  }
+  const steps = (resultSet.results ?? [])
+    .filter((r) => r.status === 'Success')
+    .map((r) => ({ name: r.migrationName, direction: r.direction }))
+  if (resultSet.error) {
+    const failed = resultSet.results?.find((r) => r.status === 'Error')?.migrationName
+    return { status: 'error', steps, error: { message: describe(resultSet.error, options.db ?? conn), ...(failed ? { migration: failed } : {}) } }
+  }
+  if (steps.length === 0) {
+    if (target.kind !== 'latest' && target.kind !== 'up') return fail('nothing to roll back')
+    return { status: 'up-to-date', steps: [], adopted }
+  }
+  return { status: 'applied', steps, adopted }
+}
+
+function fail(message: string): MigrationOutcome {
+  return { status: 'error', steps: [], error: { message } }
+}
+
+function describe(error: unknown, db: object): string {
+  const target = targetOf(db)
+  const reason = target ? describeConnectionError(error, target) : undefined
+  if (reason) return reason
+  const message = error instanceof Error ? error.message : String(error)
+  const missing = /previously executed migration (\S+) is missing/.exec(message)
+  if (missing) {
+    return `the database records migration ${missing[1]} but this code does not have it: deploy the code that has it, or roll it back with that code first`
+  }
+  return message.split('\n')[0]!
+}

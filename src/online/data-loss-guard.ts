@@ -1,0 +1,24 @@
+import { sql, type Kysely } from 'kysely'
+
+/** Session setting through which `migrateDown({ allowDataLoss: true })` (CLI: `--force`) reaches a migration. */
+export const ALLOW_DATA_LOSS_SETTING = 'skills_db.allow_data_loss'
+
+export class DataLossRefused extends Error {
+  override name = 'DataLossRefused'
+}
+
+/**
+ * Stops a `down` before it destroys data, unless the caller explicitly allowed it.
+ * `wouldLoseData` is only asked when the guard is armed.
+ */
+export async function refuseDataLoss(
+  db: Kysely<any>,
+  what: string,
+  wouldLoseData: () => Promise<boolean>,
+): Promise<void> {
+  const { rows } = await sql<{ v: string | null }>`select current_setting(${ALLOW_DATA_LOSS_SETTING}, true) as v`.execute(db)
+  if (rows[0]?.v === 'on') return
+  if (await wouldLoseData()) {
+    throw new DataLossRefused(`refusing to roll back: ${what}; run migrate:down again with --force to accept the loss`)
+  }
+}

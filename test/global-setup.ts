@@ -1,0 +1,53 @@
+import type { TestProject } from 'vitest/node'
+import { openDb } from '../src/connection/create-db.ts'
+import { adminQuery, createScratchDatabase } from '../src/connection/scratch-database.ts'
+import { migrateToLatest } from '../src/migrator/migrate.ts'
+import { dropRunLeftovers } from './support/leftovers.ts'
+import { newRunId } from './support/run-id.ts'
+import { startTestServer } from './support/test-server.ts'
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    adminUrl: string
+    runId: string
+    template: string
+    appRole: string
+  }
+}
+
+/** One server per run, one migrated template to clone per test file; everything removed afterwards. */
+export default async function setup(project: TestProject) {
+  const server = await startTestServer()
+  const runId = newRunId()
+  const template = `${runId}_tpl`
+  const appRole = `${runId}_app`
+  try {
+    await dropRunLeftovers(server.adminUrl, { deadRunsOnly: true })
+    const db = await openDb<any>(await createScratchDatabase(server.adminUrl, template), { max: 1 })
+    try {
+      const outcome = await migrateToLatest(db, { appRole })
+      if (outcome.status === 'error') throw new Error(`migrating the test template failed: ${outcome.error.migration}: ${outcome.error.message}`)
+    } finally {
+      await db.destroy()
+    }
+    // Tests log in as the application role for real, so RLS applies as it will in production.
+    const role = await adminQuery(server.adminUrl, 'select 1 from pg_roles where rolname = $1', [appRole])
+    if (role.rowCount) await adminQuery(server.adminUrl, `alter role "${appRole}" password 'test'`)
+  } catch (error) {
+    await dropRunLeftovers(server.adminUrl, { runId }).catch(() => {})
+    await server.stop()
+    throw error
+  }
+  console.log(`test server: ${server.source}`)
+  project.provide('adminUrl', server.adminUrl)
+  project.provide('runId', runId)
+  project.provide('template', template)
+  project.provide('appRole', appRole)
+  return async () => {
+    try {
+      await dropRunLeftovers(server.adminUrl, { runId })
+    } finally {
+      await server.stop()
+    }
+  }
+}

@@ -1,0 +1,54 @@
+import { Kysely } from 'kysely'
+import { afterAll, beforeAll, inject } from 'vitest'
+import { createDb } from '../../src/connection/create-db.ts'
+import { withDatabase } from '../../src/connection/database-url.ts'
+import { createScratchDatabase, dropScratchDatabase, scratchName } from '../../src/connection/scratch-database.ts'
+import type { DB } from '../../src/db-types.ts'
+
+export interface TestDatabase {
+  name: string
+  /** Superuser URL of this database. */
+  url: string
+  /** Superuser connection (set-up and inspection only: superusers bypass RLS). */
+  admin: Kysely<any>
+  /** Connections made by {@link connectAs}; closed with the database. */
+  close(): Promise<void>
+  /** A typed connection logged in as `user` (e.g. the application role). */
+  connectAs(user: string, password?: string, max?: number): Kysely<DB>
+}
+
+/** A fresh database for this test file: a clone of the migrated template, or empty. */
+export async function createTestDatabase(kind: 'migrated' | 'empty' = 'migrated'): Promise<TestDatabase> {
+  const adminUrl = inject('adminUrl')
+  const name = scratchName(`${inject('runId')}_t`)
+  const url = await createScratchDatabase(adminUrl, name, kind === 'migrated' ? inject('template') : undefined)
+  const admin = createDb<any>(url, { max: 4 })
+  const others: Kysely<any>[] = []
+  return {
+    name,
+    url,
+    admin,
+    connectAs(user, password = 'test', max = 4) {
+      const u = new URL(url)
+      u.username = user
+      u.password = password
+      const db = createDb<DB>(u.toString(), { max })
+      others.push(db)
+      return db
+    },
+    async close() {
+      await Promise.all([admin, ...others].map((d) => d.destroy().catch(() => {})))
+      await dropScratchDatabase(adminUrl, name)
+    },
+  }
+}
+
+/** {@link createTestDatabase} for the whole file, dropped after its last test. */
+export function useTestDatabase(kind: 'migrated' | 'empty' = 'migrated'): TestDatabase {
+  const handle = {} as TestDatabase
+  beforeAll(async () => Object.assign(handle, await createTestDatabase(kind)))
+  afterAll(async () => handle.close?.())
+  return handle
+}
+
+export const adminUrlOf = (db: TestDatabase) => withDatabase(db.url, 'postgres')
