@@ -1,0 +1,99 @@
+import { mkdtempSync, readdirSync, readFileSync, cpSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { sql } from 'kysely'
+import { afterAll, describe, expect, it } from 'vitest'
+import { makeMigration } from '../src/migrator/make-migration.ts'
+import { migrateDown, migrateToLatest, migrateUp } from '../src/migrator/migrate.ts'
+import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
+import { migrationStatus } from '../src/migrator/migration-status.ts'
+import { createTestDatabase, type TestDatabase } from './support/database.ts'
+import { runScript } from './support/cli.ts'
+import { inject } from 'vitest'
+
+const ALL = readdirSync(MIGRATIONS_DIR).filter((f) => /^\d{4}_.*\.ts$/.test(f)).map((f) => f.slice(0, -3)).sort()
+const appRole = inject('appRole')
+
+describe('migrator', () => {
+  const dbs: TestDatabase[] = []
+  const fresh = async () => {
+    const d = await createTestDatabase('empty')
+    dbs.push(d)
+    return d
+  }
+  const dirs: string[] = []
+  afterAll(async () => {
+    await Promise.all(dbs.map((d) => d.close()))
+    for (const d of dirs) rmSync(d, { recursive: true, force: true })
+  })
+
+  it('up applies one migration, latest the rest, status tells applied and pending', async () => {
+    const t = await fresh()
+    expect(await migrationStatus(t.admin)).toEqual({ applied: [], pending: ALL, unknown: [] })
+    expect(await migrateUp(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: [{ name: ALL[0], direction: 'Up' }] })
+    const mid = await migrationStatus(t.admin)
+    expect(mid.applied.map((m) => m.name)).toEqual([ALL[0]])
+    expect(Date.parse(mid.applied[0]!.appliedAt)).toBeGreaterThan(Date.now() - 60_000)
+    expect(mid.pending).toEqual(ALL.slice(1))
+
+    const latest = await migrateToLatest(t.admin, { appRole })
+    expect(latest.steps.map((s) => s.name)).toEqual(ALL.slice(1))
+    expect(await migrateToLatest(t.admin, { appRole })).toEqual({ status: 'up-to-date', steps: [], adopted: false })
+  })
+
+  it('down rolls back one step, to a named migration, or all; unknown names and empty histories are errors', async () => {
+    const t = await fresh()
+    await migrateToLatest(t.admin, { appRole })
+    if (ALL.length > 1) {
+      const one = await migrateDown(t.admin, { appRole })
+      expect(one).toMatchObject({ status: 'applied', steps: [{ name: ALL.at(-1), direction: 'Down' }] })
+      await migrateToLatest(t.admin, { appRole })
+      const to = await migrateDown(t.admin, { to: ALL[0], appRole })
+      expect(to.steps.map((s) => s.name)).toEqual(ALL.slice(1).reverse())
+    }
+    const unknown = await migrateDown(t.admin, { to: '0099_nope' })
+    expect(unknown).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/unknown migration "0099_nope"/) } })
+    const all = await migrateDown(t.admin, { to: 'all' })
+    expect(all.steps.map((s) => s.name)).toEqual([ALL[0]])
+    expect((await migrationStatus(t.admin)).applied).toEqual([])
+    expect(await migrateDown(t.admin)).toEqual({ status: 'error', steps: [], error: { message: 'nothing to roll back: no migration is applied' } })
+  })
+
+  it('reports migrations the database has but the code does not', async () => {
+    const t = await fresh()
+    await migrateUp(t.admin, { appRole })
+    await sql`insert into skills_db.kysely_migration (name, timestamp) values ('0999_from_the_future', ${new Date().toISOString()})`.execute(t.admin)
+    const status = await migrationStatus(t.admin)
+    expect(status.unknown.map((m) => m.name)).toEqual(['0999_from_the_future'])
+    const outcome = await migrateToLatest(t.admin, { appRole })
+    expect(outcome).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/records migration 0999_from_the_future but this code does not have it/) } })
+  })
+
+  it('make creates the next numbered file and refuses bad or duplicate names', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'skills-db-make-'))
+    dirs.push(dir)
+    cpSync(MIGRATIONS_DIR, dir, { recursive: true })
+    const file = makeMigration('add_skill_tags', dir)
+    expect(path.basename(file)).toBe(`${String(ALL.length + 1).padStart(4, '0')}_add_skill_tags.ts`)
+    expect(readFileSync(file, 'utf8')).toMatch(/export async function up\(db: Kysely<any>\)/)
+    expect(() => makeMigration('add_skill_tags', dir)).toThrow(/already exists/)
+    for (const bad of ['', '../evil', 'a/b', 'Has Space']) expect(() => makeMigration(bad, dir)).toThrow(/is not allowed/)
+  })
+
+  it('several app instances booting at once: each migration applied exactly once, all succeed', async () => {
+    const t = await fresh()
+    const runs = await Promise.all(
+      Array.from({ length: 4 }, () => runScript([], { DATABASE_URL: t.url, APP_ROLE: appRole }, 'test/support/boot-migrate.ts')),
+    )
+    const outcomes = runs.map((r) => {
+      expect(r.code, r.stderr).toBe(0)
+      return JSON.parse(r.stdout.trim().split('\n').at(-1)!)
+    })
+    expect(outcomes.filter((o) => o.status === 'applied')).toHaveLength(1)
+    expect(outcomes.filter((o) => o.status === 'up-to-date')).toHaveLength(3)
+    const applied = outcomes.flatMap((o) => o.steps.map((s: { name: string }) => s.name)).sort()
+    expect(applied).toEqual(ALL)
+    const { rows } = await sql<{ name: string; n: number }>`select name, count(*)::int as n from skills_db.kysely_migration group by name order by name`.execute(t.admin)
+    expect(rows).toEqual(ALL.map((name) => ({ name, n: 1 })))
+  })
+})
