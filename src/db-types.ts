@@ -32,7 +32,20 @@ export interface ApiKeys {
   last_used_at: Timestamp | null;
   name: string;
   revoked_at: Timestamp | null;
+  tenant_id: Generated<string>;
   user_id: string;
+}
+
+export interface AuditLogs {
+  action: string;
+  actor_id: string | null;
+  created_at: Generated<Timestamp>;
+  id: Generated<string>;
+  ip_address: string | null;
+  metadata: Json | null;
+  resource_id: string | null;
+  resource_type: string | null;
+  tenant_id: Generated<string | null>;
 }
 
 export interface Ratings {
@@ -42,6 +55,7 @@ export interface Ratings {
   id: Generated<string>;
   rating: number;
   skill_id: string;
+  tenant_id: Generated<string>;
   updated_at: Generated<Timestamp>;
   user_id: string;
 }
@@ -52,6 +66,7 @@ export interface SiteSettings {
   ollama_model: Generated<string>;
   ollama_url: Generated<string>;
   semantic_similarity_enabled: Generated<boolean>;
+  tenant_id: Generated<string>;
   updated_at: Generated<Timestamp>;
 }
 
@@ -63,6 +78,7 @@ export interface SkillEmbeddings {
   model_name: string;
   model_version: string;
   skill_id: string;
+  tenant_id: Generated<string>;
   updated_at: Generated<Timestamp>;
 }
 
@@ -77,6 +93,7 @@ export interface SkillReviews {
   skill_id: string;
   suggested_description: string | null;
   summary: string;
+  tenant_id: Generated<string>;
 }
 
 export interface Skills {
@@ -92,6 +109,7 @@ export interface Skills {
   slug: string;
   status: Generated<string>;
   tags: Generated<string[]>;
+  tenant_id: Generated<string>;
   total_uses: Generated<number>;
   updated_at: Generated<Timestamp>;
 }
@@ -107,7 +125,20 @@ export interface SkillVersions {
   metadata: Json | null;
   name: string;
   skill_id: string;
+  tenant_id: Generated<string>;
   version: number;
+}
+
+export interface Tenants {
+  created_at: Generated<Timestamp>;
+  domain: string | null;
+  id: Generated<string>;
+  is_active: Generated<boolean>;
+  logo: string | null;
+  name: string;
+  plan: Generated<string>;
+  slug: string;
+  updated_at: Generated<Timestamp>;
 }
 
 export interface UsageEvents {
@@ -115,6 +146,7 @@ export interface UsageEvents {
   id: Generated<string>;
   metadata: Json | null;
   skill_id: string | null;
+  tenant_id: Generated<string>;
   tool_name: string;
   user_id: string | null;
 }
@@ -126,17 +158,20 @@ export interface Users {
   image: string | null;
   name: string | null;
   role: Generated<string>;
+  tenant_id: Generated<string>;
   updated_at: Generated<Timestamp>;
 }
 
 export interface DB {
   api_keys: ApiKeys;
+  audit_logs: AuditLogs;
   ratings: Ratings;
   site_settings: SiteSettings;
   skill_embeddings: SkillEmbeddings;
   skill_reviews: SkillReviews;
   skill_versions: SkillVersions;
   skills: Skills;
+  tenants: Tenants;
   usage_events: UsageEvents;
   users: Users;
 }

@@ -3,6 +3,8 @@ import { Migrator, NO_MIGRATIONS, type MigrationResultSet } from 'kysely/migrati
 import { describeConnectionError } from '../connection/connection-error.ts'
 import { targetOf } from '../connection/create-db.ts'
 import { ALLOW_DATA_LOSS_SETTING } from '../online/data-loss-guard.ts'
+import { SETTINGS } from '../online/migration-settings.ts'
+import { setProgressLogger } from '../online/progress.ts'
 import { APP_ROLE_SETTING, DEFAULT_APP_ROLE } from '../tenancy/app-role.ts'
 import { adoptLegacySchema, SchemaMismatchError } from './legacy-adoption.ts'
 import { withMigrationLock } from './migration-lock.ts'
@@ -18,6 +20,12 @@ export interface MigrateOptions {
   allowDataLoss?: boolean
   /** Another migrations folder (tests). */
   migrationsDir?: string
+  /** How long one DDL statement may wait for its lock (default 50 ms): the most the app is held up. */
+  lockTimeoutMs?: number
+  /** How long a step keeps retrying a busy lock before it stops and names the blocker (default 120 s). */
+  lockRetryBudgetMs?: number
+  /** Rows per backfill transaction (default 5000). */
+  batchSize?: number
 }
 
 export interface MigrationStep {
@@ -65,10 +73,15 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
     return await db.connection().execute(async (conn) => {
       await sql`select set_config(${ALLOW_DATA_LOSS_SETTING}, ${options.allowDataLoss ? 'on' : 'off'}, false),
                        set_config(${APP_ROLE_SETTING}, ${options.appRole ?? DEFAULT_APP_ROLE}, false),
-                       set_config('application_name', 'skills-db migrator', false)`.execute(conn)
+                       set_config('application_name', 'skills-db migrator', false),
+                       set_config(${SETTINGS.lockTimeoutMs}, ${String(options.lockTimeoutMs ?? '')}, false),
+                       set_config(${SETTINGS.lockRetryBudgetMs}, ${String(options.lockRetryBudgetMs ?? '')}, false),
+                       set_config(${SETTINGS.batchSize}, ${String(options.batchSize ?? '')}, false)`.execute(conn)
+      setProgressLogger(logger)
       try {
         return await withMigrationLock(conn, logger, () => runLocked(conn, target, { ...options, db }, logger))
       } finally {
+        setProgressLogger(undefined)
         // The connection goes back to the app's pool: leave nothing of ours on it.
         await sql`select set_config(${ALLOW_DATA_LOSS_SETTING}, 'off', false), set_config('lock_timeout', '0', false),
                          set_config('statement_timeout', '0', false)`.execute(conn).catch(() => {})

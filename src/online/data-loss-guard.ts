@@ -1,4 +1,5 @@
 import { sql, type Kysely } from 'kysely'
+import type { Step } from './step.ts'
 
 /** Session setting through which `migrateDown({ allowDataLoss: true })` (CLI: `--force`) reaches a migration. */
 export const ALLOW_DATA_LOSS_SETTING = 'skills_db.allow_data_loss'
@@ -21,4 +22,13 @@ export async function refuseDataLoss(
   if (await wouldLoseData()) {
     throw new DataLossRefused(`refusing to roll back: ${what}; run migrate:down again with --force to accept the loss`)
   }
+}
+
+/**
+ * A step that does nothing on the way up and, on the way down, checks before anything is undone.
+ * Put it last in a migration's steps: `down` runs steps in reverse, so it runs first, and a
+ * refused `down` leaves the schema exactly as it was.
+ */
+export function guardDown(name: string, check: (db: Kysely<any>) => Promise<void>): Step {
+  return { name, up: async () => {}, down: check }
 }

@@ -1,0 +1,7 @@
+export { createDb, openDb } from './connection/create-db.ts'
+export { migrateToLatest, migrateUp, migrateDown, type MigrateOptions, type MigrationOutcome } from './migrator/migrate.ts'
+export { migrationStatus } from './migrator/migration-status.ts'
+export { withTenant, TenantError } from './tenancy/with-tenant.ts'
+export { resolveApiKey } from './tenancy/resolve-api-key.ts'
+export { recordAudit, type AuditEvent } from './audit/record-audit.ts'
+export type * from './db-types.ts'

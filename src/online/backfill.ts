@@ -1,0 +1,38 @@
+import { sql, type Kysely } from 'kysely'
+import { ident } from './catalog.ts'
+import { readSetting } from './migration-settings.ts'
+import { progress } from './progress.ts'
+
+/**
+ * Sets `column` to `value` where it is NULL, in batches of `skills_db.batch_size` rows, each its
+ * own short transaction, walking the primary key (`id`) so the whole table is read once.
+ * A cheap probe first: when no row is NULL (the usual case after a catalog default) nothing is written.
+ *
+ * @returns the number of rows updated
+ */
+export async function backfillNulls(db: Kysely<any>, table: string, column: string, value: string): Promise<number> {
+  ident(table)
+  ident(column)
+  const probe = await sql`select 1 from ${sql.table(table)} where ${sql.id(column)} is null limit 1`.execute(db)
+  if (probe.rows.length === 0) return 0
+  const batch = await readSetting(db, 'batchSize')
+  let after = ''
+  let updated = 0
+  for (;;) {
+    const { rows } = await sql<{ last: string | null; n: number }>`
+      with ids as (
+        select id from ${sql.table(table)} where id > ${after} order by id limit ${batch}
+      ), done as (
+        update ${sql.table(table)} t set ${sql.id(column)} = ${value}
+        from ids where t.id = ids.id and t.${sql.id(column)} is null
+        returning 1
+      )
+      select (select max(id) from ids) as last, (select count(*)::int from done) as n`.execute(db)
+    const last = rows[0]?.last
+    updated += rows[0]?.n ?? 0
+    if (!last) break
+    after = last
+    progress(`  ${table}: backfilled ${updated} rows so far (up to id ${after})`)
+  }
+  return updated
+}

@@ -1,0 +1,40 @@
+import { sql, type Kysely } from 'kysely'
+
+/** Small catalog questions the building blocks ask before acting, so every step can be re-run. */
+
+export async function columnInfo(db: Kysely<any>, table: string, column: string) {
+  const { rows } = await sql<{ notnull: boolean }>`
+    select a.attnotnull as notnull from pg_attribute a
+    where a.attrelid = to_regclass(${table}) and a.attname = ${column} and not a.attisdropped`.execute(db)
+  return rows[0]
+}
+
+export async function constraintInfo(db: Kysely<any>, table: string, name: string) {
+  const { rows } = await sql<{ validated: boolean; type: string; columns: string[] }>`
+    select c.convalidated as validated, c.contype as type,
+      array(select a.attname::text from unnest(c.conkey) with ordinality k(n, i)
+            join pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.n order by k.i) as columns
+    from pg_constraint c where c.conrelid = to_regclass(${table}) and c.conname = ${name}`.execute(db)
+  return rows[0]
+}
+
+export async function indexInfo(db: Kysely<any>, name: string) {
+  const { rows } = await sql<{ valid: boolean; constraint: string | null }>`
+    select i.indisvalid as valid,
+      (select conname from pg_constraint where conindid = i.indexrelid limit 1) as constraint
+    from pg_index i where i.indexrelid = to_regclass(${name})`.execute(db)
+  return rows[0]
+}
+
+export async function tableExists(db: Kysely<any>, table: string): Promise<boolean> {
+  const { rows } = await sql<{ t: string | null }>`select to_regclass(${table})::text as t`.execute(db)
+  return rows[0]?.t != null
+}
+
+/** Identifiers the building blocks splice into DDL: checked, so a typo fails loudly, not oddly. */
+export function ident(name: string): string {
+  if (!/^[a-z_][a-z0-9_]{0,62}$/.test(name)) throw new Error(`"${name}" is not a plain lower-case SQL identifier`)
+  return name
+}
+
+export const columnList = (columns: readonly string[]) => sql.raw(columns.map(ident).join(', '))

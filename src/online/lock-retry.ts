@@ -1,0 +1,47 @@
+import { sql, type Kysely, type Transaction } from 'kysely'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { readSetting } from './migration-settings.ts'
+
+export class LockRetryExhausted extends Error {
+  override name = 'LockRetryExhausted'
+}
+
+/**
+ * Runs `fn` in its own short transaction with a small `lock_timeout`, retrying with backoff and
+ * jitter when a lock is not granted in time. The app is then never queued behind this DDL for
+ * longer than the lock timeout, and a deadlock with the app cannot form (we give up first).
+ * When the retry budget runs out, the error names the table and the sessions holding it.
+ *
+ * @example
+ * await withLockRetry(db, 'skills', (trx) => sql`alter table skills add column x int`.execute(trx))
+ */
+export async function withLockRetry<T>(db: Kysely<any>, table: string, fn: (trx: Transaction<any>) => Promise<T>): Promise<T> {
+  const lockTimeout = await readSetting(db, 'lockTimeoutMs')
+  const deadline = Date.now() + (await readSetting(db, 'lockRetryBudgetMs'))
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await db.transaction().execute(async (trx) => {
+        await sql`select set_config('lock_timeout', ${`${lockTimeout}ms`}, true)`.execute(trx)
+        return fn(trx)
+      })
+    } catch (error) {
+      if ((error as { code?: string }).code !== '55P03') throw error
+      if (Date.now() > deadline) {
+        throw new LockRetryExhausted(
+          `gave up waiting for a lock on table ${table}: held by ${await lockHolders(db, table)}; end that session or rerun the migration later (it resumes where it stopped)`,
+        )
+      }
+      const backoff = Math.min(2000, lockTimeout * 2 ** Math.min(attempt, 6))
+      await sleep(backoff / 2 + Math.random() * backoff)
+    }
+  }
+}
+
+async function lockHolders(db: Kysely<any>, table: string): Promise<string> {
+  const { rows } = await sql<{ who: string }>`
+    select string_agg(distinct 'pid ' || a.pid || ' (' || coalesce(nullif(a.application_name, ''), a.usename::text)
+      || ', ' || a.state || ', ' || left(a.query, 60) || ')', '; ') as who
+    from pg_locks l join pg_stat_activity a on a.pid = l.pid
+    where l.relation = to_regclass(${table}) and l.granted and l.pid <> pg_backend_pid()`.execute(db)
+  return rows[0]?.who ?? 'a session that has since finished'
+}

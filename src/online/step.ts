@@ -1,0 +1,31 @@
+import type { Kysely } from 'kysely'
+import { progress } from './progress.ts'
+
+/**
+ * One schema change and its reverse. Both directions are idempotent — a run killed anywhere
+ * resumes by doing them again — so a migration is a list of steps and its `down` is derived.
+ */
+export interface Step {
+  name: string
+  up(db: Kysely<any>): Promise<void>
+  down(db: Kysely<any>): Promise<void>
+}
+
+/** The step that undoes `step`: dropping something is the reverse of creating it. */
+export function reverse(step: Step): Step {
+  return { name: `remove ${step.name}`, up: step.down, down: step.up }
+}
+
+export async function applySteps(db: Kysely<any>, steps: readonly Step[]): Promise<void> {
+  for (const step of steps) await timed(step.name, () => step.up(db))
+}
+
+export async function revertSteps(db: Kysely<any>, steps: readonly Step[]): Promise<void> {
+  for (const step of [...steps].reverse()) await timed(`undo ${step.name}`, () => step.down(db))
+}
+
+async function timed(name: string, fn: () => Promise<void>): Promise<void> {
+  const started = performance.now()
+  await fn()
+  progress(`  ${name} (${Math.round(performance.now() - started)} ms)`)
+}

@@ -1,0 +1,59 @@
+import { sql, type Kysely, type Transaction } from 'kysely'
+import type { DB } from '../../src/db-types.ts'
+
+export const A = 'tenant-a'
+export const B = 'tenant-b'
+
+/**
+ * Two tenants with a row in every table each, written as the superuser (who bypasses RLS).
+ * Both tenants use the slug 'lint' and a 'default' settings row: per-tenant keys allow it.
+ */
+export async function seedTwoTenants(admin: Kysely<any>): Promise<void> {
+  await sql.raw(`
+    insert into tenants (id, name, slug) values ('${A}', 'A', 'a'), ('${B}', 'B', 'b');
+    insert into users (id, tenant_id, email) values
+      ('uA1', '${A}', 'ann@a'), ('uA2', '${A}', 'al@a'), ('uB1', '${B}', 'ann@a'), ('uB2', '${B}', 'bo@b');
+    insert into skills (id, tenant_id, name, slug, description, category, content, author_id) values
+      ('sA1', '${A}', 'Lint', 'lint', 'd', 'dev', 'c', 'uA1'), ('sA2', '${A}', 'Fmt', 'fmt', 'd', 'dev', 'c', 'uA2'),
+      ('sB1', '${B}', 'Lint', 'lint', 'd', 'dev', 'c', 'uB1'), ('sB2', '${B}', 'Fmt', 'fmt', 'd', 'dev', 'c', 'uB2');
+    insert into ratings (id, tenant_id, skill_id, user_id, rating) values ('rA1', '${A}', 'sA1', 'uA1', 5), ('rB1', '${B}', 'sB1', 'uB1', 4);
+    insert into usage_events (id, tenant_id, tool_name, skill_id, user_id) values ('eA1', '${A}', 'cli', 'sA1', 'uA1'), ('eB1', '${B}', 'cli', 'sB1', 'uB1');
+    insert into skill_versions (id, tenant_id, skill_id, version, content_url, content_hash, content_type, name, description, created_by) values
+      ('vA1', '${A}', 'sA1', 1, 'u', 'h', 't', 'n', 'd', 'uA1'), ('vB1', '${B}', 'sB1', 1, 'u', 'h', 't', 'n', 'd', 'uB1');
+    insert into skill_embeddings (id, tenant_id, skill_id, embedding, model_name, model_version, input_hash) values
+      ('mA1', '${A}', 'sA1', '{1,2}', 'm', '1', 'i'), ('mB1', '${B}', 'sB1', '{1,2}', 'm', '1', 'i');
+    insert into skill_reviews (id, tenant_id, skill_id, requested_by, categories, summary, reviewed_content_hash, model_name) values
+      ('wA1', '${A}', 'sA1', 'uA1', '{}', 's', 'h', 'm'), ('wB1', '${B}', 'sB1', 'uB1', '{}', 's', 'h', 'm');
+    insert into api_keys (id, tenant_id, user_id, key_hash, key_prefix, name, revoked_at, expires_at) values
+      ('kA1', '${A}', 'uA1', 'hash-a', 'sk_a', 'a', null, null),
+      ('kB1', '${B}', 'uB1', 'hash-b', 'sk_b', 'b', null, now() + interval '1 day'),
+      ('kA2', '${A}', 'uA2', 'hash-a-revoked', 'sk_r', 'r', now(), null),
+      ('kA3', '${A}', 'uA2', 'hash-a-expired', 'sk_e', 'e', null, now() - interval '1 day');
+    insert into site_settings (id, tenant_id, ollama_model) values ('default', '${A}', 'model-a'), ('default', '${B}', 'model-b');
+    insert into audit_logs (tenant_id, actor_id, action) values ('${A}', 'uA1', 'seed'), ('${B}', 'uB1', 'seed');
+  `).execute(admin)
+}
+
+class Rollback extends Error {}
+
+/** Runs `fn` in a transaction that is always rolled back; returns fn's result or the error it threw. */
+export async function attempt<T>(db: Kysely<DB>, context: TenantContext, fn: (trx: Transaction<DB>) => Promise<T>): Promise<{ ok: true; value: T } | { ok: false; error: { code?: string; message: string } }> {
+  let outcome: { ok: true; value: T } | { ok: false; error: { code?: string; message: string } } | undefined
+  try {
+    await db.transaction().execute(async (trx) => {
+      if (context.kind === 'tenant') await sql`select set_config('app.current_tenant_id', ${context.id}, true)`.execute(trx)
+      if (context.kind === 'empty') await sql`select set_config('app.current_tenant_id', '', true)`.execute(trx)
+      try {
+        outcome = { ok: true, value: await fn(trx) }
+      } catch (error) {
+        outcome = { ok: false, error: error as { code?: string; message: string } }
+      }
+      throw new Rollback()
+    })
+  } catch (error) {
+    if (!(error instanceof Rollback)) throw error
+  }
+  return outcome!
+}
+
+export type TenantContext = { kind: 'tenant'; id: string } | { kind: 'none' } | { kind: 'empty' }
