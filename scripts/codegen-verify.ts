@@ -6,15 +6,25 @@
 import { generateTypes } from '../src/codegen/generate-types.ts'
 import { openDb } from '../src/connection/create-db.ts'
 import { withDatabase } from '../src/connection/database-url.ts'
-import { usingScratchDatabase } from '../src/connection/scratch-database.ts'
+import { adminQuery, usingScratchDatabase } from '../src/connection/scratch-database.ts'
 import { usingDatabase } from '../src/connection/using-database.ts'
 import { migrateToLatest } from '../src/migrator/migrate.ts'
 
 async function verifyOn(adminUrl: string): Promise<void> {
-  await usingScratchDatabase(adminUrl, 'skills_codegen', async (url) => {
+  // Roles are cluster-wide: a name of our own, dropped afterwards.
+  const appRole = `skills_${process.pid}_cg_app`
+  try {
+    await verifyIn(adminUrl, appRole)
+  } finally {
+    await adminQuery(adminUrl, `drop role if exists ${appRole}`)
+  }
+}
+
+async function verifyIn(adminUrl: string, appRole: string): Promise<void> {
+  await usingScratchDatabase(adminUrl, `skills_${process.pid}_cg`, async (url) => {
     const db = await openDb(url, { max: 1 })
     try {
-      const outcome = await migrateToLatest(db, { appRole: 'skills_codegen_app' })
+      const outcome = await migrateToLatest(db, { appRole })
       if (outcome.status === 'error') throw new Error(`migrating the scratch database failed: ${outcome.error.message}`)
     } finally {
       await db.destroy()

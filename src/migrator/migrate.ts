@@ -5,7 +5,7 @@ import { targetOf } from '../connection/create-db.ts'
 import { ALLOW_DATA_LOSS_SETTING } from '../online/data-loss-guard.ts'
 import { SETTINGS } from '../online/migration-settings.ts'
 import { setProgressLogger } from '../online/progress.ts'
-import { APP_ROLE_SETTING, DEFAULT_APP_ROLE } from '../tenancy/app-role.ts'
+import { APP_ROLE_SETTING } from '../tenancy/app-role.ts'
 import { adoptLegacySchema, SchemaMismatchError } from './legacy-adoption.ts'
 import { withMigrationLock } from './migration-lock.ts'
 import { silentLogger, type MigrationLogger } from './migration-logger.ts'
@@ -72,7 +72,7 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
   try {
     return await db.connection().execute(async (conn) => {
       await sql`select set_config(${ALLOW_DATA_LOSS_SETTING}, ${options.allowDataLoss ? 'on' : 'off'}, false),
-                       set_config(${APP_ROLE_SETTING}, ${options.appRole ?? DEFAULT_APP_ROLE}, false),
+                       set_config(${APP_ROLE_SETTING}, ${options.appRole ?? ''}, false),
                        set_config('application_name', 'skills-db migrator', false),
                        set_config(${SETTINGS.lockTimeoutMs}, ${String(options.lockTimeoutMs ?? '')}, false),
                        set_config(${SETTINGS.lockRetryBudgetMs}, ${String(options.lockRetryBudgetMs ?? '')}, false),
