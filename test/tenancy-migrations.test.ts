@@ -1,0 +1,181 @@
+import { sql, type Kysely } from 'kysely'
+import { afterAll, describe, expect, inject, it } from 'vitest'
+import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
+import legacySchema from '../src/migrator/legacy-schema.json' with { type: 'json' }
+import { migrateDown, migrateToLatest, migrateUp } from '../src/migrator/migrate.ts'
+import { migrationStatus } from '../src/migrator/migration-status.ts'
+import { TENANT_TABLES } from '../src/tenancy/tenant-tables.ts'
+import { createTestDatabase, type TestDatabase } from './support/database.ts'
+import { buildLegacyDatabase, tableContents } from './support/legacy.ts'
+
+const appRole = inject('appRole')
+const SEED_ID = 'default-tenant-000-0000-000000000000'
+
+const dbs: TestDatabase[] = []
+async function legacyDb(): Promise<TestDatabase> {
+  const t = await createTestDatabase('empty')
+  dbs.push(t)
+  await buildLegacyDatabase(t.admin)
+  return t
+}
+afterAll(async () => Promise.all(dbs.map((d) => d.close())))
+
+const q = async <R>(db: Kysely<any>, query: ReturnType<typeof sql<R>>) => (await query.execute(db)).rows
+const up = async (db: Kysely<any>, name: string) => {
+  const outcome = await migrateUp(db, { appRole })
+  expect(outcome, JSON.stringify(outcome)).toMatchObject({ status: 'applied', steps: [{ name }] })
+}
+
+describe('the plan\'s must-haves, migration by migration, on the production schema with rows', () => {
+  it('0002 … 0006 each do what the plan says', async () => {
+    const t = await legacyDb()
+    const rowsBefore = await tableContents(t.admin)
+    // The first run adopts the production schema (0001 recorded, not run), then applies 0002.
+    expect(await migrateUp(t.admin, { appRole })).toMatchObject({ status: 'applied', adopted: true, steps: [{ name: '0002_add_tenants' }] })
+    expect(await q(t.admin, sql`select id, name, slug, is_active, plan from tenants`)).toEqual([
+      { id: SEED_ID, name: 'Default', slug: 'default', is_active: true, plan: 'freemium' },
+    ])
+
+    await up(t.admin, '0003_add_tenant_id_columns')
+    const cols = await q<{ table: string; notnull: boolean }>(t.admin, sql`
+      select c.relname as table, a.attnotnull as notnull from pg_attribute a join pg_class c on c.oid = a.attrelid
+      where a.attname = 'tenant_id' and c.relname = any(${[...TENANT_TABLES]}) and c.relnamespace = 'public'::regnamespace`)
+    expect(cols.map((c) => c.table).sort()).toEqual([...TENANT_TABLES].sort())
+    expect(cols.every((c) => !c.notnull)).toBe(true)
+    // Existing rows already belong to the default tenant (a catalog default: no rewrite).
+    for (const table of TENANT_TABLES) {
+      expect(await q(t.admin, sql`select distinct tenant_id from ${sql.table(table)}`)).toEqual([{ tenant_id: SEED_ID }])
+    }
+    // A row written with an explicit NULL is what the backfill is for.
+    await sql`insert into usage_events (id, tool_name, tenant_id) values ('e-null', 'cli', null)`.execute(t.admin)
+
+    await up(t.admin, '0004_backfill_tenant_id')
+    for (const table of TENANT_TABLES) {
+      expect(await q(t.admin, sql`select count(*)::int as n from ${sql.table(table)} where tenant_id is null`)).toEqual([{ n: 0 }])
+    }
+
+    await up(t.admin, '0005_enforce_tenant_id')
+    const after5 = await takeSchemaSnapshot(t.admin)
+    for (const table of TENANT_TABLES) {
+      const s = after5[table]!
+      expect(s.columns).toContain(`tenant_id text not null default COALESCE(NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text), '${SEED_ID}'::text)`)
+      expect(s.constraints).toContain(`${table}_tenant_id_fk: FOREIGN KEY (tenant_id) REFERENCES tenants(id)`)
+      expect(s.rowSecurity).toBe('forced')
+      expect(s.policies).toEqual([
+        "tenant_isolation ALL to public using (tenant_id = NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text)) check (tenant_id = NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text))",
+      ])
+      expect(s.constraints.filter((c) => c.includes('not validated') || c.includes('not_null'))).toEqual([])
+    }
+    expect(after5.skills!.constraints).toContain('skills_tenant_slug_unique: UNIQUE (tenant_id, slug)')
+    expect(after5.skills!.constraints.join('\n')).not.toMatch(/skills_slug_unique/)
+    expect(after5.skill_embeddings!.constraints).toContain('skill_embeddings_tenant_skill_unique: UNIQUE (tenant_id, skill_id)')
+    expect(after5.skill_reviews!.constraints).toContain('skill_reviews_tenant_skill_unique: UNIQUE (tenant_id, skill_id)')
+    expect(after5.users!.constraints).toContain('users_tenant_email_unique: UNIQUE (tenant_id, email)')
+    expect(after5.site_settings!.constraints).toContain('site_settings_pkey: PRIMARY KEY (tenant_id, id)')
+    expect(after5.ratings!.constraints).toContain(
+      'ratings_skill_id_tenant_fk: FOREIGN KEY (tenant_id, skill_id) REFERENCES skills(tenant_id, id) ON DELETE CASCADE')
+    expect(after5.usage_events!.constraints).toContain(
+      'usage_events_user_id_tenant_fk: FOREIGN KEY (tenant_id, user_id) REFERENCES users(tenant_id, id) ON DELETE SET NULL (user_id)')
+    // No single-column reference between data tables is left.
+    const plainRefs = Object.values(after5).flatMap((s) => s.constraints).filter((c) => /FOREIGN KEY \((?!tenant_id)/.test(c))
+    expect(plainRefs).toEqual([])
+
+    await up(t.admin, '0006_create_audit_logs')
+    const audit = (await takeSchemaSnapshot(t.admin)).audit_logs!
+    expect(audit.rowSecurity).toBe('forced')
+    expect(audit.triggers).toEqual([
+      'CREATE TRIGGER no_truncate BEFORE TRUNCATE ON public.audit_logs FOR EACH STATEMENT EXECUTE FUNCTION audit_logs_append_only()',
+      'CREATE TRIGGER no_update_or_delete BEFORE DELETE OR UPDATE ON public.audit_logs FOR EACH ROW EXECUTE FUNCTION audit_logs_append_only()',
+    ])
+    const privileges = await q(t.admin, sql`
+      select has_table_privilege(${appRole}, 'audit_logs', 'select') as s, has_table_privilege(${appRole}, 'audit_logs', 'insert') as i,
+        has_table_privilege(${appRole}, 'audit_logs', 'update') as u, has_table_privilege(${appRole}, 'audit_logs', 'delete') as d,
+        has_table_privilege(${appRole}, 'audit_logs', 'truncate') as t`)
+    expect(privileges).toEqual([{ s: true, i: true, u: false, d: false, t: false }])
+
+    // Nothing lost on the way: every row, every value (tenant_id aside) as before.
+    const rowsAfter = await tableContents(t.admin)
+    rowsAfter.usage_events = rowsAfter.usage_events!.filter((r) => !r.includes('e-null'))
+    expect(rowsAfter).toEqual(rowsBefore)
+  })
+
+  it('finds the default tenant by slug when it already exists under another id', async () => {
+    const t = await legacyDb()
+    await migrateUp(t.admin, { appRole })
+    await sql`update tenants set id = 'acme-legacy' where slug = 'default'`.execute(t.admin)
+    expect((await migrateToLatest(t.admin, { appRole })).status).toBe('applied')
+    expect(await q(t.admin, sql`select id from tenants`)).toEqual([{ id: 'acme-legacy' }])
+    for (const table of TENANT_TABLES) {
+      expect(await q(t.admin, sql`select distinct tenant_id from ${sql.table(table)}`)).toEqual([{ tenant_id: 'acme-legacy' }])
+    }
+  })
+})
+
+describe('reversible', () => {
+  it('every migration\'s down restores the schema before it exactly; up → down → up keeps every row', async () => {
+    const t = await legacyDb()
+    const contents = await tableContents(t.admin)
+    await migrateUp(t.admin, { appRole }) // adopts 0001, applies 0002
+    await migrateDown(t.admin)
+    for (const name of ['0002_add_tenants', '0003_add_tenant_id_columns', '0004_backfill_tenant_id', '0005_enforce_tenant_id', '0006_create_audit_logs']) {
+      const before = await takeSchemaSnapshot(t.admin)
+      await up(t.admin, name)
+      const applied = await takeSchemaSnapshot(t.admin)
+      expect(applied, name).not.toEqual(name === '0004_backfill_tenant_id' ? {} : before)
+      expect(await migrateDown(t.admin)).toMatchObject({ status: 'applied', steps: [{ name, direction: 'Down' }] })
+      expect(await takeSchemaSnapshot(t.admin), `down of ${name}`).toEqual(before)
+      expect(await tableContents(t.admin), `rows after down of ${name}`).toEqual(contents)
+      await up(t.admin, name)
+      expect(await takeSchemaSnapshot(t.admin), `up again of ${name}`).toEqual(applied)
+    }
+    expect(await migrateDown(t.admin, { to: '0001_baseline' })).toMatchObject({ status: 'applied' })
+    expect(await takeSchemaSnapshot(t.admin)).toEqual(legacySchema)
+    expect(await tableContents(t.admin)).toEqual(contents)
+    // What table snapshots do not show is gone too: functions, grants, the recorded role.
+    expect(await q(t.admin, sql`select proname from pg_proc where pronamespace = 'public'::regnamespace`)).toEqual([])
+    expect(await q(t.admin, sql`select count(*)::int as n from information_schema.role_table_grants where grantee = ${appRole}`)).toEqual([{ n: 0 }])
+    expect(await q(t.admin, sql`select count(*)::int as n from skills_db.settings`)).toEqual([{ n: 0 }])
+    expect((await migrateToLatest(t.admin, { appRole })).status).toBe('applied')
+    expect(await tableContents(t.admin)).toEqual(contents)
+  })
+
+  it('a down that would merge tenants refuses, changing nothing, unless forced', async () => {
+    const t = await legacyDb()
+    await migrateToLatest(t.admin, { appRole })
+    await sql.raw(`insert into tenants (id, name, slug) values ('tb', 'B', 'b');
+      insert into users (id, tenant_id, email) values ('ub', 'tb', 'b@b');`).execute(t.admin)
+    const refused = await migrateDown(t.admin, { to: '0002_add_tenants' })
+    expect(refused).toMatchObject({
+      status: 'error',
+      error: { migration: '0003_add_tenant_id_columns', message: expect.stringMatching(/^refusing to roll back: rows of tenants other than the default one exist.*--force/) },
+    })
+    const status = await migrationStatus(t.admin)
+    expect(status.applied.at(-1)!.name).toBe('0003_add_tenant_id_columns')
+    expect(await q(t.admin, sql`select tenant_id from users where id = 'ub'`)).toEqual([{ tenant_id: 'tb' }])
+
+    const forced = await migrateDown(t.admin, { to: '0002_add_tenants', allowDataLoss: true })
+    expect(forced).toMatchObject({ status: 'applied', steps: [{ name: '0003_add_tenant_id_columns' }] })
+  })
+
+  it('undoing per-tenant keys refuses while tenants share a slug, with the schema untouched', async () => {
+    const t = await legacyDb()
+    await migrateToLatest(t.admin, { appRole })
+    await sql.raw(`insert into tenants (id, name, slug) values ('tb', 'B', 'b');
+      insert into skills (id, tenant_id, name, slug, description, category, content) values ('sb', 'tb', 'Lint', 'lint', 'd', 'c', 'c');`).execute(t.admin)
+    await migrateDown(t.admin) // 0006 (no audit rows yet)
+    const before = await takeSchemaSnapshot(t.admin)
+    const refused = await migrateDown(t.admin)
+    expect(refused).toMatchObject({ status: 'error', error: { migration: '0005_enforce_tenant_id', message: expect.stringMatching(/skills\.slug "lint" is used by several tenants/) } })
+    expect(await takeSchemaSnapshot(t.admin)).toEqual(before)
+  })
+
+  it('the audit trail is not dropped while it has rows, unless forced', async () => {
+    const t = await legacyDb()
+    await migrateToLatest(t.admin, { appRole })
+    await sql`insert into audit_logs (tenant_id, action) values (${SEED_ID}, 'x')`.execute(t.admin)
+    const before = await takeSchemaSnapshot(t.admin)
+    expect(await migrateDown(t.admin)).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/deletes the audit trail/) } })
+    expect(await takeSchemaSnapshot(t.admin)).toEqual(before)
+    expect(await migrateDown(t.admin, { allowDataLoss: true })).toMatchObject({ status: 'applied' })
+  })
+})
