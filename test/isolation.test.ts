@@ -45,7 +45,7 @@ describe('tenant isolation, as the application role', () => {
     expect(rows[0]).toEqual({ rolsuper: false, rolbypassrls: false, owns: 0, me: inject('appRole') })
   })
 
-  describe.each(TABLES)('$table', ({ table, rowOfA, idColumn, set, insert }) => {
+  describe.each(TABLES.map((x) => [x.table, x] as const))('%s', (_name, { table, rowOfA, idColumn, set, insert }) => {
     const isAudit = table === 'audit_logs'
 
     it.each(CONTEXTS)('SELECT in %s', async (_label, context) => {

@@ -19,7 +19,7 @@ export async function seedTwoTenants(admin: Kysely<any>): Promise<void> {
     insert into ratings (id, tenant_id, skill_id, user_id, rating) values ('rA1', '${A}', 'sA1', 'uA1', 5), ('rB1', '${B}', 'sB1', 'uB1', 4);
     insert into usage_events (id, tenant_id, tool_name, skill_id, user_id) values ('eA1', '${A}', 'cli', 'sA1', 'uA1'), ('eB1', '${B}', 'cli', 'sB1', 'uB1');
     insert into skill_versions (id, tenant_id, skill_id, version, content_url, content_hash, content_type, name, description, created_by) values
-      ('vA1', '${A}', 'sA1', 1, 'u', 'h', 't', 'n', 'd', 'uA1'), ('vB1', '${B}', 'sB1', 1, 'u', 'h', 't', 'n', 'd', 'uB1');
+      ('vA1', '${A}', 'sA1', 1, 'u', 'h', 't', 'n', 'd', 'uA1'), ('vB1', '${B}', 'sB1', 2, 'u', 'h', 't', 'n', 'd', 'uB1');
     insert into skill_embeddings (id, tenant_id, skill_id, embedding, model_name, model_version, input_hash) values
       ('mA1', '${A}', 'sA1', '{1,2}', 'm', '1', 'i'), ('mB1', '${B}', 'sB1', '{1,2}', 'm', '1', 'i');
     insert into skill_reviews (id, tenant_id, skill_id, requested_by, categories, summary, reviewed_content_hash, model_name) values
