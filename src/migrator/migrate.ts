@@ -94,6 +94,7 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
 }
 
 async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOptions & { db?: Kysely<any> }, logger: MigrationLogger): Promise<MigrationOutcome> {
+  await assertSeesEveryRow(conn)
   const adopted = target.kind === 'latest' || target.kind === 'up' ? await adoptLegacySchema(conn, logger) : false
   const migrator = new Migrator({
     db: conn,
@@ -134,6 +135,18 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
     return { status: 'up-to-date', steps: [], adopted }
   }
   return { status: 'applied', steps, adopted }
+}
+
+/**
+ * Row security would hide rows from the migrations' own checks (is anything left to backfill? would
+ * this down merge tenants?) and make them answer wrongly, so the migrator must see every row.
+ */
+async function assertSeesEveryRow(conn: Kysely<any>): Promise<void> {
+  const { rows } = await sql<{ ok: boolean; me: string }>`
+    select rolsuper or rolbypassrls as ok, current_user as me from pg_roles where rolname = current_user`.execute(conn)
+  if (!rows[0]?.ok) {
+    throw new Error(`migrations must run as a superuser or a role with BYPASSRLS, and ${rows[0]?.me} is neither (row security would hide rows from the migration's own checks); use the owner's URL`)
+  }
 }
 
 function fail(message: string): MigrationOutcome {
