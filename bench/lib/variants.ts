@@ -1,0 +1,61 @@
+import pg from 'pg'
+import { createDb } from '../../src/connection/create-db.ts'
+import { migrateToLatest } from '../../src/migrator/migrate.ts'
+import { PLAN_STEPS } from './plan-sql.ts'
+
+export interface MigrationRun {
+  ok: boolean
+  error?: string
+  /** performance.now() offsets of each step's start, and its duration */
+  steps: { name: string; start: number; ms: number }[]
+}
+
+/** (a) skills-db: migrateToLatest, the way the app or the CLI runs it. */
+export async function runSkillsDb(url: string, appRole: string): Promise<MigrationRun> {
+  const db = createDb<any>(url, { max: 1, applicationName: 'skills-db migrator' })
+  const steps: MigrationRun['steps'] = []
+  try {
+    const outcome = await migrateToLatest(db, {
+      appRole,
+      logger: {
+        info(message) {
+          const started = /^up +(\S+) …$/.exec(message)
+          if (started) steps.push({ name: started[1]!, start: performance.now(), ms: NaN })
+          const done = /^up +(\S+) done in (\d+) ms$/.exec(message)
+          const step = done && steps.find((s) => s.name === done[1])
+          if (step) step.ms = performance.now() - step.start
+        },
+      },
+    })
+    return outcome.status === 'error' ? { ok: false, error: `${outcome.error.migration}: ${outcome.error.message}`, steps } : { ok: true, steps }
+  } finally {
+    await db.destroy()
+  }
+}
+
+/**
+ * (b) the plan's way: its five files as plain SQL, in one transaction, as the plan describes.
+ * Bench code modelled on the plan, not the product.
+ */
+export async function runPlan(url: string): Promise<MigrationRun> {
+  const client = new pg.Client({ connectionString: url, application_name: 'plan migration' })
+  client.on('error', () => {})
+  await client.connect()
+  const steps: MigrationRun['steps'] = []
+  try {
+    await client.query('begin')
+    for (const step of PLAN_STEPS) {
+      const start = performance.now()
+      steps.push({ name: step.name, start, ms: NaN })
+      await client.query(step.sql)
+      steps.at(-1)!.ms = performance.now() - start
+    }
+    await client.query('commit')
+    return { ok: true, steps }
+  } catch (error) {
+    await client.query('rollback').catch(() => {})
+    return { ok: false, error: (error as Error).message, steps }
+  } finally {
+    await client.end().catch(() => {})
+  }
+}

@@ -1,0 +1,218 @@
+/**
+ * npm run bench -- [--scale 1] [--connections 4] [--load-seconds 3] [--out bench-results] [--keep-snapshot]
+ *
+ * Builds a copy of the production database, runs the single-tenant app against it, and migrates
+ * it twice on fresh copies while the app runs: (a) skills-db's migrateToLatest, (b) the plan's SQL
+ * in one transaction. Prints a side-by-side table, writes results.json and chart.svg.
+ * Uses TEST_DATABASE_URL's server (an admin URL, never production) or an embedded PostgreSQL.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import { sql } from 'kysely'
+import { createDb } from '../src/connection/create-db.ts'
+import { withDatabase } from '../src/connection/database-url.ts'
+import { adminQuery, createScratchDatabase, dropScratchDatabase } from '../src/connection/scratch-database.ts'
+import { LEGACY_SQL } from '../test/support/legacy.ts'
+import { startTestServer } from '../test/support/test-server.ts'
+import { renderChart, type ChartSeries } from './lib/chart.ts'
+import { bins, errorsByMessage, latencyStats, longestStall, type LatencyStats } from './lib/metrics.ts'
+import { startOldApp } from './lib/old-app.ts'
+import { countsAt, fillProductionCopy, type Counts } from './lib/production-copy.ts'
+import { measureNoopBoot, measureRlsOverhead } from './lib/rls-overhead.ts'
+import { runPlan, runSkillsDb, type MigrationRun } from './lib/variants.ts'
+
+const { values: args } = parseArgs({
+  options: {
+    scale: { type: 'string', default: '1' },
+    connections: { type: 'string', default: '4' },
+    'load-seconds': { type: 'string', default: '3' },
+    out: { type: 'string', default: 'bench-results' },
+    'keep-snapshot': { type: 'boolean', default: false },
+  },
+})
+const scale = Number(args.scale)
+const connections = Number(args.connections)
+const leadMs = Number(args['load-seconds']) * 1000
+if (!(scale > 0) || !(connections > 0) || !(leadMs >= 0)) {
+  console.error('error: --scale, --connections and --load-seconds must be positive numbers')
+  process.exit(1)
+}
+
+const TABLES = ['users', 'skills', 'ratings', 'usage_events', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings']
+const tag = `skills_${process.pid}_bn`
+const appRole = `${tag}_app`
+const snapshot = `skills_bench_snapshot_${String(scale).replace(/\W/g, '_')}`
+
+interface VariantResult {
+  variant: string
+  firstTry: boolean
+  error?: string
+  wallMs: number
+  steps: { name: string; ms: number }[]
+  walBytes: number
+  sizeBefore: Record<string, number>
+  sizeAfter: Record<string, number>
+  latency: { before: LatencyStats; during: LatencyStats; after: LatencyStats }
+  longestStallMs: number
+  appErrors: Record<string, number>
+  acknowledged: number
+  missingRows: number
+  slugP50: { before: number; after: number; ratio: number }
+}
+
+const server = await startTestServer()
+const admin = server.adminUrl
+const created: string[] = []
+let cleaned = false
+async function cleanup() {
+  if (cleaned) return
+  cleaned = true
+  for (const name of created) await dropScratchDatabase(admin, name).catch(() => {})
+  if (!args['keep-snapshot']) await dropScratchDatabase(admin, snapshot).catch(() => {})
+  await adminQuery(admin, `drop role if exists ${appRole}`).catch(() => {})
+  await server.stop()
+}
+process.once('SIGINT', () => void cleanup().finally(() => process.exit(130)))
+process.once('SIGTERM', () => void cleanup().finally(() => process.exit(143)))
+
+try {
+  const counts = countsAt(scale)
+  await ensureSnapshot(counts)
+  console.log(`server: ${server.source}; scale ${scale} (${counts.usage_events} usage_events); ${connections} app connections`)
+  const a = await measureVariant('a: skills-db', (url) => runSkillsDb(url, appRole), counts)
+  const b = await measureVariant('b: plan SQL', (url) => runPlan(url), counts)
+  const extra = await measureMigratedReads(a.url, counts)
+  report([a.result, b.result], extra, counts)
+  mkdirSync(args.out!, { recursive: true })
+  writeFileSync(`${args.out}/results.json`, JSON.stringify({ scale, connections, counts, server: server.source, variants: [a.result, b.result], ...extra }, null, 2))
+  writeFileSync(`${args.out}/chart.svg`, await renderChart([a.chart, b.chart]))
+  console.log(`\nwrote ${args.out}/results.json and ${args.out}/chart.svg`)
+} finally {
+  await cleanup()
+}
+
+async function ensureSnapshot(counts: Counts): Promise<void> {
+  const exists = await adminQuery(admin, 'select 1 from pg_database where datname = $1', [snapshot])
+  if (exists.rowCount) return console.log(`reusing snapshot ${snapshot}`)
+  const started = performance.now()
+  const db = createDb<any>(await createScratchDatabase(admin, snapshot), { max: 1 })
+  try {
+    await sql.raw(LEGACY_SQL).execute(db)
+    await fillProductionCopy(db, counts)
+    await sql`checkpoint`.execute(db)
+  } catch (error) {
+    await db.destroy()
+    await dropScratchDatabase(admin, snapshot)
+    throw error
+  }
+  await db.destroy()
+  console.log(`built snapshot ${snapshot} in ${Math.round(performance.now() - started)} ms`)
+}
+
+async function sizes(db: ReturnType<typeof createDb<any>>): Promise<Record<string, number>> {
+  const { rows } = await sql<{ t: string; b: string }>`select t, pg_total_relation_size(t::regclass)::text as b from unnest(${TABLES}::text[]) t`.execute(db)
+  return Object.fromEntries(rows.map((r) => [r.t, Number(r.b)]))
+}
+
+async function measureVariant(variant: string, migrate: (url: string) => Promise<MigrationRun>, counts: Counts) {
+  const name = `${tag}_${variant[0]}`
+  created.push(name)
+  const url = await createScratchDatabase(admin, name, snapshot)
+  const db = createDb<any>(url, { max: 1 })
+  try {
+    const sizeBefore = await sizes(db)
+    process.stdout.write(`${variant}: load starts … `)
+    const app = startOldApp(url, { connections, skills: counts.skills, users: counts.users, maxMs: 30 * 60_000 })
+    const origin = performance.now()
+    await new Promise((r) => setTimeout(r, leadMs))
+    const lsnBefore = (await sql<{ l: string }>`select pg_current_wal_lsn()::text as l`.execute(db)).rows[0]!.l
+    const migStart = performance.now()
+    const run = await migrate(url)
+    const migEnd = performance.now()
+    const walBytes = Number((await sql<{ b: string }>`select pg_wal_lsn_diff(pg_current_wal_lsn(), ${lsnBefore}::pg_lsn)::text as b`.execute(db)).rows[0]!.b)
+    await new Promise((r) => setTimeout(r, leadMs))
+    await app.stop()
+    const loadEnd = performance.now()
+    process.stdout.write(`migration ${run.ok ? 'done' : 'FAILED'} in ${Math.round(migEnd - migStart)} ms\n`)
+    const { rows } = await sql<{ n: number }>`select count(*)::int as n from usage_events where id = any(${app.acknowledged})`.execute(db)
+    const slugBefore = latencyStats(app.samples, origin, migStart, 'select_slug').p50
+    const slugAfter = latencyStats(app.samples, migEnd, loadEnd, 'select_slug').p50
+    const result: VariantResult = {
+      variant,
+      firstTry: run.ok,
+      ...(run.error ? { error: run.error } : {}),
+      wallMs: migEnd - migStart,
+      steps: run.steps.map((s) => ({ name: s.name, ms: s.ms })),
+      walBytes,
+      sizeBefore,
+      sizeAfter: await sizes(db),
+      latency: {
+        before: latencyStats(app.samples, origin, migStart),
+        during: latencyStats(app.samples, migStart, migEnd),
+        after: latencyStats(app.samples, migEnd, loadEnd),
+      },
+      longestStallMs: longestStall(app.samples, migStart, migEnd),
+      appErrors: errorsByMessage(app.samples),
+      acknowledged: app.acknowledged.length,
+      missingRows: app.acknowledged.length - rows[0]!.n,
+      slugP50: { before: slugBefore, after: slugAfter, ratio: slugAfter / slugBefore },
+    }
+    const chart: ChartSeries = {
+      variant,
+      bins: bins(app.samples, origin),
+      marks: [
+        ...run.steps.map((s) => ({ t: (s.start - origin) / 1000, label: s.name })),
+        { t: (migEnd - origin) / 1000, label: run.ok ? 'done' : 'failed' },
+      ],
+    }
+    return { url, result, chart }
+  } finally {
+    await db.destroy()
+  }
+}
+
+async function measureMigratedReads(url: string, counts: Counts) {
+  await adminQuery(admin, `alter role ${appRole} password 'bench'`)
+  const appUrl = new URL(url)
+  appUrl.username = appRole
+  appUrl.password = 'bench'
+  const db = createDb<any>(url, { max: 1 })
+  const tenant = (await sql<{ id: string }>`select id from tenants where slug = 'default'`.execute(db)).rows[0]!.id
+  await db.destroy()
+  const rls = await measureRlsOverhead(url, appUrl.toString(), tenant, counts.skills)
+  const noop = await measureNoopBoot(url)
+  return { rlsOverhead: rls, noopMigrateToLatest: noop }
+}
+
+function report(results: VariantResult[], extra: Awaited<ReturnType<typeof measureMigratedReads>>, counts: Counts): void {
+  const [a, b] = results as [VariantResult, VariantResult]
+  const f = (n: number, d = 1) => (Number.isFinite(n) ? n.toFixed(d) : '–')
+  const mb = (n: number) => `${f(n / 1048576)} MB`
+  const total = (r: Record<string, number>) => Object.values(r).reduce((x, y) => x + y, 0)
+  const row = (label: string, va: string, vb: string, ratio = '') => console.log(`${label.padEnd(34)}${va.padStart(16)}${vb.padStart(16)}${ratio.padStart(10)}`)
+  const ratio = (x: number, y: number) => (y ? `${f(x / y, 3)}×` : '–')
+  console.log()
+  row('', a.variant, b.variant, 'a / b')
+  row('succeeded on the first try', String(a.firstTry), String(b.firstTry))
+  row('migration wall time', `${f(a.wallMs, 0)} ms`, `${f(b.wallMs, 0)} ms`, ratio(a.wallMs, b.wallMs))
+  row('WAL written', mb(a.walBytes), mb(b.walBytes), ratio(a.walBytes, b.walBytes))
+  row('table sizes before → after', `${mb(total(a.sizeBefore))}→${mb(total(a.sizeAfter))}`.replace(' MB→', '→'), `${mb(total(b.sizeBefore))}→${mb(total(b.sizeAfter))}`.replace(' MB→', '→'))
+  for (const w of ['before', 'during', 'after'] as const) {
+    row(`app p50 / p99 / max ${w} (ms)`, `${f(a.latency[w].p50)}/${f(a.latency[w].p99)}/${f(a.latency[w].max, 0)}`, `${f(b.latency[w].p50)}/${f(b.latency[w].p99)}/${f(b.latency[w].max, 0)}`)
+  }
+  row('longest app stall during migration', `${f(a.longestStallMs, 0)} ms`, `${f(b.longestStallMs, 0)} ms`, ratio(a.longestStallMs, b.longestStallMs))
+  row('app errors', String(Object.values(a.appErrors).reduce((x, y) => x + y, 0)), String(Object.values(b.appErrors).reduce((x, y) => x + y, 0)))
+  row('acknowledged rows missing after', `${a.missingRows} of ${a.acknowledged}`, `${b.missingRows} of ${b.acknowledged}`)
+  row('select-by-slug p50 after / before', `${f(a.slugP50.ratio, 2)}×`, `${f(b.slugP50.ratio, 2)}×`)
+  for (const r of results) {
+    console.log(`\n${r.variant} steps: ${r.steps.map((s) => `${s.name} ${f(s.ms, 0)} ms`).join(', ') || '–'}`)
+    if (r.error) console.log(`  error: ${r.error}`)
+    for (const [message, n] of Object.entries(r.appErrors)) console.log(`  app error ×${n}: ${message}`)
+  }
+  console.log('\nRLS overhead on the migrated database (withTenant as the app role vs explicit tenant_id filter, no RLS):')
+  for (const q of extra.rlsOverhead) {
+    console.log(`  ${q.query.padEnd(42)} ${f(q.rlsMedianMs, 3)} ms vs ${f(q.filterMedianMs, 3)} ms = ${f(q.ratio, 2)}×  index used: ${q.usesIndex}`)
+  }
+  console.log(`no-op migrateToLatest() (fresh pool, up-to-date database): median ${f(extra.noopMigrateToLatest.medianMs)} ms (${extra.noopMigrateToLatest.outcomes.join(', ')})`)
+  void counts
+}
