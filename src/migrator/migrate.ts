@@ -26,6 +26,8 @@ export interface MigrateOptions {
   lockRetryBudgetMs?: number
   /** Rows per backfill transaction (default 5000). */
   batchSize?: number
+  /** Memory for each index build and validation (default 256MB; builds run one at a time). */
+  maintenanceWorkMem?: string
 }
 
 export interface MigrationStep {
@@ -74,6 +76,7 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
       await sql`select set_config(${ALLOW_DATA_LOSS_SETTING}, ${options.allowDataLoss ? 'on' : 'off'}, false),
                        set_config(${APP_ROLE_SETTING}, ${options.appRole ?? ''}, false),
                        set_config('application_name', 'skills-db migrator', false),
+                       set_config('maintenance_work_mem', ${options.maintenanceWorkMem ?? '256MB'}, false),
                        set_config(${SETTINGS.lockTimeoutMs}, ${String(options.lockTimeoutMs ?? '')}, false),
                        set_config(${SETTINGS.lockRetryBudgetMs}, ${String(options.lockRetryBudgetMs ?? '')}, false),
                        set_config(${SETTINGS.batchSize}, ${String(options.batchSize ?? '')}, false)`.execute(conn)
@@ -82,9 +85,9 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
         return await withMigrationLock(conn, logger, () => runLocked(conn, target, { ...options, db }, logger))
       } finally {
         setProgressLogger(undefined)
-        // The connection goes back to the app's pool: leave nothing of ours on it.
-        await sql`select set_config(${ALLOW_DATA_LOSS_SETTING}, 'off', false), set_config('lock_timeout', '0', false),
-                         set_config('statement_timeout', '0', false)`.execute(conn).catch(() => {})
+        // The connection goes back to the app's pool: leave nothing of ours on it (RESET ALL
+        // returns every setting to what the session started with).
+        await sql`reset all`.execute(conn).catch(() => {})
       }
     })
   } catch (error) {
@@ -94,6 +97,7 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
 }
 
 async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOptions & { db?: Kysely<any> }, logger: MigrationLogger): Promise<MigrationOutcome> {
+  await assertWritable(conn)
   await assertSeesEveryRow(conn)
   const adopted = target.kind === 'latest' || target.kind === 'up' ? await adoptLegacySchema(conn, logger) : false
   const migrator = new Migrator({
@@ -135,6 +139,14 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
     return { status: 'up-to-date', steps: [], adopted }
   }
   return { status: 'applied', steps, adopted }
+}
+
+async function assertWritable(conn: Kysely<any>): Promise<void> {
+  const { rows } = await sql<{ ro: string; standby: boolean }>`
+    select current_setting('transaction_read_only') as ro, pg_is_in_recovery() as standby`.execute(conn)
+  if (rows[0]?.ro === 'on' || rows[0]?.standby) {
+    throw new Error(`the database is read-only (${rows[0]?.standby ? 'a standby' : 'default_transaction_read_only is on'}): nothing was changed; point DATABASE_URL at the writable primary`)
+  }
 }
 
 /**

@@ -1,0 +1,92 @@
+import { sql, type Kysely } from 'kysely'
+import { beforeAll, describe, expect, inject, it } from 'vitest'
+import type { DB } from '../src/db-types.ts'
+import { useTestDatabase } from './support/database.ts'
+import { A, B, seedTwoTenants } from './support/tenants.ts'
+
+/** What the application role may do, as the README documents it. Anything else is a finding. */
+const DOCUMENTED_TABLE_PRIVILEGES = [
+  ...['api_keys', 'ratings', 'site_settings', 'skill_embeddings', 'skill_reviews', 'skill_versions', 'skills', 'usage_events', 'users']
+    .flatMap((t) => ['DELETE', 'INSERT', 'SELECT', 'UPDATE'].map((p) => `${t}:${p}`)),
+  'audit_logs:INSERT', 'audit_logs:SELECT',
+  'tenants:SELECT',
+].sort()
+
+describe('what the application role cannot do', () => {
+  const t = useTestDatabase('migrated')
+  let app: Kysely<DB>
+  const role = inject('appRole')
+  beforeAll(async () => {
+    await seedTwoTenants(t.admin)
+    app = t.connectAs(role)
+  })
+
+  const denied = async (statement: ReturnType<typeof sql>, message: RegExp) => {
+    await expect(app.transaction().execute(async (trx) => {
+      await sql`select set_config('app.current_tenant_id', ${B}, true)`.execute(trx)
+      await statement.execute(trx)
+    })).rejects.toThrow(message)
+  }
+
+  it('its effective privileges are exactly the documented set', async () => {
+    const { rows } = await sql<{ p: string }>`
+      select c.relname || ':' || p.privilege_type as p
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace,
+        lateral (select privilege_type from aclexplode(c.relacl) a join pg_roles r on r.oid = a.grantee where r.rolname = ${role}) p
+      where n.nspname not in ('pg_catalog', 'information_schema') order by 1`.execute(t.admin)
+    expect(rows.map((r) => r.p)).toEqual(DOCUMENTED_TABLE_PRIVILEGES)
+    const functions = await sql<{ f: string }>`
+      select p.proname as f from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+      where n.nspname = 'public' and has_function_privilege(${role}, p.oid, 'execute') order by 1`.execute(t.admin)
+    // audit_logs_append_only is a trigger function: callable only by the trigger machinery.
+    expect(functions.rows.map((r) => r.f)).toEqual(['audit_logs_append_only', 'resolve_api_key'])
+    const attrs = await sql`select rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolinherit, rolcanlogin,
+      (select count(*)::int from pg_auth_members m where m.member = r.oid) as memberships from pg_roles r where rolname = ${role}`.execute(t.admin)
+    expect(attrs.rows).toEqual([{ rolsuper: false, rolbypassrls: false, rolcreaterole: false, rolcreatedb: false, rolinherit: false, rolcanlogin: true, memberships: 0 }])
+  })
+
+  it.each([
+    ['disable row security', sql`alter table skills disable row level security`, /must be owner of table skills/],
+    ['unforce row security', sql`alter table skills no force row level security`, /must be owner of table skills/],
+    ['disable the audit triggers', sql`alter table audit_logs disable trigger all`, /must be owner of table audit_logs/],
+    ['drop a policy', sql`drop policy tenant_isolation on skills`, /must be owner of (table|relation) skills/],
+    ['alter a policy', sql`alter policy tenant_isolation on skills using (true)`, /must be owner of (table|relation) skills/],
+    ['create a policy', sql`create policy p on skills using (true)`, /must be owner of table skills/],
+    ['become the owner', sql`set role postgres`, /permission denied to set role "postgres"/],
+    ['skip triggers', sql`set session_replication_role = replica`, /permission denied to set parameter "session_replication_role"/],
+    ['truncate a data table', sql`truncate skills`, /permission denied for table skills/],
+    ['truncate tenants', sql`truncate tenants`, /permission denied for table tenants/],
+    ['write tenants', sql`update tenants set is_active = false`, /permission denied for table tenants/],
+    ['create a table in public', sql`create table public.mine (id int)`, /permission denied for schema public/],
+    ['create a function in public', sql`create function public.f() returns int language sql as 'select 1'`, /permission denied for schema public/],
+    ['read the migration history', sql`select * from skills_db.kysely_migration`, /permission denied for schema skills_db/],
+    ['read Drizzle\'s history or its sequence', sql`select * from drizzle.__drizzle_migrations`, /permission denied for schema drizzle|relation "drizzle.__drizzle_migrations" does not exist/],
+    ['replace the API-key resolver', sql`create or replace function public.resolve_api_key(text) returns table (tenant_id text, user_id text) language sql as 'select null::text, null::text'`, /permission denied for schema public|must be owner of function resolve_api_key/],
+  ])('cannot %s', async (_label, statement, message) => {
+    await denied(statement, message)
+  })
+
+  it('turning row_security off does not show other tenants\' rows: the query is refused', async () => {
+    await expect(app.transaction().execute(async (trx) => {
+      await sql`select set_config('app.current_tenant_id', ${B}, true)`.execute(trx)
+      await sql`set local row_security = off`.execute(trx)
+      await sql`select count(*) from skills`.execute(trx)
+    })).rejects.toThrow(/query would be affected by row-level security policy for table "skills"/)
+  })
+
+  it('no view, function or sequence reaches another tenant\'s rows', async () => {
+    const { rows } = await sql<{ kind: string; name: string }>`
+      select case c.relkind when 'v' then 'view' when 'm' then 'materialized view' when 'S' then 'sequence' end as kind, c.relname as name
+      from pg_class c join pg_namespace n on n.oid = c.relnamespace
+      where c.relkind in ('v', 'm', 'S') and n.nspname not in ('pg_catalog', 'information_schema')
+        and (has_table_privilege(${role}, c.oid, 'select') or (c.relkind = 'S' and has_sequence_privilege(${role}, c.oid, 'usage')))`.execute(t.admin)
+    expect(rows).toEqual([])
+    // The only SECURITY DEFINER function answers for an exact key hash, never a pattern.
+    const definers = await sql<{ f: string }>`select proname as f from pg_proc where prosecdef and pronamespace = 'public'::regnamespace`.execute(t.admin)
+    expect(definers.rows.map((r) => r.f)).toEqual(['resolve_api_key'])
+    const found = await sql<{ n: number }>`select count(*)::int as n from resolve_api_key('%') union all select count(*)::int from resolve_api_key('hash-%')`.execute(app)
+    expect(found.rows).toEqual([{ n: 0 }, { n: 0 }])
+    const ownTenantOnly = await sql`select count(*)::int as n from skills where tenant_id = ${A}`.execute(app)
+    expect(ownTenantOnly.rows).toEqual([{ n: 0 }])
+  })
+})
