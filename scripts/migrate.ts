@@ -13,7 +13,7 @@ import { makeMigration } from '../src/migrator/make-migration.ts'
 import { migrateDown, migrateToLatest, migrateUp, type MigrationOutcome } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 
-const USAGE = 'usage: migrate <latest|up|down|status|make> [--to <name>|all] [--force] [--app-role <name>] [--no-codegen]'
+const USAGE = 'usage: migrate <latest|up|down|status|make> [--to <name>|all] [--force] [--app-role <name>] [--no-codegen] [--lock-timeout-ms N] [--lock-retry-budget-ms N] [--batch-size N]'
 
 async function main(argv: string[]): Promise<number> {
   const { positionals, values } = parseArgs({
@@ -24,6 +24,9 @@ async function main(argv: string[]): Promise<number> {
       force: { type: 'boolean', default: false },
       'app-role': { type: 'string' },
       'no-codegen': { type: 'boolean', default: false },
+      'lock-timeout-ms': { type: 'string' },
+      'lock-retry-budget-ms': { type: 'string' },
+      'batch-size': { type: 'string' },
     },
   })
   const [command, ...rest] = positionals
@@ -40,6 +43,15 @@ async function main(argv: string[]): Promise<number> {
   if (rest.length > 0) throw new Error(`unexpected argument "${rest[0]}"; ${USAGE}`)
   if (values.to !== undefined && command !== 'down') throw new Error('--to only applies to migrate:down')
 
+  const options = {
+    logger: log,
+    allowDataLoss: values.force,
+    ...(values['app-role'] ? { appRole: values['app-role'] } : {}),
+    ...positiveInt('lockTimeoutMs', values['lock-timeout-ms']),
+    ...positiveInt('lockRetryBudgetMs', values['lock-retry-budget-ms']),
+    ...positiveInt('batchSize', values['batch-size']),
+  }
+
   return usingDatabase(process.env, async (source) => {
     console.log(source.embedded ? `embedded PostgreSQL on port ${source.embedded.port} (data in ${source.embedded.dataDir})` : `database ${redactUrl(source.url)}`)
     const db = await openDb(source.url, { max: 1, applicationName: 'skills-db migrator' })
@@ -48,7 +60,6 @@ async function main(argv: string[]): Promise<number> {
         printStatus(await migrationStatus(db))
         return 0
       }
-      const options = { logger: log, allowDataLoss: values.force, ...(values['app-role'] ? { appRole: values['app-role'] } : {}) }
       const outcome =
         command === 'latest' ? await migrateToLatest(db, options)
         : command === 'up' ? await migrateUp(db, options)
@@ -66,6 +77,13 @@ async function main(argv: string[]): Promise<number> {
       await db.destroy()
     }
   })
+}
+
+function positiveInt(key: string, value: string | undefined): Record<string, number> {
+  if (value === undefined) return {}
+  const n = Number(value)
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`--${key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)} must be a positive whole number, not "${value}"`)
+  return { [key]: n }
 }
 
 function report(outcome: MigrationOutcome): number {

@@ -170,6 +170,10 @@ function describe(error: unknown, db: object): string {
   const reason = target ? describeConnectionError(error, target) : undefined
   if (reason) return reason
   const message = error instanceof Error ? error.message : String(error)
+  const code = (error as { code?: string }).code
+  if (code === '57P01' || code === '57P02' || /Connection terminated|connection terminated|ECONNRESET/.test(message)) {
+    return `lost the connection to PostgreSQL during the migration (${message.split('\n')[0]}); every step resumes where it stopped: run migrate:latest again`
+  }
   const missing = /previously executed migration (\S+) is missing/.exec(message)
   if (missing) {
     return `the database records migration ${missing[1]} but this code does not have it: deploy the code that has it, or roll it back with that code first`
