@@ -28,8 +28,10 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
     application_name: options.applicationName ?? 'skills-db',
     connectionTimeoutMillis: options.connectionTimeoutMillis ?? 10_000,
   })
-  // An idle client dying (server restart, pg_terminate_backend) must not crash the process.
+  // A client dying (server restart, pg_terminate_backend) must not crash the process: the query
+  // in flight fails with the error anyway, and the pool replaces the client.
   pool.on('error', () => {})
+  pool.on('connect', (client) => client.on('error', () => {}))
   const db = new Kysely<T>({ dialect: new PostgresDialect({ pool }) })
   targets.set(db, target)
   return db

@@ -71,6 +71,7 @@ export function migrateDown(
 
 async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Promise<MigrationOutcome> {
   const logger = options.logger ?? silentLogger
+  const running: { name?: string } = {}
   try {
     return await db.connection().execute(async (conn) => {
       await sql`select set_config(${ALLOW_DATA_LOSS_SETTING}, ${options.allowDataLoss ? 'on' : 'off'}, false),
@@ -82,7 +83,7 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
                        set_config(${SETTINGS.batchSize}, ${String(options.batchSize ?? '')}, false)`.execute(conn)
       setProgressLogger(logger)
       try {
-        return await withMigrationLock(conn, logger, () => runLocked(conn, target, { ...options, db }, logger))
+        return await withMigrationLock(conn, logger, () => runLocked(conn, target, { ...options, db, running }, logger))
       } finally {
         setProgressLogger(undefined)
         // The connection goes back to the app's pool: leave nothing of ours on it (RESET ALL
@@ -92,17 +93,18 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
     })
   } catch (error) {
     const details = error instanceof SchemaMismatchError ? { details: error.differences } : {}
-    return { status: 'error', steps: [], error: { message: describe(error, db), ...details } }
+    const migration = running.name ? { migration: running.name } : {}
+    return { status: 'error', steps: [], error: { message: describe(error, db), ...migration, ...details } }
   }
 }
 
-async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOptions & { db?: Kysely<any> }, logger: MigrationLogger): Promise<MigrationOutcome> {
+async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOptions & { db?: Kysely<any>; running?: { name?: string } }, logger: MigrationLogger): Promise<MigrationOutcome> {
   await assertWritable(conn)
   await assertSeesEveryRow(conn)
   const adopted = target.kind === 'latest' || target.kind === 'up' ? await adoptLegacySchema(conn, logger) : false
   const migrator = new Migrator({
     db: conn,
-    provider: timedMigrationProvider(logger, options.migrationsDir),
+    provider: timedMigrationProvider(logger, options.migrationsDir, options.running),
     migrationTableSchema: MIGRATION_SCHEMA,
     migrationTableName: MIGRATION_TABLE,
     // Each migration manages its own short transactions: one transaction around everything would
@@ -131,7 +133,8 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
     .filter((r) => r.status === 'Success')
     .map((r) => ({ name: r.migrationName, direction: r.direction }))
   if (resultSet.error) {
-    const failed = resultSet.results?.find((r) => r.status === 'Error')?.migrationName
+    // Without results (the lock release failed too, e.g. the connection died) the running migration says it.
+    const failed = resultSet.results?.find((r) => r.status === 'Error')?.migrationName ?? options.running?.name
     return { status: 'error', steps, error: { message: describe(resultSet.error, options.db ?? conn), ...(failed ? { migration: failed } : {}) } }
   }
   if (steps.length === 0) {

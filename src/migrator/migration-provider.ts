@@ -14,24 +14,31 @@ export class InvalidMigrationError extends Error {
  * Loads the migration files and wraps each so its direction, result and duration are reported.
  * A file that does not load, or has no `up`, is an error naming the file, before anything runs.
  */
-export function timedMigrationProvider(logger: MigrationLogger, folder = MIGRATIONS_DIR): MigrationProvider {
-  const files = new FileMigrationProvider({ fs, path, migrationFolder: folder, import: (p: string) => import(p) } as any)
+export function timedMigrationProvider(logger: MigrationLogger, folder = MIGRATIONS_DIR, running?: { name?: string }): MigrationProvider {
+  const files = new FileMigrationProvider({
+    fs,
+    path,
+    migrationFolder: folder,
+    import: async (file: string) => {
+      try {
+        return await import(file)
+      } catch (error) {
+        throw new InvalidMigrationError(`migration ${path.basename(file)} failed to load: ${(error as Error).message.split('\n')[0]}`)
+      }
+    },
+    onFileIgnored: (file: string, reason: string) => {
+      if (reason !== 'NotMigration') return
+      throw new InvalidMigrationError(`migration ${file.replace(/\.[cm]?[jt]s$/, '')} does not export an up(db) function`)
+    },
+  } as any)
   return {
     async getMigrations() {
-      let migrations: Record<string, Migration>
-      try {
-        migrations = await files.getMigrations()
-      } catch (error) {
-        throw new InvalidMigrationError(`a migration in ${folder} failed to load: ${(error as Error).message.split('\n')[0]}`)
-      }
+      const migrations: Record<string, Migration> = await files.getMigrations()
       const wrapped: Record<string, Migration> = {}
       for (const [name, migration] of Object.entries(migrations)) {
-        if (typeof migration?.up !== 'function') {
-          throw new InvalidMigrationError(`migration ${name} does not export an up(db) function`)
-        }
         wrapped[name] = {
-          up: timed(name, 'up', migration.up, logger),
-          ...(migration.down ? { down: timed(name, 'down', migration.down, logger) } : {}),
+          up: timed(name, 'up', migration.up, logger, running),
+          ...(migration.down ? { down: timed(name, 'down', migration.down, logger, running) } : {}),
         }
       }
       return wrapped
@@ -39,16 +46,19 @@ export function timedMigrationProvider(logger: MigrationLogger, folder = MIGRATI
   }
 }
 
-function timed(name: string, direction: string, step: Migration['up'], logger: MigrationLogger): Migration['up'] {
+/** `running.name` says which migration is under way, for errors that escape the migrator itself. */
+function timed(name: string, direction: string, step: Migration['up'], logger: MigrationLogger, running?: { name?: string }): Migration['up'] {
   return async (db) => {
     const started = performance.now()
     logger.info(`${direction.padEnd(4)} ${name} …`)
+    if (running) running.name = name
     try {
       await step(db)
     } catch (error) {
       logger.info(`${direction.padEnd(4)} ${name} failed after ${ms(started)}`)
       throw error
     }
+    if (running) running.name = undefined
     logger.info(`${direction.padEnd(4)} ${name} done in ${ms(started)}`)
   }
 }
