@@ -37,13 +37,20 @@ export async function runSkillsDb(url: string, appRole: string): Promise<Migrati
  * (b) the plan's way: its five files as plain SQL, in one transaction, as the plan describes.
  * Bench code modelled on the plan, not the product.
  */
-export async function runPlan(url: string): Promise<MigrationRun> {
+export async function runPlan(url: string, { forced = false } = {}): Promise<MigrationRun> {
   const client = new pg.Client({ connectionString: url, application_name: 'plan migration' })
   client.on('error', () => {})
   await client.connect()
   const steps: MigrationRun['steps'] = []
   try {
     await client.query('begin')
+    if (forced) {
+      // "Forced through": take every table's lock up front, in one order, so the app cannot deadlock it.
+      const start = performance.now()
+      steps.push({ name: 'lock all tables', start, ms: NaN })
+      await client.query('lock table users, skills, ratings, usage_events, skill_versions, skill_embeddings, skill_reviews, api_keys, site_settings in access exclusive mode')
+      steps.at(-1)!.ms = performance.now() - start
+    }
     for (const step of PLAN_STEPS) {
       const start = performance.now()
       steps.push({ name: step.name, start, ms: NaN })

@@ -1,4 +1,5 @@
 import { sql } from 'kysely'
+import { withLockRetry } from '../online/lock-retry.ts'
 import type { Step } from '../online/step.ts'
 
 /**
@@ -10,7 +11,7 @@ export function appendOnly(table: string): Step {
   return {
     name: `append-only ${table}`,
     async up(db) {
-      await db.transaction().execute(async (trx) => {
+      await withLockRetry(db, table, async (trx) => {
         await sql`
           create or replace function ${fn}() returns trigger language plpgsql
           set search_path = pg_catalog, pg_temp as $$
@@ -27,7 +28,7 @@ export function appendOnly(table: string): Step {
       })
     },
     async down(db) {
-      await db.transaction().execute(async (trx) => {
+      await withLockRetry(db, table, async (trx) => {
         await sql`drop trigger if exists no_update_or_delete on ${sql.table(table)}`.execute(trx)
         await sql`drop trigger if exists no_truncate on ${sql.table(table)}`.execute(trx)
         await sql`drop function if exists ${fn}()`.execute(trx)

@@ -1,6 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { appendOnly } from '../audit/append-only.ts'
 import { guardDown, refuseDataLoss } from '../online/data-loss-guard.ts'
+import { withLockRetry } from '../online/lock-retry.ts'
 import { rowSecurityPolicy } from '../online/row-security.ts'
 import { applySteps, revertSteps, type Step } from '../online/step.ts'
 import { grant } from '../tenancy/app-role.ts'
@@ -9,7 +10,7 @@ import { tenantIsolation } from '../tenancy/tenant-setting.ts'
 const table: Step = {
   name: 'table audit_logs',
   async up(db) {
-    await db.transaction().execute(async (trx) => {
+    await withLockRetry(db, 'audit_logs', async (trx) => {
       await trx.schema.createTable('audit_logs').ifNotExists()
         .addColumn('id', 'uuid', (c) => c.primaryKey().defaultTo(sql`gen_random_uuid()`))
         .addColumn('actor_id', 'text')
@@ -29,7 +30,7 @@ const table: Step = {
     })
   },
   async down(db) {
-    await db.schema.dropTable('audit_logs').ifExists().execute()
+    await withLockRetry(db, 'audit_logs', (trx) => trx.schema.dropTable('audit_logs').ifExists().execute())
   },
 }
 

@@ -3,7 +3,7 @@ import { Migrator, NO_MIGRATIONS, type MigrationResultSet } from 'kysely/migrati
 import { describeConnectionError } from '../connection/connection-error.ts'
 import { targetOf } from '../connection/create-db.ts'
 import { ALLOW_DATA_LOSS_SETTING } from '../online/data-loss-guard.ts'
-import { SETTINGS } from '../online/migration-settings.ts'
+import { DEFAULTS, SETTINGS } from '../online/migration-settings.ts'
 import { setProgressLogger } from '../online/progress.ts'
 import { APP_ROLE_SETTING } from '../tenancy/app-role.ts'
 import { adoptLegacySchema, SchemaMismatchError } from './legacy-adoption.ts'
@@ -78,6 +78,7 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
                        set_config(${APP_ROLE_SETTING}, ${options.appRole ?? ''}, false),
                        set_config('application_name', 'skills-db migrator', false),
                        set_config('maintenance_work_mem', ${options.maintenanceWorkMem ?? '256MB'}, false),
+                       set_config('lock_timeout', ${`${options.lockTimeoutMs ?? DEFAULTS.lockTimeoutMs}ms`}, false),
                        set_config(${SETTINGS.lockTimeoutMs}, ${String(options.lockTimeoutMs ?? '')}, false),
                        set_config(${SETTINGS.lockRetryBudgetMs}, ${String(options.lockRetryBudgetMs ?? '')}, false),
                        set_config(${SETTINGS.batchSize}, ${String(options.batchSize ?? '')}, false)`.execute(conn)
@@ -174,7 +175,7 @@ function describe(error: unknown, db: object): string {
   if (reason) return reason
   const message = error instanceof Error ? error.message : String(error)
   const code = (error as { code?: string }).code
-  if (code === '57P01' || code === '57P02' || /Connection terminated|connection terminated|ECONNRESET/.test(message)) {
+  if (code === '57P01' || code === '57P02' || /Connection terminated|connection terminated|ECONNRESET|connection error and is not queryable/.test(message)) {
     return `lost the connection to PostgreSQL during the migration (${message.split('\n')[0]}); every step resumes where it stopped: run migrate:latest again`
   }
   const missing = /previously executed migration (\S+) is missing/.exec(message)

@@ -1,5 +1,6 @@
 import { sql, type Kysely } from 'kysely'
 import { ident } from './catalog.ts'
+import { withLockRetry } from './lock-retry.ts'
 import { readSetting } from './migration-settings.ts'
 import { progress } from './progress.ts'
 
@@ -19,7 +20,9 @@ export async function backfillNulls(db: Kysely<any>, table: string, column: stri
   let after = ''
   let updated = 0
   for (;;) {
-    const { rows } = await sql<{ last: string | null; n: number }>`
+    // Its own short transaction, retried if a row it must update is locked by the app for longer
+    // than the lock timeout (the app's writes to those rows wait at most that long for us).
+    const { rows } = await withLockRetry(db, table, (trx) => sql<{ last: string | null; n: number }>`
       with ids as (
         select id from ${sql.table(table)} where id > ${after} order by id limit ${batch}
       ), done as (
@@ -27,7 +30,7 @@ export async function backfillNulls(db: Kysely<any>, table: string, column: stri
         from ids where t.id = ids.id and t.${sql.id(column)} is null
         returning 1
       )
-      select (select max(id) from ids) as last, (select count(*)::int from done) as n`.execute(db)
+      select (select max(id) from ids) as last, (select count(*)::int from done) as n`.execute(trx))
     const last = rows[0]?.last
     updated += rows[0]?.n ?? 0
     if (!last) break

@@ -18,17 +18,29 @@ export interface IndexSpec {
 export async function buildIndexConcurrently(db: Kysely<any>, spec: IndexSpec): Promise<void> {
   const existing = await indexInfo(db, spec.name)
   if (existing?.valid) return
-  if (existing) {
-    progress(`  dropping INVALID index ${spec.name} left by an interrupted build`)
-    await sql`drop index concurrently if exists ${sql.id(spec.name)}`.execute(db)
-  }
-  await sql`set lock_timeout = 0`.execute(db)
-  await sql`create ${sql.raw(spec.unique ? 'unique ' : '')}index concurrently ${sql.id(spec.name)}
-    on ${sql.table(spec.table)} (${columnList(spec.columns)})`.execute(db)
+  await withoutLockTimeout(db, async () => {
+    if (existing) {
+      progress(`  dropping INVALID index ${spec.name} left by an interrupted build`)
+      await sql`drop index concurrently if exists ${sql.id(spec.name)}`.execute(db)
+    }
+    await sql`create ${sql.raw(spec.unique ? 'unique ' : '')}index concurrently ${sql.id(spec.name)}
+      on ${sql.table(spec.table)} (${columnList(spec.columns)})`.execute(db)
+  })
 }
 
 export async function dropIndexConcurrently(db: Kysely<any>, name: string): Promise<void> {
-  if (await indexInfo(db, name)) await sql`drop index concurrently if exists ${sql.id(name)}`.execute(db)
+  if (!(await indexInfo(db, name))) return
+  await withoutLockTimeout(db, () => sql`drop index concurrently if exists ${sql.id(name)}`.execute(db))
+}
+
+/** CONCURRENTLY takes only locks the app never waits for, so it may wait (e.g. for autovacuum) as long as it must. */
+async function withoutLockTimeout<T>(db: Kysely<any>, fn: () => Promise<T>): Promise<T> {
+  const { rows } = await sql<{ v: string }>`select current_setting('lock_timeout') as v, set_config('lock_timeout', '0', false)`.execute(db)
+  try {
+    return await fn()
+  } finally {
+    await sql`select set_config('lock_timeout', ${rows[0]!.v}, false)`.execute(db).catch(() => {})
+  }
 }
 
 /** A plain index, built and dropped CONCURRENTLY. */

@@ -34,7 +34,7 @@ export function foreignKey(spec: ForeignKeySpec): Step {
           not valid`.execute(trx))
       }
       if (!existing?.validated) {
-        await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} validate constraint ${sql.id(name)}`.execute(trx))
+        await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} validate constraint ${sql.id(name)}`.execute(trx), { appSafe: true })
       }
     },
     async down(db) {

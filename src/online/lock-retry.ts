@@ -1,6 +1,6 @@
 import { sql, type Kysely, type Transaction } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { readSetting } from './migration-settings.ts'
+import { readSettings } from './migration-settings.ts'
 
 export class LockRetryExhausted extends Error {
   override name = 'LockRetryExhausted'
@@ -15,13 +15,23 @@ export class LockRetryExhausted extends Error {
  * @example
  * await withLockRetry(db, 'skills', (trx) => sql`alter table skills add column x int`.execute(trx))
  */
-export async function withLockRetry<T>(db: Kysely<any>, table: string, fn: (trx: Transaction<any>) => Promise<T>): Promise<T> {
-  const lockTimeout = await readSetting(db, 'lockTimeoutMs')
-  const deadline = Date.now() + (await readSetting(db, 'lockRetryBudgetMs'))
+export async function withLockRetry<T>(
+  db: Kysely<any>,
+  table: string,
+  fn: (trx: Transaction<any>) => Promise<T>,
+  { appSafe = false }: { appSafe?: boolean } = {},
+): Promise<T> {
+  const settings = await readSettings(db)
+  // appSafe: the lock taken (SHARE UPDATE EXCLUSIVE, e.g. VALIDATE) never blocks the app's reads
+  // and writes, so it may wait as long as it must — behind autovacuum, say — without a timeout.
+  const lockTimeout = appSafe ? 0 : settings.lockTimeoutMs
+  const deadline = Date.now() + settings.lockRetryBudgetMs
   for (let attempt = 0; ; attempt++) {
     try {
+      // The migrator's session already runs with the lock timeout (migrate.ts sets it), which
+      // saves a round trip per DDL transaction; anything else sets it for this transaction.
       return await db.transaction().execute(async (trx) => {
-        await sql`select set_config('lock_timeout', ${`${lockTimeout}ms`}, true)`.execute(trx)
+        if (lockTimeout !== settings.sessionLockTimeoutMs) await sql`select set_config('lock_timeout', ${`${lockTimeout}ms`}, true)`.execute(trx)
         return fn(trx)
       })
     } catch (error) {

@@ -18,8 +18,34 @@ export const DEFAULTS = {
   batchSize: 5_000,
 } as const
 
+type Settings = { [K in keyof typeof SETTINGS]: number } & { sessionLockTimeoutMs: number }
+
+// Read once per connection: a migration asks for these before every DDL statement.
+const cache = new WeakMap<object, Settings>()
+
 export async function readSetting(db: Kysely<any>, key: keyof typeof SETTINGS): Promise<number> {
-  const { rows } = await sql<{ v: string | null }>`select current_setting(${SETTINGS[key]}, true) as v`.execute(db)
-  const value = Number(rows[0]?.v)
-  return rows[0]?.v && Number.isFinite(value) && value > 0 ? value : DEFAULTS[key]
+  return (await readSettings(db))[key]
+}
+
+export async function readSettings(db: Kysely<any>): Promise<Settings> {
+  let settings = cache.get(db)
+  if (!settings) {
+    const { rows } = await sql<Record<keyof typeof SETTINGS, string | null>>`
+      select current_setting(${SETTINGS.lockTimeoutMs}, true) as "lockTimeoutMs",
+        current_setting(${SETTINGS.lockRetryBudgetMs}, true) as "lockRetryBudgetMs",
+        current_setting(${SETTINGS.batchSize}, true) as "batchSize",
+        (select setting from pg_settings where name = 'lock_timeout') as "sessionLockTimeoutMs"`.execute(db)
+    const parse = (k: keyof typeof SETTINGS) => {
+      const value = Number(rows[0]?.[k])
+      return rows[0]?.[k] && Number.isFinite(value) && value > 0 ? value : DEFAULTS[k]
+    }
+    settings = {
+      lockTimeoutMs: parse('lockTimeoutMs'),
+      lockRetryBudgetMs: parse('lockRetryBudgetMs'),
+      batchSize: parse('batchSize'),
+      sessionLockTimeoutMs: Number((rows[0] as Record<string, string | null> | undefined)?.sessionLockTimeoutMs ?? 0),
+    }
+    cache.set(db, settings)
+  }
+  return settings
 }

@@ -25,7 +25,7 @@ export function notNull(table: string, column: string): Step {
           sql`alter table ${sql.table(table)} add constraint ${sql.id(check)} check (${sql.id(column)} is not null) not valid`.execute(trx))
       }
       if (!existing?.validated) {
-        await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} validate constraint ${sql.id(check)}`.execute(trx))
+        await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} validate constraint ${sql.id(check)}`.execute(trx), { appSafe: true })
       }
       await withLockRetry(db, table, async (trx) => {
         await sql`alter table ${sql.table(table)} alter column ${sql.id(column)} set not null`.execute(trx)

@@ -116,27 +116,41 @@ describe('many app instances, held locks, lost connections', () => {
     dbs.push(clone.name)
     const db = adminDb(clone.url)
     const watcher = adminDb(clone.url)
+    // An open snapshot makes the first CONCURRENTLY build wait in its last phase, with its index
+    // already in the catalog (INVALID): the moment to cut the connection.
+    const snapshot = new pg.Client({ connectionString: clone.url, application_name: 'reporting query' })
+    await snapshot.connect()
+    await snapshot.query('begin isolation level repeatable read')
+    await snapshot.query('select 1')
     try {
       let terminated = false
       const kill = (async () => {
-        for (let i = 0; i < 400 && !terminated; i++) {
+        for (let i = 0; i < 3000 && !terminated; i++) {
           const { rows } = await sql<{ pid: number }>`select pid from pg_stat_activity
-            where datname = current_database() and application_name = 'skills-db migrator' and query ilike '%concurrently%'`.execute(watcher)
+            where datname = current_database() and application_name = 'skills-db migrator' and state = 'active'
+              and query ilike 'create unique index concurrently%' and wait_event_type = 'Lock'`.execute(watcher)
           if (rows[0]) {
             await sql`select pg_terminate_backend(${rows[0].pid})`.execute(watcher)
             terminated = true
           }
-          await new Promise((r) => setTimeout(r, 5))
+          await new Promise((r) => setTimeout(r, 10))
         }
+        await snapshot.query('commit')
       })()
       const outcome = await migrateToLatest(db, { appRole })
       await kill
       expect(terminated).toBe(true)
       expect(outcome).toMatchObject({ status: 'error', error: { migration: '0005_enforce_tenant_id', message: expect.stringMatching(/^lost the connection to PostgreSQL during the migration .*run migrate:latest again/) } })
-      const rerun = await migrateToLatest(db, { appRole })
+      // The build was cut off server-side: it left an INVALID index, which the rerun drops and rebuilds.
+      const invalid = await sql<{ n: number }>`select count(*)::int as n from pg_index where not indisvalid`.execute(watcher)
+      expect(invalid.rows[0]!.n).toBe(1)
+      const log: string[] = []
+      const rerun = await migrateToLatest(db, { appRole, logger: { info: (m) => log.push(m) } })
       expect(rerun.status, JSON.stringify(rerun)).toBe('applied')
+      expect(log.join('\n')).toMatch(/dropping INVALID index \S+ left by an interrupted build/)
       expect(await takeSchemaSnapshot(db)).toEqual(reference)
     } finally {
+      await snapshot.end().catch(() => {})
       await Promise.all([db.destroy(), watcher.destroy()])
     }
   })
