@@ -218,7 +218,7 @@ function report(results: VariantResult[], extra: Awaited<ReturnType<typeof measu
   const f = (n: number, d = 1) => (Number.isFinite(n) ? n.toFixed(d) : '–')
   const mb = (n: number) => `${f(n / 1048576)} MB`
   const total = (r: Record<string, number>) => Object.values(r).reduce((x, y) => x + y, 0)
-  const row = (label: string, va: string, vb: string, ratio = '') => console.log(`${label.padEnd(34)}${va.padStart(16)}${vb.padStart(16)}${ratio.padStart(10)}`)
+  const row = (label: string, va: string, vb: string, ratio = "") => console.log(`${label.padEnd(34)}${va.padStart(20)}${vb.padStart(22)}${ratio.padStart(10)}`)
   const ratio = (x: number, y: number) => (y ? `${f(x / y, 3)}×` : '–')
   console.log()
   row('', a.variant, b.variant, 'a / b')

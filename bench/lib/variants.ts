@@ -48,7 +48,18 @@ export async function runPlan(url: string, { forced = false } = {}): Promise<Mig
       // "Forced through": take every table's lock up front, in one order, so the app cannot deadlock it.
       const start = performance.now()
       steps.push({ name: 'lock all tables', start, ms: NaN })
-      await client.query('lock table users, skills, ratings, usage_events, skill_versions, skill_embeddings, skill_reviews, api_keys, site_settings in access exclusive mode')
+      // All at once or none: a lock wait longer than 100 ms gives up (to a savepoint) and tries again.
+      await client.query(`set local lock_timeout = '100ms'`)
+      for (;;) {
+        await client.query('savepoint lock_all')
+        try {
+          await client.query('lock table users, skills, ratings, usage_events, skill_versions, skill_embeddings, skill_reviews, api_keys, site_settings in access exclusive mode')
+          break
+        } catch {
+          await client.query('rollback to savepoint lock_all')
+        }
+      }
+      await client.query(`set local lock_timeout = 0`)
       steps.at(-1)!.ms = performance.now() - start
     }
     for (const step of PLAN_STEPS) {
