@@ -82,11 +82,17 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
                        set_config(${SETTINGS.lockTimeoutMs}, ${String(options.lockTimeoutMs ?? '')}, false),
                        set_config(${SETTINGS.lockRetryBudgetMs}, ${String(options.lockRetryBudgetMs ?? '')}, false),
                        set_config(${SETTINGS.batchSize}, ${String(options.batchSize ?? '')}, false)`.execute(conn)
-      setProgressLogger(logger)
       try {
-        return await withMigrationLock(conn, logger, () => runLocked(conn, target, { ...options, db, running }, logger))
+        return await withMigrationLock(conn, logger, async () => {
+          // A process-wide hook for the migrations, installed only while this run holds the lock.
+          setProgressLogger(logger)
+          try {
+            return await runLocked(conn, target, { ...options, db, running }, logger)
+          } finally {
+            setProgressLogger(undefined)
+          }
+        })
       } finally {
-        setProgressLogger(undefined)
         // The connection goes back to the app's pool: leave nothing of ours on it (RESET ALL
         // returns every setting to what the session started with).
         await sql`reset all`.execute(conn).catch(() => {})
