@@ -65,7 +65,9 @@ async function main(argv: string[]): Promise<number> {
         : command === 'up' ? await migrateUp(db, options)
         : await migrateDown(db, { ...options, ...(values.to !== undefined ? { to: values.to } : {}) })
       const code = report(outcome)
-      if (outcome.steps.length > 0 || (outcome.status !== 'error' && outcome.adopted)) {
+      // Regenerated after every run, not only those that changed something: an earlier run cut off
+      // (Ctrl-C) after migrating but before codegen must not leave stale types behind.
+      if (outcome.status !== 'error' || outcome.steps.length > 0) {
         if (!values['no-codegen']) {
           await generateTypes(source.url)
           console.log('regenerated src/db-types.ts')
