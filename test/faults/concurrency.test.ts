@@ -29,6 +29,17 @@ describe('many app instances, held locks, lost connections', () => {
     for (const name of dbs) await dropScratchDatabase(inject('adminUrl'), name)
   })
 
+  /** A fresh copy in which an app transaction holds a row of skills (and so the table's ROW EXCLUSIVE lock). */
+  async function copyWithSkillsLocked() {
+    const clone = await cloneOf(base)
+    dbs.push(clone.name)
+    const holder = new pg.Client({ connectionString: clone.url, application_name: 'long app transaction' })
+    await holder.connect()
+    await holder.query('begin')
+    await holder.query(`update skills set name = name where id = 's1'`)
+    return { clone, holder }
+  }
+
   it('8 processes call migrateToLatest() on one empty database: all succeed, each migration recorded once', async () => {
     const t = await createTestDatabase('empty')
     try {
@@ -43,12 +54,7 @@ describe('many app instances, held locks, lost connections', () => {
   })
 
   it('an app transaction holds skills for 20 s: other sessions are never queued behind the migration; it completes after', async () => {
-    const clone = await cloneOf(base)
-    dbs.push(clone.name)
-    const holder = new pg.Client({ connectionString: clone.url, application_name: 'long app transaction' })
-    await holder.connect()
-    await holder.query('begin')
-    await holder.query(`update skills set name = name where id = 's1'`)
+    const { clone, holder } = await copyWithSkillsLocked()
     const released = new Promise<void>((resolve) => setTimeout(() => void holder.query('commit').then(() => holder.end()).then(resolve), 20_000))
 
     // The rest of the app keeps reading and writing skills (other rows) throughout.
@@ -87,12 +93,7 @@ describe('many app instances, held locks, lost connections', () => {
   })
 
   it('when the retry budget runs out first: stops naming the table and the session, and a rerun completes', async () => {
-    const clone = await cloneOf(base)
-    dbs.push(clone.name)
-    const holder = new pg.Client({ connectionString: clone.url, application_name: 'long app transaction' })
-    await holder.connect()
-    await holder.query('begin')
-    await holder.query(`update skills set name = name where id = 's1'`)
+    const { clone, holder } = await copyWithSkillsLocked()
     const pid = (await holder.query('select pg_backend_pid() as pid')).rows[0].pid as number
     const db = adminDb(clone.url)
     try {
