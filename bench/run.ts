@@ -14,9 +14,10 @@ import { withDatabase } from '../src/connection/database-url.ts'
 import { adminQuery, createScratchDatabase, dropScratchDatabase } from '../src/connection/scratch-database.ts'
 import { LEGACY_SQL } from '../test/support/legacy.ts'
 import { startTestServer } from '../test/support/test-server.ts'
+import { now } from './lib/clock.ts'
 import { renderChart, type ChartSeries } from './lib/chart.ts'
 import { bins, errorsByMessage, latencyStats, longestStall, type LatencyStats } from './lib/metrics.ts'
-import { startOldApp } from './lib/old-app.ts'
+import { startOldAppWorker } from './lib/old-app-worker.ts'
 import { countsAt, fillProductionCopy, type Counts } from './lib/production-copy.ts'
 import { measureNoopBoot, measureRlsOverhead } from './lib/rls-overhead.ts'
 import { runPlan, runSkillsDb, type MigrationRun } from './lib/variants.ts'
@@ -77,6 +78,10 @@ async function cleanup() {
 }
 process.once('SIGINT', () => void cleanup().finally(() => process.exit(130)))
 process.once('SIGTERM', () => void cleanup().finally(() => process.exit(143)))
+process.once('uncaughtException', (error) => {
+  console.error(`error: ${error.message}`)
+  void cleanup().finally(() => process.exit(1))
+})
 
 try {
   const counts = countsAt(scale)
@@ -98,7 +103,7 @@ try {
 async function ensureSnapshot(counts: Counts): Promise<void> {
   const exists = await adminQuery(admin, 'select 1 from pg_database where datname = $1', [snapshot])
   if (exists.rowCount) return console.log(`reusing snapshot ${snapshot}`)
-  const started = performance.now()
+  const started = now()
   const db = createDb<any>(await createScratchDatabase(admin, snapshot), { max: 1 })
   try {
     await sql.raw(LEGACY_SQL).execute(db)
@@ -110,7 +115,7 @@ async function ensureSnapshot(counts: Counts): Promise<void> {
     throw error
   }
   await db.destroy()
-  console.log(`built snapshot ${snapshot} in ${Math.round(performance.now() - started)} ms`)
+  console.log(`built snapshot ${snapshot} in ${Math.round(now() - started)} ms`)
 }
 
 async function sizes(db: ReturnType<typeof createDb<any>>): Promise<Record<string, number>> {
@@ -144,17 +149,17 @@ async function measureVariant(variant: string, migrate: (url: string, attempt: n
   try {
     const sizeBefore = await sizes(db)
     process.stdout.write(`${variant} (try ${attempt}): load starts … `)
-    const app = startOldApp(url, { connections, skills: counts.skills, users: counts.users, maxMs: 30 * 60_000 })
-    const origin = performance.now()
+    const load = startOldAppWorker(url, { connections, skills: counts.skills, users: counts.users, maxMs: 30 * 60_000 })
+    const origin = now()
     await new Promise((r) => setTimeout(r, leadMs))
     const lsnBefore = (await sql<{ l: string }>`select pg_current_wal_lsn()::text as l`.execute(db)).rows[0]!.l
-    const migStart = performance.now()
+    const migStart = now()
     const run = await migrate(url, attempt)
-    const migEnd = performance.now()
+    const migEnd = now()
     const walBytes = Number((await sql<{ b: string }>`select pg_wal_lsn_diff(pg_current_wal_lsn(), ${lsnBefore}::pg_lsn)::text as b`.execute(db)).rows[0]!.b)
     await new Promise((r) => setTimeout(r, leadMs))
-    await app.stop()
-    const loadEnd = performance.now()
+    const app = await load.stop()
+    const loadEnd = now()
     process.stdout.write(`migration ${run.ok ? 'done' : 'FAILED'} in ${Math.round(migEnd - migStart)} ms\n`)
     const { rows } = await sql<{ n: number }>`select count(*)::int as n from usage_events where id = any(${app.acknowledged})`.execute(db)
     const slugBefore = latencyStats(app.samples, origin, migStart, 'select_slug').p50

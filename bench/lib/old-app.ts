@@ -1,3 +1,4 @@
+import { now } from './clock.ts'
 import { randomUUID } from 'node:crypto'
 import pg from 'pg'
 
@@ -33,13 +34,13 @@ export function startOldApp(url: string, { connections = 4, skills, users, maxMs
     client.on('error', () => {})
     await client.connect()
     const timed = async (op: Sample['op'], text: string, values: unknown[]) => {
-      const start = performance.now()
+      const start = now()
       try {
         await client.query(text, values)
-        samples.push({ op, end: performance.now(), ms: performance.now() - start })
+        samples.push({ op, end: now(), ms: now() - start })
         return true
       } catch (error) {
-        samples.push({ op, end: performance.now(), ms: performance.now() - start, error: (error as Error).message })
+        samples.push({ op, end: now(), ms: now() - start, error: (error as Error).message })
         return false
       }
     }

@@ -1,3 +1,4 @@
+import { now } from './clock.ts'
 import pg from 'pg'
 import { createDb } from '../../src/connection/create-db.ts'
 import { migrateToLatest } from '../../src/migrator/migrate.ts'
@@ -6,7 +7,7 @@ import { PLAN_STEPS } from './plan-sql.ts'
 export interface MigrationRun {
   ok: boolean
   error?: string
-  /** performance.now() offsets of each step's start, and its duration */
+  /** clock.ts times of each step's start, and its duration */
   steps: { name: string; start: number; ms: number }[]
 }
 
@@ -20,10 +21,10 @@ export async function runSkillsDb(url: string, appRole: string): Promise<Migrati
       logger: {
         info(message) {
           const started = /^up +(\S+) …$/.exec(message)
-          if (started) steps.push({ name: started[1]!, start: performance.now(), ms: NaN })
+          if (started) steps.push({ name: started[1]!, start: now(), ms: NaN })
           const done = /^up +(\S+) done in (\d+) ms$/.exec(message)
           const step = done && steps.find((s) => s.name === done[1])
-          if (step) step.ms = performance.now() - step.start
+          if (step) step.ms = now() - step.start
         },
       },
     })
@@ -46,7 +47,7 @@ export async function runPlan(url: string, { forced = false } = {}): Promise<Mig
     await client.query('begin')
     if (forced) {
       // "Forced through": take every table's lock up front, in one order, so the app cannot deadlock it.
-      const start = performance.now()
+      const start = now()
       steps.push({ name: 'lock all tables', start, ms: NaN })
       // All at once or none: a lock wait longer than 100 ms gives up (to a savepoint) and tries again.
       await client.query(`set local lock_timeout = '100ms'`)
@@ -60,13 +61,13 @@ export async function runPlan(url: string, { forced = false } = {}): Promise<Mig
         }
       }
       await client.query(`set local lock_timeout = 0`)
-      steps.at(-1)!.ms = performance.now() - start
+      steps.at(-1)!.ms = now() - start
     }
     for (const step of PLAN_STEPS) {
-      const start = performance.now()
+      const start = now()
       steps.push({ name: step.name, start, ms: NaN })
       await client.query(step.sql)
-      steps.at(-1)!.ms = performance.now() - start
+      steps.at(-1)!.ms = now() - start
     }
     await client.query('commit')
     return { ok: true, steps }
