@@ -26,11 +26,6 @@ export async function indexInfo(db: Kysely<any>, name: string) {
   return rows[0]
 }
 
-export async function tableExists(db: Kysely<any>, table: string): Promise<boolean> {
-  const { rows } = await sql<{ t: string | null }>`select to_regclass(${table})::text as t`.execute(db)
-  return rows[0]?.t != null
-}
-
 /** Identifiers the building blocks splice into DDL: checked, so a typo fails loudly, not oddly. */
 export function ident(name: string): string {
   if (!/^[a-z_][a-z0-9_]{0,62}$/.test(name)) throw new Error(`"${name}" is not a plain lower-case SQL identifier`)

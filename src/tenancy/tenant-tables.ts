@@ -3,5 +3,3 @@ export const TENANT_TABLES = [
   'users', 'skills', 'ratings', 'usage_events', 'skill_versions',
   'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings',
 ] as const
-
-export type TenantTable = (typeof TENANT_TABLES)[number]

@@ -1,7 +1,6 @@
 import { Kysely } from 'kysely'
 import { afterAll, beforeAll, inject } from 'vitest'
 import { createDb } from '../../src/connection/create-db.ts'
-import { withDatabase } from '../../src/connection/database-url.ts'
 import { createScratchDatabase, dropScratchDatabase, scratchName } from '../../src/connection/scratch-database.ts'
 import type { DB } from '../../src/db-types.ts'
 
@@ -51,4 +50,3 @@ export function useTestDatabase(kind: 'migrated' | 'empty' = 'migrated'): TestDa
   return handle
 }
 
-export const adminUrlOf = (db: TestDatabase) => withDatabase(db.url, 'postgres')

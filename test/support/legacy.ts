@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs'
 import { sql, type Kysely } from 'kysely'
+import { TENANT_TABLES } from '../../src/tenancy/tenant-tables.ts'
 import { ROOT } from './cli.ts'
 
 export const LEGACY_SQL = readFileSync(`${ROOT}test/fixtures/legacy-schema.sql`, 'utf8')
@@ -26,10 +27,8 @@ insert into api_keys (id, user_id, key_hash, key_prefix, name) values ('k1', 'u1
 insert into site_settings (id, semantic_similarity_enabled) values ('default', true);
 `
 
-export const APP_TABLES = [
-  'users', 'skills', 'ratings', 'usage_events', 'skill_versions',
-  'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings',
-] as const
+/** The nine data tables of the legacy schema (the ones that get tenant_id). */
+export const APP_TABLES = TENANT_TABLES
 
 /** Every row of every app table as JSON text, per table, without tenant_id: what "nothing lost" compares. */
 export async function tableContents(db: Kysely<any>, tables: readonly string[] = APP_TABLES): Promise<Record<string, string[]>> {
