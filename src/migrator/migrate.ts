@@ -79,6 +79,8 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
                        set_config('application_name', 'skills-db migrator', false),
                        set_config('maintenance_work_mem', ${options.maintenanceWorkMem ?? '256MB'}, false),
                        set_config('lock_timeout', ${`${options.lockTimeoutMs ?? DEFAULTS.lockTimeoutMs}ms`}, false),
+                       -- a server-wide statement_timeout must not cut a long validation or index build short
+                       set_config('statement_timeout', '0', false),
                        set_config(${SETTINGS.lockTimeoutMs}, ${String(options.lockTimeoutMs ?? '')}, false),
                        set_config(${SETTINGS.lockRetryBudgetMs}, ${String(options.lockRetryBudgetMs ?? '')}, false),
                        set_config(${SETTINGS.batchSize}, ${String(options.batchSize ?? '')}, false)`.execute(conn)

@@ -35,7 +35,9 @@ export async function withLockRetry<T>(
         return fn(trx)
       })
     } catch (error) {
-      if ((error as { code?: string }).code !== '55P03') throw error
+      // lock_not_available (our timeout), or deadlock_detected should the server pick us as the victim.
+      const code = (error as { code?: string }).code
+      if (code !== '55P03' && code !== '40P01') throw error
       if (Date.now() > deadline) {
         throw new LockRetryExhausted(
           `gave up waiting for a lock on table ${table}: held by ${await lockHolders(db, table)}; end that session or rerun the migration later (it resumes where it stopped)`,
