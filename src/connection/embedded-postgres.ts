@@ -41,7 +41,9 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     password: PASSWORD,
     authMethod: 'scram-sha-256',
     persistent: options.persistent ?? true,
-    createPostgresUser: true,
+    // PostgreSQL refuses to run as root: as root, run it as a `postgres` OS user (created if
+    // missing); anyone else runs it as themselves.
+    createPostgresUser: process.getuid?.() === 0,
     // fsync off is only for throwaway test clusters; the CLI default keeps durability.
     postgresFlags: ['-c', 'listen_addresses=127.0.0.1', ...(options.persistent === false ? ['-c', 'fsync=off'] : [])],
     onLog: options.onLog ?? (() => {}),
