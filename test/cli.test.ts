@@ -41,6 +41,10 @@ describe('CLI', () => {
       [['frobnicate'], { DATABASE_URL: t.url }, /unknown command "frobnicate"/],
       [['latest', '--bogus'], { DATABASE_URL: t.url }, /Unknown option '--bogus'/],
       [['down', '--to', '0042_nope'], { DATABASE_URL: t.url }, /unknown migration "0042_nope"|nothing to roll back/],
+      [['make'], {}, /migrate:make needs exactly one name/],
+      [['make', '../evil'], {}, /migration name "\.\.\/evil" is not allowed/],
+      [['make', '0001_baseline'.slice(5)], {}, /a migration named "baseline" already exists: 0001_baseline\.ts/],
+      [['latest', '--lock-timeout-ms', 'soon'], { DATABASE_URL: t.url }, /--lock-timeout-ms must be a positive whole number, not "soon"/],
     ]
     for (const [args, env, expected] of cases) {
       const r = await runScript(args, env)
