@@ -97,11 +97,9 @@ export function diffSnapshots(expected: SchemaSnapshot, actual: SchemaSnapshot):
       for (const line of e[part]) if (!a[part].includes(line)) out.push(`table ${table}: ${part} missing  ${line}`)
       for (const line of a[part]) if (!e[part].includes(line)) out.push(`table ${table}: ${part} unexpected  ${line}`)
     }
-    if (e.columns.join() === a.columns.join() || e.columns.length !== a.columns.length) {
-      // order differences only matter when the sets agree
-    } else if ([...e.columns].sort().join() === [...a.columns].sort().join()) {
-      out.push(`table ${table}: columns in another order`)
-    }
+    // Reported only when nothing else differs in the columns: then the order is the difference.
+    const sameColumns = [...e.columns].sort().join('\n') === [...a.columns].sort().join('\n')
+    if (sameColumns && e.columns.join('\n') !== a.columns.join('\n')) out.push(`table ${table}: columns in another order`)
     if (e.rowSecurity !== a.rowSecurity) out.push(`table ${table}: row security ${a.rowSecurity}, expected ${e.rowSecurity}`)
   }
   for (const table of Object.keys(actual)) if (!expected[table]) out.push(`table ${table}: unexpected`)
