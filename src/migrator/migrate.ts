@@ -108,8 +108,7 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
 }
 
 async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOptions & { db?: Kysely<any>; running?: { name?: string } }, logger: MigrationLogger): Promise<MigrationOutcome> {
-  await assertWritable(conn)
-  await assertSeesEveryRow(conn)
+  await preflight(conn)
   const adopted = target.kind === 'latest' || target.kind === 'up' ? await adoptLegacySchema(conn, logger) : false
   const migrator = new Migrator({
     db: conn,
@@ -120,7 +119,6 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
     // hold locks on every table at once, and CREATE INDEX CONCURRENTLY cannot run inside one.
     disableTransactions: true,
   })
-  const applied = await readAppliedMigrations(conn)
   let resultSet: MigrationResultSet
   switch (target.kind) {
     case 'latest': resultSet = await migrator.migrateToLatest(); break
@@ -128,6 +126,7 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
     case 'down':
     case 'all-down':
     case 'to': {
+      const applied = await readAppliedMigrations(conn)
       if (applied.length === 0) return fail('nothing to roll back: no migration is applied')
       if (target.kind === 'to' && !applied.some((m) => m.name === target.name)) {
         return fail(`unknown migration "${target.name}" for --to; applied: ${applied.map((m) => m.name).join(', ')}`)
@@ -153,23 +152,21 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
   return { status: 'applied', steps, adopted }
 }
 
-async function assertWritable(conn: Kysely<any>): Promise<void> {
-  const { rows } = await sql<{ ro: string; standby: boolean }>`
-    select current_setting('transaction_read_only') as ro, pg_is_in_recovery() as standby`.execute(conn)
-  if (rows[0]?.ro === 'on' || rows[0]?.standby) {
-    throw new Error(`the database is read-only (${rows[0]?.standby ? 'a standby' : 'default_transaction_read_only is on'}): nothing was changed; point DATABASE_URL at the writable primary`)
-  }
-}
-
 /**
- * Row security would hide rows from the migrations' own checks (is anything left to backfill? would
- * this down merge tenants?) and make them answer wrongly, so the migrator must see every row.
+ * Refuses, before anything is changed, a read-only target and a role that row security would
+ * filter: hidden rows would make the migrations' own checks (anything left to backfill? would
+ * this down merge tenants?) answer wrongly. One round trip: every app boot pays it.
  */
-async function assertSeesEveryRow(conn: Kysely<any>): Promise<void> {
-  const { rows } = await sql<{ ok: boolean; me: string }>`
-    select rolsuper or rolbypassrls as ok, current_user as me from pg_roles where rolname = current_user`.execute(conn)
-  if (!rows[0]?.ok) {
-    throw new Error(`migrations must run as a superuser or a role with BYPASSRLS, and ${rows[0]?.me} is neither (row security would hide rows from the migration's own checks); use the owner's URL`)
+async function preflight(conn: Kysely<any>): Promise<void> {
+  const { rows } = await sql<{ ro: string; standby: boolean; seesAll: boolean; me: string }>`
+    select current_setting('transaction_read_only') as ro, pg_is_in_recovery() as standby, current_user as me,
+      (select rolsuper or rolbypassrls from pg_roles where rolname = current_user) as "seesAll"`.execute(conn)
+  const r = rows[0]!
+  if (r.ro === 'on' || r.standby) {
+    throw new Error(`the database is read-only (${r.standby ? 'a standby' : 'default_transaction_read_only is on'}): nothing was changed; point DATABASE_URL at the writable primary`)
+  }
+  if (!r.seesAll) {
+    throw new Error(`migrations must run as a superuser or a role with BYPASSRLS, and ${r.me} is neither (row security would hide rows from the migration's own checks); use the owner's URL`)
   }
 }
 

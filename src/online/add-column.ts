@@ -1,6 +1,6 @@
 import { sql, type Kysely, type RawBuilder } from 'kysely'
 import { columnInfo, ident } from './catalog.ts'
-import { withLockRetry } from './lock-retry.ts'
+import { alterTable } from './alter-table.ts'
 import type { Step } from './step.ts'
 
 export interface ColumnSpec {
@@ -26,14 +26,14 @@ export function addColumn(spec: ColumnSpec): Step {
       if (await columnInfo(db, table, column)) return
       const existing = await spec.existingRows(db)
       const next = await spec.newRows(db)
-      await withLockRetry(db, table, async (trx) => {
-        await sql`alter table ${sql.table(table)} add column ${sql.id(column)} ${sql.raw(spec.type)} default ${existing}`.execute(trx)
-        await sql`alter table ${sql.table(table)} alter column ${sql.id(column)} set default ${next}`.execute(trx)
-      })
+      await alterTable(db, table, [
+        sql`add column ${sql.id(column)} ${sql.raw(spec.type)} default ${existing}`,
+        sql`alter column ${sql.id(column)} set default ${next}`,
+      ])
     },
     async down(db) {
       if (!(await columnInfo(db, table, column))) return
-      await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} drop column if exists ${sql.id(column)}`.execute(trx))
+      await alterTable(db, table, sql`drop column if exists ${sql.id(column)}`)
     },
   }
 }

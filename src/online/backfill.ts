@@ -1,7 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { ident } from './catalog.ts'
 import { withLockRetry } from './lock-retry.ts'
-import { readSetting } from './migration-settings.ts'
+import { readSettings } from './migration-settings.ts'
 import { progress } from './progress.ts'
 
 /**
@@ -16,7 +16,7 @@ export async function backfillNulls(db: Kysely<any>, table: string, column: stri
   ident(column)
   const probe = await sql`select 1 from ${sql.table(table)} where ${sql.id(column)} is null limit 1`.execute(db)
   if (probe.rows.length === 0) return 0
-  const batch = await readSetting(db, 'batchSize')
+  const batch = (await readSettings(db)).batchSize
   let after = ''
   let updated = 0
   for (;;) {

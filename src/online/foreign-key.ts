@@ -1,6 +1,6 @@
 import { sql } from 'kysely'
 import { columnList, constraintInfo } from './catalog.ts'
-import { withLockRetry } from './lock-retry.ts'
+import { alterTable, dropConstraint } from './alter-table.ts'
 import type { Step } from './step.ts'
 
 export interface ForeignKeySpec {
@@ -28,19 +28,12 @@ export function foreignKey(spec: ForeignKeySpec): Step {
     async up(db) {
       const existing = await constraintInfo(db, table, name)
       if (!existing) {
-        await withLockRetry(db, table, (trx) => sql`
-          alter table ${sql.table(table)} add constraint ${sql.id(name)}
+        await alterTable(db, table, sql`add constraint ${sql.id(name)}
           foreign key (${columnList(spec.columns)}) references ${sql.table(spec.references.table)} (${columnList(spec.references.columns)})${onDelete}
-          not valid`.execute(trx))
+          not valid`)
       }
-      if (!existing?.validated) {
-        await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} validate constraint ${sql.id(name)}`.execute(trx), { appSafe: true })
-      }
+      if (!existing?.validated) await alterTable(db, table, sql`validate constraint ${sql.id(name)}`, { appSafe: true })
     },
-    async down(db) {
-      if (await constraintInfo(db, table, name)) {
-        await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} drop constraint if exists ${sql.id(name)}`.execute(trx))
-      }
-    },
+    down: (db) => dropConstraint(db, table, name),
   }
 }

@@ -23,10 +23,6 @@ type Settings = { [K in keyof typeof SETTINGS]: number } & { sessionLockTimeoutM
 // Read once per connection: a migration asks for these before every DDL statement.
 const cache = new WeakMap<object, Settings>()
 
-export async function readSetting(db: Kysely<any>, key: keyof typeof SETTINGS): Promise<number> {
-  return (await readSettings(db))[key]
-}
-
 export async function readSettings(db: Kysely<any>): Promise<Settings> {
   let settings = cache.get(db)
   if (!settings) {

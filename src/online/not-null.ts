@@ -1,6 +1,6 @@
 import { sql } from 'kysely'
+import { alterTable, dropConstraint } from './alter-table.ts'
 import { columnInfo, constraintInfo, ident } from './catalog.ts'
-import { withLockRetry } from './lock-retry.ts'
 import type { Step } from './step.ts'
 
 /**
@@ -10,33 +10,18 @@ import type { Step } from './step.ts'
  */
 export function notNull(table: string, column: string): Step {
   const check = `${ident(table)}_${ident(column)}_not_null`
-  const dropCheck = async (db: Parameters<Step['up']>[0]) => {
-    if (await constraintInfo(db, table, check)) {
-      await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} drop constraint if exists ${sql.id(check)}`.execute(trx))
-    }
-  }
   return {
     name: `${table}.${column} not null`,
     async up(db) {
-      if ((await columnInfo(db, table, column))?.notnull) return dropCheck(db)
+      if ((await columnInfo(db, table, column))?.notnull) return dropConstraint(db, table, check)
       const existing = await constraintInfo(db, table, check)
-      if (!existing) {
-        await withLockRetry(db, table, (trx) =>
-          sql`alter table ${sql.table(table)} add constraint ${sql.id(check)} check (${sql.id(column)} is not null) not valid`.execute(trx))
-      }
-      if (!existing?.validated) {
-        await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} validate constraint ${sql.id(check)}`.execute(trx), { appSafe: true })
-      }
-      await withLockRetry(db, table, async (trx) => {
-        await sql`alter table ${sql.table(table)} alter column ${sql.id(column)} set not null`.execute(trx)
-        await sql`alter table ${sql.table(table)} drop constraint ${sql.id(check)}`.execute(trx)
-      })
+      if (!existing) await alterTable(db, table, sql`add constraint ${sql.id(check)} check (${sql.id(column)} is not null) not valid`)
+      if (!existing?.validated) await alterTable(db, table, sql`validate constraint ${sql.id(check)}`, { appSafe: true })
+      await alterTable(db, table, [sql`alter column ${sql.id(column)} set not null`, sql`drop constraint ${sql.id(check)}`])
     },
     async down(db) {
-      await dropCheck(db)
-      if ((await columnInfo(db, table, column))?.notnull) {
-        await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} alter column ${sql.id(column)} drop not null`.execute(trx))
-      }
+      await dropConstraint(db, table, check)
+      if ((await columnInfo(db, table, column))?.notnull) await alterTable(db, table, sql`alter column ${sql.id(column)} drop not null`)
     },
   }
 }

@@ -1,7 +1,7 @@
 import { sql } from 'kysely'
 import { constraintInfo, indexInfo } from './catalog.ts'
 import { buildIndexConcurrently, dropIndexConcurrently } from './concurrent-index.ts'
-import { withLockRetry } from './lock-retry.ts'
+import { alterTable, dropConstraint } from './alter-table.ts'
 import type { Step } from './step.ts'
 
 /**
@@ -15,13 +15,10 @@ export function uniqueKey(spec: { table: string; name: string; columns: string[]
     async up(db) {
       if (await constraintInfo(db, table, name)) return
       await buildIndexConcurrently(db, { ...spec, unique: true })
-      await withLockRetry(db, table, (trx) =>
-        sql`alter table ${sql.table(table)} add constraint ${sql.id(name)} unique using index ${sql.id(name)}`.execute(trx))
+      await alterTable(db, table, sql`add constraint ${sql.id(name)} unique using index ${sql.id(name)}`)
     },
     async down(db) {
-      if (await constraintInfo(db, table, name)) {
-        await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} drop constraint if exists ${sql.id(name)}`.execute(trx))
-      }
+      await dropConstraint(db, table, name)
       await dropIndexConcurrently(db, name)
     },
   }
@@ -38,10 +35,10 @@ export function swapPrimaryKey(spec: { table: string; name: string; from: string
     const staging = `${spec.name}_next`
     if ((await indexInfo(db, staging))?.constraint) throw new Error(`index ${staging} already backs a constraint`)
     await buildIndexConcurrently(db, { table: spec.table, name: staging, columns, unique: true })
-    await withLockRetry(db, spec.table, async (trx) => {
-      await sql`alter table ${sql.table(spec.table)} drop constraint if exists ${sql.id(spec.name)}`.execute(trx)
-      await sql`alter table ${sql.table(spec.table)} add constraint ${sql.id(spec.name)} primary key using index ${sql.id(staging)}`.execute(trx)
-    })
+    await alterTable(db, spec.table, [
+      sql`drop constraint if exists ${sql.id(spec.name)}`,
+      sql`add constraint ${sql.id(spec.name)} primary key using index ${sql.id(staging)}`,
+    ])
   }
   return { name: `primary key ${spec.table} (${spec.to.join(', ')})`, up: ensure(spec.to), down: ensure(spec.from) }
 }
