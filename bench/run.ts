@@ -91,7 +91,7 @@ try {
   // The plan's way deadlocks with the app on most tries; after 3 plain tries it is forced through.
   const b = await untilSuccess('b: plan SQL', (url, attempt) => runPlan(url, { forced: attempt > 3 }), counts)
   const extra = await measureMigratedReads(a.url, counts)
-  report([a.result, b.result], extra, counts)
+  report([a.result, b.result], extra)
   mkdirSync(args.out!, { recursive: true })
   writeFileSync(`${args.out}/results.json`, JSON.stringify({ scale, connections, counts, server: server.source, variants: [a.result, b.result], ...extra }, null, 2))
   writeFileSync(`${args.out}/chart.svg`, await renderChart([a.chart, b.chart]))
@@ -218,7 +218,7 @@ async function measureMigratedReads(url: string, counts: Counts) {
   return { rlsOverhead: rls, noopMigrateToLatest: noop }
 }
 
-function report(results: VariantResult[], extra: Awaited<ReturnType<typeof measureMigratedReads>>, counts: Counts): void {
+function report(results: VariantResult[], extra: Awaited<ReturnType<typeof measureMigratedReads>>): void {
   const [a, b] = results as [VariantResult, VariantResult]
   const f = (n: number, d = 1) => (Number.isFinite(n) ? n.toFixed(d) : '–')
   const mb = (n: number) => `${f(n / 1048576)} MB`
@@ -250,5 +250,4 @@ function report(results: VariantResult[], extra: Awaited<ReturnType<typeof measu
     console.log(`  ${q.query.padEnd(42)} ${f(q.rlsMedianMs, 3)} ms vs ${f(q.filterMedianMs, 3)} ms = ${f(q.ratio, 2)}×  index used: ${q.usesIndex}`)
   }
   console.log(`no-op migrateToLatest() (fresh pool, up-to-date database): median ${f(extra.noopMigrateToLatest.medianMs)} ms (${extra.noopMigrateToLatest.outcomes.join(', ')})`)
-  void counts
 }

@@ -42,13 +42,13 @@ export const appRole: Step = {
     const role = await appRoleName(db)
     const { rows } = await sql<{ rolsuper: boolean; rolbypassrls: boolean }>`
       select rolsuper, rolbypassrls from pg_roles where rolname = ${role}`.execute(db)
-    await sql`create table if not exists skills_db.settings (key text primary key, value text not null)`.execute(db)
-    await sql`insert into skills_db.settings (key, value) values ('app_role', ${role}) on conflict (key) do nothing`.execute(db)
-    if (!rows[0]) {
-      await sql`create role ${sql.id(role)} login nosuperuser nobypassrls nocreatedb nocreaterole noinherit`.execute(db)
-    } else if (rows[0].rolsuper || rows[0].rolbypassrls) {
+    if (rows[0]?.rolsuper || rows[0]?.rolbypassrls) {
       throw new Error(`role ${role} is a superuser or has BYPASSRLS, so row-level security would not apply to it; pick another --app-role or ALTER ROLE ${role} NOSUPERUSER NOBYPASSRLS`)
     }
+    if (!rows[0]) await sql`create role ${sql.id(role)} login nosuperuser nobypassrls nocreatedb nocreaterole noinherit`.execute(db)
+    // Recorded only once accepted, so a refused name does not stick to the database.
+    await sql`create table if not exists skills_db.settings (key text primary key, value text not null)`.execute(db)
+    await sql`insert into skills_db.settings (key, value) values ('app_role', ${role}) on conflict (key) do nothing`.execute(db)
   },
   async down(db) {
     if ((await sql<{ t: string | null }>`select to_regclass('skills_db.settings')::text as t`.execute(db)).rows[0]?.t) {
