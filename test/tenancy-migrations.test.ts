@@ -111,6 +111,18 @@ describe('the plan\'s must-haves, migration by migration, on the production sche
   })
 })
 
+describe('the application role', () => {
+  it('a superuser is refused as the app role, and the refusal does not stick to the database', async () => {
+    const t = await legacyDb()
+    const refused = await migrateToLatest(t.admin, { appRole: 'postgres' })
+    expect(refused).toMatchObject({
+      status: 'error',
+      error: { migration: '0005_enforce_tenant_id', message: expect.stringMatching(/^role postgres is a superuser or has BYPASSRLS/) },
+    })
+    expect((await migrateToLatest(t.admin, { appRole })).status).toBe('applied')
+  })
+})
+
 describe('reversible', () => {
   it('every migration\'s down restores the schema before it exactly; up → down → up keeps every row', async () => {
     const t = await legacyDb()
