@@ -13,7 +13,7 @@ import { makeMigration } from '../src/migrator/make-migration.ts'
 import { migrateDown, migrateToLatest, migrateUp, type MigrationOutcome } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 
-const USAGE = 'usage: migrate <latest|up|down|status|make> [--to <name>|all] [--force] [--app-role <name>] [--no-codegen] [--lock-timeout-ms N] [--lock-retry-budget-ms N] [--batch-size N]'
+const USAGE = 'usage: migrate <latest|up|down|status|make> [--to <name>|all] [--force] [--app-role <name>] [--old-app-role <name>]... [--no-codegen] [--lock-timeout-ms N] [--lock-retry-budget-ms N] [--batch-size N]'
 
 async function main(argv: string[]): Promise<number> {
   const { positionals, values } = parseArgs({
@@ -23,6 +23,7 @@ async function main(argv: string[]): Promise<number> {
       to: { type: 'string' },
       force: { type: 'boolean', default: false },
       'app-role': { type: 'string' },
+      'old-app-role': { type: 'string', multiple: true },
       'no-codegen': { type: 'boolean', default: false },
       'lock-timeout-ms': { type: 'string' },
       'lock-retry-budget-ms': { type: 'string' },
@@ -47,6 +48,7 @@ async function main(argv: string[]): Promise<number> {
     logger: log,
     allowDataLoss: values.force,
     ...(values['app-role'] ? { appRole: values['app-role'] } : {}),
+    ...(values['old-app-role'] ? { oldAppRoles: values['old-app-role'] } : {}),
     ...positiveInt('lockTimeoutMs', values['lock-timeout-ms']),
     ...positiveInt('lockRetryBudgetMs', values['lock-retry-budget-ms']),
     ...positiveInt('batchSize', values['batch-size']),

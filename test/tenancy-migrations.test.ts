@@ -4,7 +4,7 @@ import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import legacySchema from '../src/migrator/legacy-schema.json' with { type: 'json' }
 import { migrateDown, migrateToLatest, migrateUp } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
-import { TENANT_TABLES } from '../src/tenancy/tenant-tables.ts'
+import { TENANT_TABLES } from './support/legacy.ts'
 import { createTestDatabase, type TestDatabase } from './support/database.ts'
 import { buildLegacyDatabase, tableContents } from './support/legacy.ts'
 
@@ -112,13 +112,17 @@ describe('the plan\'s must-haves, migration by migration, on the production sche
 })
 
 describe('the application role', () => {
-  it('a superuser is refused as the app role, and the refusal does not stick to the database', async () => {
+  it('a superuser is refused as the app role before anything changes, and the refusal does not stick to the database', async () => {
     const t = await legacyDb()
+    const before = await takeSchemaSnapshot(t.admin)
     const refused = await migrateToLatest(t.admin, { appRole: 'postgres' })
-    expect(refused).toMatchObject({
+    expect(refused).toEqual({
       status: 'error',
-      error: { migration: '0005_enforce_tenant_id', message: expect.stringMatching(/^role postgres is a superuser or has BYPASSRLS/) },
+      steps: [],
+      error: { message: 'the application role postgres is a superuser, so row-level security would not hold it: nothing was changed; ALTER ROLE postgres NOSUPERUSER, or pick another application role' },
     })
+    expect(await takeSchemaSnapshot(t.admin)).toEqual(before)
+    expect((await migrationStatus(t.admin)).applied).toEqual([])
     expect((await migrateToLatest(t.admin, { appRole })).status).toBe('applied')
   })
 })

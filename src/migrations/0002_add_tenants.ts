@@ -1,6 +1,10 @@
 import { sql, type Kysely } from 'kysely'
 import { refuseDataLoss } from '../online/data-loss-guard.ts'
-import { DEFAULT_TENANT_SEED_ID, DEFAULT_TENANT_SLUG } from '../tenancy/default-tenant.ts'
+
+// Frozen: this migration's own facts, as of when it was written.
+const DEFAULT_TENANT_SLUG = 'default'
+/** The id the plan seeds; an existing default tenant under another id is found by slug instead. */
+const DEFAULT_TENANT_SEED_ID = 'default-tenant-000-0000-000000000000'
 
 /** The tenants table and the default tenant, which every existing row will belong to. */
 export async function up(db: Kysely<any>): Promise<void> {

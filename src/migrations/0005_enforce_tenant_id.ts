@@ -1,15 +1,49 @@
 import { sql, type Kysely } from 'kysely'
-import { DataLossRefused, guardDown } from '../online/data-loss-guard.ts'
 import { index } from '../online/concurrent-index.ts'
+import { DataLossRefused, guardDown } from '../online/data-loss-guard.ts'
+import { databaseFunction } from '../online/database-function.ts'
 import { foreignKey, type ForeignKeySpec } from '../online/foreign-key.ts'
 import { notNull } from '../online/not-null.ts'
-import { rowSecurityPolicy } from '../online/row-security.ts'
+import { revokePublicCreate } from '../online/public-schema.ts'
+import { appRole, grant, oldAppLane, oldAppRoles, tableOwner } from '../online/roles.ts'
+import { rowSecurity, type PolicySpec } from '../online/row-security.ts'
 import { applySteps, reverse, revertSteps, type Step } from '../online/step.ts'
+import { trigger } from '../online/trigger.ts'
 import { swapPrimaryKey, uniqueKey } from '../online/unique-key.ts'
-import { apiKeyResolver } from '../tenancy/api-key-resolver.ts'
-import { appRole, grant } from '../tenancy/app-role.ts'
-import { tenantIsolation } from '../tenancy/tenant-setting.ts'
-import { TENANT_TABLES } from '../tenancy/tenant-tables.ts'
+
+// Frozen: the tables, policy conditions, function bodies and grants below are this migration's
+// own, as of when it was written. Later code must not change what it does (see README.md in this folder).
+const TABLES = [
+  'users', 'skills', 'ratings', 'usage_events', 'skill_versions',
+  'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings',
+] as const
+
+async function defaultTenantId(db: Kysely<any>): Promise<string> {
+  const { rows } = await sql<{ id: string }>`select id from tenants where slug = 'default'`.execute(db)
+  if (!rows[0]) throw new Error(`the default tenant (slug 'default') is missing from tenants; 0002_add_tenants creates it: restore that row`)
+  return rows[0].id
+}
+
+/**
+ * Who sees which rows:
+ * - everyone (the application role above all): the tenant named by app.current_tenant_id; none when unset;
+ * - the single-tenant app's roles (the owner included): the default tenant, so it keeps working and
+ *   never sees a tenant created later;
+ * - the owner, while skills_db.all_tenants is on: every row. The migrator's session sets it, so its
+ *   checks see every row without a superuser; so do SECURITY DEFINER functions owned by the owner.
+ *   Other roles setting it gain nothing: the policy applies to the owner alone.
+ */
+const policies = (table: string): PolicySpec[] => [
+  { name: 'tenant_isolation', condition: sql`tenant_id = nullif(current_setting('app.current_tenant_id', true), '')` },
+  { name: 'old_app_default_tenant', to: oldAppRoles, condition: async (db) => sql`tenant_id = ${sql.lit(await defaultTenantId(db))}` },
+  { name: 'owner_all_tenants', to: confinableOwner(table), condition: sql`current_setting('skills_db.all_tenants', true) = 'on'` },
+]
+
+/** The owner, when row security applies to it at all (a superuser owner needs no policy). */
+const confinableOwner = (table: string) => async (db: Kysely<any>) => {
+  const owner = await tableOwner(db, table)
+  return owner.confinable ? [owner.name] : []
+}
 
 /** The legacy references between data tables; each becomes a composite key that includes tenant_id. */
 const REFERENCES: { table: string; column: string; parent: 'users' | 'skills'; onDelete: 'cascade' | 'set null'; legacyName: string }[] = [
@@ -33,8 +67,11 @@ const perTenant = (table: string, column: string, globalName: string, tenantName
 ]
 
 const steps: Step[] = [
-  ...TENANT_TABLES.map((table) => notNull(table, 'tenant_id')),
-  ...TENANT_TABLES.map((table) =>
+  // First, so a schema this role cannot lock down stops the run before anything else changes: nobody
+  // but its owner may plant objects in public that migrations or SECURITY DEFINER code could pick up.
+  revokePublicCreate,
+  ...TABLES.map((table) => notNull(table, 'tenant_id')),
+  ...TABLES.map((table) =>
     foreignKey({ table, name: `${table}_tenant_id_fk`, columns: ['tenant_id'], references: { table: 'tenants', columns: ['id'] } })),
 
   // Parents expose (tenant_id, id) so children can reference a row *of their own tenant*.
@@ -75,11 +112,63 @@ const steps: Step[] = [
   index({ table: 'skill_versions', name: 'skill_versions_tenant_id_idx', columns: ['tenant_id'] }),
   index({ table: 'api_keys', name: 'api_keys_tenant_id_idx', columns: ['tenant_id'] }),
 
-  ...TENANT_TABLES.map((table) => rowSecurityPolicy(table, 'tenant_isolation', tenantIsolation)),
+  oldAppLane(TABLES, ['select', 'insert', 'update', 'delete']),
+  ...TABLES.map((table) => rowSecurity(table, policies(table))),
   appRole,
   grant('tenants', ['select']),
-  ...TENANT_TABLES.map((table) => grant(table, ['select', 'insert', 'update', 'delete'])),
-  apiKeyResolver,
+  ...TABLES.map((table) => grant(table, ['select', 'insert', 'update', 'delete'])),
+  // The one path from a presented API key to its tenant, for a request that has no tenant yet:
+  // an exact, unrevoked, unexpired hash gives only tenant_id and user_id.
+  databaseFunction({
+    signature: 'public.resolve_api_key(text)',
+    executeBy: 'app role',
+    definition: sql`
+      create or replace function public.resolve_api_key(presented_key_hash text)
+      returns table (tenant_id text, user_id text)
+      language sql stable security definer
+      set search_path = pg_catalog, pg_temp
+      set skills_db.all_tenants = 'on'
+      as $$
+        select k.tenant_id, k.user_id from public.api_keys k
+        where k.key_hash = presented_key_hash
+          and k.revoked_at is null
+          and (k.expires_at is null or k.expires_at > now())
+      $$`,
+  }),
+  // Row security cannot confine a superuser or BYPASSRLS session. While one is connected, it may be
+  // the old app, which would then reach every tenant: refuse to create a second tenant until it is gone.
+  trigger({
+    table: 'tenants',
+    name: 'no_second_tenant_beside_unconfined_sessions',
+    events: 'before insert',
+    level: 'row',
+    fn: {
+      name: 'skills_db.no_second_tenant_beside_unconfined_sessions',
+      definition: sql`
+        create or replace function skills_db.no_second_tenant_beside_unconfined_sessions() returns trigger
+        language plpgsql security definer
+        set search_path = pg_catalog, pg_temp
+        as $$
+        declare
+          who text;
+        begin
+          if coalesce(current_setting('skills_db.unconfined_sessions_ok', true), '') = 'on' then
+            return new;
+          end if;
+          select string_agg(format('pid %s (%s%s)', a.pid, r.rolname, coalesce(', ' || nullif(a.application_name, ''), '')), '; ' order by a.pid)
+            into who
+          from pg_stat_activity a join pg_roles r on r.oid = a.usesysid
+          where a.datname = current_database() and a.pid <> pg_backend_pid() and (r.rolsuper or r.rolbypassrls);
+          if who is not null then
+            raise exception 'refusing to create tenant "%": sessions that row-level security cannot confine are connected: %', new.slug, who
+              using errcode = 'object_in_use',
+                hint = 'The single-tenant app would reach every tenant as a superuser or BYPASSRLS role: move it to an old-app role (README, "Transition"). '
+                  || 'If none of these sessions is the old app, set skills_db.unconfined_sessions_ok = on in this transaction.';
+          end if;
+          return new;
+        end $$`,
+    },
+  }),
   guardDown('global keys can be restored', async (db) => {
     // Undoing per-tenant keys rebuilds the global ones; tenants sharing a value would make that fail halfway.
     for (const [table, column] of [['skills', 'slug'], ['users', 'email'], ['skill_embeddings', 'skill_id'], ['skill_reviews', 'skill_id'], ['site_settings', 'id']] as const) {

@@ -5,17 +5,24 @@ import { targetOf } from '../connection/create-db.ts'
 import { ALLOW_DATA_LOSS_SETTING } from '../online/data-loss-guard.ts'
 import { DEFAULTS, SETTINGS } from '../online/migration-settings.ts'
 import { setProgressLogger } from '../online/progress.ts'
-import { APP_ROLE_SETTING } from '../tenancy/app-role.ts'
+import { APP_ROLE_SETTING, OLD_APP_ROLES_SETTING } from '../online/roles.ts'
 import { adoptLegacySchema, SchemaMismatchError } from './legacy-adoption.ts'
 import { withMigrationLock } from './migration-lock.ts'
 import { silentLogger, type MigrationLogger } from './migration-logger.ts'
 import { timedMigrationProvider } from './migration-provider.ts'
 import { MIGRATION_SCHEMA, MIGRATION_TABLE, readAppliedMigrations } from './migration-table.ts'
+import { preflight } from './preflight.ts'
 
 export interface MigrateOptions {
   logger?: MigrationLogger
   /** Role the app connects as once multi-tenant; created when missing. Default `app_user`. */
   appRole?: string
+  /**
+   * Roles the single-tenant app connects as (or will, instead of a superuser) while it keeps
+   * running: created when missing, and confined to the default tenant, like the tables' owner and
+   * every role already granted access to the tables. CLI: `--old-app-role`.
+   */
+  oldAppRoles?: string[]
   /** Let a `down` drop data it cannot restore (CLI: `--force`). */
   allowDataLoss?: boolean
   /** Another migrations folder (tests). */
@@ -74,16 +81,25 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
   const running: { name?: string } = {}
   try {
     return await db.connection().execute(async (conn) => {
-      await sql`select set_config(${ALLOW_DATA_LOSS_SETTING}, ${options.allowDataLoss ? 'on' : 'off'}, false),
-                       set_config(${APP_ROLE_SETTING}, ${options.appRole ?? ''}, false),
-                       set_config('application_name', 'skills-db migrator', false),
-                       set_config('maintenance_work_mem', ${options.maintenanceWorkMem ?? '256MB'}, false),
-                       set_config('lock_timeout', ${`${options.lockTimeoutMs ?? DEFAULTS.lockTimeoutMs}ms`}, false),
+      await sql`select pg_catalog.set_config(${ALLOW_DATA_LOSS_SETTING}::text, ${options.allowDataLoss ? 'on' : 'off'}::text, false),
+                       pg_catalog.set_config(${APP_ROLE_SETTING}::text, ${options.appRole ?? ''}::text, false),
+                       pg_catalog.set_config(${OLD_APP_ROLES_SETTING}::text, ${(options.oldAppRoles ?? []).join(',')}::text, false),
+                       -- Pinned: no "$user" schema. pg_catalog is searched before it, implicitly (listing it
+                       -- would make it where CREATE puts objects), and functions never resolve in pg_temp.
+                       -- What a lookalike in public could still win by argument types is called qualified
+                       -- and cast; 0005 also takes CREATE on public away from PUBLIC.
+                       pg_catalog.set_config('search_path', 'public', false),
+                       -- The policies of 0005/0006 let the owner see every row while this is on, so the
+                       -- migrations' own checks need no superuser. Other roles gain nothing by setting it.
+                       pg_catalog.set_config('skills_db.all_tenants', 'on', false),
+                       pg_catalog.set_config('application_name', 'skills-db migrator', false),
+                       pg_catalog.set_config('maintenance_work_mem', ${options.maintenanceWorkMem ?? '256MB'}::text, false),
+                       pg_catalog.set_config('lock_timeout', ${`${options.lockTimeoutMs ?? DEFAULTS.lockTimeoutMs}ms`}::text, false),
                        -- a server-wide statement_timeout must not cut a long validation or index build short
-                       set_config('statement_timeout', '0', false),
-                       set_config(${SETTINGS.lockTimeoutMs}, ${String(options.lockTimeoutMs ?? '')}, false),
-                       set_config(${SETTINGS.lockRetryBudgetMs}, ${String(options.lockRetryBudgetMs ?? '')}, false),
-                       set_config(${SETTINGS.batchSize}, ${String(options.batchSize ?? '')}, false)`.execute(conn)
+                       pg_catalog.set_config('statement_timeout', '0', false),
+                       pg_catalog.set_config(${SETTINGS.lockTimeoutMs}::text, ${String(options.lockTimeoutMs ?? '')}::text, false),
+                       pg_catalog.set_config(${SETTINGS.lockRetryBudgetMs}::text, ${String(options.lockRetryBudgetMs ?? '')}::text, false),
+                       pg_catalog.set_config(${SETTINGS.batchSize}::text, ${String(options.batchSize ?? '')}::text, false)`.execute(conn)
       try {
         return await withMigrationLock(conn, logger, async () => {
           // A process-wide hook for the migrations, installed only while this run holds the lock.
@@ -150,24 +166,6 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
     return { status: 'up-to-date', steps: [], adopted }
   }
   return { status: 'applied', steps, adopted }
-}
-
-/**
- * Refuses, before anything is changed, a read-only target and a role that row security would
- * filter: hidden rows would make the migrations' own checks (anything left to backfill? would
- * this down merge tenants?) answer wrongly. One round trip: every app boot pays it.
- */
-async function preflight(conn: Kysely<any>): Promise<void> {
-  const { rows } = await sql<{ ro: string; standby: boolean; seesAll: boolean; me: string }>`
-    select current_setting('transaction_read_only') as ro, pg_is_in_recovery() as standby, current_user as me,
-      (select rolsuper or rolbypassrls from pg_roles where rolname = current_user) as "seesAll"`.execute(conn)
-  const r = rows[0]!
-  if (r.ro === 'on' || r.standby) {
-    throw new Error(`the database is read-only (${r.standby ? 'a standby' : 'default_transaction_read_only is on'}): nothing was changed; point DATABASE_URL at the writable primary`)
-  }
-  if (!r.seesAll) {
-    throw new Error(`migrations must run as a superuser or a role with BYPASSRLS, and ${r.me} is neither (row security would hide rows from the migration's own checks); use the owner's URL`)
-  }
 }
 
 function fail(message: string): MigrationOutcome {

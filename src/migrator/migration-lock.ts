@@ -21,7 +21,7 @@ export async function withMigrationLock<T>(
   const deadline = Date.now() + timeoutMs
   let announced = false
   for (let delay = 50; ; delay = Math.min(delay * 2, 1000)) {
-    const { rows } = await sql<{ ok: boolean }>`select pg_try_advisory_lock(${LOCK_KEY}) as ok`.execute(conn)
+    const { rows } = await sql<{ ok: boolean }>`select pg_catalog.pg_try_advisory_lock(${LOCK_KEY}::bigint) as ok`.execute(conn)
     if (rows[0]?.ok) break
     if (!announced) {
       logger.info(`another migrator ${await holderOf(conn)} is running; waiting for it to finish`)
@@ -35,7 +35,7 @@ export async function withMigrationLock<T>(
   try {
     return await fn()
   } finally {
-    await sql`select pg_advisory_unlock(${LOCK_KEY})`.execute(conn).catch(() => {})
+    await sql`select pg_catalog.pg_advisory_unlock(${LOCK_KEY}::bigint)`.execute(conn).catch(() => {})
   }
 }
 

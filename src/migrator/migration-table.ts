@@ -11,7 +11,7 @@ export interface AppliedMigration {
 
 /** What the database says was applied, oldest first; empty when it was never migrated. */
 export async function readAppliedMigrations(db: Kysely<any>): Promise<AppliedMigration[]> {
-  const { rows: exists } = await sql<{ t: string | null }>`select to_regclass(${`${MIGRATION_SCHEMA}.${MIGRATION_TABLE}`}) as t`.execute(db)
+  const { rows: exists } = await sql<{ t: string | null }>`select pg_catalog.to_regclass(${`${MIGRATION_SCHEMA}.${MIGRATION_TABLE}`}::text) as t`.execute(db)
   if (!exists[0]?.t) return []
   const { rows } = await sql<AppliedMigration>`
     select name, timestamp as "appliedAt" from ${sql.table(`${MIGRATION_SCHEMA}.${MIGRATION_TABLE}`)}

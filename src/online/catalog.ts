@@ -5,7 +5,7 @@ import { sql, type Kysely } from 'kysely'
 export async function columnInfo(db: Kysely<any>, table: string, column: string) {
   const { rows } = await sql<{ notnull: boolean }>`
     select a.attnotnull as notnull from pg_attribute a
-    where a.attrelid = to_regclass(${table}) and a.attname = ${column} and not a.attisdropped`.execute(db)
+    where a.attrelid = pg_catalog.to_regclass(${table}::text) and a.attname = ${column} and not a.attisdropped`.execute(db)
   return rows[0]
 }
 
@@ -14,7 +14,7 @@ export async function constraintInfo(db: Kysely<any>, table: string, name: strin
     select c.convalidated as validated,
       array(select a.attname::text from unnest(c.conkey) with ordinality k(n, i)
             join pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.n order by k.i) as columns
-    from pg_constraint c where c.conrelid = to_regclass(${table}) and c.conname = ${name}`.execute(db)
+    from pg_constraint c where c.conrelid = pg_catalog.to_regclass(${table}::text) and c.conname = ${name}`.execute(db)
   return rows[0]
 }
 
@@ -22,7 +22,7 @@ export async function indexInfo(db: Kysely<any>, name: string) {
   const { rows } = await sql<{ valid: boolean; constraint: string | null }>`
     select i.indisvalid as valid,
       (select conname from pg_constraint where conindid = i.indexrelid limit 1) as constraint
-    from pg_index i where i.indexrelid = to_regclass(${name})`.execute(db)
+    from pg_index i where i.indexrelid = pg_catalog.to_regclass(${name}::text)`.execute(db)
   return rows[0]
 }
 

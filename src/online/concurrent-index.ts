@@ -35,11 +35,11 @@ export async function dropIndexConcurrently(db: Kysely<any>, name: string): Prom
 
 /** CONCURRENTLY takes only locks the app never waits for, so it may wait (e.g. for autovacuum) as long as it must. */
 async function withoutLockTimeout<T>(db: Kysely<any>, fn: () => Promise<T>): Promise<T> {
-  const { rows } = await sql<{ v: string }>`select current_setting('lock_timeout') as v, set_config('lock_timeout', '0', false)`.execute(db)
+  const { rows } = await sql<{ v: string }>`select pg_catalog.current_setting('lock_timeout') as v, pg_catalog.set_config('lock_timeout', '0', false)`.execute(db)
   try {
     return await fn()
   } finally {
-    await sql`select set_config('lock_timeout', ${rows[0]!.v}, false)`.execute(db).catch(() => {})
+    await sql`select pg_catalog.set_config('lock_timeout', ${rows[0]!.v}::text, false)`.execute(db).catch(() => {})
   }
 }
 

@@ -17,7 +17,7 @@ export async function refuseDataLoss(
   what: string,
   wouldLoseData: () => Promise<boolean>,
 ): Promise<void> {
-  const { rows } = await sql<{ v: string | null }>`select current_setting(${ALLOW_DATA_LOSS_SETTING}, true) as v`.execute(db)
+  const { rows } = await sql<{ v: string | null }>`select pg_catalog.current_setting(${ALLOW_DATA_LOSS_SETTING}::text, true) as v`.execute(db)
   if (rows[0]?.v === 'on') return
   if (await wouldLoseData()) {
     throw new DataLossRefused(`refusing to roll back: ${what}; run migrate:down again with --force to accept the loss`)

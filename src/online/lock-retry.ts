@@ -31,7 +31,7 @@ export async function withLockRetry<T>(
       // The migrator's session already runs with the lock timeout (migrate.ts sets it), which
       // saves a round trip per DDL transaction; anything else sets it for this transaction.
       return await db.transaction().execute(async (trx) => {
-        if (lockTimeout !== settings.sessionLockTimeoutMs) await sql`select set_config('lock_timeout', ${`${lockTimeout}ms`}, true)`.execute(trx)
+        if (lockTimeout !== settings.sessionLockTimeoutMs) await sql`select pg_catalog.set_config('lock_timeout', ${`${lockTimeout}ms`}::text, true)`.execute(trx)
         return fn(trx)
       })
     } catch (error) {
@@ -54,6 +54,6 @@ async function lockHolders(db: Kysely<any>, table: string): Promise<string> {
     select string_agg(distinct 'pid ' || a.pid || ' (' || coalesce(nullif(a.application_name, ''), a.usename::text)
       || ', ' || a.state || ', ' || left(a.query, 60) || ')', '; ') as who
     from pg_locks l join pg_stat_activity a on a.pid = l.pid
-    where l.relation = to_regclass(${table}) and l.granted and l.pid <> pg_backend_pid()`.execute(db)
+    where l.relation = pg_catalog.to_regclass(${table}::text) and l.granted and l.pid <> pg_catalog.pg_backend_pid()`.execute(db)
   return rows[0]?.who ?? 'a session that has since finished'
 }

@@ -27,9 +27,9 @@ export async function readSettings(db: Kysely<any>): Promise<Settings> {
   let settings = cache.get(db)
   if (!settings) {
     const { rows } = await sql<Record<keyof typeof SETTINGS, string | null>>`
-      select current_setting(${SETTINGS.lockTimeoutMs}, true) as "lockTimeoutMs",
-        current_setting(${SETTINGS.lockRetryBudgetMs}, true) as "lockRetryBudgetMs",
-        current_setting(${SETTINGS.batchSize}, true) as "batchSize",
+      select pg_catalog.current_setting(${SETTINGS.lockTimeoutMs}::text, true) as "lockTimeoutMs",
+        pg_catalog.current_setting(${SETTINGS.lockRetryBudgetMs}::text, true) as "lockRetryBudgetMs",
+        pg_catalog.current_setting(${SETTINGS.batchSize}::text, true) as "batchSize",
         (select setting from pg_settings where name = 'lock_timeout') as "sessionLockTimeoutMs"`.execute(db)
     const parse = (k: keyof typeof SETTINGS) => {
       const value = Number(rows[0]?.[k])

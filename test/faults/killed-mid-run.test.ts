@@ -2,7 +2,7 @@ import { sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot, type SchemaSnapshot } from '../../src/catalog/schema-snapshot.ts'
 import { dropScratchDatabase } from '../../src/connection/scratch-database.ts'
-import { TENANT_TABLES } from '../../src/tenancy/tenant-tables.ts'
+import { TENANT_TABLES } from '../support/legacy.ts'
 import { adminDb, buildProductionCopy, checksums, cloneOf, runMigrateCli } from './support.ts'
 
 /** Where to pull the plug: right after a progress line, so every migration and its slow steps are hit. */

@@ -1,6 +1,5 @@
 import { readFileSync } from 'node:fs'
 import { sql, type Kysely } from 'kysely'
-import { TENANT_TABLES } from '../../src/tenancy/tenant-tables.ts'
 import { ROOT } from './cli.ts'
 
 export const LEGACY_SQL = readFileSync(`${ROOT}test/fixtures/legacy-schema.sql`, 'utf8')
@@ -28,6 +27,10 @@ insert into site_settings (id, semantic_similarity_enabled) values ('default', t
 `
 
 /** The nine data tables of the legacy schema (the ones that get tenant_id). */
+export const TENANT_TABLES = [
+  'users', 'skills', 'ratings', 'usage_events', 'skill_versions',
+  'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings',
+] as const
 export const APP_TABLES = TENANT_TABLES
 
 /** Every row of every app table as JSON text, per table, without tenant_id: what "nothing lost" compares. */

@@ -1,6 +1,6 @@
 import { sql } from 'kysely'
-import { withLockRetry } from '../online/lock-retry.ts'
-import type { Step } from '../online/step.ts'
+import { withLockRetry } from './lock-retry.ts'
+import type { Step } from './step.ts'
 
 /**
  * Makes a table append-only for every role, owner and superuser included: a row trigger refuses

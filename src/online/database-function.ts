@@ -1,0 +1,26 @@
+import { sql, type RawBuilder } from 'kysely'
+import { appRoleName } from './roles.ts'
+import type { Step } from './step.ts'
+
+export interface FunctionSpec {
+  /** Schema-qualified name with argument types, as DROP FUNCTION takes it: `public.f(text)`. */
+  signature: string
+  /** The whole CREATE OR REPLACE FUNCTION statement (SECURITY DEFINER ones pin search_path). */
+  definition: RawBuilder<unknown>
+  /** Who may call it besides the owner: nobody, or the application role. */
+  executeBy?: 'app role'
+}
+
+/** A function, callable by nobody but its owner (and the application role, when asked). */
+export function databaseFunction(spec: FunctionSpec): Step {
+  const signature = sql.raw(spec.signature)
+  return {
+    name: `function ${spec.signature}`,
+    async up(db) {
+      await spec.definition.execute(db)
+      await sql`revoke all on function ${signature} from public`.execute(db)
+      if (spec.executeBy === 'app role') await sql`grant execute on function ${signature} to ${sql.id(await appRoleName(db))}`.execute(db)
+    },
+    down: async (db) => void (await sql`drop function if exists ${signature}`.execute(db)),
+  }
+}
