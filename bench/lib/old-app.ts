@@ -8,6 +8,8 @@ export interface Sample {
   end: number
   ms: number
   error?: string
+  /** a lookup that should have found its row found none (the app would show "not found") */
+  empty?: boolean
 }
 
 export interface OldAppLoad {
@@ -36,8 +38,8 @@ export function startOldApp(url: string, { connections = 4, skills, users, maxMs
     const timed = async (op: Sample['op'], text: string, values: unknown[]) => {
       const start = now()
       try {
-        await client.query(text, values)
-        samples.push({ op, end: now(), ms: now() - start })
+        const result = await client.query(text, values)
+        samples.push({ op, end: now(), ms: now() - start, ...(op === 'select_slug' && result.rowCount === 0 ? { empty: true } : {}) })
         return true
       } catch (error) {
         samples.push({ op, end: now(), ms: now() - start, error: (error as Error).message })

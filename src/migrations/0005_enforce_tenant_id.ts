@@ -125,15 +125,22 @@ const steps: Step[] = [
     definition: sql`
       create or replace function public.resolve_api_key(presented_key_hash text)
       returns table (tenant_id text, user_id text)
-      language sql stable security definer
+      language plpgsql volatile security definer
       set search_path = pg_catalog, pg_temp
-      set skills_db.all_tenants = 'on'
       as $$
-        select k.tenant_id, k.user_id from public.api_keys k
-        where k.key_hash = presented_key_hash
-          and k.revoked_at is null
-          and (k.expires_at is null or k.expires_at > now())
-      $$`,
+      declare
+        was text := current_setting('skills_db.all_tenants', true);
+      begin
+        -- Past the owner's own row security, for this lookup only (a function's SET clause may not
+        -- name this setting unless a superuser creates the function).
+        perform set_config('skills_db.all_tenants', 'on', true);
+        return query
+          select k.tenant_id, k.user_id from public.api_keys k
+          where k.key_hash = presented_key_hash
+            and k.revoked_at is null
+            and (k.expires_at is null or k.expires_at > now());
+        perform set_config('skills_db.all_tenants', coalesce(was, ''), true);
+      end $$`,
   }),
   // Row security cannot confine a superuser or BYPASSRLS session. While one is connected, it may be
   // the old app, which would then reach every tenant: refuse to create a second tenant until it is gone.

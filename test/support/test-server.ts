@@ -15,19 +15,21 @@ const TMP_PREFIX = 'skills-db-test-'
 
 /**
  * One PostgreSQL per test run: TEST_DATABASE_URL when set, else Testcontainers when a container
- * runtime answers, else an embedded server in a temporary directory.
+ * runtime answers, else an embedded server in a temporary directory (PostgreSQL 17, or the major
+ * in EMBEDDED_PG_MAJOR: 14, 16 or 18).
  */
 export async function startTestServer(): Promise<TestServer> {
   if (process.env.TEST_DATABASE_URL) {
     return { adminUrl: process.env.TEST_DATABASE_URL, source: 'TEST_DATABASE_URL', stop: async () => {} }
   }
-  const container = await tryTestcontainers()
+  const container = process.env.EMBEDDED_PG_MAJOR ? undefined : await tryTestcontainers()
   if (container) return container
   await sweepOrphanEmbeddedServers()
   const dataDir = mkdtempSync(path.join(tmpdir(), TMP_PREFIX))
   chmodSync(dataDir, 0o755) // the server runs as the postgres OS user, who must reach its data dir
   writeFileSync(path.join(dataDir, 'owner.pid'), String(process.pid))
-  const server = await startEmbeddedPostgres({ dataDir: path.join(dataDir, 'pg'), port: await freePort(), persistent: false })
+  const major = process.env.EMBEDDED_PG_MAJOR ? Number(process.env.EMBEDDED_PG_MAJOR) : undefined
+  const server = await startEmbeddedPostgres({ dataDir: path.join(dataDir, 'pg'), port: await freePort(), persistent: false, ...(major ? { major } : {}) })
   return {
     adminUrl: server.adminUrl,
     source: 'embedded',
