@@ -1,0 +1,221 @@
+import { mkdtempSync, rmSync, chmodSync } from 'node:fs'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { sql, type Kysely } from 'kysely'
+import pg from 'pg'
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
+import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
+import { createDb } from '../src/connection/create-db.ts'
+import { withDatabase } from '../src/connection/database-url.ts'
+import { startEmbeddedPostgres } from '../src/connection/embedded-postgres.ts'
+import { adminQuery, dropScratchDatabase, scratchName } from '../src/connection/scratch-database.ts'
+import { migrateDown, migrateToLatest, migrateUp } from '../src/migrator/migrate.ts'
+import { migrationStatus } from '../src/migrator/migration-status.ts'
+import { createTestDatabase, type TestDatabase } from './support/database.ts'
+import { buildLegacyDatabase, LEGACY_SQL } from './support/legacy.ts'
+
+const runId = inject('runId')
+const adminUrl = inject('adminUrl')
+const appRole = inject('appRole')
+const role = (tag: string) => `${runId}_g${tag}`
+
+const dbs: TestDatabase[] = []
+async function legacyDb(): Promise<TestDatabase> {
+  const t = await createTestDatabase('empty')
+  dbs.push(t)
+  await buildLegacyDatabase(t.admin)
+  return t
+}
+afterAll(async () => Promise.all(dbs.map((d) => d.close())))
+
+/** The database is as it was: same schema, no migration recorded. */
+async function unchanged(t: TestDatabase, before: Awaited<ReturnType<typeof takeSchemaSnapshot>>): Promise<void> {
+  expect(await takeSchemaSnapshot(t.admin)).toEqual(before)
+  expect((await migrationStatus(t.admin)).applied).toEqual([])
+}
+
+describe('an application role that could escape row security is refused before anything changes', () => {
+  beforeAll(async () => {
+    for (const statement of [
+      `create role ${role('bypass')} login bypassrls`,
+      `create role ${role('mid')} nologin`,
+      `grant ${role('bypass')} to ${role('mid')}`,
+      `create role ${role('deep')} login noinherit`,
+      `grant ${role('mid')} to ${role('deep')}`,
+      `create role ${role('owner')} login`,
+      `create role ${role('ownermember')} login noinherit`,
+      `grant ${role('owner')} to ${role('ownermember')}`,
+      `create role ${role('super')} login superuser`,
+      `create role ${role('supermember')} login noinherit`,
+      `grant ${role('super')} to ${role('supermember')}`,
+    ]) await adminQuery(adminUrl, statement)
+  })
+
+  it.each([
+    ['a BYPASSRLS role', 'bypass', /has BYPASSRLS.*ALTER ROLE \S+ NOBYPASSRLS/],
+    ['a member, two levels down and without INHERIT, of a BYPASSRLS role', 'deep', /is a member of \S+_gbypass, which row security does not apply to/],
+    ['a member without INHERIT of a superuser', 'supermember', /is a member of .*_gsuper, which row security does not apply to/],
+    ['the owner of an object in the database', 'owner', /owns objects in this database/],
+    ['a member of that owner', 'ownermember', /owns objects in this database \(through .*_gowner\)/],
+  ])('%s', async (_label, tag, message) => {
+    const t = await legacyDb()
+    await sql.raw(`create table owned_by_someone (id int); alter table owned_by_someone owner to ${role('owner')}`).execute(t.admin)
+    const before = await takeSchemaSnapshot(t.admin)
+    const outcome = await migrateToLatest(t.admin, { appRole: role(tag) })
+    expect(outcome).toMatchObject({ status: 'error', steps: [], error: { message: expect.stringMatching(message) } })
+    expect(outcome.status === 'error' && outcome.error.message).toMatch(/^the application role \S+ .*so row-level security would not hold it: nothing was changed; /)
+    await unchanged(t, before)
+  })
+
+  it('an old-app role that is a superuser is refused: it cannot be confined', async () => {
+    const t = await legacyDb()
+    const before = await takeSchemaSnapshot(t.admin)
+    const outcome = await migrateToLatest(t.admin, { appRole, oldAppRoles: [role('super')] })
+    expect(outcome).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/old app's role .* is a superuser or has BYPASSRLS, so it cannot be confined/) } })
+    await unchanged(t, before)
+  })
+})
+
+describe('a migrator that lacks what the migrations need is refused before anything changes', () => {
+  const NOCR = role('nocr')
+  const STRANGER = role('stranger')
+  beforeAll(async () => {
+    await adminQuery(adminUrl, `create role ${NOCR} login password 'test' nosuperuser nocreaterole`)
+    await adminQuery(adminUrl, `create role ${STRANGER} login password 'test' nosuperuser createrole`)
+  })
+
+  it('without CREATEROLE, when the application role does not exist yet', async () => {
+    const t = await legacyDb()
+    await sql.raw(`${['users', 'skills', 'ratings', 'usage_events', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings']
+      .map((x) => `alter table ${x} owner to ${NOCR};`).join(' ')} alter schema drizzle owner to ${NOCR}; alter table drizzle.__drizzle_migrations owner to ${NOCR};
+      alter database ${t.name} owner to ${NOCR}`).execute(t.admin)
+    const before = await takeSchemaSnapshot(t.admin)
+    const db = t.connectAs(NOCR) as Kysely<any>
+    const outcome = await migrateToLatest(db, { appRole: role('notyet') })
+    expect(outcome).toEqual({ status: 'error', steps: [], error: { message: `${NOCR} cannot create role ${role('notyet')} (it has no CREATEROLE): nothing was changed; create it first (CREATE ROLE ${role('notyet')} LOGIN), or run as a role with CREATEROLE` } })
+    await unchanged(t, before)
+  })
+
+  it('a role that is neither the owner of the tables nor a superuser', async () => {
+    const t = await legacyDb()
+    const before = await takeSchemaSnapshot(t.admin)
+    const outcome = await migrateToLatest(t.connectAs(STRANGER) as Kysely<any>, { appRole })
+    expect(outcome).toMatchObject({ status: 'error', steps: [], error: { message: expect.stringMatching(new RegExp(`^migrations must run as the owner of the tables or a superuser, and ${STRANGER} cannot act as postgres: nothing was changed`)) } })
+    await unchanged(t, before)
+  })
+})
+
+describe('PostgreSQL 14', () => {
+  it('is refused with one line naming the version found and the version needed, and nothing changes', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'skills-db-test-pg14-'))
+    chmodSync(dir, 0o755)
+    const server = await startEmbeddedPostgres({ dataDir: path.join(dir, 'pg'), port: await freePort(), persistent: false, major: 14 })
+    try {
+      const admin = new pg.Client({ connectionString: server.adminUrl })
+      await admin.connect()
+      await admin.query('create database legacy')
+      await admin.end()
+      const db = createDb<any>(withDatabase(server.adminUrl, 'legacy'), { max: 1 })
+      try {
+        await sql.raw(LEGACY_SQL).execute(db)
+        const before = await takeSchemaSnapshot(db)
+        const outcome = await migrateToLatest(db, { appRole })
+        expect(outcome).toEqual({ status: 'error', steps: [], error: { message: expect.stringMatching(/^PostgreSQL 14\.\d+ found; skills-db needs PostgreSQL 15 or later: nothing was changed$/) } })
+        expect(await takeSchemaSnapshot(db)).toEqual(before)
+        expect((await sql`select to_regnamespace('skills_db') as s`.execute(db)).rows).toEqual([{ s: null }])
+      } finally {
+        await db.destroy()
+      }
+    } finally {
+      await server.stop()
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
+
+describe('the migrator never runs what another role planted', () => {
+  it('lookalike functions in a public schema that every role may create in never run; CREATE on public is taken back, and down gives it back', async () => {
+    const t = await legacyDb()
+    // A cluster first made on PostgreSQL 14 or older: every role may create in public.
+    await sql`grant create on schema public to public`.execute(t.admin)
+    // Adopted and half-way migrated (adoption would refuse a schema with the planter's table in it).
+    for (let i = 0; i < 3; i++) expect(await migrateUp(t.admin, { appRole })).toMatchObject({ status: 'applied' })
+    const planter = role('planter')
+    await adminQuery(adminUrl, `create role ${planter} login password 'test'`)
+    const plant = t.connectAs(planter) as Kysely<any>
+    await sql`create table public.planted_calls (name text)`.execute(plant)
+    await sql`grant insert on public.planted_calls to public`.execute(plant)
+    const lookalikes = [
+      ['pg_try_advisory_lock(k text)', 'boolean', 'true'],
+      ['pg_advisory_unlock(k text)', 'boolean', 'true'],
+      ['pg_advisory_lock(k text)', 'boolean', 'true'],
+      ['to_regclass(k varchar)', 'regclass', 'null'],
+      ['current_setting(k varchar, missing_ok boolean)', 'text', 'null'],
+      ['set_config(k varchar, v varchar, l boolean)', 'text', 'null'],
+      ['now()', 'timestamptz', "'2000-01-01'"],
+      ['gen_random_uuid()', 'uuid', "'00000000-0000-0000-0000-000000000000'"],
+    ]
+    for (const [signature, returns, value] of lookalikes) {
+      await sql.raw(`create function public.${signature} returns ${returns} language plpgsql as $$
+        begin insert into public.planted_calls values ('${signature}'); return ${value}; end $$`).execute(plant)
+    }
+    // The planted lock function does win an untyped call: the attack is real.
+    const probe = new pg.Client({ connectionString: t.url })
+    await probe.connect()
+    await probe.query(`set search_path = public`)
+    await probe.query('select pg_try_advisory_lock($1)', ['1'])
+    await probe.end()
+    expect((await sql<{ name: string }>`select name from planted_calls`.execute(t.admin)).rows).toEqual([{ name: 'pg_try_advisory_lock(k text)' }])
+    await sql`delete from planted_calls`.execute(t.admin)
+
+    expect(await migrateToLatest(t.admin, { appRole })).toMatchObject({ status: 'applied' })
+    expect(await migrateToLatest(t.admin, { appRole })).toMatchObject({ status: 'up-to-date' })
+    const publicCreate = () => sql<{ open: boolean }>`select has_schema_privilege('public', 'public', 'CREATE') as open`.execute(t.admin).then((r) => r.rows[0]!.open)
+    expect(await publicCreate()).toBe(false)
+    await expect(sql`create function public.f() returns int language sql as 'select 1'`.execute(plant)).rejects.toThrow(/permission denied for schema public/)
+    expect(await migrateDown(t.admin, { to: '0004_backfill_tenant_id' })).toMatchObject({ status: 'applied' })
+    expect(await publicCreate()).toBe(true)
+    expect((await sql`select name from planted_calls`.execute(t.admin)).rows).toEqual([])
+    await plant.destroy()
+    await sql.raw(`drop owned by ${planter}`).execute(t.admin)
+  })
+})
+
+describe('a superuser old app: no second tenant while it may be connected', () => {
+  it('creating a tenant is refused while a superuser session is connected to the database, and allowed once it is gone', async () => {
+    const t = await legacyDb()
+    // One connection of our own for the operator's work, so no idle pooled superuser session muddles the count.
+    await t.admin.destroy()
+    const operator = createDb<any>(t.url, { max: 1 })
+    try {
+      expect(await migrateToLatest(operator, { appRole })).toMatchObject({ status: 'applied' })
+      const oldApp = new pg.Client({ connectionString: t.url, application_name: 'old single-tenant app' })
+      await oldApp.connect()
+      const pid = (await oldApp.query('select pg_backend_pid() as pid')).rows[0].pid
+      const create = () => sql`insert into tenants (id, name, slug) values ('tenant-b', 'B', 'b')`.execute(operator)
+      await expect(create()).rejects.toThrow(`refusing to create tenant "b": sessions that row-level security cannot confine are connected: pid ${pid} (postgres, old single-tenant app)`)
+      // Nothing crossed: the old app, as a superuser, would have seen tenant B's rows.
+      expect((await sql<{ n: number }>`select count(*)::int as n from tenants`.execute(operator)).rows).toEqual([{ n: 1 }])
+      await oldApp.end()
+      for (let i = 0; i < 50 && (await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity where pid = ${pid}`.execute(operator)).rows[0]!.n > 0; i++) {
+        await new Promise((r) => setTimeout(r, 50))
+      }
+      await create()
+      expect((await sql<{ n: number }>`select count(*)::int as n from tenants`.execute(operator)).rows).toEqual([{ n: 2 }])
+    } finally {
+      await operator.destroy()
+    }
+  })
+})
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer()
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number }
+      srv.close(() => resolve(port))
+    })
+    srv.on('error', reject)
+  })
+}
