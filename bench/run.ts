@@ -42,6 +42,9 @@ if (!(scale > 0) || !(connections > 0) || !(leadMs >= 0)) {
 const TABLES = ['users', 'skills', 'ratings', 'usage_events', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings']
 const tag = `skills_${process.pid}_bn`
 const appRole = `${tag}_app`
+// The managed-hosting profile: a NOSUPERUSER owner (as RDS/Cloud SQL/Azure/Supabase give) and a plain DML role.
+const ownerRole = `${tag}_own`
+const plainRole = `${tag}_old`
 const snapshot = `skills_bench_snapshot_${String(scale).replace(/\W/g, '_')}`
 
 interface VariantResult {
@@ -59,6 +62,8 @@ interface VariantResult {
   latency: { before: LatencyStats; during: LatencyStats; after: LatencyStats }
   longestStallMs: number
   appErrors: Record<string, number>
+  /** select-by-slug lookups that found nothing (every slug looked up exists) */
+  emptyLookups: number
   acknowledged: number
   missingRows: number
   slugP50: { before: number; after: number; ratio: number }
@@ -73,7 +78,7 @@ async function cleanup() {
   cleaned = true
   for (const name of created) await dropScratchDatabase(admin, name).catch(() => {})
   if (!args['keep-snapshot']) await dropScratchDatabase(admin, snapshot).catch(() => {})
-  await adminQuery(admin, `drop role if exists ${appRole}`).catch(() => {})
+  for (const role of [appRole, plainRole, ownerRole]) await adminQuery(admin, `drop role if exists ${role}`).catch(() => {})
   await server.stop()
 }
 process.once('SIGINT', () => void cleanup().finally(() => process.exit(130)))
@@ -91,9 +96,15 @@ try {
   // The plan's way deadlocks with the app on most tries; after 3 plain tries it is forced through.
   const b = await untilSuccess('b: plan SQL', (url, attempt) => runPlan(url, { forced: attempt > 3 }), counts)
   const extra = await measureMigratedReads(a.url, counts)
+  // Managed hosting: no superuser anywhere. The owner migrates; the old app runs as the owner, then as a plain role.
+  await adminQuery(admin, `create role ${ownerRole} login password 'bench' nosuperuser nobypassrls createrole`)
+  await adminQuery(admin, `create role ${plainRole} login password 'bench' nosuperuser nobypassrls`)
+  const c = await untilSuccess('c: managed, app as owner', (url) => runSkillsDb(as(url, ownerRole), appRole), counts, managedCopy(ownerRole))
+  const d = await untilSuccess('d: managed, app as plain role', (url) => runSkillsDb(as(url, ownerRole), appRole), counts, managedCopy(plainRole))
   report([a.result, b.result], extra)
+  reportManaged([c.result, d.result])
   mkdirSync(args.out!, { recursive: true })
-  writeFileSync(`${args.out}/results.json`, JSON.stringify({ scale, connections, counts, server: server.source, variants: [a.result, b.result], ...extra }, null, 2))
+  writeFileSync(`${args.out}/results.json`, JSON.stringify({ scale, connections, counts, server: server.source, variants: [a.result, b.result], managed: [c.result, d.result], ...extra }, null, 2))
   writeFileSync(`${args.out}/chart.svg`, await renderChart([a.chart, b.chart]))
   console.log(`\nwrote ${args.out}/results.json and ${args.out}/chart.svg`)
 } finally {
@@ -127,10 +138,10 @@ async function sizes(db: ReturnType<typeof createDb<any>>): Promise<Record<strin
  * A failed try (the plan's way often deadlocks with the app) is recorded and retried on a fresh
  * copy, up to 4 tries, so both sides have a completed run to compare.
  */
-async function untilSuccess(variant: string, migrate: (url: string, attempt: number) => Promise<MigrationRun>, counts: Counts) {
+async function untilSuccess(variant: string, migrate: (url: string, attempt: number) => Promise<MigrationRun>, counts: Counts, prepare?: (url: string) => Promise<string>) {
   const failed: string[] = []
   for (let attempt = 1; ; attempt++) {
-    const run = await measureVariant(variant, migrate, counts, attempt)
+    const run = await measureVariant(variant, migrate, counts, attempt, prepare)
     if (run.result.firstTry || attempt === 4) {
       run.result.firstTry = attempt === 1 && run.result.firstTry
       run.result.tries = attempt
@@ -141,15 +152,44 @@ async function untilSuccess(variant: string, migrate: (url: string, attempt: num
   }
 }
 
-async function measureVariant(variant: string, migrate: (url: string, attempt: number) => Promise<MigrationRun>, counts: Counts, attempt: number) {
+/** A URL of the same database for another role (the bench roles' password is `bench`). */
+function as(url: string, role: string): string {
+  const u = new URL(url)
+  u.username = role
+  u.password = 'bench'
+  return u.toString()
+}
+
+/**
+ * The copy as a managed host has it: the tables (and the database) belong to the NOSUPERUSER owner,
+ * and the plain role holds DML grants. Ownership moves in the catalog only: no row is rewritten.
+ * Returns the URL the old app connects with.
+ */
+function managedCopy(oldAppRole: string) {
+  return async (url: string): Promise<string> => {
+    const db = createDb<any>(url, { max: 1 })
+    try {
+      await sql.raw(`alter database ${new URL(url).pathname.slice(1)} owner to ${ownerRole};
+        alter schema drizzle owner to ${ownerRole}; alter table drizzle.__drizzle_migrations owner to ${ownerRole};
+        ${TABLES.map((t) => `alter table ${t} owner to ${ownerRole};`).join(' ')}
+        grant select, insert, update, delete on ${TABLES.join(', ')} to ${plainRole}`).execute(db)
+    } finally {
+      await db.destroy()
+    }
+    return as(url, oldAppRole)
+  }
+}
+
+async function measureVariant(variant: string, migrate: (url: string, attempt: number) => Promise<MigrationRun>, counts: Counts, attempt: number, prepare?: (url: string) => Promise<string>) {
   const name = `${tag}_${variant[0]}${attempt}`
   created.push(name)
   const url = await createScratchDatabase(admin, name, snapshot)
+  const oldAppUrl = prepare ? await prepare(url) : url
   const db = createDb<any>(url, { max: 1 })
   try {
     const sizeBefore = await sizes(db)
     process.stdout.write(`${variant} (try ${attempt}): load starts … `)
-    const load = startOldAppWorker(url, { connections, skills: counts.skills, users: counts.users, maxMs: 30 * 60_000 })
+    const load = startOldAppWorker(oldAppUrl, { connections, skills: counts.skills, users: counts.users, maxMs: 30 * 60_000 })
     const origin = now()
     await new Promise((r) => setTimeout(r, leadMs))
     const lsnBefore = (await sql<{ l: string }>`select pg_current_wal_lsn()::text as l`.execute(db)).rows[0]!.l
@@ -182,6 +222,7 @@ async function measureVariant(variant: string, migrate: (url: string, attempt: n
       },
       longestStallMs: longestStall(app.samples, migStart, migEnd),
       appErrors: errorsByMessage(app.samples),
+      emptyLookups: app.samples.filter((x) => x.empty).length,
       acknowledged: app.acknowledged.length,
       missingRows: app.acknowledged.length - rows[0]!.n,
       slugP50: { before: slugBefore, after: slugAfter, ratio: slugAfter / slugBefore },
@@ -216,6 +257,23 @@ async function measureMigratedReads(url: string, counts: Counts) {
   const rls = await measureRlsOverhead(url, appUrl.toString(), tenant, counts.skills)
   const noop = await measureNoopBoot(url)
   return { rlsOverhead: rls, noopMigrateToLatest: noop }
+}
+
+function reportManaged(results: VariantResult[]): void {
+  const row = (label: string, ...cells: string[]) => console.log(`${label.padEnd(34)}${cells.map((c, i) => c.padStart(i === cells.length - 1 ? 12 : 30)).join('')}`)
+  const errors = (r: VariantResult) => Object.values(r.appErrors).reduce((x, y) => x + y, 0)
+  console.log('\nManaged hosting (no superuser: the NOSUPERUSER owner migrates; skills-db on both):')
+  row('', ...results.map((r) => r.variant), 'goal')
+  row('succeeded on the first try', ...results.map((r) => String(r.firstTry)), 'true')
+  row('migration wall time', ...results.map((r) => `${Math.round(r.wallMs)} ms`), '')
+  row('longest app stall during migration', ...results.map((r) => `${Math.round(r.longestStallMs)} ms`), '≤ 100 ms')
+  row('app errors', ...results.map((r) => String(errors(r))), '0')
+  row('select-by-slug that found nothing', ...results.map((r) => String(r.emptyLookups)), '0')
+  row('acknowledged rows missing after', ...results.map((r) => `${r.missingRows} of ${r.acknowledged}`), '0')
+  for (const r of results) {
+    if (r.error) console.log(`  ${r.variant} error: ${r.error}`)
+    for (const [message, n] of Object.entries(r.appErrors)) console.log(`  ${r.variant} app error ×${n}: ${message}`)
+  }
 }
 
 function report(results: VariantResult[], extra: Awaited<ReturnType<typeof measureMigratedReads>>): void {
