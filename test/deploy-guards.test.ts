@@ -12,6 +12,7 @@ import { startEmbeddedPostgres } from '../src/connection/embedded-postgres.ts'
 import { adminQuery, dropScratchDatabase, scratchName } from '../src/connection/scratch-database.ts'
 import { migrateDown, migrateToLatest, migrateUp } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
+import { runScript } from './support/cli.ts'
 import { createTestDatabase, type TestDatabase } from './support/database.ts'
 import { buildLegacyDatabase, LEGACY_SQL } from './support/legacy.ts'
 
@@ -65,6 +66,15 @@ describe('an application role that could escape row security is refused before a
     const outcome = await migrateToLatest(t.admin, { appRole: role(tag) })
     expect(outcome).toMatchObject({ status: 'error', steps: [], error: { message: expect.stringMatching(message) } })
     expect(outcome.status === 'error' && outcome.error.message).toMatch(/^the application role \S+ .*so row-level security would not hold it: nothing was changed; /)
+    await unchanged(t, before)
+  })
+
+  it('the CLI says it in one line and exits non-zero', async () => {
+    const t = await legacyDb()
+    const before = await takeSchemaSnapshot(t.admin)
+    const run = await runScript(['latest', '--no-codegen', '--app-role', role('deep')], { DATABASE_URL: t.url })
+    expect(run.code).toBe(1)
+    expect(run.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^error: the application role \S+_gdeep is a member of \S+_gbypass, which row security does not apply to/)])
     await unchanged(t, before)
   })
 
@@ -124,6 +134,10 @@ describe('PostgreSQL 14', () => {
         expect(outcome).toEqual({ status: 'error', steps: [], error: { message: expect.stringMatching(/^PostgreSQL 14\.\d+ found; skills-db needs PostgreSQL 15 or later: nothing was changed$/) } })
         expect(await takeSchemaSnapshot(db)).toEqual(before)
         expect((await sql`select to_regnamespace('skills_db') as s`.execute(db)).rows).toEqual([{ s: null }])
+        const cli = await runScript(['latest', '--no-codegen', '--app-role', appRole], { DATABASE_URL: withDatabase(server.adminUrl, 'legacy') })
+        expect(cli.code).toBe(1)
+        expect(cli.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^error: PostgreSQL 14\.\d+ found; skills-db needs PostgreSQL 15 or later: nothing was changed$/)])
+        expect(await takeSchemaSnapshot(db)).toEqual(before)
       } finally {
         await db.destroy()
       }

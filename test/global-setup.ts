@@ -12,18 +12,30 @@ declare module 'vitest' {
     runId: string
     template: string
     appRole: string
+    /** Owner of the template's tables, and its migrator: NOSUPERUSER NOBYPASSRLS CREATEROLE. */
+    ownerRole: string
   }
 }
 
-/** One server per run, one migrated template to clone per test file; everything removed afterwards. */
+/**
+ * One server per run, one migrated template to clone per test file; everything removed afterwards.
+ * The template is migrated the way managed hosting must do it: by a NOSUPERUSER, NOBYPASSRLS
+ * owner with CREATEROLE. (Tests that migrate databases of their own do it as the superuser.)
+ */
 export default async function setup(project: TestProject) {
   const server = await startTestServer()
   const runId = newRunId()
   const template = `${runId}_tpl`
   const appRole = `${runId}_app`
+  const ownerRole = `${runId}_owner`
   try {
     await dropRunLeftovers(server.adminUrl, { deadRunsOnly: true })
-    const db = await openDb<any>(await createScratchDatabase(server.adminUrl, template), { max: 1 })
+    await adminQuery(server.adminUrl, `create role "${ownerRole}" login password 'test' nosuperuser nobypassrls createrole`)
+    const templateUrl = new URL(await createScratchDatabase(server.adminUrl, template))
+    await adminQuery(server.adminUrl, `alter database "${template}" owner to "${ownerRole}"`)
+    templateUrl.username = ownerRole
+    templateUrl.password = 'test'
+    const db = await openDb<any>(templateUrl.toString(), { max: 1 })
     try {
       const outcome = await migrateToLatest(db, { appRole })
       if (outcome.status === 'error') throw new Error(`migrating the test template failed: ${outcome.error.migration}: ${outcome.error.message}`)
@@ -43,6 +55,7 @@ export default async function setup(project: TestProject) {
   project.provide('runId', runId)
   project.provide('template', template)
   project.provide('appRole', appRole)
+  project.provide('ownerRole', ownerRole)
   return async () => {
     try {
       await dropRunLeftovers(server.adminUrl, { runId })

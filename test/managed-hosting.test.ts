@@ -131,6 +131,25 @@ describe('managed hosting: no superuser migrates or serves', () => {
     expect(b.rows).toEqual([{ total_uses: 0, model: 'model-b' }])
   })
 
+  it('an old-app role named for the run is created with the old app\'s privileges, confined to the default tenant, and listed with the derived ones', async () => {
+    const d = await ownedLegacyDb()
+    const NAMED = `${runId}_mnew`
+    const lines: string[] = []
+    const outcome = await migrateToLatest(d.owner, { appRole, oldAppRoles: [NAMED], logger: { info: (m) => lines.push(m) } })
+    expect(outcome).toMatchObject({ status: 'applied' })
+    expect(lines.filter((l) => l.includes('old app roles,'))).toEqual([
+      `  old app roles, confined to the default tenant: ${NAMED} (named for this run); ${PLAIN} (has privileges on the tables); ${OWNER} (owner of the tables)`,
+    ])
+    await adminQuery(adminUrl, `alter role ${NAMED} password 'test'`)
+    await addTenantB(d)
+    await asRole(d.url(NAMED), async (c) => {
+      expect((await c.query(`select tenant_id from skills where slug = 'skill-1'`)).rows).toHaveLength(1)
+      await c.query(`insert into usage_events (id, tool_name) values ('from-named', 'cli')`)
+    })
+    const landed = await sql`select t.slug from usage_events e join tenants t on t.id = e.tenant_id where e.id = 'from-named'`.execute(d.admin)
+    expect(landed.rows).toEqual([{ slug: 'default' }])
+  })
+
   it('down as the owner: the data-loss guards see every tenant\'s rows; down to the baseline and latest again restore the schema exactly', async () => {
     const d = await ownedLegacyDb()
     const legacy = await takeSchemaSnapshot(d.admin)

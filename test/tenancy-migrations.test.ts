@@ -7,6 +7,7 @@ import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { TENANT_TABLES } from './support/legacy.ts'
 import { createTestDatabase, type TestDatabase } from './support/database.ts'
 import { buildLegacyDatabase, tableContents } from './support/legacy.ts'
+import { NOT_THE_OLD_APP } from './support/tenants.ts'
 
 const appRole = inject('appRole')
 const SEED_ID = 'default-tenant-000-0000-000000000000'
@@ -158,7 +159,7 @@ describe('reversible', () => {
   it('a down that would merge tenants refuses, changing nothing, unless forced', async () => {
     const t = await legacyDb()
     await migrateToLatest(t.admin, { appRole })
-    await sql.raw(`insert into tenants (id, name, slug) values ('tb', 'B', 'b');
+    await sql.raw(`${NOT_THE_OLD_APP} insert into tenants (id, name, slug) values ('tb', 'B', 'b');
       insert into users (id, tenant_id, email) values ('ub', 'tb', 'b@b');`).execute(t.admin)
     const refused = await migrateDown(t.admin, { to: '0002_add_tenants' })
     expect(refused).toMatchObject({
@@ -176,7 +177,7 @@ describe('reversible', () => {
   it('undoing per-tenant keys refuses while tenants share a slug, with the schema untouched', async () => {
     const t = await legacyDb()
     await migrateToLatest(t.admin, { appRole })
-    await sql.raw(`insert into tenants (id, name, slug) values ('tb', 'B', 'b');
+    await sql.raw(`${NOT_THE_OLD_APP} insert into tenants (id, name, slug) values ('tb', 'B', 'b');
       insert into skills (id, tenant_id, name, slug, description, category, content) values ('sb', 'tb', 'Lint', 'lint', 'd', 'c', 'c');`).execute(t.admin)
     await migrateDown(t.admin) // 0006 (no audit rows yet)
     const before = await takeSchemaSnapshot(t.admin)

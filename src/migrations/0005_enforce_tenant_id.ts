@@ -5,7 +5,7 @@ import { databaseFunction } from '../online/database-function.ts'
 import { foreignKey, type ForeignKeySpec } from '../online/foreign-key.ts'
 import { notNull } from '../online/not-null.ts'
 import { revokePublicCreate } from '../online/public-schema.ts'
-import { appRole, grant, oldAppLane, oldAppRoles, tableOwner } from '../online/roles.ts'
+import { appRole, grant, oldAppLane, oldAppRoles, ownerIfConfinable } from '../online/roles.ts'
 import { rowSecurity, type PolicySpec } from '../online/row-security.ts'
 import { applySteps, reverse, revertSteps, type Step } from '../online/step.ts'
 import { trigger } from '../online/trigger.ts'
@@ -36,14 +36,8 @@ async function defaultTenantId(db: Kysely<any>): Promise<string> {
 const policies = (table: string): PolicySpec[] => [
   { name: 'tenant_isolation', condition: sql`tenant_id = nullif(current_setting('app.current_tenant_id', true), '')` },
   { name: 'old_app_default_tenant', to: oldAppRoles, condition: async (db) => sql`tenant_id = ${sql.lit(await defaultTenantId(db))}` },
-  { name: 'owner_all_tenants', to: confinableOwner(table), condition: sql`current_setting('skills_db.all_tenants', true) = 'on'` },
+  { name: 'owner_all_tenants', to: ownerIfConfinable(table), condition: sql`current_setting('skills_db.all_tenants', true) = 'on'` },
 ]
-
-/** The owner, when row security applies to it at all (a superuser owner needs no policy). */
-const confinableOwner = (table: string) => async (db: Kysely<any>) => {
-  const owner = await tableOwner(db, table)
-  return owner.confinable ? [owner.name] : []
-}
 
 /** The legacy references between data tables; each becomes a composite key that includes tenant_id. */
 const REFERENCES: { table: string; column: string; parent: 'users' | 'skills'; onDelete: 'cascade' | 'set null'; legacyName: string }[] = [

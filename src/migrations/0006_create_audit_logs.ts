@@ -2,7 +2,7 @@ import { sql, type Kysely } from 'kysely'
 import { appendOnly } from '../online/append-only.ts'
 import { guardDown, refuseDataLoss } from '../online/data-loss-guard.ts'
 import { withLockRetry } from '../online/lock-retry.ts'
-import { grant, tableOwner } from '../online/roles.ts'
+import { grant, ownerIfConfinable } from '../online/roles.ts'
 import { rowSecurity } from '../online/row-security.ts'
 import { applySteps, revertSteps, type Step } from '../online/step.ts'
 
@@ -44,7 +44,7 @@ const steps: Step[] = [
     // The migrator's checks (is the trail empty?) see every row without a superuser; see 0005.
     {
       name: 'owner_all_tenants',
-      to: async (db) => ((owner) => (owner.confinable ? [owner.name] : []))(await tableOwner(db, 'audit_logs')),
+      to: ownerIfConfinable('audit_logs'),
       condition: sql`current_setting('skills_db.all_tenants', true) = 'on'`,
     },
   ]),

@@ -50,6 +50,14 @@ export async function tableOwner(db: Kysely<any>, table: string): Promise<{ name
   return rows[0]
 }
 
+/** The owner of `table` as a policy's role list: empty when row security cannot confine it anyway. */
+export function ownerIfConfinable(table: string): (db: Kysely<any>) => Promise<string[]> {
+  return async (db) => {
+    const owner = await tableOwner(db, table)
+    return owner.confinable ? [owner.name] : []
+  }
+}
+
 /**
  * The role the multi-tenant app connects as: LOGIN, no superuser, no BYPASSRLS, owner of nothing.
  * Created without a password when missing (production sets one: ALTER ROLE … PASSWORD). The
@@ -116,16 +124,16 @@ export function oldAppLane(tables: readonly string[], privileges: readonly Privi
       for (const role of created) for (const table of tables) await grantOn(db, table, role, privileges)
       const { rows } = await sql<{ role: string; how: string }>`
         with candidates as (
-          select c.relowner as oid, 'owner of the tables' as how from pg_catalog.pg_class c where c.oid = any(${tables.map((t) => `public.${t}`)}::regclass[])
-          union select a.grantee, 'has privileges on the tables' from pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
-            where c.oid = any(${tables.map((t) => `public.${t}`)}::regclass[]) and a.grantee <> 0
+          select r.oid, 1 as rank, 'named for this run' as how from pg_catalog.pg_roles r where r.rolname = any(${named}::text[])
+          union select c.relowner, 2, 'owner of the tables' from pg_catalog.pg_class c where c.oid = any(${tables.map((t) => `public.${t}`)}::regclass[])
+          union select a.grantee, 3, 'has privileges on the tables' from pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+            where c.oid = any(${tables.map((t) => `public.${t}`)}::regclass[]) and a.grantee not in (0, c.relowner)
               and a.privilege_type in ('SELECT', 'INSERT', 'UPDATE', 'DELETE')
-          union select r.oid, 'named for this run' from pg_catalog.pg_roles r where r.rolname = any(${named}::text[])
         )
-        select r.rolname as role, string_agg(distinct k.how, ', ') as how
+        select distinct on (r.rolname) r.rolname as role, k.how
         from candidates k join pg_catalog.pg_roles r on r.oid = k.oid
         where not r.rolsuper and not r.rolbypassrls and r.rolname <> ${appRoleNow}
-        group by r.rolname order by r.rolname`.execute(db)
+        order by r.rolname, k.rank`.execute(db)
       await record(db, 'old_app_roles', rows.map((r) => r.role).join(','), { replace: true })
       progress(`  old app roles, confined to the default tenant: ${rows.map((r) => `${r.role} (${r.how})`).join('; ') || 'none'}`)
     },
