@@ -69,7 +69,7 @@ interface VariantResult {
   slugP50: { before: number; after: number; ratio: number }
 }
 
-const server = await startTestServer()
+const server = await startTestServer({ durable: true })
 const admin = server.adminUrl
 const created: string[] = []
 let cleaned = false

@@ -202,6 +202,21 @@ describe('managed hosting: no superuser migrates or serves', () => {
     expect(rows).toEqual([{ n: ALL.length }])
   })
 
+  it('the migrator\'s view of every tenant ends with the run: the pooled connection it used sees the default tenant only', async () => {
+    const d = await ownedLegacyDb()
+    const pool = createDb<any>(d.url(OWNER), { max: 1 })
+    try {
+      expect(await migrateToLatest(pool, { appRole })).toMatchObject({ status: 'applied' })
+      await addTenantB(d)
+      expect(await migrateToLatest(pool, { appRole })).toMatchObject({ status: 'up-to-date' })
+      const { rows } = await sql<{ slug: string }>`select distinct t.slug from skills s join (values ('tenant-b', 'b')) t(id, slug) on t.id = s.tenant_id`.execute(pool)
+      expect(rows).toEqual([])
+      expect((await sql<{ n: number }>`select count(*)::int as n from skills where slug = 'skill-1'`.execute(pool)).rows).toEqual([{ n: 1 }])
+    } finally {
+      await pool.destroy()
+    }
+  })
+
   it('the application role stays in its tenant on an owner-migrated database, and the owner\'s switch does nothing for it', async () => {
     const d = await ownedLegacyDb()
     expect(await migrateToLatest(d.owner, { appRole })).toMatchObject({ status: 'applied' })

@@ -43,7 +43,7 @@ const QUERIES: { name: string; rls: (db: Kysely<any>, n: number) => any; filter:
  * The same tenant-scoped reads through withTenant as the application role (RLS) and as the
  * superuser with an explicit tenant_id filter (no RLS), interleaved so both see the same machine.
  */
-export async function measureRlsOverhead(adminUrl: string, appUrl: string, tenant: string, skills: number, rounds = 200): Promise<QueryOverhead[]> {
+export async function measureRlsOverhead(adminUrl: string, appUrl: string, tenant: string, skills: number, rounds = 600): Promise<QueryOverhead[]> {
   const admin = createDb<any>(adminUrl, { max: 1 })
   const app = createDb<DB>(appUrl, { max: 1 })
   try {

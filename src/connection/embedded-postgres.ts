@@ -15,6 +15,8 @@ export interface EmbeddedOptions {
   port: number
   /** Wipe the data directory on stop (tests); the CLI default keeps it so a second run reuses it. */
   persistent?: boolean
+  /** Keep fsync on although the data is thrown away (measurements of I/O). */
+  durable?: boolean
   onLog?: (line: string) => void
   /**
    * Another PostgreSQL major than the default 17 (tests run the suite on each supported major):
@@ -53,7 +55,7 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     // missing); anyone else runs it as themselves.
     createPostgresUser: process.getuid?.() === 0,
     // fsync off is only for throwaway test clusters; the CLI default keeps durability.
-    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', ...(options.persistent === false ? ['-c', 'fsync=off'] : [])],
+    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', ...(options.persistent === false && !options.durable ? ['-c', 'fsync=off'] : [])],
     onLog: options.onLog ?? (() => {}),
     onError: (e: unknown) => options.onLog?.(String(e)),
   })

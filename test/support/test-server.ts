@@ -16,9 +16,10 @@ const TMP_PREFIX = 'skills-db-test-'
 /**
  * One PostgreSQL per test run: TEST_DATABASE_URL when set, else Testcontainers when a container
  * runtime answers, else an embedded server in a temporary directory (PostgreSQL 17, or the major
- * in EMBEDDED_PG_MAJOR: 14, 16 or 18).
+ * in EMBEDDED_PG_MAJOR: 14, 16 or 18). Tests run it without fsync; `durable` keeps fsync on, for
+ * measurements whose subject is I/O (the bench).
  */
-export async function startTestServer(): Promise<TestServer> {
+export async function startTestServer({ durable = false }: { durable?: boolean } = {}): Promise<TestServer> {
   if (process.env.TEST_DATABASE_URL) {
     return { adminUrl: process.env.TEST_DATABASE_URL, source: 'TEST_DATABASE_URL', stop: async () => {} }
   }
@@ -29,7 +30,7 @@ export async function startTestServer(): Promise<TestServer> {
   chmodSync(dataDir, 0o755) // the server runs as the postgres OS user, who must reach its data dir
   writeFileSync(path.join(dataDir, 'owner.pid'), String(process.pid))
   const major = process.env.EMBEDDED_PG_MAJOR ? Number(process.env.EMBEDDED_PG_MAJOR) : undefined
-  const server = await startEmbeddedPostgres({ dataDir: path.join(dataDir, 'pg'), port: await freePort(), persistent: false, ...(major ? { major } : {}) })
+  const server = await startEmbeddedPostgres({ dataDir: path.join(dataDir, 'pg'), port: await freePort(), persistent: false, durable, ...(major ? { major } : {}) })
   return {
     adminUrl: server.adminUrl,
     source: 'embedded',
