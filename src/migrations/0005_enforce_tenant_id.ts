@@ -5,7 +5,11 @@ import { databaseFunction } from '../online/database-function.ts'
 import { foreignKey, type ForeignKeySpec } from '../online/foreign-key.ts'
 import { notNull } from '../online/not-null.ts'
 import { revokePublicCreate } from '../online/public-schema.ts'
-import { appRole, grant, oldAppLane, oldAppRoles, ownerIfConfinable } from '../online/roles.ts'
+import { appRole, appRoleName } from '../online/app-role.ts'
+import { grant } from '../online/grant.ts'
+import { namedOldAppRoles, namedOldAppRolesGranted, oldAppEscapePrivilegesRevoked, oldAppRoles, recordOldAppRoles } from '../online/old-app-roles.ts'
+import { progress } from '../online/progress.ts'
+import { ownerIfConfinable } from '../online/table-owner.ts'
 import { rowSecurity, type PolicySpec } from '../online/row-security.ts'
 import { applySteps, reverse, revertSteps, type Step } from '../online/step.ts'
 import { trigger } from '../online/trigger.ts'
@@ -30,14 +34,45 @@ async function defaultTenantId(db: Kysely<any>): Promise<string> {
  * - the single-tenant app's roles (the owner included): the default tenant, so it keeps working and
  *   never sees a tenant created later;
  * - the owner, while skills_db.all_tenants is on: every row. The migrator's session sets it, so its
- *   checks see every row without a superuser; so do SECURITY DEFINER functions owned by the owner.
+ *   checks see every row without a superuser; so does resolve_api_key, for its one lookup.
  *   Other roles setting it gain nothing: the policy applies to the owner alone.
  */
 const policies = (table: string): PolicySpec[] => [
-  { name: 'tenant_isolation', condition: sql`tenant_id = nullif(current_setting('app.current_tenant_id', true), '')` },
+  // For the application role alone: the old app's roles and the owner cannot switch tenant with set_config.
+  { name: 'tenant_isolation', to: async (db) => [await appRoleName(db)], condition: sql`tenant_id = nullif(current_setting('app.current_tenant_id', true), '')` },
   { name: 'old_app_default_tenant', to: oldAppRoles, condition: async (db) => sql`tenant_id = ${sql.lit(await defaultTenantId(db))}` },
   { name: 'owner_all_tenants', to: ownerIfConfinable(table), condition: sql`current_setting('skills_db.all_tenants', true) = 'on'` },
 ]
+
+/**
+ * Who the single-tenant app may connect as, as of this migration: the tables' owner, the roles named
+ * for the run, and every LOGIN role that holds privileges on the tables (the app on a plain role).
+ * NOLOGIN roles with privileges (group roles; PostgREST's anon and authenticated on Supabase) are
+ * left out and named: confined, they would see the default tenant, which row security otherwise hides
+ * from them. Superusers and BYPASSRLS roles cannot be confined (see the guard on tenants below).
+ */
+async function findOldAppRoles(db: Kysely<any>): Promise<string[]> {
+  const named = await namedOldAppRoles(db)
+  const { rows } = await sql<{ role: string; how: string; confined: boolean }>`
+    with candidates as (
+      select r.oid, 1 as rank, 'named for this run' as how from pg_catalog.pg_roles r where r.rolname = any(${named}::text[])
+      union select c.relowner, 2, 'owner of the tables' from pg_catalog.pg_class c where c.oid = any(${TABLES.map((t) => `public.${t}`)}::regclass[])
+      union select a.grantee, 3, 'has privileges on the tables' from pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+        where c.oid = any(${TABLES.map((t) => `public.${t}`)}::regclass[]) and a.grantee not in (0, c.relowner)
+          and a.privilege_type in ('SELECT', 'INSERT', 'UPDATE', 'DELETE')
+    )
+    select distinct on (r.rolname) r.rolname as role, k.how, k.rank < 3 or r.rolcanlogin as confined
+    from candidates k join pg_catalog.pg_roles r on r.oid = k.oid
+    where not r.rolsuper and not r.rolbypassrls and r.rolname <> ${await appRoleName(db)}
+    order by r.rolname, k.rank`.execute(db)
+  const confined = rows.filter((r) => r.confined)
+  const left = rows.filter((r) => !r.confined)
+  progress(`  old app roles, confined to the default tenant: ${confined.map((r) => `${r.role} (${r.how})`).join('; ') || 'none'}`)
+  if (left.length > 0) {
+    progress(`  not confined, so they see no rows (NOLOGIN, so not the old app; name one with --old-app-role if it is): ${left.map((r) => r.role).join(', ')}`)
+  }
+  return confined.map((r) => r.role)
+}
 
 /** The legacy references between data tables; each becomes a composite key that includes tenant_id. */
 const REFERENCES: { table: string; column: string; parent: 'users' | 'skills'; onDelete: 'cascade' | 'set null'; legacyName: string }[] = [
@@ -61,8 +96,8 @@ const perTenant = (table: string, column: string, globalName: string, tenantName
 ]
 
 const steps: Step[] = [
-  // First, so a schema this role cannot lock down stops the run before anything else changes: nobody
-  // but its owner may plant objects in public that migrations or SECURITY DEFINER code could pick up.
+  // Nobody but its owner may plant objects in public that migrations or SECURITY DEFINER code could
+  // pick up. First in 0005; a role that could not do it was refused before the run (preflight).
   revokePublicCreate,
   ...TABLES.map((table) => notNull(table, 'tenant_id')),
   ...TABLES.map((table) =>
@@ -106,9 +141,12 @@ const steps: Step[] = [
   index({ table: 'skill_versions', name: 'skill_versions_tenant_id_idx', columns: ['tenant_id'] }),
   index({ table: 'api_keys', name: 'api_keys_tenant_id_idx', columns: ['tenant_id'] }),
 
-  oldAppLane(TABLES, ['select', 'insert', 'update', 'delete']),
-  ...TABLES.map((table) => rowSecurity(table, policies(table))),
+  // The policies below name it: it exists first.
   appRole,
+  namedOldAppRolesGranted(TABLES, ['select', 'insert', 'update', 'delete']),
+  recordOldAppRoles(findOldAppRoles),
+  oldAppEscapePrivilegesRevoked(TABLES),
+  ...TABLES.map((table) => rowSecurity(table, policies(table))),
   grant('tenants', ['select']),
   ...TABLES.map((table) => grant(table, ['select', 'insert', 'update', 'delete'])),
   // The one path from a presented API key to its tenant, for a request that has no tenant yet:
@@ -159,7 +197,9 @@ const steps: Step[] = [
           select string_agg(format('pid %s (%s%s)', a.pid, r.rolname, coalesce(', ' || nullif(a.application_name, ''), '')), '; ' order by a.pid)
             into who
           from pg_stat_activity a join pg_roles r on r.oid = a.usesysid
-          where a.datname = current_database() and a.pid <> pg_backend_pid() and (r.rolsuper or r.rolbypassrls);
+          where a.datname = current_database() and a.pid <> pg_backend_pid()
+            -- or able to SET ROLE to one
+            and exists (select 1 from pg_roles x where (x.rolsuper or x.rolbypassrls) and pg_has_role(r.oid, x.oid, 'MEMBER'));
           if who is not null then
             raise exception 'refusing to create tenant "%": sessions that row-level security cannot confine are connected: %', new.slug, who
               using errcode = 'object_in_use',

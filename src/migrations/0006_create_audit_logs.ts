@@ -2,9 +2,11 @@ import { sql, type Kysely } from 'kysely'
 import { appendOnly } from '../online/append-only.ts'
 import { guardDown, refuseDataLoss } from '../online/data-loss-guard.ts'
 import { withLockRetry } from '../online/lock-retry.ts'
-import { grant, ownerIfConfinable } from '../online/roles.ts'
+import { appRoleName } from '../online/app-role.ts'
+import { grant } from '../online/grant.ts'
 import { rowSecurity } from '../online/row-security.ts'
 import { applySteps, revertSteps, type Step } from '../online/step.ts'
+import { ownerIfConfinable } from '../online/table-owner.ts'
 
 // Frozen: the table, its policies and grants are this migration's own, as of when it was written.
 
@@ -40,7 +42,7 @@ const steps: Step[] = [
   table,
   appendOnly('audit_logs'),
   rowSecurity('audit_logs', [
-    { name: 'tenant_isolation', condition: sql`tenant_id = nullif(current_setting('app.current_tenant_id', true), '')` },
+    { name: 'tenant_isolation', to: async (db) => [await appRoleName(db)], condition: sql`tenant_id = nullif(current_setting('app.current_tenant_id', true), '')` },
     // The migrator's checks (is the trail empty?) see every row without a superuser; see 0005.
     {
       name: 'owner_all_tenants',

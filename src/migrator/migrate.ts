@@ -5,7 +5,8 @@ import { targetOf } from '../connection/create-db.ts'
 import { ALLOW_DATA_LOSS_SETTING } from '../online/data-loss-guard.ts'
 import { DEFAULTS, SETTINGS } from '../online/migration-settings.ts'
 import { setProgressLogger } from '../online/progress.ts'
-import { APP_ROLE_SETTING, OLD_APP_ROLES_SETTING } from '../online/roles.ts'
+import { APP_ROLE_SETTING } from '../online/app-role.ts'
+import { OLD_APP_ROLES_SETTING } from '../online/old-app-roles.ts'
 import { adoptLegacySchema, SchemaMismatchError } from './legacy-adoption.ts'
 import { withMigrationLock } from './migration-lock.ts'
 import { silentLogger, type MigrationLogger } from './migration-logger.ts'
@@ -111,8 +112,10 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
           }
         })
       } finally {
-        // The connection goes back to the app's pool: leave nothing of ours on it (RESET ALL
-        // returns every setting to what the session started with).
+        // The connection goes back to the app's pool: leave nothing of ours on it. A transaction a
+        // failed step left open is rolled back first (RESET ALL would fail inside it), then RESET ALL
+        // returns every setting, skills_db.all_tenants included, to what the session started with.
+        await sql`rollback`.execute(conn).catch(() => {})
         await sql`reset all`.execute(conn).catch(() => {})
       }
     })

@@ -6,7 +6,7 @@ import type { MigrationLogger } from './migration-logger.ts'
 const LOCK_KEY = 7_400_113_650_211_842n
 
 /**
- * Runs `fn` while holding the cluster-wide migration lock on this session.
+ * Runs `fn` while holding this database's migration lock (advisory locks are per database) on this session.
  *
  * Waiting is done by polling `pg_try_advisory_lock` from the client, not by a blocking
  * `pg_advisory_lock`: a blocked statement holds a snapshot, and CREATE INDEX CONCURRENTLY in the
@@ -35,15 +35,18 @@ export async function withMigrationLock<T>(
   try {
     return await fn()
   } finally {
+    // A transaction a failed step left open would make the unlock fail: end it first.
+    await sql`rollback`.execute(conn).catch(() => {})
     await sql`select pg_catalog.pg_advisory_unlock(${LOCK_KEY}::bigint)`.execute(conn).catch(() => {})
   }
 }
 
 async function holderOf(conn: Kysely<any>): Promise<string> {
   const { rows } = await sql<{ who: string }>`
-    select 'pid ' || a.pid || coalesce(' (' || nullif(a.application_name, '') || ')', '') as who
+    -- Runs before the preflight has looked for planted operators: format(), not ||.
+    select pg_catalog.format('pid %s%s', a.pid, case when a.application_name <> '' then pg_catalog.format(' (%s)', a.application_name) else '' end) as who
     from pg_locks l join pg_stat_activity a on a.pid = l.pid
-    where l.locktype = 'advisory' and l.granted
+    where l.locktype = 'advisory' and l.granted and l.database = (select oid from pg_catalog.pg_database where datname = pg_catalog.current_database())
       and l.classid = ${String(LOCK_KEY >> 32n)}::oid and l.objid = ${String(LOCK_KEY & 0xffffffffn)}::oid
     limit 1`.execute(conn)
   return rows[0]?.who ?? '(session unknown)'

@@ -1,38 +1,58 @@
 import { sql, type Kysely } from 'kysely'
-import { appRoleName, namedOldAppRoles } from '../online/roles.ts'
+import { appRoleName } from '../online/app-role.ts'
+import { namedOldAppRoles, oldAppRoles } from '../online/old-app-roles.ts'
 import { escapeRoutes } from './app-role-check.ts'
 
 /** The oldest major the migrations run on: 0005 uses ON DELETE SET NULL (column list), new in 15. */
-export const MIN_SERVER_VERSION = 150000
+const MIN_SERVER_VERSION = 150000
 
-export class PreflightRefused extends Error {
+class PreflightRefused extends Error {
   override name = 'PreflightRefused'
 }
 
 /**
  * Refuses, before anything is changed, a target the migrations would fail on halfway or leave
- * unsafe: an old server, a read-only one, a role that cannot act as the tables' owner, cannot create
- * what the migrations create, or an application role that row security could not confine.
- * Two round trips on an up-to-date database: every app boot pays them.
+ * unsafe: an old server, a read-only one, a role that cannot act as the tables' owner or create what
+ * the migrations create, functions or operators in `public` that another role planted where our
+ * statements could call them, and an application or old-app role that row security could not
+ * confine. A handful of catalog queries: every app boot pays them (a few ms; see the bench).
  */
 export async function preflight(conn: Kysely<any>): Promise<void> {
   const { rows } = await sql<{
     version: number; versionText: string; ro: string; standby: boolean; me: string; db: string
     super: boolean; createrole: boolean; foreignOwners: string | null; tables: number
     needsSchema: boolean; canCreateSchema: boolean; canCreateInPublic: boolean
+    publicOpen: boolean; publicOwner: string | null; canAlterPublic: boolean; planted: string | null
   }>`
     select pg_catalog.current_setting('server_version_num')::int as version,
       pg_catalog.current_setting('server_version') as "versionText",
       pg_catalog.current_setting('transaction_read_only') as ro, pg_catalog.pg_is_in_recovery() as standby,
       current_user as me, pg_catalog.current_database() as db,
-      r.rolsuper or r.rolbypassrls as super, r.rolcreaterole as createrole,
+      r.rolsuper as super, r.rolcreaterole as createrole,
       (select pg_catalog.string_agg(distinct pg_catalog.pg_get_userbyid(c.relowner), ', ') from pg_catalog.pg_class c
         where c.relnamespace = n.oid and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')
           and not pg_catalog.pg_has_role(c.relowner, 'USAGE')) as "foreignOwners",
       (select pg_catalog.count(*)::int from pg_catalog.pg_class c where c.relnamespace = n.oid and c.relkind in ('r', 'p')) as tables,
       pg_catalog.to_regnamespace('skills_db') is null as "needsSchema",
       pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE') as "canCreateSchema",
-      n.oid is not null and pg_catalog.has_schema_privilege(n.oid, 'CREATE') as "canCreateInPublic"
+      n.oid is not null and pg_catalog.has_schema_privilege(n.oid, 'CREATE') as "canCreateInPublic",
+      exists (select 1 from pg_catalog.aclexplode(n.nspacl) a where a.grantee = 0 and a.privilege_type = 'CREATE') as "publicOpen",
+      pg_catalog.pg_get_userbyid(n.nspowner) as "publicOwner",
+      r.rolsuper or pg_catalog.pg_has_role(n.nspowner, 'USAGE') as "canAlterPublic",
+      -- Our statements (and Kysely's) call pg_catalog functions and operators unqualified: a lookalike
+      -- in public, owned by a role other than a superuser or us, could win on argument types and run
+      -- as us. Refused, not ignored: revoking CREATE later does not remove what was planted.
+      (select pg_catalog.string_agg(x.what, '; ' order by x.what) from (
+          -- format(), not ||: this query must not itself call an operator someone planted.
+          select pg_catalog.format('function public.%s(%s) of %s', p.proname, pg_catalog.pg_get_function_identity_arguments(p.oid),
+              pg_catalog.pg_get_userbyid(p.proowner)) as what, p.proowner as owner
+            from pg_catalog.pg_proc p where p.pronamespace = n.oid
+              and exists (select 1 from pg_catalog.pg_proc c where c.pronamespace = 'pg_catalog'::regnamespace and c.proname = p.proname)
+          union all
+          select pg_catalog.format('operator public.%s of %s', o.oprname, pg_catalog.pg_get_userbyid(o.oprowner)), o.oprowner
+            from pg_catalog.pg_operator o where o.oprnamespace = n.oid
+        ) x join pg_catalog.pg_roles w on w.oid = x.owner
+        where not w.rolsuper and w.rolname <> current_user) as planted
     from pg_catalog.pg_roles r left join pg_catalog.pg_namespace n on n.nspname = 'public'
     where r.rolname = current_user`.execute(conn)
   const r = rows[0]!
@@ -53,37 +73,37 @@ export async function preflight(conn: Kysely<any>): Promise<void> {
       refuse(`${r.me} cannot create tables in schema public: nothing was changed; GRANT CREATE ON SCHEMA public TO ${r.me}, or connect as the database owner`)
     }
   }
+  if (r.planted) {
+    refuse(`schema public holds what another role could have planted to run as ${r.me}: ${r.planted}; nothing was changed; drop them (or, if you trust them, ALTER … OWNER TO ${r.me}), then run again`)
+  }
+  if (r.publicOpen && !r.canAlterPublic) {
+    refuse(`every role may create objects in schema public, and ${r.me} cannot revoke that (the schema belongs to ${r.publicOwner}): nothing was changed; as ${r.publicOwner}, run  REVOKE CREATE ON SCHEMA public FROM PUBLIC;  then run again`)
+  }
   await checkRoles(conn, { me: r.me, canCreateRoles: r.super || r.createrole })
 }
 
 async function checkRoles(conn: Kysely<any>, { me, canCreateRoles }: { me: string; canCreateRoles: boolean }): Promise<void> {
   const appRole = await appRoleName(conn)
-  const oldAppRoles = await namedOldAppRoles(conn)
+  const oldAppNames = await namedOldAppRoles(conn)
   const { rows } = await sql<{ name: string }>`
-    select rolname as name from pg_catalog.pg_roles where rolname = any(${[appRole, ...oldAppRoles]}::text[])`.execute(conn)
+    select rolname as name from pg_catalog.pg_roles where rolname = any(${[appRole, ...oldAppNames]}::text[])`.execute(conn)
   const existing = new Set(rows.map((x) => x.name))
-  const missing = [appRole, ...oldAppRoles].filter((role) => !existing.has(role))
+  const missing = [appRole, ...oldAppNames].filter((role) => !existing.has(role))
   if (missing.length > 0 && !canCreateRoles) {
     refuse(`${me} cannot create role ${missing[0]} (it has no CREATEROLE): nothing was changed; create it first (CREATE ROLE ${missing[0]} LOGIN), or run as a role with CREATEROLE`)
   }
+  const confined = await oldAppRoles(conn)
   if (existing.has(appRole)) {
-    const escape = await escapeRoutes(conn, appRole)
-    if (escape) refuse(`the application role ${appRole} ${escape}, so row-level security would not hold it: nothing was changed; ${escapeFix(appRole, escape)}`)
+    const escape = await escapeRoutes(conn, appRole, [...confined, ...oldAppNames])
+    if (escape) refuse(`the application role ${appRole} ${escape.how}, so row-level security would not hold it: nothing was changed; ${escape.fix}`)
   }
-  for (const role of oldAppRoles.filter((x) => existing.has(x))) {
-    const { rows: attrs } = await sql<{ unconfined: boolean }>`
-      select rolsuper or rolbypassrls as unconfined from pg_catalog.pg_roles where rolname = ${role}`.execute(conn)
-    if (attrs[0]?.unconfined) {
-      refuse(`the old app's role ${role} is a superuser or has BYPASSRLS, so it cannot be confined to the default tenant: nothing was changed; name a role without them (a new name is created for you)`)
+  for (const role of oldAppNames.filter((x) => existing.has(x))) {
+    const escape = await escapeRoutes(conn, role)
+    // An old-app role may own the tables (the owner is confined too); anything else that escapes may not.
+    if (escape && !escape.how.startsWith('owns objects')) {
+      refuse(`the old app's role ${role} ${escape.how}, so it cannot be confined to the default tenant: nothing was changed; ${escape.fix} (a name that does not exist yet is created for you)`)
     }
   }
-}
-
-function escapeFix(role: string, escape: string): string {
-  if (escape.startsWith('is a superuser')) return `ALTER ROLE ${role} NOSUPERUSER, or pick another application role`
-  if (escape.startsWith('has BYPASSRLS')) return `ALTER ROLE ${role} NOBYPASSRLS, or pick another application role`
-  if (escape.startsWith('is a member')) return `REVOKE that membership from ${role}, or pick another application role`
-  return `give those objects another owner (ALTER … OWNER TO) or pick another application role`
 }
 
 function refuse(message: string): never {

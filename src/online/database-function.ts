@@ -1,5 +1,5 @@
 import { sql, type RawBuilder } from 'kysely'
-import { appRoleName } from './roles.ts'
+import { appRoleName } from './app-role.ts'
 import type { Step } from './step.ts'
 
 export interface FunctionSpec {

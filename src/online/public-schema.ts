@@ -22,21 +22,26 @@ export const revokePublicCreate: Step = {
   name: 'no CREATE on schema public for PUBLIC',
   async up(db) {
     if (!(await publicMayCreate(db)).open) return
-    // Recorded first: a run killed after the REVOKE still knows, on the way down, what to give back.
-    await record(db, KEY, 'yes')
-    await sql`revoke create on schema public from public`.execute(db)
-    const after = await publicMayCreate(db)
-    if (after.open) {
-      // REVOKE by a role that is not the schema's owner only warns; say what to do instead.
-      throw new Error(
-        `every role may create objects in schema public, and ${after.me} cannot revoke that (the schema belongs to ${after.owner}): ` +
-          `as ${after.owner}, run  REVOKE CREATE ON SCHEMA public FROM PUBLIC;  then run the migration again`,
-      )
-    }
+    // One transaction: the record of what to give back, the REVOKE, and the proof that it took
+    // (a REVOKE by a role that is not the schema's owner only warns) commit or vanish together.
+    await db.transaction().execute(async (trx) => {
+      await record(trx, KEY, 'yes')
+      await sql`revoke create on schema public from public`.execute(trx)
+      const after = await publicMayCreate(trx)
+      if (after.open) {
+        throw new Error(
+          `every role may create objects in schema public, and ${after.me} cannot revoke that (the schema belongs to ${after.owner}): ` +
+            `as ${after.owner}, run  REVOKE CREATE ON SCHEMA public FROM PUBLIC;  then run the migration again`,
+        )
+      }
+    })
   },
   async down(db) {
     if ((await readRecorded(db, KEY)) !== 'yes') return
-    await sql`grant create on schema public to public`.execute(db)
-    await forget(db, KEY)
+    await db.transaction().execute(async (trx) => {
+      await sql`grant create on schema public to public`.execute(trx)
+      if (!(await publicMayCreate(trx)).open) throw new Error(`could not give CREATE on schema public back to PUBLIC: run the down as the owner of schema public`)
+      await forget(trx, KEY)
+    })
   },
 }

