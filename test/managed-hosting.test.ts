@@ -13,7 +13,7 @@ import { withTenant } from '../src/tenancy/with-tenant.ts'
 import type { DB } from '../src/db-types.ts'
 import { runMigrateCli } from './faults/support.ts'
 import { runScript } from './support/cli.ts'
-import { LEGACY_SQL, TENANT_TABLES } from './support/legacy.ts'
+import { LEGACY_SQL, MIGRATION_NAMES, TENANT_TABLES } from './support/legacy.ts'
 
 /**
  * Managed hosting (RDS, Cloud SQL, Azure, Supabase): no superuser anywhere. The legacy tables belong
@@ -26,7 +26,7 @@ const adminUrl = inject('adminUrl')
 const appRole = inject('appRole')
 const OWNER = `${runId}_mown`
 const PLAIN = `${runId}_mold`
-const ALL = ['0001_baseline', '0002_add_tenants', '0003_add_tenant_id_columns', '0004_backfill_tenant_id', '0005_enforce_tenant_id', '0006_create_audit_logs']
+const ALL = MIGRATION_NAMES
 
 interface OwnedDb {
   name: string

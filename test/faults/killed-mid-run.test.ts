@@ -2,7 +2,7 @@ import { sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot, type SchemaSnapshot } from '../../src/catalog/schema-snapshot.ts'
 import { dropScratchDatabase } from '../../src/connection/scratch-database.ts'
-import { TENANT_TABLES } from '../support/legacy.ts'
+import { MIGRATION_NAMES, TENANT_TABLES } from '../support/legacy.ts'
 import { adminDb, buildProductionCopy, checksums, cloneOf, runMigrateCli } from './support.ts'
 
 /** Where to pull the plug: right after a progress line, so every migration and its slow steps are hit. */
@@ -76,7 +76,7 @@ describe('killed with SIGKILL mid-run, then run again', () => {
         select count(*)::int as n from pg_locks where locktype = 'advisory' and database = (select oid from pg_database where datname = current_database())`.execute(db)
       expect(locks[0]!.n).toBe(0)
       const { rows: migrations } = await sql<{ n: number }>`select count(*)::int as n from skills_db.kysely_migration`.execute(db)
-      expect(migrations[0]!.n).toBe(6)
+      expect(migrations[0]!.n).toBe(MIGRATION_NAMES.length)
     } finally {
       await db.destroy()
     }
