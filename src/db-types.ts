@@ -45,7 +45,7 @@ export interface AuditLogs {
   metadata: Json | null;
   resource_id: string | null;
   resource_type: string | null;
-  tenant_id: Generated<string | null>;
+  tenant_id: Generated<string>;
 }
 
 export interface Ratings {

@@ -100,9 +100,11 @@ describe('tenant isolation, as the application role', () => {
     })
   })
 
-  it('tenants is readable and not writable', async () => {
+  it('tenants: a tenant reads its own row only, none without a tenant, and writes nothing', async () => {
     const read = await attempt(app, { kind: 'tenant', id: A }, (trx) => trx.selectFrom('tenants').select('slug').execute())
-    expect(read.ok && read.value.map((r) => r.slug).sort()).toEqual(['a', 'b', 'default'])
+    expect(read.ok && read.value.map((r) => r.slug)).toEqual(['a'])
+    const none = await attempt(app, { kind: 'none' }, (trx) => trx.selectFrom('tenants').select('slug').execute())
+    expect(none).toEqual({ ok: true, value: [] })
     for (const write of [
       (trx: any) => trx.insertInto('tenants').values({ name: 'x', slug: 'x' }).execute(),
       (trx: any) => trx.updateTable('tenants').set({ name: 'x' }).execute(),

@@ -94,6 +94,16 @@ describe('the plan\'s must-haves, migration by migration, on the production sche
         has_table_privilege(${appRole}, 'audit_logs', 'truncate') as t`)
     expect(privileges).toEqual([{ s: true, i: true, u: false, d: false, t: false }])
 
+    await up(t.admin, '0007_private_tenants_and_audit')
+    const after7 = await takeSchemaSnapshot(t.admin)
+    expect(after7.tenants).toMatchObject({
+      rowSecurity: 'enabled',
+      policies: [`own_tenant SELECT to ${appRole} using (id = NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text))`],
+    })
+    expect(after7.audit_logs!.columns).toContain(`tenant_id text not null default NULLIF(current_setting('app.current_tenant_id'::text, true), ''::text)`)
+    const modes = await q<{ t: string; mode: string }>(t.admin, sql`select tgname as t, tgenabled as mode from pg_trigger where tgrelid = 'audit_logs'::regclass and not tgisinternal order by 1`)
+    expect(modes).toEqual([{ t: 'no_truncate', mode: 'A' }, { t: 'no_update_or_delete', mode: 'A' }, { t: 'stamp', mode: 'A' }])
+
     // Nothing lost on the way: every row, every value (tenant_id aside) as before.
     const rowsAfter = await tableContents(t.admin)
     rowsAfter.usage_events = rowsAfter.usage_events!.filter((r) => !r.includes('e-null'))
@@ -134,7 +144,7 @@ describe('reversible', () => {
     const contents = await tableContents(t.admin)
     await migrateUp(t.admin, { appRole }) // adopts 0001, applies 0002
     await migrateDown(t.admin)
-    for (const name of ['0002_add_tenants', '0003_add_tenant_id_columns', '0004_backfill_tenant_id', '0005_enforce_tenant_id', '0006_create_audit_logs']) {
+    for (const name of ['0002_add_tenants', '0003_add_tenant_id_columns', '0004_backfill_tenant_id', '0005_enforce_tenant_id', '0006_create_audit_logs', '0007_private_tenants_and_audit']) {
       const before = await takeSchemaSnapshot(t.admin)
       await up(t.admin, name)
       const applied = await takeSchemaSnapshot(t.admin)
@@ -179,7 +189,7 @@ describe('reversible', () => {
     await migrateToLatest(t.admin, { appRole })
     await sql.raw(`${NOT_THE_OLD_APP} insert into tenants (id, name, slug) values ('tb', 'B', 'b');
       insert into skills (id, tenant_id, name, slug, description, category, content) values ('sb', 'tb', 'Lint', 'lint', 'd', 'c', 'c');`).execute(t.admin)
-    await migrateDown(t.admin) // 0006 (no audit rows yet)
+    await migrateDown(t.admin, { to: '0005_enforce_tenant_id' }) // 0007, 0006 (no audit rows yet)
     const before = await takeSchemaSnapshot(t.admin)
     const refused = await migrateDown(t.admin)
     expect(refused).toMatchObject({ status: 'error', error: { migration: '0005_enforce_tenant_id', message: expect.stringMatching(/skills\.slug "lint" is used by several tenants/) } })
@@ -190,6 +200,7 @@ describe('reversible', () => {
     const t = await legacyDb()
     await migrateToLatest(t.admin, { appRole })
     await sql`insert into audit_logs (tenant_id, action) values (${SEED_ID}, 'x')`.execute(t.admin)
+    await migrateDown(t.admin, { to: '0006_create_audit_logs' })
     const before = await takeSchemaSnapshot(t.admin)
     expect(await migrateDown(t.admin)).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/deletes the audit trail/) } })
     expect(await takeSchemaSnapshot(t.admin)).toEqual(before)

@@ -32,3 +32,16 @@ export function trigger(spec: TriggerSpec): Step {
       }),
   }
 }
+
+/**
+ * The trigger fires in every session_replication_role, replica included (`ENABLE ALWAYS`): a
+ * superuser who sets replica mode to skip triggers does not skip this one. `down` restores the
+ * default (fires in origin and local mode only).
+ */
+export function triggerFiresAlways(table: string, name: string): Step {
+  const set = (mode: 'always' | 'origin') => async (db: Parameters<Step['up']>[0]) => {
+    await withLockRetry(db, table, (trx) =>
+      sql`alter table ${sql.table(table)} ${mode === 'always' ? sql`enable always trigger` : sql`enable trigger`} ${sql.id(name)}`.execute(trx))
+  }
+  return { name: `trigger ${name} on ${table} fires always`, up: set('always'), down: set('origin') }
+}
