@@ -10,8 +10,8 @@ export async function columnInfo(db: Kysely<any>, table: string, column: string)
 }
 
 export async function constraintInfo(db: Kysely<any>, table: string, name: string) {
-  const { rows } = await sql<{ validated: boolean; columns: string[] }>`
-    select c.convalidated as validated,
+  const { rows } = await sql<{ validated: boolean; columns: string[]; type: string }>`
+    select c.convalidated as validated, c.contype::text as type,
       array(select a.attname::text from unnest(c.conkey) with ordinality k(n, i)
             join pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.n order by k.i) as columns
     from pg_constraint c where c.conrelid = pg_catalog.to_regclass(${table}::text) and c.conname = ${name}`.execute(db)
