@@ -1,35 +1,28 @@
 import { mkdtempSync, rmSync, chmodSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { sql, type Kysely } from 'kysely'
 import pg from 'pg'
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
+import { beforeAll, describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import { createDb } from '../src/connection/create-db.ts'
 import { withDatabase } from '../src/connection/database-url.ts'
 import { startEmbeddedPostgres } from '../src/connection/embedded-postgres.ts'
-import { adminQuery, dropScratchDatabase, scratchName } from '../src/connection/scratch-database.ts'
+import { adminQuery } from '../src/connection/scratch-database.ts'
 import { migrateDown, migrateToLatest, migrateUp } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { runScript } from './support/cli.ts'
 import { embeddedModuleFor } from './support/pg-majors.ts'
-import { createTestDatabase, type TestDatabase } from './support/database.ts'
-import { buildLegacyDatabase, LEGACY_SQL } from './support/legacy.ts'
+import { freePort } from './support/test-server.ts'
+import { useLegacyDatabases, type TestDatabase } from './support/database.ts'
+import { LEGACY_SQL } from './support/legacy.ts'
 
 const runId = inject('runId')
 const adminUrl = inject('adminUrl')
 const appRole = inject('appRole')
 const role = (tag: string) => `${runId}_g${tag}`
 
-const dbs: TestDatabase[] = []
-async function legacyDb(): Promise<TestDatabase> {
-  const t = await createTestDatabase('empty')
-  dbs.push(t)
-  await buildLegacyDatabase(t.admin)
-  return t
-}
-afterAll(async () => Promise.all(dbs.map((d) => d.close())))
+const legacyDb = useLegacyDatabases()
 
 /** The database is as it was: same schema, no migration recorded. */
 async function unchanged(t: TestDatabase, before: Awaited<ReturnType<typeof takeSchemaSnapshot>>): Promise<void> {
@@ -276,14 +269,3 @@ describe('a superuser old app: no second tenant while it may be connected', () =
     }
   })
 })
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = createServer()
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as { port: number }
-      srv.close(() => resolve(port))
-    })
-    srv.on('error', reject)
-  })
-}

@@ -1,25 +1,18 @@
 import { sql, type Kysely } from 'kysely'
-import { afterAll, describe, expect, inject, it } from 'vitest'
+import { describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import legacySchema from '../src/migrator/legacy-schema.json' with { type: 'json' }
 import { migrateDown, migrateToLatest, migrateUp } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { TENANT_TABLES } from './support/legacy.ts'
-import { createTestDatabase, type TestDatabase } from './support/database.ts'
-import { buildLegacyDatabase, tableContents } from './support/legacy.ts'
+import { useLegacyDatabases } from './support/database.ts'
+import { tableContents } from './support/legacy.ts'
 import { NOT_THE_OLD_APP } from './support/tenants.ts'
 
 const appRole = inject('appRole')
 const SEED_ID = 'default-tenant-000-0000-000000000000'
 
-const dbs: TestDatabase[] = []
-async function legacyDb(): Promise<TestDatabase> {
-  const t = await createTestDatabase('empty')
-  dbs.push(t)
-  await buildLegacyDatabase(t.admin)
-  return t
-}
-afterAll(async () => Promise.all(dbs.map((d) => d.close())))
+const legacyDb = useLegacyDatabases()
 
 const q = async <R>(db: Kysely<any>, query: ReturnType<typeof sql<R>>) => (await query.execute(db)).rows
 const up = async (db: Kysely<any>, name: string) => {

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, inject } from 'vitest'
 import { createDb } from '../../src/connection/create-db.ts'
 import { createScratchDatabase, dropScratchDatabase, scratchName } from '../../src/connection/scratch-database.ts'
 import type { DB } from '../../src/db-types.ts'
+import { buildLegacyDatabase } from './legacy.ts'
 
 export interface TestDatabase {
   name: string
@@ -50,3 +51,18 @@ export function useTestDatabase(kind: 'migrated' | 'empty' = 'migrated'): TestDa
   return handle
 }
 
+
+/**
+ * Legacy (single-tenant, Drizzle-made) databases made on demand by a test file, each with a few
+ * rows, all dropped after the file's last test.
+ */
+export function useLegacyDatabases(): () => Promise<TestDatabase> {
+  const made: TestDatabase[] = []
+  afterAll(async () => Promise.all(made.map((d) => d.close())))
+  return async () => {
+    const t = await createTestDatabase('empty')
+    made.push(t)
+    await buildLegacyDatabase(t.admin)
+    return t
+  }
+}

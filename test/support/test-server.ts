@@ -69,7 +69,8 @@ async function sweepOrphanEmbeddedServers(): Promise<void> {
   }
 }
 
-function freePort(): Promise<number> {
+/** A port nothing listens on right now (for a server of our own). */
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer()
     srv.listen(0, '127.0.0.1', () => {
