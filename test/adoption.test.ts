@@ -1,5 +1,5 @@
 import { sql } from 'kysely'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, describe, expect, it } from 'vitest'
 import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import { migrateToLatest } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'

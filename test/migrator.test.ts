@@ -75,7 +75,7 @@ describe('migrator', () => {
     cpSync(MIGRATIONS_DIR, dir, { recursive: true })
     const file = makeMigration('add_skill_tags', dir)
     expect(path.basename(file)).toBe(`${String(ALL.length + 1).padStart(4, '0')}_add_skill_tags.ts`)
-    expect(readFileSync(file, 'utf8')).toMatch(/export async function up\(db: Kysely<any>\)/)
+    expect(readFileSync(file, 'utf8')).toMatch(/export const up = \(db: Kysely<any>\) => applySteps\(db, steps\)/)
     expect(() => makeMigration('add_skill_tags', dir)).toThrow(/already exists/)
     for (const bad of ['', '../evil', 'a/b', 'Has Space']) expect(() => makeMigration(bad, dir)).toThrow(/is not allowed/)
   })

@@ -1,4 +1,4 @@
-import { sql, type Kysely } from 'kysely'
+import { sql, type RawBuilder } from 'kysely'
 import type { DB } from '../../src/db-types.ts'
 import { createDb } from '../../src/connection/create-db.ts'
 import { migrateToLatest } from '../../src/migrator/migrate.ts'
@@ -16,25 +16,25 @@ export interface QueryOverhead {
 
 const since = (n: number) => new Date(Date.now() - (60 + (n % 60)) * 60_000)
 
-const QUERIES: { name: string; rls: (db: Kysely<any>, n: number) => any; filter: (db: Kysely<any>, tenant: string, n: number) => any }[] = [
+const QUERIES: { name: string; rls: (n: number) => RawBuilder<unknown>; filter: (tenant: string, n: number) => RawBuilder<unknown> }[] = [
   {
     name: 'point lookup by slug',
-    rls: (db, n) => sql`select * from skills where slug = ${`skill-${n}`}`,
-    filter: (db, t, n) => sql`select * from skills where tenant_id = ${t} and slug = ${`skill-${n}`}`,
+    rls: (n) => sql`select * from skills where slug = ${`skill-${n}`}`,
+    filter: (t, n) => sql`select * from skills where tenant_id = ${t} and slug = ${`skill-${n}`}`,
   },
   {
     name: "a tenant's top skills by uses",
     rls: () => sql`select id, name, total_uses from skills order by total_uses desc limit 10`,
-    filter: (db, t) => sql`select id, name, total_uses from skills where tenant_id = ${t} order by total_uses desc limit 10`,
+    filter: (t) => sql`select id, name, total_uses from skills where tenant_id = ${t} order by total_uses desc limit 10`,
   },
   {
     name: 'usage counts per skill over a time range',
     // The cut-off is a bound timestamp, as app code passes it: `timestamp >= timestamp` is
     // leakproof, so under RLS it shares the (tenant_id, created_at) index with the policy.
     // (A timestamptz expression such as now() - interval is not, and would be filtered after.)
-    rls: (db, n) => sql`select skill_id, count(*) from usage_events
+    rls: (n) => sql`select skill_id, count(*) from usage_events
       where created_at >= ${since(n)} group by skill_id order by 2 desc limit 20`,
-    filter: (db, t, n) => sql`select skill_id, count(*) from usage_events
+    filter: (t, n) => sql`select skill_id, count(*) from usage_events
       where tenant_id = ${t} and created_at >= ${since(n)} group by skill_id order by 2 desc limit 20`,
   },
 ]
@@ -56,12 +56,12 @@ export async function measureRlsOverhead(adminUrl: string, appUrl: string, tenan
         // Only the query is timed, inside each transaction: the ratio is the cost of the policy.
         const viaRls = () => withTenant(app, tenant, async (trx) => {
           const start = performance.now()
-          await q.rls(trx, n).execute(trx)
+          await q.rls(n).execute(trx)
           rlsMs.push(performance.now() - start)
         })
         const viaFilter = () => admin.transaction().execute(async (trx) => {
           const start = performance.now()
-          await q.filter(trx, tenant, n).execute(trx)
+          await q.filter(tenant, n).execute(trx)
           filterMs.push(performance.now() - start)
         })
         // Each goes first in every other round: the first of a pair runs on a machine the other left colder.
@@ -69,7 +69,7 @@ export async function measureRlsOverhead(adminUrl: string, appUrl: string, tenan
         else await viaFilter().then(viaRls)
       }
       const plan = await withTenant(app, tenant, async (trx) => {
-        const { rows } = await sql<{ 'QUERY PLAN': string }>`explain ${q.rls(trx, 1)}`.execute(trx)
+        const { rows } = await sql<{ 'QUERY PLAN': string }>`explain ${q.rls(1)}`.execute(trx)
         return rows.map((r) => r['QUERY PLAN']).join('\n')
       })
       const rls = median(rlsMs)

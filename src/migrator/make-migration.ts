@@ -2,16 +2,17 @@ import { existsSync, readdirSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { MIGRATIONS_DIR } from './migration-provider.ts'
 
-const TEMPLATE = `import { sql, type Kysely } from 'kysely'
+const TEMPLATE = `import { type Kysely } from 'kysely'
+import { applySteps, revertSteps, type Step } from '../online/step.ts'
 
-// Migrations are frozen in time: take Kysely<any>, never import the generated types.
-export async function up(db: Kysely<any>): Promise<void> {
-  await sql\`select 1\`.execute(db)
-}
+// Frozen: the tables, columns and SQL this migration acts on are its own, written out here as of
+// today; import only machinery (kysely, ../online), never the runtime (see README.md in this folder).
+const steps: Step[] = [
+  // e.g. addColumn({ ... }), index({ table: 'skills', name: 'skills_x_idx', columns: ['x'] }), notNull('skills', 'x')
+]
 
-export async function down(db: Kysely<any>): Promise<void> {
-  await sql\`select 1\`.execute(db)
-}
+export const up = (db: Kysely<any>) => applySteps(db, steps)
+export const down = (db: Kysely<any>) => revertSteps(db, steps)
 `
 
 /**
