@@ -12,6 +12,7 @@ import { usingDatabase, type DatabaseSource } from '../src/connection/using-data
 import { makeMigration } from '../src/migrator/make-migration.ts'
 import { migrateDown, migrateToLatest, migrateUp, type MigrationOutcome } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
+import { storedTenantKeyIds } from '../src/migrator/tenant-context-keys.ts'
 
 const USAGE = 'usage: migrate <latest|up|down|status|make> [--to <name>|all] [--force] [--app-role <name>] [--old-app-role <name>]... [--no-codegen] [--lock-timeout-ms N] [--lock-retry-budget-ms N] [--batch-size N]'
 
@@ -52,6 +53,8 @@ async function main(argv: string[]): Promise<number> {
     ...positiveInt('lockTimeoutMs', values['lock-timeout-ms']),
     ...positiveInt('lockRetryBudgetMs', values['lock-retry-budget-ms']),
     ...positiveInt('batchSize', values['batch-size']),
+    // Secrets come from the environment, never from a flag (flags show in ps and shell history).
+    ...(process.env.SKILLS_DB_TENANT_KEYS ? { tenantKeys: process.env.SKILLS_DB_TENANT_KEYS.split(',') } : {}),
   }
 
   return usingDatabase(process.env, async (source) => {
@@ -60,6 +63,8 @@ async function main(argv: string[]): Promise<number> {
     try {
       if (command === 'status') {
         printStatus(await migrationStatus(db))
+        const ids = await storedTenantKeyIds(db).catch(() => undefined)
+        if (ids) console.log(`tenant keys held by the database: ${ids.join(', ') || 'none (withTenant refuses every tenant: run latest with SKILLS_DB_TENANT_KEYS)'}`)
         return 0
       }
       const outcome =

@@ -47,6 +47,7 @@ describe('CLI', () => {
       [['make', '../evil'], {}, /migration name "\.\.\/evil" is not allowed/],
       [['make', '0001_baseline'.slice(5)], {}, /a migration named "baseline" already exists: 0001_baseline\.ts/],
       [['latest', '--lock-timeout-ms', 'soon'], { DATABASE_URL: t.url }, /--lock-timeout-ms must be a positive whole number, not "soon"/],
+      [['latest'], { DATABASE_URL: t.url, SKILLS_DB_TENANT_KEYS: 'k1:short' }, /SKILLS_DB_TENANT_KEYS\)?: the secret of key "k1" has 5 characters; use at least 32/],
     ]
     for (const [args, env, expected] of cases) {
       const r = await runScript(args, env)

@@ -4,6 +4,7 @@ import { adminQuery, createScratchDatabase } from '../src/connection/scratch-dat
 import { migrateToLatest } from '../src/migrator/migrate.ts'
 import { dropRunLeftovers } from './support/leftovers.ts'
 import { newRunId } from './support/run-id.ts'
+import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 import { startTestServer } from './support/test-server.ts'
 
 declare module 'vitest' {
@@ -37,7 +38,7 @@ export default async function setup(project: TestProject) {
     templateUrl.password = 'test'
     const db = await openDb<any>(templateUrl.toString(), { max: 1 })
     try {
-      const outcome = await migrateToLatest(db, { appRole })
+      const outcome = await migrateToLatest(db, { appRole, tenantKeys: [TEST_TENANT_KEY] })
       if (outcome.status === 'error') throw new Error(`migrating the test template failed: ${outcome.error.migration}: ${outcome.error.message}`)
     } finally {
       await db.destroy()

@@ -23,6 +23,7 @@ const TABLES: { table: Table; rowOfA: string; idColumn: string; set: Record<stri
 const CONTEXTS: [string, TenantContext][] = [
   ['own tenant', { kind: 'tenant', id: A }],
   ['other tenant', { kind: 'tenant', id: B }],
+  ['tenant A named in the setting, not entered', { kind: 'named', id: A }],
   ['no tenant', { kind: 'none' }],
   ['empty tenant', { kind: 'empty' }],
 ]

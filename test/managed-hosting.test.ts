@@ -14,6 +14,7 @@ import type { DB } from '../src/db-types.ts'
 import { runMigrateCli } from './faults/support.ts'
 import { runScript } from './support/cli.ts'
 import { LEGACY_SQL, MIGRATION_NAMES, TENANT_TABLES } from './support/legacy.ts'
+import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 
 /**
  * Managed hosting (RDS, Cloud SQL, Azure, Supabase): no superuser anywhere. The legacy tables belong
@@ -168,7 +169,7 @@ describe('managed hosting: no superuser migrates or serves', () => {
     await sql`insert into audit_logs (tenant_id, action) values ('tenant-b', 'kept')`.execute(d.admin)
 
     // Row security would hide tenant B's rows from the owner: these refusals prove the owner's checks see them.
-    expect(await migrateDown(d.owner)).toMatchObject({ status: 'applied', steps: [{ name: '0007_private_tenants_and_audit' }] })
+    expect(await migrateDown(d.owner, { to: '0006_create_audit_logs' })).toMatchObject({ status: 'applied', steps: [{ name: '0008_session_bound_tenant_context' }, { name: '0007_private_tenants_and_audit' }] })
     expect(await migrateDown(d.owner)).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/dropping audit_logs deletes the audit trail/) } })
     expect(await migrateDown(d.owner, { allowDataLoss: true })).toMatchObject({ status: 'applied', steps: [{ name: '0006_create_audit_logs' }] })
     expect(await migrateDown(d.owner)).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/skills\.slug "skill-1" is used by several tenants/) } })
@@ -234,9 +235,9 @@ describe('managed hosting: no superuser migrates or serves', () => {
 
   it('the application role stays in its tenant on an owner-migrated database, and the owner\'s switch does nothing for it', async () => {
     const d = await ownedLegacyDb()
-    expect(await migrateToLatest(d.owner, { appRole })).toMatchObject({ status: 'applied' })
+    expect(await migrateToLatest(d.owner, { appRole, tenantKeys: [TEST_TENANT_KEY] })).toMatchObject({ status: 'applied' })
     await addTenantB(d)
-    const app = createDb<DB>(d.url(appRole), { max: 1 })
+    const app = createDb<DB>(d.url(appRole), { max: 1, tenantKey: TEST_TENANT_KEY })
     try {
       const seen = await withTenant(app, 'tenant-b', async (trx) => {
         await sql`select set_config('skills_db.all_tenants', 'on', true)`.execute(trx)

@@ -4,7 +4,7 @@ import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import legacySchema from '../src/migrator/legacy-schema.json' with { type: 'json' }
 import { migrateDown, migrateToLatest, migrateUp } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
-import { TENANT_TABLES } from './support/legacy.ts'
+import { MIGRATION_NAMES, TENANT_TABLES } from './support/legacy.ts'
 import { useLegacyDatabases } from './support/database.ts'
 import { tableContents } from './support/legacy.ts'
 import { NOT_THE_OLD_APP } from './support/tenants.ts'
@@ -14,6 +14,29 @@ const SEED_ID = 'default-tenant-000-0000-000000000000'
 
 const legacyDb = useLegacyDatabases()
 
+/**
+ * The tables of public (takeSchemaSnapshot), and what lives beside them: every function, sequence
+ * and table of the schemas the migrations create (tenant_context, skills_db), with its definition
+ * and privileges, but not the migrator's own bookkeeping (its migration tables, and the settings
+ * table, which outlives the facts it held).
+ */
+async function fullSnapshot(db: Kysely<any>) {
+  const { rows } = await sql<{ line: string }>`
+    -- The body with comments and spacing left out (0007's down puts back 0005's resolver without its comment).
+    select n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ') ' || pg_get_function_result(p.oid)
+      || ' ' || p.provolatile::text || p.prosecdef::text || p.proparallel::text || ' ' || coalesce(p.proconfig::text, '')
+      || ' ' || md5(regexp_replace(regexp_replace(p.prosrc, '--[^\\n]*', '', 'g'), '\\s+', '', 'g')) || ' ' || coalesce(p.proacl::text, '') as line
+    from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname in ('public', 'tenant_context', 'skills_db')
+    union all
+    select n.nspname || '.' || c.relname || ' ' || c.relkind::text || c.relpersistence::text || ' ' || coalesce(c.relacl::text, '')
+    from pg_class c join pg_namespace n on n.oid = c.relnamespace
+    where n.nspname in ('tenant_context', 'skills_db') and c.relkind in ('r', 'S', 'v') and c.relname not like 'kysely_migration%' and c.relname <> 'settings'
+    union all
+    select 'schema ' || nspname || ' ' || coalesce(nspacl::text, '') from pg_namespace where nspname = 'tenant_context'
+    order by 1`.execute(db)
+  return { tables: await takeSchemaSnapshot(db), objects: rows.map((r) => r.line) }
+}
+
 const q = async <R>(db: Kysely<any>, query: ReturnType<typeof sql<R>>) => (await query.execute(db)).rows
 const up = async (db: Kysely<any>, name: string) => {
   const outcome = await migrateUp(db, { appRole })
@@ -21,7 +44,7 @@ const up = async (db: Kysely<any>, name: string) => {
 }
 
 describe('the plan\'s must-haves, migration by migration, on the production schema with rows', () => {
-  it('0002 … 0006 each do what the plan says', async () => {
+  it('0002 … 0008 each do what the plan says', async () => {
     const t = await legacyDb()
     const rowsBefore = await tableContents(t.admin)
     // The first run adopts the production schema (0001 recorded, not run), then applies 0002.
@@ -97,6 +120,29 @@ describe('the plan\'s must-haves, migration by migration, on the production sche
     const modes = await q<{ t: string; mode: string }>(t.admin, sql`select tgname as t, tgenabled as mode from pg_trigger where tgrelid = 'audit_logs'::regclass and not tgisinternal order by 1`)
     expect(modes).toEqual([{ t: 'no_truncate', mode: 'A' }, { t: 'no_update_or_delete', mode: 'A' }, { t: 'stamp', mode: 'A' }])
 
+    await up(t.admin, '0008_session_bound_tenant_context')
+    const after8 = await takeSchemaSnapshot(t.admin)
+    for (const table of [...TENANT_TABLES, 'audit_logs']) {
+      expect(after8[table]!.policies.find((p) => p.startsWith('tenant_isolation')), table).toBe(
+        `tenant_isolation ALL to ${appRole} using (tenant_id = tenant_context.current_tenant()) check (tenant_id = tenant_context.current_tenant())`)
+    }
+    expect(after8.tenants!.policies).toEqual([`own_tenant SELECT to ${appRole} using (id = tenant_context.current_tenant())`])
+    // The planner folds current_tenant() once per statement; it is stored as a call, never folded at DDL time.
+    const fns = await q(t.admin, sql`select proname, provolatile, prosecdef, proparallel from pg_proc
+      where pronamespace = 'tenant_context'::regnamespace order by 1`)
+    expect(fns).toEqual([
+      { proname: 'challenge', provolatile: 's', prosecdef: false, proparallel: 'u' },
+      { proname: 'current_tenant', provolatile: 'i', prosecdef: true, proparallel: 's' },
+      { proname: 'enter', provolatile: 'v', prosecdef: true, proparallel: 'u' },
+      { proname: 'tenant_is_active', provolatile: 's', prosecdef: true, proparallel: 'u' },
+    ])
+    // The mark is an unlogged sequence the app role may not touch; the keys are out of its sight.
+    expect(await q(t.admin, sql`select relpersistence,
+        has_sequence_privilege(${appRole}, 'tenant_context.session_tenant', 'usage') or has_sequence_privilege(${appRole}, 'tenant_context.session_tenant', 'update')
+          or has_sequence_privilege(${appRole}, 'tenant_context.session_tenant', 'select') as app_may_use,
+        has_table_privilege(${appRole}, 'skills_db.tenant_context_keys', 'select') as app_reads_keys
+      from pg_class where oid = 'tenant_context.session_tenant'::regclass`)).toEqual([{ relpersistence: 'u', app_may_use: false, app_reads_keys: false }])
+
     // Nothing lost on the way: every row, every value (tenant_id aside) as before.
     const rowsAfter = await tableContents(t.admin)
     rowsAfter.usage_events = rowsAfter.usage_events!.filter((r) => !r.includes('e-null'))
@@ -137,18 +183,18 @@ describe('reversible', () => {
     const contents = await tableContents(t.admin)
     await migrateUp(t.admin, { appRole }) // adopts 0001, applies 0002
     await migrateDown(t.admin)
-    for (const name of ['0002_add_tenants', '0003_add_tenant_id_columns', '0004_backfill_tenant_id', '0005_enforce_tenant_id', '0006_create_audit_logs', '0007_private_tenants_and_audit']) {
-      const before = await takeSchemaSnapshot(t.admin)
+    for (const name of MIGRATION_NAMES.slice(1)) {
+      const before = await fullSnapshot(t.admin)
       await up(t.admin, name)
-      const applied = await takeSchemaSnapshot(t.admin)
+      const applied = await fullSnapshot(t.admin)
       // 0004 changes data only: its schema is the one before it; every other migration changes the schema.
       if (name === '0004_backfill_tenant_id') expect(applied, name).toEqual(before)
       else expect(applied, name).not.toEqual(before)
       expect(await migrateDown(t.admin)).toMatchObject({ status: 'applied', steps: [{ name, direction: 'Down' }] })
-      expect(await takeSchemaSnapshot(t.admin), `down of ${name}`).toEqual(before)
+      expect(await fullSnapshot(t.admin), `down of ${name}`).toEqual(before)
       expect(await tableContents(t.admin), `rows after down of ${name}`).toEqual(contents)
       await up(t.admin, name)
-      expect(await takeSchemaSnapshot(t.admin), `up again of ${name}`).toEqual(applied)
+      expect(await fullSnapshot(t.admin), `up again of ${name}`).toEqual(applied)
     }
     expect(await migrateDown(t.admin, { to: '0001_baseline' })).toMatchObject({ status: 'applied' })
     expect(await takeSchemaSnapshot(t.admin)).toEqual(legacySchema)

@@ -51,7 +51,7 @@ describe('withTenant and recordAudit', () => {
   })
 
   it('a tenant setting that looks like SQL is a plain value: zero rows, no SQL error', async () => {
-    const r = await attempt(app, { kind: 'tenant', id: "' OR 1=1 --" }, (trx) => trx.selectFrom('skills').select('id').execute())
+    const r = await attempt(app, { kind: 'named', id: "' OR 1=1 --" }, (trx) => trx.selectFrom('skills').select('id').execute())
     expect(r).toEqual({ ok: true, value: [] })
   })
 })

@@ -10,6 +10,11 @@ export interface CreateDbOptions {
   /** `application_name` shown in pg_stat_activity, so operators can tell sessions apart. */
   applicationName?: string
   connectionTimeoutMillis?: number
+  /**
+   * The key withTenant signs the tenant context with (`<id>:<secret>`), one of those the migrator
+   * was given in SKILLS_DB_TENANT_KEYS. Default: the SKILLS_DB_TENANT_KEY environment variable.
+   */
+  tenantKey?: string
 }
 
 /**
@@ -34,10 +39,12 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
   pool.on('connect', (client) => client.on('error', () => {}))
   const db = new Kysely<T>({ dialect: new PostgresDialect({ pool }) })
   targets.set(db, target)
+  if (options.tenantKey !== undefined) tenantKeys.set(db, options.tenantKey)
   return db
 }
 
 const targets = new WeakMap<object, DatabaseTarget>()
+const tenantKeys = new WeakMap<object, string>()
 
 /** Like {@link createDb}, but proves the server answers; throws {@link ConnectionError} with a one-line reason. */
 export async function openDb<T = DB>(url: string, options: CreateDbOptions = {}): Promise<Kysely<T>> {
@@ -56,6 +63,11 @@ export async function openDb<T = DB>(url: string, options: CreateDbOptions = {})
 export function toConnectionError(error: unknown, target: DatabaseTarget): Error {
   const reason = describeConnectionError(error, target)
   return reason ? new ConnectionError(reason) : (error as Error)
+}
+
+/** The tenant key a Kysely instance was made with ({@link CreateDbOptions.tenantKey}), if any. */
+export function tenantKeyOf(db: object): string | undefined {
+  return tenantKeys.get(db)
 }
 
 /** The target a Kysely instance made by {@link createDb} points at (for error messages). */

@@ -13,6 +13,7 @@ import { silentLogger, type MigrationLogger } from './migration-logger.ts'
 import { timedMigrationProvider } from './migration-provider.ts'
 import { MIGRATION_SCHEMA, MIGRATION_TABLE, readAppliedMigrations } from './migration-table.ts'
 import { preflight } from './preflight.ts'
+import { storedTenantKeyIds, storeTenantKeys, tenantKeysOption } from './tenant-context-keys.ts'
 
 export interface MigrateOptions {
   logger?: MigrationLogger
@@ -36,6 +37,12 @@ export interface MigrateOptions {
   batchSize?: number
   /** Memory for each index build and validation (default 256MB; builds run one at a time). */
   maintenanceWorkMem?: string
+  /**
+   * The keys withTenant may sign the tenant context with, `<id>:<secret>`: one, or two while
+   * rotating (CLI: SKILLS_DB_TENANT_KEYS, comma-separated). After `latest` and `up` the database
+   * holds exactly these; when absent, it keeps what it holds.
+   */
+  tenantKeys?: string[]
 }
 
 export interface MigrationStep {
@@ -81,6 +88,7 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
   const logger = options.logger ?? silentLogger
   const running: { name?: string } = {}
   try {
+    const keys = tenantKeysOption(options.tenantKeys)
     return await db.connection().execute(async (conn) => {
       await sql`select pg_catalog.set_config(${ALLOW_DATA_LOSS_SETTING}::text, ${options.allowDataLoss ? 'on' : 'off'}::text, false),
                        pg_catalog.set_config(${APP_ROLE_SETTING}::text, ${options.appRole ?? ''}::text, false),
@@ -106,7 +114,14 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
           // A process-wide hook for the migrations, installed only while this run holds the lock.
           setProgressLogger(logger)
           try {
-            return await runLocked(conn, target, { ...options, db, running }, logger)
+            const outcome = await runLocked(conn, target, { ...options, db, running }, logger)
+            if (outcome.status !== 'error' && (target.kind === 'latest' || target.kind === 'up')) {
+              if (keys) await storeTenantKeys(conn, keys, logger)
+              else if ((await storedTenantKeyIds(conn))?.length === 0) {
+                logger.info('no tenant key is stored yet: withTenant refuses every tenant until the migrator runs with SKILLS_DB_TENANT_KEYS (tenantKeys)')
+              }
+            }
+            return outcome
           } finally {
             setProgressLogger(undefined)
           }

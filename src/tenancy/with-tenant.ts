@@ -1,7 +1,8 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { sql, type Kysely, type Transaction } from 'kysely'
+import { tenantKeyOf } from '../connection/create-db.ts'
 import type { DB } from '../db-types.ts'
-import { TENANT_SETTING } from './tenant-setting.ts'
+import { parseTenantKey, signTenantContext, type TenantKey } from './tenant-key.ts'
 
 export const MAX_TENANT_ID_LENGTH = 128
 
@@ -14,13 +15,16 @@ const inside = new AsyncLocalStorage<string>()
 
 /**
  * Runs `fn` in a transaction scoped to one tenant: row-level security shows and accepts only that
- * tenant's rows, and inserts get its tenant_id by default. The tenant is set with
- * `set_config(…, true)` as a bound parameter, so it ends with the transaction. Connect as the
- * application role: superusers, BYPASSRLS roles and the owner are not held by its policies.
+ * tenant's rows, and inserts get its tenant_id by default. Connect as the application role:
+ * superusers, BYPASSRLS roles and the owner are not held by its policies.
  *
- * The connection goes back to the pool clean: whatever `fn` left on the session (a session-wide
- * setting, a temporary table, a WITH HOLD cursor, a prepared statement, a LISTEN, an advisory lock)
- * is discarded after the transaction. Calling withTenant inside `fn` is an error: use `trx`.
+ * The tenant is entered with a signature only the holder of the tenant key can make (see
+ * {@link enterTenant}), so SQL run inside `fn`, injected SQL included, cannot switch to another
+ * tenant, nor carry this one into another transaction.
+ *
+ * The connection goes back to the pool clean: whatever `fn` left on the session (a setting, a
+ * temporary table or function, a WITH HOLD cursor, a prepared statement, a LISTEN, an advisory
+ * lock) is discarded after the transaction. Calling withTenant inside `fn` is an error: use `trx`.
  *
  * @example
  * const skills = await withTenant(db, tenantId, (trx) =>
@@ -32,20 +36,61 @@ export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: 
   if (outer !== undefined) {
     throw new TenantError(`withTenant called inside withTenant (tenant "${outer.slice(0, 64)}"): use the transaction you were given`)
   }
+  const key = keyFor(db)
   return db.connection().execute(async (conn) => {
     try {
       return await conn.transaction().execute(async (trx) => {
-        const { rows } = await sql<{ active: boolean }>`
-          select tenant_context.tenant_is_active(${tenantId}::text) as active
-          from (select pg_catalog.set_config(${TENANT_SETTING}::text, ${tenantId}::text, true) offset 0) s`.execute(trx)
-        if (!rows[0]?.active) throw new TenantError(`unknown or inactive tenant "${tenantId.slice(0, 64)}"`)
+        await enterTenant(trx, tenantId, key)
         return await inside.run(tenantId, () => fn(trx))
       })
     } finally {
-      // One round trip; a failure here means the connection is broken, and the pool drops it.
+      // What fn may have left on the session goes, and so does every plan fn could have made and
+      // kept (a prepared statement, a cursor, a function of its own): the tenant is a constant in
+      // those plans (see 0008), so none may run in another transaction. Not DISCARD ALL: it also
+      // drops the plans of tenant_context's own functions, which every transaction would then make
+      // again. One round trip; a failure here means the connection is broken, and the pool drops it.
       await sql.raw(`reset all; close all; deallocate all; discard temp; unlisten *; select pg_catalog.pg_advisory_unlock_all()`).execute(conn).catch(() => {})
     }
   })
+}
+
+/**
+ * Makes `tenantId` the tenant of the current transaction: asks the database for its challenge
+ * (this backend, this transaction), signs it with `key`, and hands both to tenant_context.enter,
+ * which checks the signature, that the tenant exists and is active. Two round trips.
+ */
+export async function enterTenant(trx: Kysely<any>, tenantId: string, key: TenantKey): Promise<void> {
+  const { rows } = await sql<{ challenge: string }>`select tenant_context.challenge() as challenge`.execute(trx)
+  const signature = signTenantContext(key, tenantId, rows[0]!.challenge)
+  try {
+    await sql`select tenant_context.enter(${tenantId}::text, ${signature}::text)`.execute(trx)
+  } catch (error) {
+    const e = error as { code?: string; message?: string; hint?: string }
+    if (e.code !== '42501' || !e.message) throw error
+    throw new TenantError(e.hint ? `${e.message}: ${e.hint}` : e.message, { cause: error })
+  }
+}
+
+const parsed = new Map<string, TenantKey>()
+
+/** The key of `db` (createDb's tenantKey), else SKILLS_DB_TENANT_KEY; parsed once. */
+function keyFor(db: object): TenantKey {
+  const [text, what] = tenantKeyOf(db) !== undefined
+    ? [tenantKeyOf(db)!, 'createDb option tenantKey']
+    : [process.env.SKILLS_DB_TENANT_KEY, 'SKILLS_DB_TENANT_KEY']
+  if (!text) {
+    throw new TenantError('withTenant has no tenant key: pass createDb(url, { tenantKey }) or set SKILLS_DB_TENANT_KEY to one of the keys the migrator was given (SKILLS_DB_TENANT_KEYS)')
+  }
+  let key = parsed.get(text)
+  if (!key) {
+    try {
+      key = parseTenantKey(text, what)
+    } catch (error) {
+      throw new TenantError((error as Error).message)
+    }
+    parsed.set(text, key)
+  }
+  return key
 }
 
 function assertTenantId(tenantId: unknown): asserts tenantId is string {

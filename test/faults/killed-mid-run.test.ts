@@ -21,6 +21,9 @@ const TRIALS: { label: string; marker: RegExp; delayMs: number; nulls?: boolean 
   { label: 'during CONCURRENTLY on usage_events', marker: /primary key site_settings/, delayMs: 5 },
   { label: 'while enabling row security', marker: /row security on skills/, delayMs: 0 },
   { label: 'in 0006', marker: /up +0006_create_audit_logs …/, delayMs: 0 },
+  { label: 'in 0007', marker: /up +0007_private_tenants_and_audit …/, delayMs: 0 },
+  { label: 'between 0008\'s policies', marker: /tenant_isolation on skills: the entered tenant/, delayMs: 0 },
+  { label: 'during 0008\'s ANALYZE', marker: /own_tenant on tenants: the entered tenant/, delayMs: 0 },
 ]
 
 describe('killed with SIGKILL mid-run, then run again', () => {

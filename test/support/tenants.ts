@@ -1,5 +1,8 @@
 import { sql, type Kysely, type Transaction } from 'kysely'
 import type { DB } from '../../src/db-types.ts'
+import { parseTenantKey } from '../../src/tenancy/tenant-key.ts'
+import { enterTenant } from '../../src/tenancy/with-tenant.ts'
+import { TEST_TENANT_KEY } from './tenant-key.ts'
 
 export const A = 'tenant-a'
 export const B = 'tenant-b'
@@ -43,12 +46,17 @@ export async function seedTwoTenants(admin: Kysely<any>): Promise<void> {
 
 class Rollback extends Error {}
 
-/** Runs `fn` in a transaction that is always rolled back; returns fn's result or the error it threw. */
+/**
+ * Runs `fn` in a transaction that is always rolled back, in `context`; returns fn's result or the
+ * error it threw. Entering an unknown tenant throws (as withTenant does), before `fn`.
+ */
 export async function attempt<T>(db: Kysely<DB>, context: TenantContext, fn: (trx: Transaction<DB>) => Promise<T>): Promise<{ ok: true; value: T } | { ok: false; error: { code?: string; message: string } }> {
   let outcome: { ok: true; value: T } | { ok: false; error: { code?: string; message: string } } | undefined
   try {
     await db.transaction().execute(async (trx) => {
-      if (context.kind === 'tenant') await sql`select set_config('app.current_tenant_id', ${context.id}, true)`.execute(trx)
+      if (context.kind === 'tenant') await enterTenant(trx, context.id, KEY)
+      // What SQL of the app role can do without the key: name a tenant in the setting.
+      if (context.kind === 'named') await sql`select set_config('app.current_tenant_id', ${context.id}, true)`.execute(trx)
       if (context.kind === 'empty') await sql`select set_config('app.current_tenant_id', '', true)`.execute(trx)
       try {
         outcome = { ok: true, value: await fn(trx) }
@@ -63,4 +71,7 @@ export async function attempt<T>(db: Kysely<DB>, context: TenantContext, fn: (tr
   return outcome!
 }
 
-export type TenantContext = { kind: 'tenant'; id: string } | { kind: 'none' } | { kind: 'empty' }
+/** A tenant entered with the key (as withTenant does), one only named in the setting, none, or an empty one. */
+export type TenantContext = { kind: 'tenant'; id: string } | { kind: 'named'; id: string } | { kind: 'none' } | { kind: 'empty' }
+
+const KEY = parseTenantKey(TEST_TENANT_KEY, 'TEST_TENANT_KEY')

@@ -1,0 +1,47 @@
+import { sql, type Kysely } from 'kysely'
+import { hmacPads, parseTenantKeys, type TenantKey } from '../tenancy/tenant-key.ts'
+import type { MigrationLogger } from './migration-logger.ts'
+
+const TABLE = 'skills_db.tenant_context_keys'
+
+/** The keys given to the migrator (`tenantKeys`, CLI: SKILLS_DB_TENANT_KEYS), checked before anything runs. */
+export function tenantKeysOption(keys: readonly string[] | undefined): TenantKey[] | undefined {
+  if (keys === undefined) return undefined
+  return parseTenantKeys(keys.join(','), 'tenantKeys (SKILLS_DB_TENANT_KEYS)')
+}
+
+/**
+ * Makes the database's copy of the tenant keys exactly `keys` (one, or two while rotating), in one
+ * transaction, so withTenant never meets a half-written set. Only the pads are stored, out of the
+ * application role's reach (0008). Before 0008 there is nowhere to put them: says so.
+ */
+export async function storeTenantKeys(db: Kysely<any>, keys: readonly TenantKey[], logger: MigrationLogger): Promise<void> {
+  if (!(await keyTableExists(db))) {
+    logger.info('tenant keys not stored: migration 0008_session_bound_tenant_context is not applied yet')
+    return
+  }
+  const wanted = keys.map((k) => ({ id: k.id, ...hmacPads(k) }))
+  await db.transaction().execute(async (trx) => {
+    const { rows } = await sql<{ key_id: string; inner_pad: Buffer; outer_pad: Buffer }>`
+      select key_id, inner_pad, outer_pad from ${sql.table(TABLE)} order by key_id for update`.execute(trx)
+    const same = rows.length === wanted.length && wanted.every((w) => rows.some((r) => r.key_id === w.id && r.inner_pad.equals(w.inner) && r.outer_pad.equals(w.outer)))
+    if (same) return
+    await sql`delete from ${sql.table(TABLE)}`.execute(trx)
+    for (const w of wanted) {
+      await sql`insert into ${sql.table(TABLE)} (key_id, inner_pad, outer_pad) values (${w.id}, ${w.inner}, ${w.outer})`.execute(trx)
+    }
+    logger.info(`tenant keys stored: ${wanted.map((w) => w.id).join(', ')}`)
+  })
+}
+
+/** The ids of the keys the database holds (never the keys), or undefined before 0008. */
+export async function storedTenantKeyIds(db: Kysely<any>): Promise<string[] | undefined> {
+  if (!(await keyTableExists(db))) return undefined
+  const { rows } = await sql<{ key_id: string }>`select key_id from ${sql.table(TABLE)} order by key_id`.execute(db)
+  return rows.map((r) => r.key_id)
+}
+
+async function keyTableExists(db: Kysely<any>): Promise<boolean> {
+  const { rows } = await sql<{ t: string | null }>`select pg_catalog.to_regclass(${TABLE}::text)::text as t`.execute(db)
+  return Boolean(rows[0]?.t)
+}

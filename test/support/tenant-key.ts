@@ -1,0 +1,2 @@
+/** The tenant key of every test run: the template holds it, and withTenant signs with it (SKILLS_DB_TENANT_KEY). */
+export const TEST_TENANT_KEY = 'test:0123456789abcdef0123456789abcdef-test-only'
