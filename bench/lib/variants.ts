@@ -3,6 +3,7 @@ import pg from 'pg'
 import { createDb } from '../../src/connection/create-db.ts'
 import { migrateToLatest } from '../../src/migrator/migrate.ts'
 import { PLAN_STEPS } from './plan-sql.ts'
+import { BENCH_TENANT_KEY } from './rls-overhead.ts'
 
 export interface MigrationRun {
   ok: boolean
@@ -18,6 +19,7 @@ export async function runSkillsDb(url: string, appRole: string): Promise<Migrati
   try {
     const outcome = await migrateToLatest(db, {
       appRole,
+      tenantKeys: [BENCH_TENANT_KEY],
       logger: {
         info(message) {
           const started = /^up +(\S+) …$/.exec(message)
