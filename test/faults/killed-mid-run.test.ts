@@ -24,6 +24,7 @@ const TRIALS: { label: string; marker: RegExp; delayMs: number; nulls?: boolean 
   { label: 'in 0007', marker: /up +0007_private_tenants_and_audit …/, delayMs: 0 },
   { label: 'between 0008\'s policies', marker: /tenant_isolation on skills: the entered tenant/, delayMs: 0 },
   { label: 'during 0008\'s ANALYZE', marker: /own_tenant on tenants: the entered tenant/, delayMs: 0 },
+  { label: 'between 0009\'s statistics steps', marker: /no statistics on skills's content/, delayMs: 0 },
 ]
 
 describe('killed with SIGKILL mid-run, then run again', () => {

@@ -1,0 +1,79 @@
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { sql, type Kysely } from 'kysely'
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
+import { createDb } from '../src/connection/create-db.ts'
+import { withDatabase } from '../src/connection/database-url.ts'
+import { startEmbeddedPostgres, type EmbeddedServer } from '../src/connection/embedded-postgres.ts'
+import { adminQuery } from '../src/connection/scratch-database.ts'
+import type { DB } from '../src/db-types.ts'
+import { migrateToLatest } from '../src/migrator/migrate.ts'
+import { withTenant } from '../src/tenancy/with-tenant.ts'
+import { buildLegacyDatabase } from './support/legacy.ts'
+import { embeddedModuleFor } from './support/pg-majors.ts'
+import { TEST_TENANT_KEY } from './support/tenant-key.ts'
+import { A, B, seedTwoTenants } from './support/tenants.ts'
+import { freePort } from './support/test-server.ts'
+
+/**
+ * SQL can make withTenant's clean-up fail: DISCARD TEMP locks every temporary object at once, and
+ * enough of them exhaust the server's lock table. A server of its own, with a lock table small
+ * enough to exhaust in a test (and no neighbour to starve).
+ */
+describe('when withTenant\'s clean-up fails, the session does not serve the next request', () => {
+  const appRole = `${inject('runId')}_cl_app`
+  let dir: string
+  let server: EmbeddedServer
+  let admin: Kysely<any>
+  let app: Kysely<DB>
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'skills-db-test-locks-'))
+    chmodSync(dir, 0o755)
+    const module = embeddedModuleFor(process.env.EMBEDDED_PG_MAJOR ? Number(process.env.EMBEDDED_PG_MAJOR) : undefined)
+    server = await startEmbeddedPostgres({
+      dataDir: path.join(dir, 'pg'), port: await freePort(), persistent: false,
+      settings: { max_connections: '20', max_locks_per_transaction: '10' },
+      ...(module ? { module } : {}),
+    })
+    await adminQuery(server.adminUrl, 'create database skills')
+    const url = withDatabase(server.adminUrl, 'skills')
+    admin = createDb<any>(url, { max: 2 })
+    await buildLegacyDatabase(admin, { rows: false })
+    const outcome = await migrateToLatest(admin, { appRole, tenantKeys: [TEST_TENANT_KEY] })
+    expect(outcome.status, JSON.stringify(outcome)).toBe('applied')
+    await sql.raw(`alter role ${appRole} password 'test'`).execute(admin)
+    await seedTwoTenants(admin)
+    const u = new URL(url)
+    u.username = appRole
+    u.password = 'test'
+    // A pool of one: the next request gets the very session the attack left, unless it was ended.
+    app = createDb<DB>(u.toString(), { max: 1, tenantKey: TEST_TENANT_KEY })
+  }, 240_000)
+  afterAll(async () => {
+    await app?.destroy()
+    await admin?.destroy()
+    await server?.stop()
+    if (dir) rmSync(dir, { recursive: true, force: true })
+  })
+
+  it('an attack that leaves a view shadowing skills and makes the clean-up fail: B\'s next request gets a new session and the real table', async () => {
+    const attacked = await withTenant(app, A, async (trx) => {
+      await sql.raw(`create temp view skills as select * from public.skills where false`).execute(trx)
+      // Outside withTenant's transaction, a batch per transaction, so that creating them fits.
+      await sql`commit`.execute(trx)
+      for (let batch = 0; batch < 300; batch++) {
+        await sql.raw(`do $$ begin for i in ${batch * 10}..${batch * 10 + 9} loop execute format('create domain pg_temp.d%s as int', i); end loop; end $$`).execute(trx)
+      }
+      await sql`begin`.execute(trx)
+      return (await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(trx)).rows[0]!.pid
+    })
+    const next = await withTenant(app, B, async (trx) => ({
+      pid: (await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(trx)).rows[0]!.pid,
+      temp: (await sql<{ n: number }>`select count(*)::int as n from pg_class where relnamespace = pg_my_temp_schema()`.execute(trx)).rows[0]!.n,
+      skills: (await trx.selectFrom('skills').select('id').orderBy('id').execute()).map((r) => r.id),
+    }))
+    expect(next).toEqual({ pid: expect.any(Number), temp: 0, skills: ['sB1', 'sB2'] })
+    expect(next.pid).not.toBe(attacked)
+  })
+})
