@@ -7,7 +7,7 @@ export default defineConfig({
     // withTenant's key (see test/support/tenant-key.ts); the template's migration stores it.
     env: { SKILLS_DB_TENANT_KEY: TEST_TENANT_KEY },
     include: ['test/**/*.test.ts'],
-    exclude: ['test/faults/**'],
+    exclude: ['test/faults/**', 'test/consumer/**'],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     // Files run in parallel, each on its own database; two cores, so keep it modest.

@@ -1,7 +1,11 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { sql } from 'kysely'
 import { describe, expect, it, inject } from 'vitest'
 import { withDatabase } from '../src/connection/database-url.ts'
-import { useTestDatabase } from './support/database.ts'
-import { runScript } from './support/cli.ts'
+import { createTestDatabase, useTestDatabase } from './support/database.ts'
+import { ROOT, runScript } from './support/cli.ts'
 
 const oneLineError = (stderr: string) => {
   const lines = stderr.trim().split('\n')
@@ -40,10 +44,13 @@ describe('CLI', () => {
       [['latest'], { DATABASE_URL: 'mysql://x@localhost/db' }, /must start with postgres:\/\//],
       [['latest'], { DATABASE_URL: 'postgres://postgres@127.0.0.1:1/x' }, /cannot reach PostgreSQL at 127\.0\.0\.1:1/],
       [['latest'], { DATABASE_URL: withDatabase(t.url, 'skills_no_such_db') }, /database "skills_no_such_db" does not exist .*createdb/],
-      [['frobnicate'], { DATABASE_URL: t.url }, /unknown command "frobnicate"/],
-      [['latest', '--bogus'], { DATABASE_URL: t.url }, /Unknown option '--bogus'/],
+      [['frobnicate'], { DATABASE_URL: t.url }, /^error: unknown command "frobnicate"; see skills-db --help$/],
+      [['latest', '--bogus'], { DATABASE_URL: t.url }, /^error: unknown option --bogus for skills-db latest; see skills-db latest --help$/],
+      [['latest', '--to', 'x'], { DATABASE_URL: t.url }, /unknown option --to for skills-db latest; see skills-db latest --help/],
+      [['down', '--to'], { DATABASE_URL: t.url }, /option --to needs a value; see skills-db down --help/],
       [['down', '--to', '0042_nope'], { DATABASE_URL: t.url }, /^error: unknown migration "0042_nope" for --to; applied: 0001_baseline$/],
-      [['make'], {}, /migrate:make needs exactly one name/],
+      [['make'], {}, /skills-db make needs <name>; see skills-db make --help/],
+      [['make', 'a', 'b'], {}, /unexpected argument "b" for skills-db make/],
       [['make', '../evil'], {}, /migration name "\.\.\/evil" is not allowed/],
       [['make', '0001_baseline'.slice(5)], {}, /a migration named "baseline" already exists: 0001_baseline\.ts/],
       [['latest', '--lock-timeout-ms', 'soon'], { DATABASE_URL: t.url }, /--lock-timeout-ms must be a positive whole number, not "soon"/],
@@ -53,6 +60,58 @@ describe('CLI', () => {
       const r = await runScript(args, env)
       expect(r.code, `${args.join(' ')}: ${r.stdout}${r.stderr}`).toBe(1)
       expect(oneLineError(r.stderr)).toMatch(expected)
+    }
+  })
+
+  it('--help for the tool and for every command; --version', async () => {
+    const tool = await runScript(['--help'], {})
+    expect(tool.code).toBe(0)
+    for (const command of ['latest', 'up', 'down', 'status', 'make', 'codegen', 'verify']) {
+      expect(tool.stdout).toMatch(new RegExp(`^  ${command} +\\S`, 'm'))
+      const help = await runScript([command, '--help'], {})
+      expect(help.code, command).toBe(0)
+      expect(help.stdout).toMatch(new RegExp(`^skills-db ${command}`))
+    }
+    expect((await runScript(['down', '--help'], {})).stdout).toMatch(/--to <name>\|all +roll back every migration after <name>/)
+    expect((await runScript(['latest', '-h'], {})).stdout).toMatch(/--old-app-role <name> .*\(repeatable\)/)
+    const version = await runScript(['--version'], {})
+    expect(version.stdout.trim()).toBe(JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8')).version)
+    const none = await runScript([], {})
+    expect(none.code).toBe(1)
+    expect(none.stdout).toMatch(/Usage: skills-db <command>/)
+  })
+
+  it('types: written where asked, only at the latest migration; verify prints the difference a hand-made change makes', async () => {
+    const d = await createTestDatabase('empty')
+    const dir = mkdtempSync(path.join(tmpdir(), 'skills-db-types-'))
+    try {
+      const file = path.join(dir, 'db.ts')
+      const env = { DATABASE_URL: d.url }
+      const up = await runScript(['latest', '--app-role', inject('appRole'), '--types-out', file], env)
+      expect(up.code, up.stderr).toBe(0)
+      expect(up.stdout).toContain(`wrote ${file}`)
+      expect(readFileSync(file, 'utf8')).toBe(readFileSync(`${ROOT}src/db-types.ts`, 'utf8'))
+      expect((await runScript(['latest', '--types-out', file], env)).stdout).toContain(`unchanged: ${file}`)
+      // A down leaves the types of the latest schema in place, so the app's build keeps working.
+      const down = await runScript(['down', '--types-out', file], env)
+      expect(down.code, down.stderr).toBe(0)
+      expect(down.stdout).toMatch(/not regenerated: the database is not at the latest migration \(1 migration\(s\) pending\)/)
+      expect(readFileSync(file, 'utf8')).toBe(readFileSync(`${ROOT}src/db-types.ts`, 'utf8'))
+      expect((await runScript(['latest'], env)).code).toBe(0)
+
+      expect((await runScript(['verify'], env)).stdout).toMatch(/the database matches .*src\/db-types\.ts/)
+      await sql`alter table skills add column hand_made integer`.execute(d.admin)
+      const drift = await runScript(['verify', '--types', file], env)
+      expect(drift.code).toBe(1)
+      expect(drift.stdout).toMatch(/^\+ +hand_made: number \| null;$/m)
+      expect(oneLineError(drift.stderr)).toMatch(/the database's schema differs from/)
+      const codegen = await runScript(['codegen', '--types-out', file], env)
+      expect(codegen.code, codegen.stderr).toBe(0)
+      expect(readFileSync(file, 'utf8')).toMatch(/hand_made: number \| null;/)
+      expect(oneLineError((await runScript(['codegen'], { DATABASE_URL: d.url }, 'src/cli/bin.ts', dir)).stderr)).toMatch(/codegen needs a file to write: pass --types-out <file>/)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+      await d.close()
     }
   })
 

@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, readFileSync, cpSync, rmSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, cpSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { sql } from 'kysely'
@@ -9,9 +9,10 @@ import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { createTestDatabase, type TestDatabase } from './support/database.ts'
 import { runScript } from './support/cli.ts'
+import { MIGRATION_NAMES } from './support/legacy.ts'
 import { inject } from 'vitest'
 
-const ALL = readdirSync(MIGRATIONS_DIR).filter((f) => /^\d{4}_.*\.ts$/.test(f)).map((f) => f.slice(0, -3)).sort()
+const ALL = MIGRATION_NAMES
 const appRole = inject('appRole')
 
 describe('migrator', () => {
@@ -78,6 +79,15 @@ describe('migrator', () => {
     expect(readFileSync(file, 'utf8')).toMatch(/export const up = \(db: Kysely<any>\) => applySteps\(db, steps\)/)
     expect(() => makeMigration('add_skill_tags', dir)).toThrow(/already exists/)
     for (const bad of ['', '../evil', 'a/b', 'Has Space']) expect(() => makeMigration(bad, dir)).toThrow(/is not allowed/)
+  })
+
+  it('make refuses a folder of compiled migrations (an installed copy of skills-db)', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'skills-db-make-'))
+    dirs.push(dir)
+    writeFileSync(path.join(dir, '0001_baseline.js'), '')
+    writeFileSync(path.join(dir, '0001_baseline.d.ts'), '')
+    expect(() => makeMigration('add_skill_tags', dir)).toThrow(/make writes a migration into skills-db's own source \(src\/migrations\).*run it in a checkout of skills-db/)
+    expect(readdirSync(dir)).toEqual(['0001_baseline.d.ts', '0001_baseline.js'])
   })
 
   it('several app instances booting at once: each migration applied exactly once, all succeed', async () => {

@@ -1,37 +1,55 @@
-import { execFile } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
-import { promisify } from 'node:util'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import path from 'node:path'
 
-const run = promisify(execFile)
-const ROOT = fileURLToPath(new URL('../../', import.meta.url))
-export const DB_TYPES_FILE = fileURLToPath(new URL('../db-types.ts', import.meta.url))
+/** kysely-codegen is an optional peer: only codegen and verify need it. */
+export class CodegenUnavailableError extends Error {
+  override name = 'CodegenUnavailableError'
+}
+
+type Codegen = typeof import('kysely-codegen')
+
+async function loadCodegen(): Promise<Codegen> {
+  try {
+    const loaded = (await import('kysely-codegen')) as Codegen & { default?: Codegen }
+    // A CommonJS package: imported from ESM, its module.exports is the default export.
+    return loaded.default ?? loaded
+  } catch {
+    throw new CodegenUnavailableError('kysely-codegen is not installed, and generating or verifying types needs it: npm install --save-dev kysely-codegen')
+  }
+}
 
 /**
- * Regenerates src/db-types.ts from the live schema with kysely-codegen: only `public` (the app's
- * tables; the migrator's bookkeeping lives in its own schema). With `verify`, fails instead of
- * writing when the committed file differs.
+ * The TypeScript kysely-codegen makes of the database's `public` schema: the app's tables, not the
+ * migrator's bookkeeping or the tenant context, which live in schemas of their own.
  */
-export async function generateTypes(url: string, { verify = false, outFile = DB_TYPES_FILE } = {}): Promise<void> {
-  const args = [
-    '--dialect', 'postgres',
-    // Read from the environment, so the password never shows in the process list.
-    '--url', 'env(SKILLS_DB_CODEGEN_URL)',
-    '--include-pattern', 'public.*',
-    '--out-file', outFile,
-    '--log-level', 'error',
-    ...(verify ? ['--verify'] : []),
-  ]
+export async function renderTypes(url: string): Promise<string> {
+  const { generate, PostgresDialect } = await loadCodegen()
+  const dialect = new PostgresDialect()
+  const db = await dialect.introspector.connect({ connectionString: url, dialect })
   try {
-    await run(`${ROOT}node_modules/.bin/kysely-codegen`, args, {
-      cwd: ROOT,
-      env: { ...process.env, SKILLS_DB_CODEGEN_URL: url },
-    })
-  } catch (error) {
-    const output = `${(error as { stdout?: string }).stdout ?? ''}${(error as { stderr?: string }).stderr ?? ''}`.trim()
-    throw new Error(
-      verify
-        ? `src/db-types.ts is out of date with the migrated schema: run npm run migrate:latest and commit the regenerated file`
-        : `kysely-codegen failed: ${output.split('\n').at(-1) ?? (error as Error).message}`,
-    )
+    return await generate({ db, dialect, includePattern: 'public.*', outFile: null })
+  } finally {
+    await db.destroy()
   }
+}
+
+/** Writes the database's types to `file`, and only when they differ from what it holds: true when it wrote. */
+export async function writeTypes(url: string, file: string): Promise<boolean> {
+  const next = await renderTypes(url)
+  if ((await readFile(file, 'utf8').catch(() => undefined)) === next) return false
+  await mkdir(path.dirname(file), { recursive: true })
+  await writeFile(file, next)
+  return true
+}
+
+/**
+ * How the database's types differ from `expected` (a file kysely-codegen made), as a unified diff
+ * from the file to the database (`+` is what the database has and the file lacks), or undefined
+ * when they are the same: a column added by hand, a table missing, a type changed.
+ */
+export async function typesDiff(url: string, expected: string): Promise<string | undefined> {
+  const { DiffChecker } = await loadCodegen()
+  const actual = await renderTypes(url)
+  if (actual === expected) return undefined
+  return new DiffChecker().diff(expected, actual) ?? 'they differ in white space only'
 }

@@ -1,9 +1,10 @@
-import { fileURLToPath } from 'node:url'
+import path from 'node:path'
 import pg from 'pg'
 import { parseDatabaseUrl, withDatabase } from './database-url.ts'
 import { startEmbeddedPostgres } from './embedded-postgres.ts'
 
-export const EMBEDDED_DATA_DIR = fileURLToPath(new URL('../../.data/embedded-pg', import.meta.url))
+/** Where the embedded server keeps its data: under the directory the command runs in (git-ignored in skills-db's checkout). */
+export const embeddedDataDir = (cwd = process.cwd()) => path.join(cwd, '.data', 'embedded-pg')
 export const EMBEDDED_DATABASE = 'skills'
 
 export interface DatabaseSource {
@@ -15,7 +16,9 @@ export interface DatabaseSource {
 /**
  * Runs `cb` against DATABASE_URL, or — when it is unset — against an embedded PostgreSQL kept in
  * `.data/embedded-pg`, started for the call and always stopped afterwards (Ctrl-C included: the
- * embedded-postgres package stops its servers on SIGINT/SIGTERM).
+ * embedded-postgres package stops its servers on SIGINT/SIGTERM). The embedded server needs the
+ * embedded-postgres package: skills-db's own checkout has it, an app that installed skills-db
+ * normally does not, and gets an error asking for a URL.
  */
 export async function usingDatabase<T>(
   env: NodeJS.ProcessEnv,
@@ -27,7 +30,7 @@ export async function usingDatabase<T>(
   }
   const port = Number(env.EMBEDDED_PG_PORT ?? 54329)
   if (!Number.isInteger(port) || port <= 0 || port > 65535) throw new Error(`EMBEDDED_PG_PORT "${env.EMBEDDED_PG_PORT}" is not a port number`)
-  const server = await startEmbeddedPostgres({ dataDir: EMBEDDED_DATA_DIR, port })
+  const server = await startEmbeddedPostgres({ dataDir: embeddedDataDir(), port })
   try {
     const admin = new pg.Client({ connectionString: server.adminUrl })
     await admin.connect()

@@ -26,15 +26,33 @@ export class SchemaMismatchError extends Error {
  */
 export async function adoptLegacySchema(db: Kysely<any>, logger: MigrationLogger): Promise<boolean> {
   if ((await readAppliedMigrations(db)).length > 0) return false
+  const strays = await emptyKyselyBookkeeping(db)
   const { rows } = await sql<{ n: number }>`
     select count(*)::int as n from pg_class c join pg_namespace n on n.oid = c.relnamespace
-    where n.nspname = 'public' and c.relkind in ('r', 'p', 'v', 'm')`.execute(db)
+    where n.nspname = 'public' and c.relkind in ('r', 'p', 'v', 'm') and c.relname <> all(${strays}::text[])`.execute(db)
+  if (strays.length > 0) {
+    logger.info(`left ${strays.join(' and ')} in public alone: Kysely's own bookkeeping, made by a migrator that applied nothing there (drop them when you like)`)
+  }
   if (!rows[0]?.n) return false
 
-  const differences = diffSnapshots(legacySchema as SchemaSnapshot, await takeSchemaSnapshot(db))
+  const differences = diffSnapshots(legacySchema as SchemaSnapshot, await takeSchemaSnapshot(db, { exclude: strays }))
   if (differences.length > 0) throw new SchemaMismatchError(differences)
 
   await db.transaction().execute((trx) => recordApplied(trx, BASELINE_MIGRATION))
   logger.info(`adopted the existing single-tenant schema: ${BASELINE_MIGRATION} recorded as applied (not run)`)
   return true
+}
+
+/**
+ * Kysely's default migration tables in public, when the migrator that made them recorded no
+ * migration: what Kysely's own Migrator (kysely-ctl pointed at skills-db's folder) leaves behind
+ * when 0000's guard stops it. Not part of the app's schema, so not held against adoption.
+ */
+async function emptyKyselyBookkeeping(db: Kysely<any>): Promise<string[]> {
+  const { rows } = await sql<{ t: string | null }>`select pg_catalog.to_regclass('public.kysely_migration')::text as t`.execute(db)
+  if (!rows[0]?.t) return []
+  const { rows: recorded } = await sql`select 1 from public.kysely_migration limit 1`.execute(db)
+  if (recorded.length > 0) return []
+  const { rows: lock } = await sql<{ t: string | null }>`select pg_catalog.to_regclass('public.kysely_migration_lock')::text as t`.execute(db)
+  return lock[0]?.t ? ['kysely_migration', 'kysely_migration_lock'] : ['kysely_migration']
 }

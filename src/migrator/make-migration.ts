@@ -23,7 +23,11 @@ export function makeMigration(name: string, dir = MIGRATIONS_DIR): string {
   if (!/^[a-z][a-z0-9_]{0,62}$/.test(name)) {
     throw new Error(`migration name "${name}" is not allowed: use lower-case letters, digits and _ (e.g. add_skill_tags)`)
   }
-  const existing = readdirSync(dir).filter((f) => /^\d{4}_.*\.ts$/.test(f))
+  const existing = readdirSync(dir).filter((f) => /^\d{4}_.*\.ts$/.test(f) && !f.endsWith('.d.ts'))
+  if (existing.length === 0) {
+    // An installed copy of skills-db holds compiled migrations only (dist/migrations).
+    throw new Error(`make writes a migration into skills-db's own source (src/migrations), and ${dir} holds none: run it in a checkout of skills-db`)
+  }
   const clash = existing.find((f) => f.slice(5, -3) === name)
   if (clash) throw new Error(`a migration named "${name}" already exists: ${clash}`)
   const next = Math.max(0, ...existing.map((f) => Number(f.slice(0, 4)))) + 1

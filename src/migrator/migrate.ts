@@ -56,7 +56,12 @@ export type MigrationOutcome =
   | { status: 'up-to-date'; steps: []; adopted: boolean }
   | { status: 'error'; steps: MigrationStep[]; error: { message: string; migration?: string; details?: string[] } }
 
-type Target = { kind: 'latest' } | { kind: 'up' } | { kind: 'down' } | { kind: 'to'; name: string } | { kind: 'all-down' }
+type Target =
+  | { kind: 'latest' } | { kind: 'up' } | { kind: 'down' } | { kind: 'all-down' }
+  /** down to `name` (it stays applied) */
+  | { kind: 'to'; name: string }
+  /** to `name`, up or down, as Kysely's migrateTo: for kysely-ctl (skills-db-migrator.ts) */
+  | { kind: 'move'; name: string }
 
 /**
  * Brings the database to the newest migration; safe to call from every app instance at boot:
@@ -73,6 +78,14 @@ export function migrateToLatest(db: Kysely<any>, options: MigrateOptions = {}): 
 /** Applies the next pending migration. */
 export function migrateUp(db: Kysely<any>, options: MigrateOptions = {}): Promise<MigrationOutcome> {
   return run(db, { kind: 'up' }, options)
+}
+
+/**
+ * Brings the database to exactly `name`: applies the migrations up to it, or rolls back those after
+ * it, as Kysely's `migrateTo` does. With `'all'`, rolls back everything.
+ */
+export function migrateTo(db: Kysely<any>, name: string, options: MigrateOptions = {}): Promise<MigrationOutcome> {
+  return run(db, name === 'all' ? { kind: 'all-down' } : { kind: 'move', name }, options)
 }
 
 /** Rolls back one migration, down to (not including) `to`, or everything with `to: 'all'`. */
@@ -115,7 +128,7 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
           setProgressLogger(logger)
           try {
             const outcome = await runLocked(conn, target, { ...options, db, running }, logger)
-            if (outcome.status !== 'error' && (target.kind === 'latest' || target.kind === 'up')) {
+            if (outcome.status !== 'error' && (target.kind === 'latest' || target.kind === 'up' || target.kind === 'move')) {
               if (keys) await storeTenantKeys(conn, keys, logger)
               else if ((await storedTenantKeyIds(conn))?.length === 0) {
                 logger.info('no tenant key is stored yet: withTenant refuses every tenant until the migrator runs with SKILLS_DB_TENANT_KEYS (tenantKeys)')
@@ -143,7 +156,8 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
 
 async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOptions & { db?: Kysely<any>; running?: { name?: string } }, logger: MigrationLogger): Promise<MigrationOutcome> {
   await preflight(conn)
-  const adopted = target.kind === 'latest' || target.kind === 'up' ? await adoptLegacySchema(conn, logger) : false
+  const upward = target.kind === 'latest' || target.kind === 'up' || target.kind === 'move'
+  const adopted = upward ? await adoptLegacySchema(conn, logger) : false
   const migrator = new Migrator({
     db: conn,
     provider: timedMigrationProvider(logger, options.migrationsDir, options.running),
@@ -157,6 +171,12 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
   switch (target.kind) {
     case 'latest': resultSet = await migrator.migrateToLatest(); break
     case 'up': resultSet = await migrator.migrateUp(); break
+    case 'move': {
+      const known = (await migrator.getMigrations()).map((m) => m.name)
+      if (!known.includes(target.name)) return fail(`unknown migration "${target.name}"; known: ${known.join(', ')}`)
+      resultSet = await migrator.migrateTo(target.name)
+      break
+    }
     case 'down':
     case 'all-down':
     case 'to': {
@@ -180,7 +200,7 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
     return { status: 'error', steps, error: { message: describe(resultSet.error, options.db ?? conn), ...(failed ? { migration: failed } : {}) } }
   }
   if (steps.length === 0) {
-    if (target.kind !== 'latest' && target.kind !== 'up') return fail('nothing to roll back')
+    if (!upward) return fail('nothing to roll back')
     return { status: 'up-to-date', steps: [], adopted }
   }
   return { status: 'applied', steps, adopted }

@@ -1,5 +1,6 @@
 import { sql, type Kysely } from 'kysely'
-import { hmacPads, parseTenantKeys, type TenantKey } from '../tenancy/tenant-key.ts'
+import { createHash } from 'node:crypto'
+import { parseTenantKeys, type TenantKey } from '../tenancy/tenant-key.ts'
 import type { MigrationLogger } from './migration-logger.ts'
 
 const TABLE = 'skills_db.tenant_context_keys'
@@ -44,4 +45,16 @@ export async function storedTenantKeyIds(db: Kysely<any>): Promise<string[] | un
 async function keyTableExists(db: Kysely<any>): Promise<boolean> {
   const { rows } = await sql<{ t: string | null }>`select pg_catalog.to_regclass(${TABLE}::text)::text as t`.execute(db)
   return Boolean(rows[0]?.t)
+}
+
+/**
+ * The key as the database stores it: HMAC's inner and outer pads (RFC 2104), so that the database
+ * computes the same HMAC as Node's createHmac with two calls of its built-in sha256().
+ */
+export function hmacPads(key: TenantKey): { inner: Buffer; outer: Buffer } {
+  let bytes = Buffer.from(key.secret, 'utf8')
+  if (bytes.length > 64) bytes = createHash('sha256').update(bytes).digest()
+  const block = Buffer.alloc(64)
+  bytes.copy(block)
+  return { inner: Buffer.from(block.map((b) => b ^ 0x36)), outer: Buffer.from(block.map((b) => b ^ 0x5c)) }
 }

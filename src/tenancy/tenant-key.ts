@@ -1,4 +1,4 @@
-import { createHash, createHmac } from 'node:crypto'
+import { createHmac } from 'node:crypto'
 
 /**
  * A key the app signs its tenant context with: `<id>:<secret>`, e.g. `k2026:` followed by the
@@ -42,16 +42,4 @@ export function parseTenantKeys(text: string, what: string): TenantKey[] {
 /** The signature `tenant_context.enter` accepts: `<key id>:<HMAC-SHA256 of "<tenant>:<challenge>", hex>`. */
 export function signTenantContext(key: TenantKey, tenantId: string, challenge: string): string {
   return `${key.id}:${createHmac('sha256', key.secret).update(`${tenantId}:${challenge}`, 'utf8').digest('hex')}`
-}
-
-/**
- * The key as the database stores it: HMAC's inner and outer pads (RFC 2104), so that the database
- * computes the same HMAC with two calls of its built-in sha256().
- */
-export function hmacPads(key: TenantKey): { inner: Buffer; outer: Buffer } {
-  let bytes = Buffer.from(key.secret, 'utf8')
-  if (bytes.length > 64) bytes = createHash('sha256').update(bytes).digest()
-  const block = Buffer.alloc(64)
-  bytes.copy(block)
-  return { inner: Buffer.from(block.map((b) => b ^ 0x36)), outer: Buffer.from(block.map((b) => b ^ 0x5c)) }
 }

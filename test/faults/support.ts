@@ -51,7 +51,7 @@ export interface CliRun {
  */
 export function runMigrateCli(url: string, args: string[], killOn?: { marker: RegExp; delayMs: number }): Promise<CliRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/migrate.ts', ...args, '--no-codegen', '--app-role', inject('appRole')], {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/bin.ts', ...args, '--no-codegen', '--app-role', inject('appRole')], {
       cwd: ROOT,
       env: { ...process.env, DATABASE_URL: url },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,7 +1,9 @@
 import { spawn } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
+import path from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
 
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url))
+const TSX = pathToFileURL(path.join(ROOT, 'node_modules/tsx/dist/loader.mjs')).href
 
 export interface CliResult {
   code: number | null
@@ -9,11 +11,12 @@ export interface CliResult {
   stderr: string
 }
 
-/** Runs a TypeScript entry point (default: the migration CLI) in a child process, as npm would. */
-export function runScript(args: string[], env: Record<string, string | undefined>, script = 'scripts/migrate.ts'): Promise<CliResult> {
+/** Runs a TypeScript entry point (default: the skills-db CLI, as the npm scripts run it) in a child process. */
+export function runScript(args: string[], env: Record<string, string | undefined>, script = 'src/cli/bin.ts', cwd = ROOT): Promise<CliResult> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', script, ...args], {
-      cwd: ROOT,
+    // tsx by its path: the child may run in another directory (where the app's package.json is).
+    const child = spawn(process.execPath, ['--import', TSX, path.resolve(ROOT, script), ...args], {
+      cwd,
       env: { ...process.env, DATABASE_URL: undefined, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     })

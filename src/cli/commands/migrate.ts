@@ -1,0 +1,70 @@
+import { redactUrl } from '../../connection/database-url.ts'
+import type { DatabaseSource } from '../../connection/using-database.ts'
+import { migrateDown, migrateToLatest, migrateUp, type MigrationOutcome } from '../../migrator/migrate.ts'
+import type { Command, OptionValues } from '../command.ts'
+import { migrateOptions, ROLES, TARGET, TUNING, TYPES } from '../options.ts'
+import { usingTarget } from '../target.ts'
+import { configuredTypesFile, refreshTypes } from '../types-file.ts'
+
+type Direction = 'latest' | 'up' | 'down'
+
+const KEYS = 'SKILLS_DB_TENANT_KEYS (environment): the tenant keys the database then holds, <id>:<secret>[,<id>:<secret>]'
+
+function migration(direction: Direction, values: OptionValues): Promise<number> {
+  const file = values.codegen === false ? undefined : configuredTypesFile(values)
+  const options = { ...migrateOptions(values, process.env), logger: { info: (m: string) => console.log(`  ${m}`) } }
+  return usingTarget(values, async (db, source) => {
+    const outcome =
+      direction === 'latest' ? await migrateToLatest(db, options)
+      : direction === 'up' ? await migrateUp(db, options)
+      : await migrateDown(db, { ...options, ...(typeof values.to === 'string' ? { to: values.to } : {}) })
+    const code = report(outcome)
+    // Also after an up-to-date run: an earlier run cut off (Ctrl-C) after migrating but before
+    // codegen must not leave stale types behind.
+    if (file && (outcome.status !== 'error' || outcome.steps.length > 0)) await refreshTypes(db, source.url, file)
+    if (code === 0 && source.embedded) printConnectHelp(source)
+    return code
+  })
+}
+
+function report(outcome: MigrationOutcome): number {
+  if (outcome.status === 'error') {
+    console.error(`error: ${outcome.error.migration ? `${outcome.error.migration}: ` : ''}${outcome.error.message}`)
+    for (const line of outcome.error.details ?? []) console.error(`  ${line}`)
+    return 1
+  }
+  console.log(outcome.status === 'up-to-date' ? 'already up to date' : `done: ${outcome.steps.length} migration(s) ${outcome.steps[0]?.direction === 'Down' ? 'rolled back' : 'applied'}`)
+  return 0
+}
+
+function printConnectHelp(source: DatabaseSource): void {
+  console.log(`the embedded server is stopped again; to use it, run  npm run db:embedded  and connect to ${redactUrl(source.url)} (password: postgres)`)
+}
+
+export const latest: Command = {
+  name: 'latest',
+  summary: `Applies every pending migration (adopting a single-tenant database first), then regenerates the types file if one is configured. ${KEYS}.`,
+  options: { ...TARGET, ...ROLES, ...TUNING, ...TYPES },
+  run: (values) => migration('latest', values),
+}
+
+export const up: Command = {
+  name: 'up',
+  summary: `Applies the next pending migration. ${KEYS}.`,
+  options: { ...TARGET, ...ROLES, ...TUNING, ...TYPES },
+  run: (values) => migration('up', values),
+}
+
+export const down: Command = {
+  name: 'down',
+  summary: 'Rolls back the newest migration, or every one after --to. Refuses to drop data it cannot restore unless --force. Types are regenerated only at the latest migration, so a down never leaves types of an older schema.',
+  options: {
+    ...TARGET,
+    to: { type: 'string', value: '<name>|all', help: 'roll back every migration after <name> (it stays applied), or all of them' },
+    force: { type: 'boolean', help: 'let the rollback drop data it cannot restore (other tenants\' rows, the audit trail)' },
+    ...ROLES,
+    ...TUNING,
+    ...TYPES,
+  },
+  run: (values) => migration('down', values),
+}

@@ -1,0 +1,56 @@
+import { readFileSync } from 'node:fs'
+import { codegen } from './commands/codegen.ts'
+import { make } from './commands/make.ts'
+import { down, latest, up } from './commands/migrate.ts'
+import { status } from './commands/status.ts'
+import { verify } from './commands/verify.ts'
+import { commandHelp, parseCommandLine, UsageError, type Command } from './command.ts'
+
+const COMMANDS: Command[] = [latest, up, down, status, make, codegen, verify]
+
+const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
+
+function toolHelp(): string {
+  return [
+    `skills-db ${VERSION}: migrations and the multi-tenant runtime of the skills marketplace's PostgreSQL database`,
+    '',
+    'Usage: skills-db <command> [options]',
+    '',
+    'Commands:',
+    ...COMMANDS.map((c) => `  ${c.name.padEnd(10)} ${c.summary.split('. ')[0]!.replace(/\.$/, '')}`),
+    '',
+    'skills-db <command> --help describes a command and its options.',
+    'The database is --url, else DATABASE_URL. The migrator connects as the owner of the tables (README, "Pointing it at production").',
+  ].join('\n')
+}
+
+/**
+ * The skills-db command line: parses, prints, and returns the exit code. Every command is a call
+ * of the library (`migrateToLatest()` at boot is the same code path as `skills-db latest`).
+ */
+export async function runCli(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv
+  if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    console.log(toolHelp())
+    return name === undefined ? 1 : 0
+  }
+  if (name === '--version' || name === '-v') {
+    console.log(VERSION)
+    return 0
+  }
+  const command = COMMANDS.find((c) => c.name === name)
+  try {
+    if (!command) throw new UsageError(name.startsWith('-') ? `unknown option ${name}` : `unknown command "${name}"`)
+    if (rest.includes('--help') || rest.includes('-h')) {
+      console.log(commandHelp(command))
+      return 0
+    }
+    const { values, positionals } = parseCommandLine(command, rest)
+    return await command.run(values, positionals)
+  } catch (error) {
+    const message = (error as Error).message.split('\n')[0]
+    const help = command ? `skills-db ${command.name} --help` : 'skills-db --help'
+    console.error(error instanceof UsageError ? `error: ${message}; see ${help}` : `error: ${message}`)
+    return 1
+  }
+}

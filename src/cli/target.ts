@@ -1,0 +1,22 @@
+import type { Kysely } from 'kysely'
+import { openDb } from '../connection/create-db.ts'
+import { redactUrl } from '../connection/database-url.ts'
+import { usingDatabase, type DatabaseSource } from '../connection/using-database.ts'
+import type { OptionValues } from './command.ts'
+
+/**
+ * Opens the database the command is pointed at (--url, else DATABASE_URL, else an embedded server),
+ * says which one, hands it to `cb`, and always closes it (and stops an embedded server).
+ */
+export async function usingTarget<T>(values: OptionValues, cb: (db: Kysely<any>, source: DatabaseSource) => Promise<T>): Promise<T> {
+  const url = typeof values.url === 'string' ? values.url : process.env.DATABASE_URL
+  return usingDatabase({ ...process.env, DATABASE_URL: url ?? '' }, async (source) => {
+    console.log(source.embedded ? `embedded PostgreSQL on port ${source.embedded.port} (data in ${source.embedded.dataDir})` : `database ${redactUrl(source.url)}`)
+    const db = await openDb(source.url, { max: 1, applicationName: 'skills-db migrator' })
+    try {
+      return await cb(db, source)
+    } finally {
+      await db.destroy()
+    }
+  })
+}

@@ -1,0 +1,15 @@
+import type { Insertable, Selectable, Updateable } from 'kysely'
+import type { DB } from './db-types.ts'
+
+/**
+ * A table's row as a query returns it, as an insert takes it, and as an update takes it: Kysely's
+ * Selectable / Insertable / Updateable of the generated table type, by table name.
+ *
+ * @example
+ * import type { NewTableRow, TableRow } from 'skills-db'
+ * type Skill = TableRow<'skills'>          // id: string, created_at: Date, …
+ * type NewSkill = NewTableRow<'skills'>    // id and tenant_id optional (the database fills them)
+ */
+export type TableRow<T extends keyof DB> = Selectable<DB[T]>
+export type NewTableRow<T extends keyof DB> = Insertable<DB[T]>
+export type TableRowUpdate<T extends keyof DB> = Updateable<DB[T]>
