@@ -169,7 +169,7 @@ describe('managed hosting: no superuser migrates or serves', () => {
     await sql`insert into audit_logs (tenant_id, action) values ('tenant-b', 'kept')`.execute(d.admin)
 
     // Row security would hide tenant B's rows from the owner: these refusals prove the owner's checks see them.
-    expect(await migrateDown(d.owner, { to: '0006_create_audit_logs' })).toMatchObject({ status: 'applied', steps: [{ name: '0008_session_bound_tenant_context' }, { name: '0007_private_tenants_and_audit' }] })
+    expect(await migrateDown(d.owner, { to: '0006_create_audit_logs' })).toMatchObject({ status: 'applied', steps: [{ name: '0009_close_cross_tenant_oracles' }, { name: '0008_session_bound_tenant_context' }, { name: '0007_private_tenants_and_audit' }] })
     expect(await migrateDown(d.owner)).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/dropping audit_logs deletes the audit trail/) } })
     expect(await migrateDown(d.owner, { allowDataLoss: true })).toMatchObject({ status: 'applied', steps: [{ name: '0006_create_audit_logs' }] })
     expect(await migrateDown(d.owner)).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/skills\.slug "skill-1" is used by several tenants/) } })
