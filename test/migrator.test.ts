@@ -9,7 +9,7 @@ import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { createTestDatabase, type TestDatabase } from './support/database.ts'
 import { runScript } from './support/cli.ts'
-import { MIGRATION_NAMES } from './support/legacy.ts'
+import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, MIGRATION_NAMES } from './support/legacy.ts'
 import { inject } from 'vitest'
 
 const ALL = MIGRATION_NAMES
@@ -30,16 +30,20 @@ describe('migrator', () => {
 
   it('up applies one migration, latest the rest, status tells applied and pending', async () => {
     const t = await fresh()
-    expect(await migrationStatus(t.admin)).toEqual({ applied: [], pending: ALL, unknown: [] })
+    expect(await migrationStatus(t.admin)).toEqual({ applied: [], pending: ALL_MIGRATION_NAMES, waiting: CONTRACT_MIGRATION_NAMES, unknown: [] })
     expect(await migrateUp(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: [{ name: ALL[0], direction: 'Up' }] })
     const mid = await migrationStatus(t.admin)
     expect(mid.applied.map((m) => m.name)).toEqual([ALL[0]])
     expect(Date.parse(mid.applied[0]!.appliedAt)).toBeGreaterThan(Date.now() - 60_000)
-    expect(mid.pending).toEqual(ALL.slice(1))
+    expect(mid.pending).toEqual(ALL_MIGRATION_NAMES.slice(1))
 
+    // latest stops before the contract phase, which waits for the operator.
     const latest = await migrateToLatest(t.admin, { appRole })
     expect(latest.steps.map((s) => s.name)).toEqual(ALL.slice(1))
-    expect(await migrateToLatest(t.admin, { appRole })).toEqual({ status: 'up-to-date', steps: [], adopted: false })
+    expect(latest).toMatchObject({ status: 'applied', waiting: CONTRACT_MIGRATION_NAMES })
+    expect(await migrateToLatest(t.admin, { appRole })).toEqual({ status: 'up-to-date', steps: [], adopted: false, waiting: CONTRACT_MIGRATION_NAMES })
+    expect(await migrateUp(t.admin, { appRole })).toEqual({ status: 'up-to-date', steps: [], adopted: false, waiting: CONTRACT_MIGRATION_NAMES })
+    expect(await migrationStatus(t.admin)).toMatchObject({ pending: CONTRACT_MIGRATION_NAMES, waiting: CONTRACT_MIGRATION_NAMES })
   })
 
   it('down rolls back one step, to a named migration, or all; unknown names and empty histories are errors', async () => {
@@ -75,7 +79,7 @@ describe('migrator', () => {
     dirs.push(dir)
     cpSync(MIGRATIONS_DIR, dir, { recursive: true })
     const file = makeMigration('add_skill_tags', dir)
-    expect(path.basename(file)).toBe(`${String(ALL.length + 1).padStart(4, '0')}_add_skill_tags.ts`)
+    expect(path.basename(file)).toBe(`${String(ALL_MIGRATION_NAMES.length + 1).padStart(4, '0')}_add_skill_tags.ts`)
     expect(readFileSync(file, 'utf8')).toMatch(/export const up = \(db: Kysely<any>\) => applySteps\(db, steps\)/)
     expect(() => makeMigration('add_skill_tags', dir)).toThrow(/already exists/)
     for (const bad of ['', '../evil', 'a/b', 'Has Space']) expect(() => makeMigration(bad, dir)).toThrow(/is not allowed/)

@@ -1,12 +1,14 @@
 import { readFileSync } from 'node:fs'
+import { check } from './commands/check.ts'
 import { codegen } from './commands/codegen.ts'
+import { distributeCommand } from './commands/distribute.ts'
 import { make } from './commands/make.ts'
-import { down, latest, up } from './commands/migrate.ts'
+import { contract, down, latest, up } from './commands/migrate.ts'
 import { status } from './commands/status.ts'
 import { verify } from './commands/verify.ts'
 import { commandHelp, parseCommandLine, UsageError, type Command } from './command.ts'
 
-const COMMANDS: Command[] = [latest, up, down, status, make, codegen, verify]
+const COMMANDS: Command[] = [latest, up, down, contract, status, check, distributeCommand, make, codegen, verify]
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 

@@ -43,6 +43,10 @@ export interface MigrateOptions {
    * holds exactly these; when absent, it keeps what it holds.
    */
   tenantKeys?: string[]
+  /** contract: go ahead although sessions of the old app's roles (or unconfined ones) are connected (CLI: contract --force). */
+  allowOldAppSessions?: boolean
+  /** contract: the timestamp columns hold UTC, whatever the server's TimeZone says (CLI: --timestamps-are-utc). */
+  timestampsAreUtc?: boolean
 }
 
 export interface MigrationStep {
@@ -50,10 +54,13 @@ export interface MigrationStep {
   direction: 'Up' | 'Down'
 }
 
-/** What a run did. Never thrown: callers decide what an error means for them. */
+/**
+ * What a run did. Never thrown: callers decide what an error means for them. `waiting` lists the
+ * migrations of the contract phase (and after) that `latest` and `up` leave for `contract`.
+ */
 export type MigrationOutcome =
-  | { status: 'applied'; steps: MigrationStep[]; adopted: boolean }
-  | { status: 'up-to-date'; steps: []; adopted: boolean }
+  | { status: 'applied'; steps: MigrationStep[]; adopted: boolean; waiting: string[] }
+  | { status: 'up-to-date'; steps: []; adopted: boolean; waiting: string[] }
   | { status: 'error'; steps: MigrationStep[]; error: { message: string; migration?: string; details?: string[] } }
 
 type Target =
@@ -62,6 +69,8 @@ type Target =
   | { kind: 'to'; name: string }
   /** to `name`, up or down, as Kysely's migrateTo: for kysely-ctl (skills-db-migrator.ts) */
   | { kind: 'move'; name: string }
+  /** every pending migration, the contract phase's included */
+  | { kind: 'contract' }
 
 /**
  * Brings the database to the newest migration; safe to call from every app instance at boot:
@@ -75,7 +84,16 @@ export function migrateToLatest(db: Kysely<any>, options: MigrateOptions = {}): 
   return run(db, { kind: 'latest' }, options)
 }
 
-/** Applies the next pending migration. */
+/**
+ * The contract phase, for the operator once the single-tenant app is retired: applies every
+ * pending migration, those that `migrateToLatest` leaves waiting included. Refuses while sessions
+ * of the old app's roles are connected, unless `allowOldAppSessions`.
+ */
+export function migrateContract(db: Kysely<any>, options: MigrateOptions = {}): Promise<MigrationOutcome> {
+  return run(db, { kind: 'contract' }, options)
+}
+
+/** Applies the next pending migration (not one of the contract phase). */
 export function migrateUp(db: Kysely<any>, options: MigrateOptions = {}): Promise<MigrationOutcome> {
   return run(db, { kind: 'up' }, options)
 }
@@ -121,14 +139,16 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
                        pg_catalog.set_config('statement_timeout', '0', false),
                        pg_catalog.set_config(${SETTINGS.lockTimeoutMs}::text, ${String(options.lockTimeoutMs ?? '')}::text, false),
                        pg_catalog.set_config(${SETTINGS.lockRetryBudgetMs}::text, ${String(options.lockRetryBudgetMs ?? '')}::text, false),
-                       pg_catalog.set_config(${SETTINGS.batchSize}::text, ${String(options.batchSize ?? '')}::text, false)`.execute(conn)
+                       pg_catalog.set_config(${SETTINGS.batchSize}::text, ${String(options.batchSize ?? '')}::text, false),
+                       pg_catalog.set_config('skills_db.old_app_sessions_ok', ${options.allowOldAppSessions ? 'on' : 'off'}::text, false),
+                       pg_catalog.set_config('skills_db.timestamps_are_utc', ${options.timestampsAreUtc ? 'on' : 'off'}::text, false)`.execute(conn)
       try {
         return await withMigrationLock(conn, logger, async () => {
           // A process-wide hook for the migrations, installed only while this run holds the lock.
           setProgressLogger(logger)
           try {
             const outcome = await runLocked(conn, target, { ...options, db, running }, logger)
-            if (outcome.status !== 'error' && (target.kind === 'latest' || target.kind === 'up' || target.kind === 'move')) {
+            if (outcome.status !== 'error' && (target.kind === 'latest' || target.kind === 'up' || target.kind === 'move' || target.kind === 'contract')) {
               if (keys) await storeTenantKeys(conn, keys, logger)
               else if ((await storedTenantKeyIds(conn))?.length === 0) {
                 logger.info('no tenant key is stored yet: withTenant refuses every tenant until the migrator runs with SKILLS_DB_TENANT_KEYS (tenantKeys)')
@@ -156,24 +176,41 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
 
 async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOptions & { db?: Kysely<any>; running?: { name?: string } }, logger: MigrationLogger): Promise<MigrationOutcome> {
   await preflight(conn)
-  const upward = target.kind === 'latest' || target.kind === 'up' || target.kind === 'move'
+  const upward = target.kind === 'latest' || target.kind === 'up' || target.kind === 'move' || target.kind === 'contract'
   const adopted = upward ? await adoptLegacySchema(conn, logger) : false
+  const provider = timedMigrationProvider(logger, options.migrationsDir, options.running)
   const migrator = new Migrator({
     db: conn,
-    provider: timedMigrationProvider(logger, options.migrationsDir, options.running),
+    provider,
     migrationTableSchema: MIGRATION_SCHEMA,
     migrationTableName: MIGRATION_TABLE,
     // Each migration manages its own short transactions: one transaction around everything would
     // hold locks on every table at once, and CREATE INDEX CONCURRENTLY cannot run inside one.
     disableTransactions: true,
   })
+  // The contract phase waits for the operator: latest, up and a move stop before its first pending migration.
+  const all = await migrator.getMigrations()
+  const contract = await provider.contractMigrations()
+  const gate = all.findIndex((m) => !m.executedAt && contract.includes(m.name))
+  const waitingFrom = (index: number) => (index < 0 ? [] : all.slice(index).filter((m) => !m.executedAt).map((m) => m.name))
+  let waiting = waitingFrom(gate)
+  const beforeGate = gate < 0 ? undefined : all.slice(0, gate).some((m) => !m.executedAt) ? all[gate - 1]!.name : null
   let resultSet: MigrationResultSet
   switch (target.kind) {
-    case 'latest': resultSet = await migrator.migrateToLatest(); break
-    case 'up': resultSet = await migrator.migrateUp(); break
+    case 'latest':
+      resultSet = beforeGate === null ? { results: [] } : beforeGate ? await migrator.migrateTo(beforeGate) : await migrator.migrateToLatest()
+      break
+    case 'up':
+      resultSet = beforeGate === null ? { results: [] } : await migrator.migrateUp()
+      break
+    case 'contract':
+      resultSet = await migrator.migrateToLatest()
+      waiting = []
+      break
     case 'move': {
-      const known = (await migrator.getMigrations()).map((m) => m.name)
-      if (!known.includes(target.name)) return fail(`unknown migration "${target.name}"; known: ${known.join(', ')}`)
+      const at = all.findIndex((m) => m.name === target.name)
+      if (at < 0) return fail(`unknown migration "${target.name}"; known: ${all.map((m) => m.name).join(', ')}`)
+      if (gate >= 0 && at >= gate) return fail(`${target.name} is in the contract phase or after it, which waits for the operator: run the contract (skills-db contract) once the single-tenant app is retired`)
       resultSet = await migrator.migrateTo(target.name)
       break
     }
@@ -201,9 +238,10 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
   }
   if (steps.length === 0) {
     if (!upward) return fail('nothing to roll back')
-    return { status: 'up-to-date', steps: [], adopted }
+    return { status: 'up-to-date', steps: [], adopted, waiting }
   }
-  return { status: 'applied', steps, adopted }
+  // After a down, `status` says what waits; the outcome reports what it undid.
+  return { status: 'applied', steps, adopted, waiting: upward ? waiting : [] }
 }
 
 function fail(message: string): MigrationOutcome {

@@ -17,7 +17,12 @@ export class InvalidMigrationError extends Error {
  * Loads the migration files and wraps each so its direction, result and duration are reported.
  * A file that does not load, or has no `up`, is an error naming the file, before anything runs.
  */
-export function timedMigrationProvider(logger: MigrationLogger, folder = MIGRATIONS_DIR, running?: { name?: string }): MigrationProvider {
+/** skills-db's migrations, and which of them belong to the contract phase (they export `phase = 'contract'`). */
+export interface SkillsDbMigrationProvider extends MigrationProvider {
+  contractMigrations(): Promise<string[]>
+}
+
+export function timedMigrationProvider(logger: MigrationLogger, folder = MIGRATIONS_DIR, running?: { name?: string }): SkillsDbMigrationProvider {
   const files = new FileMigrationProvider({
     fs,
     path,
@@ -34,12 +39,14 @@ export function timedMigrationProvider(logger: MigrationLogger, folder = MIGRATI
       throw new InvalidMigrationError(`migration ${file.replace(/\.[cm]?[jt]s$/, '')} does not export an up(db) function`)
     },
   } as any)
-  return {
+  const contract = new Set<string>()
+  const provider: SkillsDbMigrationProvider = {
     async getMigrations() {
       const migrations: Record<string, Migration> = await files.getMigrations()
       const wrapped: Record<string, Migration> = {}
       for (const [name, migration] of Object.entries(migrations)) {
         if (name === GUARD_MIGRATION) continue
+        if ((migration as { phase?: unknown }).phase === 'contract') contract.add(name)
         wrapped[name] = {
           up: timed(name, 'up', migration.up, logger, running),
           ...(migration.down ? { down: timed(name, 'down', migration.down, logger, running) } : {}),
@@ -47,7 +54,12 @@ export function timedMigrationProvider(logger: MigrationLogger, folder = MIGRATI
       }
       return wrapped
     },
+    async contractMigrations() {
+      await provider.getMigrations()
+      return [...contract].sort()
+    },
   }
+  return provider
 }
 
 /** `running.name` says which migration is under way, for errors that escape the migrator itself. */

@@ -1,12 +1,12 @@
 import { redactUrl } from '../../connection/database-url.ts'
 import type { DatabaseSource } from '../../connection/using-database.ts'
-import { migrateDown, migrateToLatest, migrateUp, type MigrationOutcome } from '../../migrator/migrate.ts'
+import { migrateContract, migrateDown, migrateToLatest, migrateUp, type MigrationOutcome } from '../../migrator/migrate.ts'
 import type { Command, OptionValues } from '../command.ts'
 import { migrateOptions, ROLES, TARGET, TUNING, TYPES } from '../options.ts'
 import { usingTarget } from '../target.ts'
 import { configuredTypesFile, refreshTypes } from '../types-file.ts'
 
-type Direction = 'latest' | 'up' | 'down'
+type Direction = 'latest' | 'up' | 'down' | 'contract'
 
 const KEYS = 'SKILLS_DB_TENANT_KEYS (environment): the tenant keys the database then holds, <id>:<secret>[,<id>:<secret>]'
 
@@ -17,6 +17,7 @@ function migration(direction: Direction, values: OptionValues): Promise<number> 
     const outcome =
       direction === 'latest' ? await migrateToLatest(db, options)
       : direction === 'up' ? await migrateUp(db, options)
+      : direction === 'contract' ? await migrateContract(db, { ...options, allowOldAppSessions: values.force === true, timestampsAreUtc: values['timestamps-are-utc'] === true })
       : await migrateDown(db, { ...options, ...(typeof values.to === 'string' ? { to: values.to } : {}) })
     const code = report(outcome)
     // Also after an up-to-date run: an earlier run cut off (Ctrl-C) after migrating but before
@@ -34,6 +35,9 @@ function report(outcome: MigrationOutcome): number {
     return 1
   }
   console.log(outcome.status === 'up-to-date' ? 'already up to date' : `done: ${outcome.steps.length} migration(s) ${outcome.steps[0]?.direction === 'Down' ? 'rolled back' : 'applied'}`)
+  if (outcome.waiting.length > 0) {
+    console.log(`waiting for the operator: ${outcome.waiting.join(', ')} (the contract phase: run skills-db contract once the single-tenant app is retired)`)
+  }
   return 0
 }
 
@@ -67,4 +71,18 @@ export const down: Command = {
     ...TYPES,
   },
   run: (values) => migration('down', values),
+}
+
+export const contract: Command = {
+  name: 'contract',
+  summary: 'The contract phase, once the single-tenant app is retired: every key tenant-inclusive, the old app\'s lane and global indexes gone, timestamps timestamptz; the migrations latest leaves waiting. Refuses while sessions of the old app\'s roles are connected.',
+  options: {
+    ...TARGET,
+    force: { type: 'boolean', help: 'go ahead although sessions of the old app\'s roles (or superuser sessions) are connected' },
+    'timestamps-are-utc': { type: 'boolean', help: 'the timestamp columns hold UTC although the server\'s TimeZone is another (they become timestamptz as UTC)' },
+    ...ROLES,
+    ...TUNING,
+    ...TYPES,
+  },
+  run: (values) => migration('contract', values),
 }

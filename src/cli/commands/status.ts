@@ -12,7 +12,7 @@ export const status: Command = {
     usingTarget(values, async (db) => {
       const s = await migrationStatus(db)
       for (const m of s.applied) console.log(`  applied  ${m.name}  ${m.appliedAt}`)
-      for (const name of s.pending) console.log(`  pending  ${name}`)
+      for (const name of s.pending) console.log(`  pending  ${name}${s.waiting.includes(name) ? '  (waits for the operator: skills-db contract, once the single-tenant app is retired)' : ''}`)
       for (const m of s.unknown) console.log(`  unknown  ${m.name}  ${m.appliedAt}  (recorded in the database, not in this code)`)
       console.log(`${s.applied.length} applied, ${s.pending.length} pending, ${s.unknown.length} unknown`)
       const ids = await storedTenantKeyIds(db).catch(() => undefined)

@@ -1,0 +1,128 @@
+import { sql, type Kysely } from 'kysely'
+import { appRoleName } from '../online/app-role.ts'
+import { forget, readRecorded, record } from '../online/recorded-settings.ts'
+import { withMigrationLock } from '../migrator/migration-lock.ts'
+import { silentLogger, type MigrationLogger } from '../migrator/migration-logger.ts'
+import { citusReadiness } from './readiness.ts'
+import { CITUS_CHALLENGE, CITUS_CURRENT_TENANT, CITUS_ENTER } from './worker-tenant-context.ts'
+
+export class DistributeRefused extends Error {
+  override name = 'DistributeRefused'
+}
+
+export interface DistributeOptions {
+  logger?: MigrationLogger
+  /** Shards per distributed table (Citus' citus.shard_count; default: Citus's own, 32). */
+  shardCount?: number
+}
+
+/** The parents first: a table is distributed after the tables it references (Citus's rule). */
+const ORDER = ['users', 'skills', 'ratings', 'usage_events', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings', 'audit_logs']
+const FOREIGN_KEYS = 'citus_foreign_keys'
+
+/**
+ * Scales the contracted schema out on Citus: `tenants` and the tenant keys become reference tables
+ * (a copy on every node), the ten tenant tables are distributed by tenant_id in one colocation
+ * group (a tenant's rows of every table on one node), and the tenant context becomes one the
+ * workers can check (worker-tenant-context.ts). Refuses, changing nothing, without the citus
+ * extension, or while the readiness check finds anything (run the contract phase first).
+ *
+ * Idempotent, and a rerun after a kill completes: each table is distributed once, and the foreign
+ * keys between tenant tables, which must be dropped for Citus to distribute the tables in order,
+ * are recorded before they are dropped and added back after.
+ */
+export async function distribute(db: Kysely<any>, options: DistributeOptions = {}): Promise<{ distributed: string[] }> {
+  const logger = options.logger ?? silentLogger
+  return db.connection().execute(async (conn) => {
+    const { rows } = await sql<{ v: string | null }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
+    if (!rows[0]?.v) {
+      throw new DistributeRefused('this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see the README, "Scale-out on Citus"')
+    }
+    await sql`select pg_catalog.set_config('skills_db.all_tenants', 'on', false), pg_catalog.set_config('search_path', 'public', false),
+      pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', false)`.execute(conn)
+    if (options.shardCount) await sql`select pg_catalog.set_config('citus.shard_count', ${String(options.shardCount)}::text, false)`.execute(conn)
+    try {
+      return await withMigrationLock(conn, logger, async () => {
+        const recorded = await readRecorded(conn, FOREIGN_KEYS)
+        // A run killed after dropping the foreign keys has no longer a schema that passes: finish it first.
+        if (!recorded) {
+          const violations = await citusReadiness(conn)
+          if (violations.length > 0) {
+            throw new DistributeRefused(`the schema is not ready for Citus (${violations.length} finding(s), first: ${violations[0]!.object}: ${violations[0]!.message}): nothing was changed; run the contract phase (skills-db contract), then skills-db check --citus`)
+          }
+        }
+        await refuseReplayableTransactionIds(conn)
+        const app = await appRoleName(conn)
+
+        for (const table of ['public.tenants', 'skills_db.tenant_context_keys']) {
+          if (!(await isCitusTable(conn, table))) {
+            await sql`select create_reference_table(${table}::regclass)`.execute(conn)
+            logger.info(`  ${table}: a reference table`)
+          }
+        }
+
+        const keys = recorded ? JSON.parse(recorded) as { table: string; name: string; definition: string }[] : await foreignKeysBetweenTenantTables(conn)
+        if (!recorded) await record(conn, FOREIGN_KEYS, JSON.stringify(keys), { replace: true })
+        for (const k of keys) await sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(conn)
+        const distributed: string[] = []
+        for (const table of ORDER) {
+          if (await isCitusTable(conn, `public.${table}`)) continue
+          await sql`select create_distributed_table(${`public.${table}`}::regclass, 'tenant_id', colocate_with => ${table === 'users' ? 'default' : 'users'}::text)`.execute(conn)
+          distributed.push(table)
+          logger.info(`  ${table}: distributed by tenant_id`)
+        }
+        for (const k of keys) {
+          const { rows: present } = await sql`select 1 from pg_catalog.pg_constraint where conname = ${k.name} and conrelid = ${`public.${k.table}`}::regclass`.execute(conn)
+          if (present.length === 0) await sql`alter table ${sql.table(k.table)} add constraint ${sql.id(k.name)} ${sql.raw(k.definition)}`.execute(conn)
+        }
+        await forget(conn, FOREIGN_KEYS)
+
+        // The workers check the tenant context themselves; the functions the policies call exist on every node.
+        await CITUS_CHALLENGE.execute(conn)
+        await CITUS_ENTER.execute(conn)
+        await CITUS_CURRENT_TENANT.execute(conn)
+        for (const fn of ['tenant_context.current_tenant()', 'tenant_context.challenge()', 'tenant_context.enter(text, text)']) {
+          await sql`select create_distributed_function(${fn}::regprocedure::text)`.execute(conn)
+        }
+        await sql`revoke all on function tenant_context.challenge() from public`.execute(conn)
+        await sql`grant execute on function tenant_context.challenge() to ${sql.id(app)}`.execute(conn)
+        await sql`alter role ${sql.id(app)} set citus.propagate_set_commands = 'local'`.execute(conn)
+        logger.info(`  tenant context: checked on every node; ${app}'s SET LOCAL commands reach the workers`)
+        return { distributed }
+      })
+    } finally {
+      await sql`rollback`.execute(conn).catch(() => {})
+      await sql`reset all`.execute(conn).catch(() => {})
+    }
+  })
+}
+
+async function isCitusTable(db: Kysely<any>, table: string): Promise<boolean> {
+  const { rows } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass`.execute(db)
+  return rows.length > 0
+}
+
+/** Every foreign key from one tenant table to another, as `ALTER TABLE … ADD CONSTRAINT` takes it. */
+async function foreignKeysBetweenTenantTables(db: Kysely<any>) {
+  const { rows } = await sql<{ table: string; name: string; definition: string }>`
+    select c.relname as table, k.conname as name, pg_catalog.pg_get_constraintdef(k.oid) as definition
+    from pg_catalog.pg_constraint k join pg_catalog.pg_class c on c.oid = k.conrelid join pg_catalog.pg_class p on p.oid = k.confrelid
+    where k.contype = 'f' and c.relnamespace = 'public'::regnamespace and c.relname = any(${ORDER}) and p.relname = any(${ORDER})
+    order by 1, 2`.execute(db)
+  return rows
+}
+
+/**
+ * The workers' check binds a signature to the coordinator's distributed transaction: a role that
+ * could set its own distributed transaction id could replay an old one. Citus's
+ * assign_distributed_transaction_id must not be the app role's to call.
+ */
+async function refuseReplayableTransactionIds(db: Kysely<any>): Promise<void> {
+  const app = await appRoleName(db)
+  const { rows } = await sql<{ may: boolean | null }>`
+    select pg_catalog.has_function_privilege(${app}, p.oid, 'execute') as may from pg_catalog.pg_proc p
+    where p.proname = 'assign_distributed_transaction_id' limit 1`.execute(db)
+  if (rows[0]?.may) {
+    throw new DistributeRefused(`${app} may call assign_distributed_transaction_id, and could then replay a tenant context on the workers: nothing was changed; as a superuser, REVOKE EXECUTE ON FUNCTION assign_distributed_transaction_id FROM PUBLIC, then run distribute again`)
+  }
+}

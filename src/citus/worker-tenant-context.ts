@@ -1,0 +1,100 @@
+import { sql } from 'kysely'
+
+/**
+ * The tenant context as Citus needs it. The policies run on the workers, against each shard, in
+ * sessions of their own: they have no `currval` of the coordinator's session (0008's mark) and see
+ * only settings that `SET LOCAL` propagated (citus.propagate_set_commands = 'local'; set_config()
+ * is not propagated). So on a distributed database:
+ *
+ * - challenge() first makes this transaction a distributed one (a statement that needs remote
+ *   transaction blocks), then returns `<gpid>:<distributed transaction number>`: the coordinator
+ *   backend's global pid and its distributed transaction, which every worker sees for this
+ *   transaction (citus_backend_gpid(), get_current_transaction_id()).
+ * - enter() checks the app's signature of that challenge as 0008's does, then SET LOCALs the
+ *   tenant, the mark that it entered, and the signature itself, which reach the workers.
+ * - current_tenant(), on every node, accepts the tenant only when the signature is the HMAC, under
+ *   a key of skills_db.tenant_context_keys (a reference table: a copy on every node), of the tenant
+ *   and of the gpid and distributed transaction it runs in. A signature replayed in another
+ *   transaction, or from another coordinator session, does not match.
+ *
+ * It costs an HMAC and a key lookup per shard statement, which a distributed query's network hop
+ * dwarfs. Not run here (no Citus on this project's machines): see test/citus.test.ts.
+ */
+export const CITUS_CHALLENGE = sql`
+  create or replace function tenant_context.challenge() returns text
+  language plpgsql volatile security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+  declare
+    tx record;
+  begin
+    -- Reading a distributed table in a transaction block opens remote transactions, which assigns
+    -- this transaction its distributed id.
+    perform 1 from public.site_settings s where s.tenant_id = '' limit 1;
+    select * into tx from get_current_transaction_id();
+    return citus_backend_gpid() || ':' || tx.initiator_node_identifier || '.' || tx.transaction_number;
+  end $$`
+
+export const CITUS_ENTER = sql`
+  create or replace function tenant_context.enter(tenant text, signature text) returns void
+  language plpgsql volatile security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+  declare
+    signed_with text := split_part(signature, ':', 1);
+    pads record;
+    active boolean;
+    tx record;
+  begin
+    if not exists (select 1 from skills_db.tenant_context_keys) then
+      raise exception 'the database holds no tenant context key'
+        using errcode = 'insufficient_privilege',
+          hint = 'run the migrator with SKILLS_DB_TENANT_KEYS (or tenantKeys) listing the key the app signs with';
+    end if;
+    select k.inner_pad, k.outer_pad into pads from skills_db.tenant_context_keys k where k.key_id = signed_with;
+    if not found then
+      raise exception 'the tenant context is signed with key "%", which the database does not hold', left(signed_with, 64)
+        using errcode = 'insufficient_privilege',
+          hint = 'add it to the migrator''s SKILLS_DB_TENANT_KEYS (or tenantKeys), or give the app a key listed there';
+    end if;
+    select * into tx from get_current_transaction_id();
+    if tx.transaction_number is null or tx.transaction_number = 0
+       or encode(sha256(pads.outer_pad || sha256(pads.inner_pad || convert_to(tenant || ':' || citus_backend_gpid() || ':'
+           || tx.initiator_node_identifier || '.' || tx.transaction_number, 'UTF8'))), 'hex')
+         is distinct from substr(signature, length(signed_with) + 2) then
+      raise exception 'the tenant context signature is not valid for this transaction'
+        using errcode = 'insufficient_privilege',
+          hint = 'the app''s key and the database''s copy of it differ, or the context was signed for another transaction';
+    end if;
+    select t.is_active into active from public.tenants t where t.id = tenant;
+    if active is not true then
+      raise exception 'unknown or inactive tenant "%"', left(tenant, 64) using errcode = 'insufficient_privilege';
+    end if;
+    -- SET LOCAL, not set_config(): Citus propagates these statements to the workers.
+    execute format('set local app.current_tenant_id = %L', tenant);
+    execute format('set local tenant_context.entered = %L', 'on');
+    execute format('set local tenant_context.signature = %L', signature);
+  end $$`
+
+export const CITUS_CURRENT_TENANT = sql`
+  create or replace function tenant_context.current_tenant() returns text
+  language plpgsql immutable parallel safe security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+  declare
+    tenant text := current_setting('app.current_tenant_id', true);
+    signature text := current_setting('tenant_context.signature', true);
+    signed_with text := split_part(signature, ':', 1);
+    tx record;
+  begin
+    if current_setting('tenant_context.entered', true) is distinct from 'on' or tenant is null or signature is null then
+      return null;
+    end if;
+    select * into tx from get_current_transaction_id();
+    if exists (select 1 from skills_db.tenant_context_keys k where k.key_id = signed_with
+        and encode(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(tenant || ':' || citus_backend_gpid() || ':'
+          || tx.initiator_node_identifier || '.' || tx.transaction_number, 'UTF8'))), 'hex') = substr(signature, length(signed_with) + 2)) then
+      return tenant;
+    end if;
+    return null;
+  end $$`
