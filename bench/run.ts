@@ -10,15 +10,16 @@ import { mkdirSync, writeFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { sql } from 'kysely'
 import { createDb } from '../src/connection/create-db.ts'
+import { migrateContract } from '../src/migrator/migrate.ts'
 import { adminQuery, createScratchDatabase, dropScratchDatabase } from '../src/connection/scratch-database.ts'
 import { LEGACY_SQL } from '../test/support/legacy.ts'
 import { startTestServer } from '../test/support/test-server.ts'
 import { now } from './lib/clock.ts'
 import { renderChart, type ChartSeries } from './lib/chart.ts'
 import { bins, errorsByMessage, latencyStats, longestStall, type LatencyStats } from './lib/metrics.ts'
-import { startOldAppWorker } from './lib/old-app-worker.ts'
+import { startNewAppWorker, startOldAppWorker } from './lib/old-app-worker.ts'
 import { countsAt, fillProductionCopy, type Counts } from './lib/production-copy.ts'
-import { formatRlsOverhead, measureNoopBoot, measureRlsOverhead } from './lib/rls-overhead.ts'
+import { BENCH_TENANT_KEY, formatRlsOverhead, measureNoopBoot, measureRlsOverhead } from './lib/rls-overhead.ts'
 import { runPlan, runSkillsDb, type MigrationRun } from './lib/variants.ts'
 
 const { values: args } = parseArgs({
@@ -102,10 +103,13 @@ try {
   const d = await untilSuccess('d: managed, app as plain role', (url) => runSkillsDb(as(url, ownerRole), appRole), counts, managedCopy(plainRole))
   // The old-app policies apply to the owner and old-app roles only: the app role's queries must not pay for them.
   const managedRls = await measureRlsOverhead(c.url, as(c.url, appRole), await defaultTenant(c.url), counts.skills)
+  // The contract phase, once the old app is retired, under the new app's load.
+  const e = await measureContract(counts)
   report([a.result, b.result], extra)
   reportManaged([c.result, d.result], managedRls)
+  reportContract(e)
   mkdirSync(args.out!, { recursive: true })
-  writeFileSync(`${args.out}/results.json`, JSON.stringify({ scale, connections, counts, server: server.source, variants: [a.result, b.result], managed: [c.result, d.result], managedRlsOverhead: managedRls, ...extra }, null, 2))
+  writeFileSync(`${args.out}/results.json`, JSON.stringify({ scale, connections, counts, server: server.source, variants: [a.result, b.result], managed: [c.result, d.result], managedRlsOverhead: managedRls, contract: e, ...extra }, null, 2))
   writeFileSync(`${args.out}/chart.svg`, await renderChart([a.chart, b.chart]))
   console.log(`\nwrote ${args.out}/results.json and ${args.out}/chart.svg`)
 } finally {
@@ -245,6 +249,68 @@ async function measureVariant(variant: string, migrate: (url: string, attempt: n
       created.splice(created.indexOf(name), 1)
     }
   }
+}
+
+/**
+ * (e) The contract phase on a copy migrated by skills-db (no load then), with the new app running
+ * as the application role in the default tenant, then the RLS overhead on the contracted schema.
+ */
+async function measureContract(counts: Counts) {
+  const name = `${tag}_e1`
+  created.push(name)
+  const url = await createScratchDatabase(admin, name, snapshot)
+  const setup = await runSkillsDb(url, appRole)
+  if (!setup.ok) throw new Error(`(e) migrating the copy failed: ${setup.error}`)
+  await adminQuery(admin, `alter role ${appRole} password 'bench'`)
+  const tenant = await defaultTenant(url)
+  const db = createDb<any>(url, { max: 1, applicationName: 'skills-db migrator' })
+  try {
+    process.stdout.write('e: contract, new app (try 1): load starts … ')
+    const load = startNewAppWorker(as(url, appRole), { connections, skills: counts.skills, users: counts.users, tenantId: tenant, tenantKey: BENCH_TENANT_KEY, maxMs: 30 * 60_000 })
+    const origin = now()
+    await new Promise((r) => setTimeout(r, leadMs))
+    const migStart = now()
+    // The bench's own superuser sessions are not an old app.
+    const outcome = await migrateContract(db, { appRole, allowOldAppSessions: true })
+    const migEnd = now()
+    await new Promise((r) => setTimeout(r, leadMs))
+    const app = await load.stop()
+    process.stdout.write(`contract ${outcome.status === 'error' ? `FAILED: ${outcome.error.message}` : 'done'} in ${Math.round(migEnd - migStart)} ms\n`)
+    const { rows } = await sql<{ n: number }>`select count(*)::int as n from usage_events where id = any(${app.acknowledged})`.execute(db)
+    const result = {
+      variant: 'e: contract, new app',
+      ok: outcome.status !== 'error',
+      ...(outcome.status === 'error' ? { error: outcome.error.message } : {}),
+      wallMs: migEnd - migStart,
+      longestStallMs: longestStall(app.samples, migStart, migEnd),
+      appErrors: errorsByMessage(app.samples),
+      acknowledged: app.acknowledged.length,
+      missingRows: app.acknowledged.length - rows[0]!.n,
+      latency: { before: latencyStats(app.samples, origin, migStart), during: latencyStats(app.samples, migStart, migEnd), after: latencyStats(app.samples, migEnd, Infinity) },
+    }
+    const rls = await measureRlsOverhead(url, as(url, appRole), tenant, counts.skills)
+    return { ...result, rlsOverhead: rls }
+  } finally {
+    await db.destroy()
+  }
+}
+
+function reportContract(e: Awaited<ReturnType<typeof measureContract>>): void {
+  const f = (n: number, d = 1) => (Number.isFinite(n) ? n.toFixed(d) : '–')
+  const row = (label: string, value: string, goal: string) => console.log(`${label.padEnd(34)}${value.padStart(30)}${goal.padStart(12)}`)
+  const errors = Object.values(e.appErrors).reduce((x, y) => x + y, 0)
+  console.log('\nContract phase (skills-db contract, the old app retired) under the new app\'s load (withTenant, the app role):')
+  row('', e.variant, 'goal')
+  row('succeeded', String(e.ok), 'true')
+  row('contract wall time', `${f(e.wallMs, 0)} ms`, '')
+  for (const w of ['before', 'during', 'after'] as const) row(`request p50 / p99 / max ${w} (ms)`, `${f(e.latency[w].p50)}/${f(e.latency[w].p99)}/${f(e.latency[w].max, 0)}`, '')
+  row('longest app stall during contract', `${f(e.longestStallMs, 0)} ms`, '≤ 100 ms')
+  row('app errors', String(errors), '0')
+  row('acknowledged rows missing after', `${e.missingRows} of ${e.acknowledged}`, '0')
+  if (e.error) console.log(`  error: ${e.error}`)
+  for (const [message, n] of Object.entries(e.appErrors)) console.log(`  app error ×${n}: ${message}`)
+  console.log('RLS overhead on the contracted database (goal ≤ 1.10×):')
+  for (const q of e.rlsOverhead) console.log(formatRlsOverhead(q))
 }
 
 async function defaultTenant(url: string): Promise<string> {

@@ -47,6 +47,15 @@ const QUERIES: { name: string; rls: (n: number) => RawBuilder<unknown>; filter: 
     filter: (s, t, n) => sql`select skill_id, count(*) from ${sql.table(`${s}.usage_events`)}
       where tenant_id = ${t} and created_at >= ${since(n)} group by skill_id order by 2 desc limit 20`,
   },
+  {
+    name: 'the same, as an app writes it: now() - interval',
+    // Before the contract phase created_at is timestamp, and timestamp > timestamptz is not
+    // leakproof: row security applies it after the scan. After it, created_at is timestamptz.
+    rls: () => sql`select skill_id, count(*) from usage_events
+      where created_at > now() - interval '3 days' group by skill_id order by 2 desc limit 20`,
+    filter: (s, t) => sql`select skill_id, count(*) from ${sql.table(`${s}.usage_events`)}
+      where tenant_id = ${t} and created_at > now() - interval '3 days' group by skill_id order by 2 desc limit 20`,
+  },
 ]
 
 /**
