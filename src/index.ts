@@ -11,6 +11,16 @@ export { migrateToLatest, migrateUp, migrateDown, migrateTo, migrateContract, ty
 export { migrationStatus, type MigrationStatus } from './migrator/migration-status.ts'
 export { skillsDbMigrator, SkillsDbMigrator } from './migrator/skills-db-migrator.ts'
 export type { MigrationLogger } from './migrator/migration-logger.ts'
+// What a failed run carries: MigrationError (kind, migration, message, cause), and the errors it classifies as its cause.
+export { MigrationError, type MigrationErrorKind } from './migrator/migration-error.ts'
+export { PreflightRefused } from './migrator/preflight.ts'
+export { SchemaMismatchError } from './migrator/legacy-adoption.ts'
+export { InvalidMigrationError } from './migrator/migration-provider.ts'
+export { MigrationLockTimeout } from './migrator/migration-lock.ts'
+export { Refusal, type RefusalKind } from './online/refusal.ts'
+export { DataLossRefused } from './online/data-loss-guard.ts'
+export { LockRetryExhausted } from './online/lock-retry.ts'
+export { DatabaseUrlError } from './connection/database-url.ts'
 
 // Scale-out on Citus: what Citus would refuse (no Citus needed), and the distribution itself.
 export { citusReadiness, type CitusViolation } from './citus/readiness.ts'

@@ -36,7 +36,7 @@ describe('0001_baseline', () => {
     expect(refused.status).toBe('error')
     if (refused.status === 'error') {
       expect(refused.error.migration).toBe('0001_baseline')
-      expect(refused.error.message).toMatch(/refusing to roll back: .* --force/)
+      expect(refused.error.message).toMatch(/refusing to roll back: .*; allowDataLoss accepts the loss$/)
     }
     expect(await takeSchemaSnapshot(baseline.admin)).toEqual(legacySchema)
     const { rows } = await sql<{ n: number }>`select count(*)::int as n from users`.execute(baseline.admin)

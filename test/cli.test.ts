@@ -42,7 +42,8 @@ describe('CLI', () => {
     // One migration applied, so `down --to` meets a history without the name it is given.
     expect((await runScript(['up', '--no-codegen', '--app-role', inject('appRole')], { DATABASE_URL: t.url })).code).toBe(0)
     const cases: [string[], Record<string, string>, RegExp][] = [
-      [['latest'], { DATABASE_URL: 'not a url' }, /DATABASE_URL is not a valid URL/],
+      [['latest'], { DATABASE_URL: 'not a url' }, /^error: DATABASE_URL is not a valid URL/],
+      [['latest', '--url', 'not a url'], {}, /^error: --url is not a valid URL/],
       [['latest'], { DATABASE_URL: 'mysql://x@localhost/db' }, /must start with postgres:\/\//],
       [['latest'], { DATABASE_URL: 'postgres://postgres@127.0.0.1:1/x' }, /cannot reach PostgreSQL at 127\.0\.0\.1:1/],
       [['latest'], { DATABASE_URL: withDatabase(t.url, 'skills_no_such_db') }, /database "skills_no_such_db" does not exist .*createdb/],
@@ -50,7 +51,7 @@ describe('CLI', () => {
       [['latest', '--bogus'], { DATABASE_URL: t.url }, /^error: unknown option --bogus for skills-db latest; see skills-db latest --help$/],
       [['latest', '--to', 'x'], { DATABASE_URL: t.url }, /unknown option --to for skills-db latest; see skills-db latest --help/],
       [['down', '--to'], { DATABASE_URL: t.url }, /option --to needs a value; see skills-db down --help/],
-      [['down', '--to', '0042_nope'], { DATABASE_URL: t.url }, /^error: unknown migration "0042_nope" for --to; applied: 0001_baseline$/],
+      [['down', '--to', '0042_nope'], { DATABASE_URL: t.url }, /^error: unknown migration "0042_nope" to roll back to; applied: 0001_baseline$/],
       [['make'], {}, /skills-db make needs <name>; see skills-db make --help/],
       [['make', 'a', 'b'], {}, /unexpected argument "b" for skills-db make/],
       [['make', '../evil'], {}, /migration name "\.\.\/evil" is not allowed/],
@@ -65,10 +66,38 @@ describe('CLI', () => {
     }
   })
 
+  it('a refusal an option overrules names the flag, not the library option', async () => {
+    const d = await createTestDatabase('empty')
+    try {
+      const env = { DATABASE_URL: d.url }
+      expect((await runScript(['up', '--no-codegen', '--app-role', inject('appRole')], env)).code).toBe(0)
+      await sql`insert into users (id, email) values ('u1', 'a@b')`.execute(d.admin)
+      const refused = await runScript(['down', '--no-codegen'], env)
+      expect(refused.code).toBe(1)
+      expect(oneLineError(refused.stderr)).toMatch(/^error: 0001_baseline: refusing to roll back: .*; run it again with --force to accept the loss$/)
+      expect((await runScript(['down', '--force', '--no-codegen'], env)).code).toBe(0)
+    } finally {
+      await d.close()
+    }
+    const m = await createTestDatabase('migrated')
+    try {
+      await sql.raw(`alter database "${m.name}" set timezone to 'America/New_York'`).execute(m.admin)
+      // The test's own superuser pool is connected: a session row security cannot confine.
+      const beside = await runScript(['contract', '--no-codegen'], { DATABASE_URL: m.url })
+      expect(beside.code).toBe(1)
+      expect(oneLineError(beside.stderr)).toMatch(/^error: 0010_contract_tenant_keys: the single-tenant app may still be running, .*: pid \d+ .*\. Stop it first; if none of these sessions is the old app, skills-db contract --force goes ahead$/)
+      const refused = await runScript(['contract', '--force', '--no-codegen'], { DATABASE_URL: m.url })
+      expect(refused.code).toBe(1)
+      expect(oneLineError(refused.stderr)).toMatch(/^error: 0010_contract_tenant_keys: the server's TimeZone is America\/New_York, .*; if they are UTC anyway, skills-db contract --timestamps-are-utc$/)
+    } finally {
+      await m.close()
+    }
+  })
+
   it('--help for the tool and for every command; --version', async () => {
     const tool = await runScript(['--help'], {})
     expect(tool.code).toBe(0)
-    for (const command of ['latest', 'up', 'down', 'status', 'make', 'codegen', 'verify']) {
+    for (const command of ['latest', 'up', 'down', 'contract', 'status', 'check', 'distribute', 'make', 'codegen', 'verify']) {
       expect(tool.stdout).toMatch(new RegExp(`^  ${command} +\\S`, 'm'))
       const help = await runScript([command, '--help'], {})
       expect(help.code, command).toBe(0)
@@ -76,6 +105,13 @@ describe('CLI', () => {
     }
     expect((await runScript(['down', '--help'], {})).stdout).toMatch(/--to <name>\|all +roll back every migration after <name>/)
     expect((await runScript(['latest', '-h'], {})).stdout).toMatch(/--old-app-role <name> .*\(repeatable\)/)
+    // The npm scripts are the same bin: each names a command it has.
+    const scripts = JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8')).scripts as Record<string, string>
+    for (const name of ['migrate:latest', 'migrate:up', 'migrate:down', 'migrate:status', 'migrate:contract', 'migrate:make', 'codegen', 'check:citus', 'distribute']) {
+      const command = scripts[name]?.match(/^tsx src\/cli\/bin\.ts (\w+)/)?.[1]
+      expect(command, name).toBeDefined()
+      expect(tool.stdout, name).toMatch(new RegExp(`^  ${command} +\\S`, 'm'))
+    }
     const version = await runScript(['--version'], {})
     expect(version.stdout.trim()).toBe(JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8')).version)
     const none = await runScript([], {})

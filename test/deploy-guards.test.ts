@@ -124,7 +124,7 @@ describe('a migrator that lacks what the migrations need is refused before anyth
     const before = await takeSchemaSnapshot(t.admin)
     const db = t.connectAs(NOCR) as Kysely<any>
     const outcome = await migrateToLatest(db, { appRole: role('notyet') })
-    expect(outcome).toEqual({ status: 'error', steps: [], error: { message: `${NOCR} cannot create role ${role('notyet')} (it has no CREATEROLE): nothing was changed; create it first (CREATE ROLE ${role('notyet')} LOGIN), or run as a role with CREATEROLE` } })
+    expect(outcome).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight', message: `${NOCR} cannot create role ${role('notyet')} (it has no CREATEROLE): nothing was changed; create it first (CREATE ROLE ${role('notyet')} LOGIN), or run as a role with CREATEROLE` } })
     await unchanged(t, before)
   })
 
@@ -153,7 +153,7 @@ describe('PostgreSQL 14', () => {
         await sql.raw(LEGACY_SQL).execute(db)
         const before = await takeSchemaSnapshot(db)
         const outcome = await migrateToLatest(db, { appRole })
-        expect(outcome).toEqual({ status: 'error', steps: [], error: { message: expect.stringMatching(/^PostgreSQL 14\.\d+ found; skills-db needs PostgreSQL 15 or later: nothing was changed$/) } })
+        expect(outcome).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight', message: expect.stringMatching(/^PostgreSQL 14\.\d+ found; skills-db needs PostgreSQL 15 or later: nothing was changed$/) } })
         expect(await takeSchemaSnapshot(db)).toEqual(before)
         expect((await sql`select to_regnamespace('skills_db') as s`.execute(db)).rows).toEqual([{ s: null }])
         const cli = await runScript(['latest', '--no-codegen', '--app-role', appRole], { DATABASE_URL: withDatabase(server.adminUrl, 'legacy') })

@@ -184,10 +184,10 @@ describe('the application role', () => {
     const t = await legacyDb()
     const before = await takeSchemaSnapshot(t.admin)
     const refused = await migrateToLatest(t.admin, { appRole: 'postgres' })
-    expect(refused).toEqual({
+    expect(refused).toMatchObject({
       status: 'error',
       steps: [],
-      error: { message: 'the application role postgres has SUPERUSER, so row-level security would not hold it: nothing was changed; ALTER ROLE postgres NOSUPERUSER, or pick another role' },
+      error: { kind: 'preflight', message: 'the application role postgres has SUPERUSER, so row-level security would not hold it: nothing was changed; ALTER ROLE postgres NOSUPERUSER, or pick another role' },
     })
     expect(await takeSchemaSnapshot(t.admin)).toEqual(before)
     expect((await migrationStatus(t.admin)).applied).toEqual([])
@@ -233,7 +233,7 @@ describe('reversible', () => {
     const refused = await migrateDown(t.admin, { to: '0002_add_tenants' })
     expect(refused).toMatchObject({
       status: 'error',
-      error: { migration: '0003_add_tenant_id_columns', message: expect.stringMatching(/^refusing to roll back: rows of tenants other than the default one exist.*--force/) },
+      error: { migration: '0003_add_tenant_id_columns', kind: 'data-loss', message: expect.stringMatching(/^refusing to roll back: rows of tenants other than the default one exist.*; allowDataLoss accepts the loss$/) },
     })
     const status = await migrationStatus(t.admin)
     expect(status.applied.at(-1)!.name).toBe('0003_add_tenant_id_columns')

@@ -89,7 +89,7 @@ describe('tenant keys: what withTenant signs with, and the database checks again
       await expect(sees(app)).rejects.toThrow(/the database holds no tenant context key: run the migrator with SKILLS_DB_TENANT_KEYS/)
       const logged: string[] = []
       await migrateToLatest(t.admin, { appRole, logger: { info: (m) => logged.push(m) } })
-      expect(logged).toContain('no tenant key is stored yet: withTenant refuses every tenant until the migrator runs with SKILLS_DB_TENANT_KEYS (tenantKeys)')
+      expect(logged).toContain('no tenant key is stored yet: withTenant refuses every tenant until the migrator is given the app\'s key (tenantKeys; the CLI reads SKILLS_DB_TENANT_KEYS)')
     } finally {
       await migrateToLatest(t.admin, { appRole, tenantKeys: [OLD] })
       await app.destroy()

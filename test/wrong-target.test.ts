@@ -32,7 +32,7 @@ describe('wrong targets and broken migrations are refused, nothing changed', () 
     try {
       const before = await takeSchemaSnapshot(ro)
       const outcome = await migrateToLatest(ro, { appRole })
-      expect(outcome).toEqual({ status: 'error', steps: [], error: { message: 'the database is read-only (default_transaction_read_only is on): nothing was changed; point the migrator at the writable primary' } })
+      expect(outcome).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight', message: 'the database is read-only (default_transaction_read_only is on): nothing was changed; point the migrator at the writable primary' } })
       expect(await takeSchemaSnapshot(ro)).toEqual(before)
       expect(await schemas(t)).toEqual(['drizzle', 'public'])
     } finally {

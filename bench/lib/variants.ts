@@ -15,21 +15,13 @@ export interface MigrationRun {
 /** (a) skills-db: migrateToLatest, the way the app or the CLI runs it. */
 export async function runSkillsDb(url: string, appRole: string): Promise<MigrationRun> {
   const db = createDb<any>(url, { max: 1, applicationName: 'skills-db migrator' })
-  const steps: MigrationRun['steps'] = []
   try {
-    const outcome = await migrateToLatest(db, {
-      appRole,
-      tenantKeys: [BENCH_TENANT_KEY],
-      logger: {
-        info(message) {
-          const started = /^up +(\S+) …$/.exec(message)
-          if (started) steps.push({ name: started[1]!, start: now(), ms: NaN })
-          const done = /^up +(\S+) done in (\d+) ms$/.exec(message)
-          const step = done && steps.find((s) => s.name === done[1])
-          if (step) step.ms = now() - step.start
-        },
-      },
-    })
+    const outcome = await migrateToLatest(db, { appRole, tenantKeys: [BENCH_TENANT_KEY] })
+    const end = now()
+    // The migrations ran one after another, the last ending with the run: each started the sum of
+    // its own and its successors' durations before the end.
+    let at = end
+    const steps = outcome.steps.toReversed().map((s) => ({ name: s.name, start: (at -= s.durationMs), ms: s.durationMs })).toReversed()
     return outcome.status === 'error' ? { ok: false, error: `${outcome.error.migration}: ${outcome.error.message}`, steps } : { ok: true, steps }
   } finally {
     await db.destroy()

@@ -1,6 +1,6 @@
 import type { Kysely } from 'kysely'
 import { openDb } from '../connection/create-db.ts'
-import { redactUrl } from '../connection/database-url.ts'
+import { DatabaseUrlError, parseDatabaseUrl, redactUrl } from '../connection/database-url.ts'
 import { usingDatabase, type DatabaseSource } from '../connection/using-database.ts'
 import type { OptionValues } from './command.ts'
 
@@ -10,6 +10,12 @@ import type { OptionValues } from './command.ts'
  */
 export async function usingTarget<T>(values: OptionValues, cb: (db: Kysely<any>, source: DatabaseSource) => Promise<T>): Promise<T> {
   const url = typeof values.url === 'string' ? values.url : process.env.DATABASE_URL
+  try {
+    if (url) parseDatabaseUrl(url)
+  } catch (error) {
+    if (error instanceof DatabaseUrlError) throw new Error(`${typeof values.url === 'string' ? '--url' : 'DATABASE_URL'} ${error.problem}`)
+    throw error
+  }
   return usingDatabase({ ...process.env, DATABASE_URL: url ?? '' }, async (source) => {
     console.log(source.embedded ? `embedded PostgreSQL on port ${source.embedded.port} (data in ${source.embedded.dataDir})` : `database ${redactUrl(source.url)}`)
     const db = await openDb(source.url, { max: 1, applicationName: 'skills-db migrator' })

@@ -20,13 +20,13 @@ export function describeConnectionError(error: unknown, target: DatabaseTarget):
   const codes = [err.code, ...(err.errors ?? []).map((e) => e.code)]
   const where = `${target.host}:${target.port}`
   if (codes.some((c) => c === 'ECONNREFUSED' || c === 'EHOSTUNREACH' || c === 'ENETUNREACH' || c === 'ETIMEDOUT')) {
-    return `cannot reach PostgreSQL at ${where}: is the server running and is the host and port in DATABASE_URL right?`
+    return `cannot reach PostgreSQL at ${where}: is the server running, and are the host and port of the database URL right?`
   }
   if (codes.some((c) => c === 'ENOTFOUND' || c === 'EAI_AGAIN')) {
-    return `cannot resolve host "${target.host}" from DATABASE_URL`
+    return `cannot resolve host "${target.host}" of the database URL`
   }
   if (err.code === '28P01' || err.code === '28000') {
-    return `PostgreSQL at ${where} rejected user "${target.user}": check the user name and password in DATABASE_URL`
+    return `PostgreSQL at ${where} rejected user "${target.user}": check the user name and password of the database URL`
   }
   if (err.code === '3D000') {
     return `database "${target.database}" does not exist on ${where}: create it with  createdb -h ${target.host} -p ${target.port} -U ${target.user} ${target.database}`

@@ -7,8 +7,12 @@ export interface DatabaseTarget {
   user: string
 }
 
+/** What is wrong with a connection string; `problem` completes a sentence about wherever it came from. */
 export class DatabaseUrlError extends Error {
   override name = 'DatabaseUrlError'
+  constructor(readonly problem: string) {
+    super(`the database URL ${problem}`)
+  }
 }
 
 /**
@@ -23,21 +27,21 @@ export function parseDatabaseUrl(url: string): DatabaseTarget {
     parsed = new URL(url)
   } catch {
     throw new DatabaseUrlError(
-      `DATABASE_URL is not a valid URL (expected postgres://user:password@host:5432/database)`,
+      `is not a valid URL (expected postgres://user:password@host:5432/database)`,
     )
   }
   if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
     throw new DatabaseUrlError(
-      `DATABASE_URL must start with postgres:// or postgresql://, not ${parsed.protocol}//`,
+      `must start with postgres:// or postgresql://, not ${parsed.protocol}//`,
     )
   }
   const socketHost = parsed.searchParams.get('host')
   const host = decodeURIComponent(parsed.hostname) || socketHost || ''
-  if (!host) throw new DatabaseUrlError('DATABASE_URL has no host (expected postgres://user@host:5432/database)')
+  if (!host) throw new DatabaseUrlError('has no host (expected postgres://user@host:5432/database)')
   const port = parsed.port === '' ? 5432 : Number(parsed.port)
   const database = decodeURIComponent(parsed.pathname.replace(/^\//, ''))
-  if (!database) throw new DatabaseUrlError('DATABASE_URL names no database (add /<database> after the host)')
-  if (database.includes('/')) throw new DatabaseUrlError(`DATABASE_URL database name "${database}" contains "/"`)
+  if (!database) throw new DatabaseUrlError('names no database (add /<database> after the host)')
+  if (database.includes('/')) throw new DatabaseUrlError(`names a database, "${database}", that contains "/"`)
   return { url, host, port, database, user: decodeURIComponent(parsed.username) || 'postgres' }
 }
 

@@ -1,6 +1,6 @@
 import { sql, type Kysely } from 'kysely'
 import { backfillNulls } from '../online/backfill.ts'
-import { progress } from '../online/progress.ts'
+import { progress } from '../online/run-context.ts'
 
 // Frozen: this migration's own facts, as of when it was written (see README.md in this folder).
 const TABLES = [

@@ -8,7 +8,7 @@ import { revokePublicCreate } from '../online/public-schema.ts'
 import { appRole, appRoleName } from '../online/app-role.ts'
 import { grant } from '../online/grant.ts'
 import { namedOldAppRoles, namedOldAppRolesGranted, oldAppEscapePrivilegesRevoked, oldAppRoles, recordOldAppRoles } from '../online/old-app-roles.ts'
-import { progress } from '../online/progress.ts'
+import { progress } from '../online/run-context.ts'
 import { ownerIfConfinable } from '../online/table-owner.ts'
 import { rowSecurity, type PolicySpec } from '../online/row-security.ts'
 import { applySteps, reverse, revertSteps, type Step } from '../online/step.ts'
@@ -69,7 +69,7 @@ async function findOldAppRoles(db: Kysely<any>): Promise<string[]> {
   const left = rows.filter((r) => !r.confined)
   progress(`  old app roles, confined to the default tenant: ${confined.map((r) => `${r.role} (${r.how})`).join('; ') || 'none'}`)
   if (left.length > 0) {
-    progress(`  not confined, so they see no rows (NOLOGIN, so not the old app; name one with --old-app-role if it is): ${left.map((r) => r.role).join(', ')}`)
+    progress(`  not confined, so they see no rows (NOLOGIN, so not the old app; name it as an old-app role if it is): ${left.map((r) => r.role).join(', ')}`)
   }
   return confined.map((r) => r.role)
 }

@@ -6,6 +6,8 @@ import { DataLossRefused, guardDown } from '../online/data-loss-guard.ts'
 import { foreignKey } from '../online/foreign-key.ts'
 import { oldAppRoles } from '../online/old-app-roles.ts'
 import { policy } from '../online/policy.ts'
+import { Refusal } from '../online/refusal.ts'
+import { run } from '../online/run-context.ts'
 import { applySteps, reverse, revertSteps, type Step } from '../online/step.ts'
 import { timestampsWithTimeZone } from '../online/timestamp-zone.ts'
 import { trigger } from '../online/trigger.ts'
@@ -29,9 +31,6 @@ async function defaultTenantId(db: Kysely<any>): Promise<string> {
   return rows[0].id
 }
 
-const setting = async (db: Kysely<any>, name: string) =>
-  (await sql<{ v: string | null }>`select pg_catalog.current_setting(${name}::text, true) as v`.execute(db)).rows[0]?.v === 'on'
-
 /**
  * The lane comes out from under the old app: refused while a session of one of its roles (or one
  * row security cannot confine, as the tenant guard of 0005 saw them) is connected, other than ours.
@@ -39,7 +38,7 @@ const setting = async (db: Kysely<any>, name: string) =>
 const oldAppRetired: Step = {
   name: 'the old app is retired: none of its sessions is connected',
   async up(db) {
-    if (await setting(db, 'skills_db.old_app_sessions_ok')) return
+    if (run().allowOldAppSessions) return
     const roles = await oldAppRoles(db)
     const { rows } = await sql<{ who: string | null }>`
       select pg_catalog.string_agg(pg_catalog.format('pid %s (%s%s)', a.pid, r.rolname,
@@ -49,8 +48,8 @@ const oldAppRetired: Step = {
         and (r.rolname = any(${roles}::text[])
           or exists (select 1 from pg_catalog.pg_roles x where (x.rolsuper or x.rolbypassrls) and pg_catalog.pg_has_role(r.oid, x.oid, 'MEMBER')))`.execute(db)
     if (rows[0]?.who) {
-      throw new Error(`the single-tenant app may still be running, and the contract phase takes its lane away: sessions of its roles, or unconfined ones, are connected: ${rows[0].who}. ` +
-        'Stop it first; if none of these sessions is the old app, contract again with allowOldAppSessions')
+      throw new Refusal('old-app-sessions', `the single-tenant app may still be running, and the contract phase takes its lane away: sessions of its roles, or unconfined ones, are connected: ${rows[0].who}. Stop it first`,
+        'if none of these sessions is the old app, contract again with allowOldAppSessions')
     }
   },
   async down() {},
@@ -79,15 +78,15 @@ const UTC_NAMES = ['utc', 'etc/utc', 'uct', 'etc/uct', 'gmt', 'etc/gmt', 'gmt0',
 const timestampsAreUtc: Step = {
   name: 'timestamps are UTC',
   async up(db) {
-    if (await setting(db, 'skills_db.timestamps_are_utc')) return
+    if (run().timestampsAreUtc) return
     const { rows } = await sql<{ tz: string; pending: number }>`
       select pg_catalog.current_setting('TimeZone') as tz,
         (select count(*)::int from pg_catalog.pg_attribute a where a.attrelid = 'public.usage_events'::regclass and a.attname = 'created_at'
           and a.atttypid = 'pg_catalog.timestamp'::regtype) as pending`.execute(db)
     const { tz, pending } = rows[0]!
     if (pending === 0 || UTC_NAMES.includes(tz.toLowerCase())) return
-    throw new Error(`the server's TimeZone is ${tz}, so the timestamp columns probably hold local times of ${tz}: made timestamptz as UTC, they would shift by its offset. ` +
-      'If they are UTC anyway, contract again with timestampsAreUtc; converting them from another zone would rewrite the tables, which skills-db does not do online')
+    throw new Refusal('timestamps-not-utc', `the server's TimeZone is ${tz}, so the timestamp columns probably hold local times of ${tz}: made timestamptz as UTC, they would shift by its offset, ` +
+      'and converting them from another zone would rewrite the tables, which skills-db does not do online', 'if they are UTC anyway, contract again with timestampsAreUtc')
   },
   async down() {},
 }

@@ -12,7 +12,7 @@ export class SchemaMismatchError extends Error {
     super(
       `the database has tables but no skills-db migration history, and its schema is not the legacy schema ` +
         `(${differences.length} difference${differences.length === 1 ? '' : 's'}, first: ${differences[0]}). ` +
-        `Nothing was changed. Point DATABASE_URL at the production database or an empty one`,
+        `Nothing was changed. Point the migrator at the production database or an empty one`,
     )
   }
 }

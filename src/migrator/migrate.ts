@@ -1,16 +1,13 @@
 import { sql, type Kysely } from 'kysely'
 import { Migrator, NO_MIGRATIONS, type MigrationResultSet } from 'kysely/migration'
-import { describeConnectionError } from '../connection/connection-error.ts'
 import { targetOf } from '../connection/create-db.ts'
-import { ALLOW_DATA_LOSS_SETTING } from '../online/data-loss-guard.ts'
-import { DEFAULTS, SETTINGS } from '../online/migration-settings.ts'
-import { setProgressLogger } from '../online/progress.ts'
-import { APP_ROLE_SETTING } from '../online/app-role.ts'
-import { OLD_APP_ROLES_SETTING } from '../online/old-app-roles.ts'
-import { adoptLegacySchema, SchemaMismatchError } from './legacy-adoption.ts'
+import type { DatabaseTarget } from '../connection/database-url.ts'
+import { DEFAULT_RUN, inRun, type RunContext } from '../online/run-context.ts'
+import { adoptLegacySchema } from './legacy-adoption.ts'
+import { MigrationError, toMigrationError } from './migration-error.ts'
 import { withMigrationLock } from './migration-lock.ts'
 import { silentLogger, type MigrationLogger } from './migration-logger.ts'
-import { timedMigrationProvider } from './migration-provider.ts'
+import { skillsDbMigrationProvider, type RunJournal } from './migration-provider.ts'
 import { MIGRATION_SCHEMA, MIGRATION_TABLE, readAppliedMigrations } from './migration-table.ts'
 import { preflight } from './preflight.ts'
 import { storedTenantKeyIds, storeTenantKeys, tenantKeysOption } from './tenant-context-keys.ts'
@@ -25,7 +22,7 @@ export interface MigrateOptions {
    * every role already granted access to the tables. CLI: `--old-app-role`.
    */
   oldAppRoles?: string[]
-  /** Let a `down` drop data it cannot restore (CLI: `--force`). */
+  /** Let a `down` drop data it cannot restore. */
   allowDataLoss?: boolean
   /** Another migrations folder (tests). */
   migrationsDir?: string
@@ -35,23 +32,23 @@ export interface MigrateOptions {
   lockRetryBudgetMs?: number
   /** Rows per backfill transaction (default 5000). */
   batchSize?: number
-  /** Memory for each index build and validation (default 256MB; builds run one at a time). */
-  maintenanceWorkMem?: string
   /**
    * The keys withTenant may sign the tenant context with, `<id>:<secret>`: one, or two while
    * rotating (CLI: SKILLS_DB_TENANT_KEYS, comma-separated). After `latest` and `up` the database
    * holds exactly these; when absent, it keeps what it holds.
    */
   tenantKeys?: string[]
-  /** contract: go ahead although sessions of the old app's roles (or unconfined ones) are connected (CLI: contract --force). */
+  /** contract: go ahead although sessions of the old app's roles (or unconfined ones) are connected. */
   allowOldAppSessions?: boolean
-  /** contract: the timestamp columns hold UTC, whatever the server's TimeZone says (CLI: --timestamps-are-utc). */
+  /** contract: the timestamp columns hold UTC, whatever the server's TimeZone says. */
   timestampsAreUtc?: boolean
 }
 
 export interface MigrationStep {
   name: string
   direction: 'Up' | 'Down'
+  /** How long the migration took. */
+  durationMs: number
 }
 
 /**
@@ -61,7 +58,7 @@ export interface MigrationStep {
 export type MigrationOutcome =
   | { status: 'applied'; steps: MigrationStep[]; adopted: boolean; waiting: string[] }
   | { status: 'up-to-date'; steps: []; adopted: boolean; waiting: string[] }
-  | { status: 'error'; steps: MigrationStep[]; error: { message: string; migration?: string; details?: string[] } }
+  | { status: 'error'; steps: MigrationStep[]; error: MigrationError }
 
 type Target =
   | { kind: 'latest' } | { kind: 'up' } | { kind: 'down' } | { kind: 'all-down' }
@@ -78,7 +75,7 @@ type Target =
  *
  * @example
  * const outcome = await migrateToLatest(db, { logger: console })
- * if (outcome.status === 'error') throw new Error(`${outcome.error.migration}: ${outcome.error.message}`)
+ * if (outcome.status === 'error') throw outcome.error // a MigrationError: kind, migration, message, cause
  */
 export function migrateToLatest(db: Kysely<any>, options: MigrateOptions = {}): Promise<MigrationOutcome> {
   return run(db, { kind: 'latest' }, options)
@@ -115,16 +112,30 @@ export function migrateDown(
   return run(db, target, options)
 }
 
+/** Index builds and validations run one at a time: each may use this much memory. */
+const MAINTENANCE_WORK_MEM = '256MB'
+
 async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Promise<MigrationOutcome> {
   const logger = options.logger ?? silentLogger
-  const running: { name?: string } = {}
+  const journal: RunJournal = { durationsMs: new Map() }
+  const lockTimeoutMs = options.lockTimeoutMs ?? DEFAULT_RUN.lockTimeoutMs
+  // Everything the migrations and their building blocks may ask about this run (src/online/run-context.ts).
+  const context: RunContext = {
+    logger,
+    ...(options.appRole ? { appRole: options.appRole } : {}),
+    oldAppRoles: options.oldAppRoles ?? [],
+    allowDataLoss: options.allowDataLoss === true,
+    allowOldAppSessions: options.allowOldAppSessions === true,
+    timestampsAreUtc: options.timestampsAreUtc === true,
+    lockTimeoutMs,
+    lockRetryBudgetMs: options.lockRetryBudgetMs ?? DEFAULT_RUN.lockRetryBudgetMs,
+    batchSize: options.batchSize ?? DEFAULT_RUN.batchSize,
+    sessionLockTimeoutMs: lockTimeoutMs,
+  }
   try {
     const keys = tenantKeysOption(options.tenantKeys)
-    return await db.connection().execute(async (conn) => {
-      await sql`select pg_catalog.set_config(${ALLOW_DATA_LOSS_SETTING}::text, ${options.allowDataLoss ? 'on' : 'off'}::text, false),
-                       pg_catalog.set_config(${APP_ROLE_SETTING}::text, ${options.appRole ?? ''}::text, false),
-                       pg_catalog.set_config(${OLD_APP_ROLES_SETTING}::text, ${(options.oldAppRoles ?? []).join(',')}::text, false),
-                       -- Pinned: no "$user" schema. pg_catalog is searched before it, implicitly (listing it
+    return await inRun(context, () => db.connection().execute(async (conn) => {
+      await sql`select -- Pinned: no "$user" schema. pg_catalog is searched before it, implicitly (listing it
                        -- would make it where CREATE puts objects), and functions never resolve in pg_temp.
                        -- What a lookalike in public could still win by argument types is called qualified
                        -- and cast; 0005 also takes CREATE on public away from PUBLIC.
@@ -133,31 +144,20 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
                        -- migrations' own checks need no superuser. Other roles gain nothing by setting it.
                        pg_catalog.set_config('skills_db.all_tenants', 'on', false),
                        pg_catalog.set_config('application_name', 'skills-db migrator', false),
-                       pg_catalog.set_config('maintenance_work_mem', ${options.maintenanceWorkMem ?? '256MB'}::text, false),
-                       pg_catalog.set_config('lock_timeout', ${`${options.lockTimeoutMs ?? DEFAULTS.lockTimeoutMs}ms`}::text, false),
+                       pg_catalog.set_config('maintenance_work_mem', ${MAINTENANCE_WORK_MEM}::text, false),
+                       pg_catalog.set_config('lock_timeout', ${`${lockTimeoutMs}ms`}::text, false),
                        -- a server-wide statement_timeout must not cut a long validation or index build short
-                       pg_catalog.set_config('statement_timeout', '0', false),
-                       pg_catalog.set_config(${SETTINGS.lockTimeoutMs}::text, ${String(options.lockTimeoutMs ?? '')}::text, false),
-                       pg_catalog.set_config(${SETTINGS.lockRetryBudgetMs}::text, ${String(options.lockRetryBudgetMs ?? '')}::text, false),
-                       pg_catalog.set_config(${SETTINGS.batchSize}::text, ${String(options.batchSize ?? '')}::text, false),
-                       pg_catalog.set_config('skills_db.old_app_sessions_ok', ${options.allowOldAppSessions ? 'on' : 'off'}::text, false),
-                       pg_catalog.set_config('skills_db.timestamps_are_utc', ${options.timestampsAreUtc ? 'on' : 'off'}::text, false)`.execute(conn)
+                       pg_catalog.set_config('statement_timeout', '0', false)`.execute(conn)
       try {
         return await withMigrationLock(conn, logger, async () => {
-          // A process-wide hook for the migrations, installed only while this run holds the lock.
-          setProgressLogger(logger)
-          try {
-            const outcome = await runLocked(conn, target, { ...options, db, running }, logger)
-            if (outcome.status !== 'error' && (target.kind === 'latest' || target.kind === 'up' || target.kind === 'move' || target.kind === 'contract')) {
-              if (keys) await storeTenantKeys(conn, keys, logger)
-              else if ((await storedTenantKeyIds(conn))?.length === 0) {
-                logger.info('no tenant key is stored yet: withTenant refuses every tenant until the migrator runs with SKILLS_DB_TENANT_KEYS (tenantKeys)')
-              }
+          const outcome = await runLocked(conn, target, options, journal, targetOf(db))
+          if (outcome.status !== 'error' && (target.kind === 'latest' || target.kind === 'up' || target.kind === 'move' || target.kind === 'contract')) {
+            if (keys) await storeTenantKeys(conn, keys, logger)
+            else if ((await storedTenantKeyIds(conn))?.length === 0) {
+              logger.info('no tenant key is stored yet: withTenant refuses every tenant until the migrator is given the app\'s key (tenantKeys; the CLI reads SKILLS_DB_TENANT_KEYS)')
             }
-            return outcome
-          } finally {
-            setProgressLogger(undefined)
           }
+          return outcome
         })
       } finally {
         // The connection goes back to the app's pool: leave nothing of ours on it. A transaction a
@@ -166,19 +166,23 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
         await sql`rollback`.execute(conn).catch(() => {})
         await sql`reset all`.execute(conn).catch(() => {})
       }
-    })
+    }))
   } catch (error) {
-    const details = error instanceof SchemaMismatchError ? { details: error.differences } : {}
-    const migration = running.name ? { migration: running.name } : {}
-    return { status: 'error', steps: [], error: { message: describe(error, db), ...migration, ...details } }
+    return { status: 'error', steps: [], error: toMigrationError(error, targetOf(db), journal.running) }
   }
 }
 
-async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOptions & { db?: Kysely<any>; running?: { name?: string } }, logger: MigrationLogger): Promise<MigrationOutcome> {
+async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOptions, journal: RunJournal, server: DatabaseTarget | undefined): Promise<MigrationOutcome> {
   await preflight(conn)
   const upward = target.kind === 'latest' || target.kind === 'up' || target.kind === 'move' || target.kind === 'contract'
-  const adopted = upward ? await adoptLegacySchema(conn, logger) : false
-  const provider = timedMigrationProvider(logger, options.migrationsDir, options.running)
+  const provider = skillsDbMigrationProvider({ logger: options.logger ?? silentLogger, journal, ...(options.migrationsDir ? { folder: options.migrationsDir } : {}) })
+  const known = await provider.getMigrations()
+  // A database migrated by newer code: nothing here may run against it.
+  const unknown = (await readAppliedMigrations(conn)).filter((m) => !(m.name in known))
+  if (unknown.length > 0) {
+    return fail('unknown-migration', `the database records migration ${unknown.map((m) => m.name).join(', ')} but this code does not have it: deploy the code that has it, or roll it back with that code first`)
+  }
+  const adopted = upward ? await adoptLegacySchema(conn, options.logger ?? silentLogger) : false
   const migrator = new Migrator({
     db: conn,
     provider,
@@ -209,8 +213,8 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
       break
     case 'move': {
       const at = all.findIndex((m) => m.name === target.name)
-      if (at < 0) return fail(`unknown migration "${target.name}"; known: ${all.map((m) => m.name).join(', ')}`)
-      if (gate >= 0 && at >= gate) return fail(`${target.name} is in the contract phase or after it, which waits for the operator: run the contract (skills-db contract) once the single-tenant app is retired`)
+      if (at < 0) return fail('unknown-migration', `unknown migration "${target.name}"; known: ${all.map((m) => m.name).join(', ')}`)
+      if (gate >= 0 && at >= gate) return fail('waits-for-operator', `${target.name} is in the contract phase or after it, which waits for the operator: apply it with migrateContract() once the single-tenant app is retired`)
       resultSet = await migrator.migrateTo(target.name)
       break
     }
@@ -218,9 +222,9 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
     case 'all-down':
     case 'to': {
       const applied = await readAppliedMigrations(conn)
-      if (applied.length === 0) return fail('nothing to roll back: no migration is applied')
+      if (applied.length === 0) return fail('nothing-to-do', 'nothing to roll back: no migration is applied')
       if (target.kind === 'to' && !applied.some((m) => m.name === target.name)) {
-        return fail(`unknown migration "${target.name}" for --to; applied: ${applied.map((m) => m.name).join(', ')}`)
+        return fail('unknown-migration', `unknown migration "${target.name}" to roll back to; applied: ${applied.map((m) => m.name).join(', ')}`)
       }
       resultSet =
         target.kind === 'down' ? await migrator.migrateDown()
@@ -230,36 +234,20 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
   }
   const steps = (resultSet.results ?? [])
     .filter((r) => r.status === 'Success')
-    .map((r) => ({ name: r.migrationName, direction: r.direction }))
+    .map((r) => ({ name: r.migrationName, direction: r.direction, durationMs: journal.durationsMs.get(r.migrationName) ?? 0 }))
   if (resultSet.error) {
     // Without results (the lock release failed too, e.g. the connection died) the running migration says it.
-    const failed = resultSet.results?.find((r) => r.status === 'Error')?.migrationName ?? options.running?.name
-    return { status: 'error', steps, error: { message: describe(resultSet.error, options.db ?? conn), ...(failed ? { migration: failed } : {}) } }
+    const failed = resultSet.results?.find((r) => r.status === 'Error')?.migrationName ?? journal.running
+    return { status: 'error', steps, error: toMigrationError(resultSet.error, server, failed) }
   }
   if (steps.length === 0) {
-    if (!upward) return fail('nothing to roll back')
+    if (!upward) return fail('nothing-to-do', 'nothing to roll back')
     return { status: 'up-to-date', steps: [], adopted, waiting }
   }
   // After a down, `status` says what waits; the outcome reports what it undid.
   return { status: 'applied', steps, adopted, waiting: upward ? waiting : [] }
 }
 
-function fail(message: string): MigrationOutcome {
-  return { status: 'error', steps: [], error: { message } }
-}
-
-function describe(error: unknown, db: object): string {
-  const target = targetOf(db)
-  const reason = target ? describeConnectionError(error, target) : undefined
-  if (reason) return reason
-  const message = error instanceof Error ? error.message : String(error)
-  const code = (error as { code?: string }).code
-  if (code === '57P01' || code === '57P02' || /Connection terminated|connection terminated|ECONNRESET|connection error and is not queryable/.test(message)) {
-    return `lost the connection to PostgreSQL during the migration (${message.split('\n')[0]}); every step resumes where it stopped: run migrate:latest again`
-  }
-  const missing = /previously executed migration (\S+) is missing/.exec(message)
-  if (missing) {
-    return `the database records migration ${missing[1]} but this code does not have it: deploy the code that has it, or roll it back with that code first`
-  }
-  return message.split('\n')[0]!
+function fail(kind: MigrationError['kind'], message: string): MigrationOutcome {
+  return { status: 'error', steps: [], error: new MigrationError(kind, message) }
 }

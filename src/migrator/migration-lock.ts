@@ -2,6 +2,13 @@ import { sql, type Kysely } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { MigrationLogger } from './migration-logger.ts'
 
+export class MigrationLockTimeout extends Error {
+  override name = 'MigrationLockTimeout'
+}
+
+/** How long a migrator waits for another one to finish. */
+const LOCK_WAIT_MS = 30 * 60_000
+
 // Distinct from Kysely's own key: ours is taken first, so Kysely's is then always free.
 const LOCK_KEY = 7_400_113_650_211_842n
 
@@ -16,9 +23,8 @@ export async function withMigrationLock<T>(
   conn: Kysely<any>,
   logger: MigrationLogger,
   fn: () => Promise<T>,
-  { timeoutMs = 30 * 60_000 }: { timeoutMs?: number } = {},
 ): Promise<T> {
-  const deadline = Date.now() + timeoutMs
+  const deadline = Date.now() + LOCK_WAIT_MS
   let announced = false
   for (let delay = 50; ; delay = Math.min(delay * 2, 1000)) {
     const { rows } = await sql<{ ok: boolean }>`select pg_catalog.pg_try_advisory_lock(${LOCK_KEY}::bigint) as ok`.execute(conn)
@@ -28,7 +34,7 @@ export async function withMigrationLock<T>(
       announced = true
     }
     if (Date.now() > deadline) {
-      throw new Error(`gave up after ${Math.round(timeoutMs / 1000)} s waiting for the migration lock held by ${await holderOf(conn)}`)
+      throw new MigrationLockTimeout(`gave up after ${Math.round(LOCK_WAIT_MS / 60_000)} min waiting for the migration lock held by ${await holderOf(conn)}`)
     }
     await sleep(delay * (0.5 + Math.random()))
   }

@@ -2,7 +2,8 @@ import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { FileMigrationProvider, type Migration, type MigrationProvider } from 'kysely/migration'
-import type { MigrationLogger } from './migration-logger.ts'
+import { inRun } from '../online/run-context.ts'
+import { silentLogger, type MigrationLogger } from './migration-logger.ts'
 
 export const MIGRATIONS_DIR = fileURLToPath(new URL('../migrations/', import.meta.url))
 
@@ -13,16 +14,25 @@ export class InvalidMigrationError extends Error {
   override name = 'InvalidMigrationError'
 }
 
-/**
- * Loads the migration files and wraps each so its direction, result and duration are reported.
- * A file that does not load, or has no `up`, is an error naming the file, before anything runs.
- */
 /** skills-db's migrations, and which of them belong to the contract phase (they export `phase = 'contract'`). */
 export interface SkillsDbMigrationProvider extends MigrationProvider {
   contractMigrations(): Promise<string[]>
 }
 
-export function timedMigrationProvider(logger: MigrationLogger, folder = MIGRATIONS_DIR, running?: { name?: string }): SkillsDbMigrationProvider {
+/** What one run learns from the migrations as they run: which one is under way, and how long each took. */
+export interface RunJournal {
+  running?: string
+  durationsMs: Map<string, number>
+}
+
+/**
+ * Loads the migration files and wraps each so that it runs with its name in the run context, and
+ * its direction, result and duration are logged and kept in `journal`. A file that does not load,
+ * or has no `up`, is an error naming the file, before anything runs.
+ */
+export function skillsDbMigrationProvider(
+  { logger = silentLogger, folder = MIGRATIONS_DIR, journal }: { logger?: MigrationLogger; folder?: string; journal?: RunJournal } = {},
+): SkillsDbMigrationProvider {
   const files = new FileMigrationProvider({
     fs,
     path,
@@ -48,8 +58,8 @@ export function timedMigrationProvider(logger: MigrationLogger, folder = MIGRATI
         if (name === GUARD_MIGRATION) continue
         if ((migration as { phase?: unknown }).phase === 'contract') contract.add(name)
         wrapped[name] = {
-          up: timed(name, 'up', migration.up, logger, running),
-          ...(migration.down ? { down: timed(name, 'down', migration.down, logger, running) } : {}),
+          up: timed(name, 'up', migration.up, logger, journal),
+          ...(migration.down ? { down: timed(name, 'down', migration.down, logger, journal) } : {}),
         }
       }
       return wrapped
@@ -62,21 +72,21 @@ export function timedMigrationProvider(logger: MigrationLogger, folder = MIGRATI
   return provider
 }
 
-/** `running.name` says which migration is under way, for errors that escape the migrator itself. */
-function timed(name: string, direction: string, step: Migration['up'], logger: MigrationLogger, running?: { name?: string }): Migration['up'] {
-  return async (db) => {
+function timed(name: string, direction: string, step: Migration['up'], logger: MigrationLogger, journal?: RunJournal): Migration['up'] {
+  return (db) => inRun({ migration: name }, async () => {
     const started = performance.now()
     logger.info(`${direction.padEnd(4)} ${name} …`)
-    if (running) running.name = name
+    if (journal) journal.running = name
     try {
       await step(db)
     } catch (error) {
-      logger.info(`${direction.padEnd(4)} ${name} failed after ${ms(started)}`)
+      logger.info(`${direction.padEnd(4)} ${name} failed after ${ms(started)} ms`)
       throw error
     }
-    if (running) running.name = undefined
-    logger.info(`${direction.padEnd(4)} ${name} done in ${ms(started)}`)
-  }
+    journal?.durationsMs.set(name, ms(started))
+    if (journal) journal.running = undefined
+    logger.info(`${direction.padEnd(4)} ${name} done in ${ms(started)} ms`)
+  })
 }
 
-const ms = (since: number) => `${Math.round(performance.now() - since)} ms`
+const ms = (since: number) => Math.round(performance.now() - since)

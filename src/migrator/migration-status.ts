@@ -1,6 +1,5 @@
 import type { Kysely } from 'kysely'
-import { timedMigrationProvider } from './migration-provider.ts'
-import { silentLogger } from './migration-logger.ts'
+import { skillsDbMigrationProvider } from './migration-provider.ts'
 import { readAppliedMigrations, type AppliedMigration } from './migration-table.ts'
 
 export interface MigrationStatus {
@@ -17,7 +16,7 @@ export interface MigrationStatus {
 
 /** Compares the migrations in the code with those recorded in the database. Read-only. */
 export async function migrationStatus(db: Kysely<any>, migrationsDir?: string): Promise<MigrationStatus> {
-  const provider = timedMigrationProvider(silentLogger, migrationsDir)
+  const provider = skillsDbMigrationProvider(migrationsDir ? { folder: migrationsDir } : {})
   const known = Object.keys(await provider.getMigrations()).sort()
   const contract = await provider.contractMigrations()
   const recorded = await readAppliedMigrations(db)

@@ -6,7 +6,8 @@ import { escapeRoutes } from './app-role-check.ts'
 /** The oldest major the migrations run on: 0005 uses ON DELETE SET NULL (column list), new in 15. */
 const MIN_SERVER_VERSION = 150000
 
-class PreflightRefused extends Error {
+/** The server or a role is not fit for the run; thrown before anything changes. */
+export class PreflightRefused extends Error {
   override name = 'PreflightRefused'
 }
 

@@ -1,8 +1,7 @@
 import type { Kysely } from 'kysely'
 import { Migrator, NO_MIGRATIONS, type MigrationInfo, type MigrationResult, type MigrationResultSet } from 'kysely/migration'
 import { migrateDown, migrateTo, migrateToLatest, migrateUp, type MigrateOptions, type MigrationOutcome } from './migrate.ts'
-import { timedMigrationProvider } from './migration-provider.ts'
-import { silentLogger } from './migration-logger.ts'
+import { skillsDbMigrationProvider } from './migration-provider.ts'
 import { MIGRATION_SCHEMA, MIGRATION_TABLE } from './migration-table.ts'
 
 /**
@@ -36,7 +35,7 @@ export class SkillsDbMigrator {
   getMigrations(): Promise<readonly MigrationInfo[]> {
     return new Migrator({
       db: this.#db,
-      provider: timedMigrationProvider(silentLogger),
+      provider: skillsDbMigrationProvider(),
       migrationTableSchema: MIGRATION_SCHEMA,
       migrationTableName: MIGRATION_TABLE,
     }).getMigrations()
@@ -68,5 +67,5 @@ function resultSet(outcome: MigrationOutcome, direction: 'Up' | 'Down'): Migrati
   const results: MigrationResult[] = outcome.steps.map((s) => ({ migrationName: s.name, direction: s.direction, status: 'Success' }))
   if (outcome.status !== 'error') return { results }
   if (outcome.error.migration) results.push({ migrationName: outcome.error.migration, direction, status: 'Error' })
-  return { error: new Error(outcome.error.message), results }
+  return { error: outcome.error, results }
 }

@@ -1,10 +1,9 @@
 import { sql, type Kysely } from 'kysely'
 import { ident } from './catalog.ts'
 import { forget, readRecorded, record } from './recorded-settings.ts'
+import { run } from './run-context.ts'
 import type { Step } from './step.ts'
 
-/** Session setting through which `migrateToLatest({ appRole })` names the application role to migrations. */
-export const APP_ROLE_SETTING = 'skills_db.app_role'
 const DEFAULT_APP_ROLE = 'app_user'
 
 /**
@@ -12,9 +11,7 @@ const DEFAULT_APP_ROLE = 'app_user'
  * `down` revokes from the same role. A different name asked for explicitly is an error.
  */
 export async function appRoleName(db: Kysely<any>): Promise<string> {
-  const { rows } = await sql<{ asked: string | null }>`
-    select nullif(pg_catalog.current_setting(${APP_ROLE_SETTING}::text, true), '') as asked`.execute(db)
-  const asked = rows[0]?.asked ?? null
+  const asked = run().appRole || null
   const recorded = (await readRecorded(db, 'app_role')) ?? null
   if (recorded && asked && asked !== recorded) {
     throw new Error(`this database's application role is ${recorded}, not ${asked}: ask for ${recorded} (or name none, and ${recorded} is used)`)

@@ -1,11 +1,10 @@
 import { sql, type Kysely } from 'kysely'
 import { ident } from './catalog.ts'
 import { withLockRetry } from './lock-retry.ts'
-import { readSettings } from './migration-settings.ts'
-import { progress } from './progress.ts'
+import { progress, run } from './run-context.ts'
 
 /**
- * Sets `column` to `value` where it is NULL, in batches of `skills_db.batch_size` rows, each its
+ * Sets `column` to `value` where it is NULL, in batches of the run's `batchSize` rows, each its
  * own short transaction, walking the primary key (`id`) so the whole table is read once.
  * A cheap probe first: when no row is NULL (the usual case after a catalog default) nothing is written.
  *
@@ -16,7 +15,7 @@ export async function backfillNulls(db: Kysely<any>, table: string, column: stri
   ident(column)
   const probe = await sql`select 1 from ${sql.table(table)} where ${sql.id(column)} is null limit 1`.execute(db)
   if (probe.rows.length === 0) return 0
-  const batch = (await readSettings(db)).batchSize
+  const batch = run().batchSize
   let after = ''
   let updated = 0
   for (;;) {

@@ -1,6 +1,6 @@
 import { sql, type Kysely } from 'kysely'
 import { columnList, indexInfo } from './catalog.ts'
-import { progress } from './progress.ts'
+import { progress } from './run-context.ts'
 import type { Step } from './step.ts'
 
 export interface IndexSpec {

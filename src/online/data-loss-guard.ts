@@ -1,26 +1,28 @@
-import { sql, type Kysely } from 'kysely'
+import type { Kysely } from 'kysely'
+import { Refusal } from './refusal.ts'
+import { run } from './run-context.ts'
 import type { Step } from './step.ts'
 
-/** Session setting through which `migrateDown({ allowDataLoss: true })` (CLI: `--force`) reaches a migration. */
-export const ALLOW_DATA_LOSS_SETTING = 'skills_db.allow_data_loss'
-
-export class DataLossRefused extends Error {
+/** A `down` that cannot rebuild what came before while the data is as it is (nothing overrules it: the data must change). */
+export class DataLossRefused extends Refusal {
   override name = 'DataLossRefused'
+  constructor(message: string) {
+    super('down-blocked', message)
+  }
 }
 
 /**
- * Stops a `down` before it destroys data, unless the caller explicitly allowed it.
+ * Stops a `down` before it destroys data, unless the run allows it (`allowDataLoss`).
  * `wouldLoseData` is only asked when the guard is armed.
  */
 export async function refuseDataLoss(
-  db: Kysely<any>,
+  _db: Kysely<any>,
   what: string,
   wouldLoseData: () => Promise<boolean>,
 ): Promise<void> {
-  const { rows } = await sql<{ v: string | null }>`select pg_catalog.current_setting(${ALLOW_DATA_LOSS_SETTING}::text, true) as v`.execute(db)
-  if (rows[0]?.v === 'on') return
+  if (run().allowDataLoss) return
   if (await wouldLoseData()) {
-    throw new DataLossRefused(`refusing to roll back: ${what}; run migrate:down again with --force to accept the loss`)
+    throw new Refusal('data-loss', `refusing to roll back: ${what}`, 'allowDataLoss accepts the loss')
   }
 }
 

@@ -1,6 +1,6 @@
 import { sql, type Kysely, type Transaction } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { readSettings } from './migration-settings.ts'
+import { run } from './run-context.ts'
 
 export class LockRetryExhausted extends Error {
   override name = 'LockRetryExhausted'
@@ -21,14 +21,14 @@ export async function withLockRetry<T>(
   fn: (trx: Transaction<any>) => Promise<T>,
   { appSafe = false }: { appSafe?: boolean } = {},
 ): Promise<T> {
-  const settings = await readSettings(db)
+  const settings = run()
   // appSafe: the lock taken (SHARE UPDATE EXCLUSIVE, e.g. VALIDATE) never blocks the app's reads
   // and writes, so it may wait as long as it must — behind autovacuum, say — without a timeout.
   const lockTimeout = appSafe ? 0 : settings.lockTimeoutMs
   const deadline = Date.now() + settings.lockRetryBudgetMs
   for (let attempt = 0; ; attempt++) {
     try {
-      // The migrator's session already runs with the lock timeout (migrate.ts sets it), which
+      // The migrator's session already runs with the lock timeout (it says so in the run), which
       // saves a round trip per DDL transaction; anything else sets it for this transaction.
       return await db.transaction().execute(async (trx) => {
         if (lockTimeout !== settings.sessionLockTimeoutMs) await sql`select pg_catalog.set_config('lock_timeout', ${`${lockTimeout}ms`}::text, true)`.execute(trx)

@@ -3,17 +3,15 @@ import { createLoginRoleIfMissing, roleName } from './app-role.ts'
 import { grantOn, revokeAllOn, type TablePrivilege } from './grant.ts'
 import { withLockRetry } from './lock-retry.ts'
 import { forget, readRecorded, record } from './recorded-settings.ts'
+import { run } from './run-context.ts'
 import type { Step } from './step.ts'
 
-/** Session setting through which `migrateToLatest({ oldAppRoles })` names the single-tenant app's roles. */
-export const OLD_APP_ROLES_SETTING = 'skills_db.old_app_roles'
 const CREATED = 'old_app_roles_created'
 const CONFINED = 'old_app_roles'
 
 /** The old app's roles named for this run (empty when none were named). */
-export async function namedOldAppRoles(db: Kysely<any>): Promise<string[]> {
-  const { rows } = await sql<{ v: string | null }>`select pg_catalog.current_setting(${OLD_APP_ROLES_SETTING}::text, true) as v`.execute(db)
-  return (rows[0]?.v ?? '').split(',').map((r) => r.trim()).filter(Boolean).map((r) => roleName(r, 'old app role'))
+export async function namedOldAppRoles(_db: Kysely<any>): Promise<string[]> {
+  return run().oldAppRoles.map((r) => r.trim()).filter(Boolean).map((r) => roleName(r, 'old app role'))
 }
 
 const list = (value: string | undefined) => (value ?? '').split(',').filter(Boolean)

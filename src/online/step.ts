@@ -1,5 +1,5 @@
 import type { Kysely } from 'kysely'
-import { progress } from './progress.ts'
+import { progress } from './run-context.ts'
 
 /**
  * One schema change and its reverse. Both directions are idempotent — a run killed anywhere

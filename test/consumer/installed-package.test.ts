@@ -89,7 +89,7 @@ describe('skills-db installed from its tarball into an app with its own kysely a
   it('plain Node ESM imports the runtime API', async () => {
     const r = await node(`import * as db from 'skills-db'; console.log(Object.keys(db).sort().join(' '))`)
     expect(r.code, r.stderr).toBe(0)
-    expect(r.stdout.trim().split(' ')).toEqual(expect.arrayContaining(['createDb', 'withTenant', 'recordAudit', 'resolveApiKey', 'migrateToLatest', 'skillsDbMigrator']))
+    expect(r.stdout.trim().split(' ')).toEqual(expect.arrayContaining(['createDb', 'withTenant', 'recordAudit', 'resolveApiKey', 'migrateToLatest', 'skillsDbMigrator', 'MigrationError', 'Refusal']))
   })
 
   it('tsc (NodeNext, strict) typechecks a typed tenant query against the app\'s own Kysely, and rejects a wrong column', async () => {

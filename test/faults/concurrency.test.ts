@@ -142,7 +142,9 @@ describe('many app instances, held locks, lost connections', () => {
       const outcome = await migrateToLatest(db, { appRole })
       await kill
       expect(terminated).toBe(true)
-      expect(outcome).toMatchObject({ status: 'error', error: { migration: '0005_enforce_tenant_id', message: expect.stringMatching(/^lost the connection to PostgreSQL during the migration .*run migrate:latest again/) } })
+      expect(outcome).toMatchObject({ status: 'error', error: { kind: 'connection', migration: '0005_enforce_tenant_id', message: expect.stringMatching(/^lost the connection to PostgreSQL during the migration .*; every step resumes where it stopped: run it again$/) } })
+      // The driver's own error, kept.
+      expect((outcome as { error: Error }).error.cause).toBeInstanceOf(Error)
       // The build was cut off server-side: it left an INVALID index, which the rerun drops and rebuilds.
       const invalid = await sql<{ n: number }>`select count(*)::int as n from pg_index where not indisvalid`.execute(watcher)
       expect(invalid.rows[0]!.n).toBe(1)

@@ -1,8 +1,9 @@
 import { sql, type Kysely } from 'kysely'
 import { beforeAll, describe, expect, it } from 'vitest'
-import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
-import { notNull } from '../src/online/not-null.ts'
-import { useTestDatabase } from './support/database.ts'
+import { takeSchemaSnapshot } from '../../src/catalog/schema-snapshot.ts'
+import { notNull } from '../../src/online/not-null.ts'
+import { blockLaws } from '../support/block-laws.ts'
+import { useTestDatabase } from '../support/database.ts'
 
 /** The notNull building block on a toy table: idempotent both ways, exact reverse, and never a real NOT NULL dropped. */
 describe('online/not-null', () => {
@@ -60,4 +61,9 @@ describe('online/not-null', () => {
     expect(await isNotNull('w')).toBe(true)
     expect(await checks()).toEqual([])
   })
+})
+
+blockLaws('online/not-null', {
+  setup: async (db) => void (await sql`create table toy (id int primary key, w int); insert into toy values (1, 1), (2, 2)`.execute(db)),
+  step: () => notNull('toy', 'w'),
 })

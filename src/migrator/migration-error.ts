@@ -1,0 +1,78 @@
+import { describeConnectionError } from '../connection/connection-error.ts'
+import type { DatabaseTarget } from '../connection/database-url.ts'
+import { LockRetryExhausted } from '../online/lock-retry.ts'
+import { Refusal, type RefusalKind } from '../online/refusal.ts'
+import { SchemaMismatchError } from './legacy-adoption.ts'
+import { MigrationLockTimeout } from './migration-lock.ts'
+import { InvalidMigrationError } from './migration-provider.ts'
+import { PreflightRefused } from './preflight.ts'
+
+/** What went wrong, for a caller that decides what to do about it (the CLI picks its advice by it). */
+export type MigrationErrorKind =
+  /** cannot reach or log in to the server, or lost it mid-run (every step resumes on a rerun) */
+  | 'connection'
+  /** the server, the migrator's role or the app's roles are not fit for the run; nothing changed */
+  | 'preflight'
+  /** tables but no history, and not the legacy schema; nothing changed */
+  | 'schema-mismatch'
+  /** a migration file does not load or has no `up` */
+  | 'invalid-migration'
+  /** the database records a migration this code lacks, or a migration asked for does not exist */
+  | 'unknown-migration'
+  /** nothing to do in that direction (nothing to roll back) */
+  | 'nothing-to-do'
+  /** a target in the contract phase, which only `migrateContract` applies */
+  | 'waits-for-operator'
+  /** a lock (a table's, or the migration lock) stayed taken for longer than the run waits */
+  | 'lock-timeout'
+  /** anything else: a server error or a bug; `cause` holds the original */
+  | 'failed'
+  | RefusalKind
+
+/** A failed run: what kind, in which migration, the one-line message, and the original error. */
+export class MigrationError extends Error {
+  override name = 'MigrationError'
+  readonly kind: MigrationErrorKind
+  readonly migration?: string
+  /** More lines, where one cannot say it all (the differences of a schema mismatch). */
+  readonly details?: string[]
+  /** What went wrong, without `remedy`: the message is the two together. */
+  readonly reason: string
+  /** What to do about it, in the library's terms (its options), where the message has it apart. */
+  readonly remedy?: string
+
+  constructor(kind: MigrationErrorKind, reason: string, extra: { migration?: string; cause?: unknown; details?: string[]; remedy?: string } = {}) {
+    super(extra.remedy ? `${reason}; ${extra.remedy}` : reason, extra.cause === undefined ? undefined : { cause: extra.cause })
+    this.kind = kind
+    this.reason = reason
+    if (extra.remedy) this.remedy = extra.remedy
+    if (extra.migration) this.migration = extra.migration
+    if (extra.details) this.details = extra.details
+  }
+}
+
+const LOST = /Connection terminated|connection terminated|ECONNRESET|connection error and is not queryable/
+
+/** The error a run ends with, classified; its message is the original's first line unless a better one is known. */
+export function toMigrationError(error: unknown, target: DatabaseTarget | undefined, migration?: string): MigrationError {
+  if (error instanceof MigrationError) return error
+  const where = migration ? { migration } : {}
+  const message = error instanceof Error ? error.message : String(error)
+  const first = message.split('\n')[0]!
+  const connection = target ? describeConnectionError(error, target) : undefined
+  if (connection) return new MigrationError('connection', connection, { ...where, cause: error })
+  const code = (error as { code?: string }).code
+  if (code === '57P01' || code === '57P02' || LOST.test(message)) {
+    return new MigrationError('connection', `lost the connection to PostgreSQL during the migration (${first})`, { ...where, cause: error, remedy: 'every step resumes where it stopped: run it again' })
+  }
+  if (error instanceof Refusal) {
+    return new MigrationError(error.kind, error.reason, { ...where, cause: error, ...(error.remedy ? { remedy: error.remedy } : {}) })
+  }
+  const kind: MigrationErrorKind =
+    error instanceof PreflightRefused ? 'preflight'
+    : error instanceof SchemaMismatchError ? 'schema-mismatch'
+    : error instanceof InvalidMigrationError ? 'invalid-migration'
+    : error instanceof LockRetryExhausted || error instanceof MigrationLockTimeout ? 'lock-timeout'
+    : 'failed'
+  return new MigrationError(kind, first, { ...where, cause: error, ...(error instanceof SchemaMismatchError ? { details: error.differences } : {}) })
+}

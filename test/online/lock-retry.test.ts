@@ -1,0 +1,61 @@
+import { sql } from 'kysely'
+import pg from 'pg'
+import { describe, expect, it } from 'vitest'
+import { LockRetryExhausted, withLockRetry } from '../../src/online/lock-retry.ts'
+import { inRun } from '../../src/online/run-context.ts'
+import { useTestDatabase } from '../support/database.ts'
+
+describe('online/lock-retry', () => {
+  const t = useTestDatabase('empty')
+
+  /** Another session holding `mode` on toy until `release()`. */
+  async function holdLock(mode: string) {
+    const client = new pg.Client({ connectionString: t.url, application_name: 'the lock holder' })
+    await client.connect()
+    await client.query('begin')
+    await client.query(`lock table toy in ${mode} mode`)
+    return { release: async () => { await client.query('commit'); await client.end() } }
+  }
+
+  it('waits at most the lock timeout per try, retries, and goes ahead once the lock is free', async () => {
+    await sql`create table toy (id int primary key)`.execute(t.admin)
+    const holder = await holdLock('access share')
+    const started = Date.now()
+    setTimeout(() => void holder.release(), 400)
+    const tries: number[] = []
+    await inRun({ lockTimeoutMs: 20 }, () => withLockRetry(t.admin, 'toy', async (trx) => {
+      tries.push(Date.now() - started)
+      await sql`alter table toy add column v int`.execute(trx)
+    }))
+    expect(tries.length).toBeGreaterThan(1)
+    expect((await sql<{ n: number }>`select count(*)::int as n from pg_attribute where attrelid = 'toy'::regclass and attname = 'v'`.execute(t.admin)).rows[0]!.n).toBe(1)
+  })
+
+  it('when the retry budget runs out, names the table and the session holding it; nothing changed', async () => {
+    const holder = await holdLock('access share')
+    try {
+      const attempt = inRun({ lockTimeoutMs: 20, lockRetryBudgetMs: 300 }, () =>
+        withLockRetry(t.admin, 'toy', (trx) => sql`alter table toy add column w int`.execute(trx)))
+      await expect(attempt).rejects.toThrow(LockRetryExhausted)
+      await expect(attempt).rejects.toThrow(/gave up waiting for a lock on table toy: held by pid \d+ \(the lock holder, idle in transaction, lock table toy/)
+    } finally {
+      await holder.release()
+    }
+    expect((await sql<{ n: number }>`select count(*)::int as n from pg_attribute where attrelid = 'toy'::regclass and attname = 'w'`.execute(t.admin)).rows[0]!.n).toBe(0)
+  })
+
+  it('appSafe steps wait without a timeout; other errors are not retried', async () => {
+    const holder = await holdLock('share update exclusive')
+    setTimeout(() => void holder.release(), 300)
+    const started = Date.now()
+    await inRun({ lockTimeoutMs: 20, lockRetryBudgetMs: 50 }, () =>
+      withLockRetry(t.admin, 'toy', (trx) => sql`analyze toy`.execute(trx), { appSafe: true }))
+    expect(Date.now() - started).toBeGreaterThanOrEqual(250)
+    let calls = 0
+    await expect(withLockRetry(t.admin, 'toy', async (trx) => {
+      calls++
+      await sql`select no_such_column from toy`.execute(trx)
+    })).rejects.toThrow(/no_such_column/)
+    expect(calls).toBe(1)
+  })
+})
