@@ -4,7 +4,8 @@ import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import { migrateToLatest } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { createTestDatabase, type TestDatabase } from './support/database.ts'
-import { buildLegacyDatabase, CONTRACT_MIGRATION_NAMES, tableContents } from './support/legacy.ts'
+import { buildLegacyDatabase, rowDigests } from '../fixtures/legacy.ts'
+import { CONTRACT_MIGRATION_NAMES } from './support/migration-names.ts'
 
 describe('adopting the existing production database', () => {
   let dbs: TestDatabase[] = []
@@ -18,7 +19,7 @@ describe('adopting the existing production database', () => {
   it('records 0001 without running it, keeps every row, then migrates on', async () => {
     const t = await fresh()
     await buildLegacyDatabase(t.admin)
-    const before = await tableContents(t.admin)
+    const before = await rowDigests(t.admin)
     const oids = await sql<{ relname: string; oid: number }>`
       select relname, oid::int from pg_class where relnamespace = 'public'::regnamespace and relkind = 'r' order by 1`.execute(t.admin)
 
@@ -34,7 +35,7 @@ describe('adopting the existing production database', () => {
     const after = await sql<{ relname: string; oid: number }>`
       select relname, oid::int from pg_class where relnamespace = 'public'::regnamespace and relkind = 'r' and relname = any(${oids.rows.map((r) => r.relname)}) order by 1`.execute(t.admin)
     expect(after.rows).toEqual(oids.rows)
-    expect(await tableContents(t.admin)).toEqual(before)
+    expect(await rowDigests(t.admin)).toEqual(before)
     const drizzle = await sql<{ n: number }>`select count(*)::int as n from drizzle.__drizzle_migrations`.execute(t.admin)
     expect(drizzle.rows[0]!.n).toBe(2)
     const status = await migrationStatus(t.admin)
@@ -49,7 +50,7 @@ describe('adopting the existing production database', () => {
     await sql`alter table skills alter column description drop not null`.execute(t.admin)
     await sql`alter table users add column nickname text`.execute(t.admin)
     const before = await takeSchemaSnapshot(t.admin)
-    const rowsBefore = await tableContents(t.admin)
+    const rowsBefore = await rowDigests(t.admin)
 
     const outcome = await migrateToLatest(t.admin)
     expect(outcome.status).toBe('error')
@@ -62,7 +63,7 @@ describe('adopting the existing production database', () => {
     ])
 
     expect(await takeSchemaSnapshot(t.admin)).toEqual(before)
-    expect(await tableContents(t.admin)).toEqual(rowsBefore)
+    expect(await rowDigests(t.admin)).toEqual(rowsBefore)
     const schema = await sql<{ n: number }>`select count(*)::int as n from pg_namespace where nspname = 'skills_db'`.execute(t.admin)
     expect(schema.rows[0]!.n).toBe(0)
   })

@@ -4,7 +4,7 @@ import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import legacySchema from '../src/migrator/legacy-schema.json' with { type: 'json' }
 import { migrateDown, migrateUp } from '../src/migrator/migrate.ts'
 import { createTestDatabase, type TestDatabase } from './support/database.ts'
-import { buildLegacyDatabase, LEGACY_ROWS } from './support/legacy.ts'
+import { buildLegacyDatabase, LEGACY_ROWS } from '../fixtures/legacy.ts'
 
 describe('0001_baseline', () => {
   let legacy: TestDatabase

@@ -10,7 +10,7 @@ import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { startCitusServer, type CitusServer } from './support/citus-server.ts'
 import { runScript } from './support/cli.ts'
 import { useTestDatabase } from './support/database.ts'
-import { LEGACY_ROWS, LEGACY_SQL } from './support/legacy.ts'
+import { LEGACY_ROWS, LEGACY_SQL } from '../fixtures/legacy.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 import { A, B, seedTwoTenants } from './support/tenants.ts'
 

@@ -146,7 +146,7 @@ describe('CLI', () => {
       const codegen = await runScript(['codegen', '--types-out', file], env)
       expect(codegen.code, codegen.stderr).toBe(0)
       expect(readFileSync(file, 'utf8')).toMatch(/hand_made: number \| null;/)
-      expect(oneLineError((await runScript(['codegen'], { DATABASE_URL: d.url }, 'src/cli/bin.ts', dir)).stderr)).toMatch(/codegen needs a file to write: pass --types-out <file>/)
+      expect(oneLineError((await runScript(['codegen'], { DATABASE_URL: d.url }, { cwd: dir })).stderr)).toMatch(/codegen needs a file to write: pass --types-out <file>/)
     } finally {
       rmSync(dir, { recursive: true, force: true })
       await d.close()

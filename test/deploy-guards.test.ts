@@ -12,10 +12,10 @@ import { adminQuery } from '../src/connection/scratch-database.ts'
 import { migrateDown, migrateToLatest, migrateUp } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { runScript } from './support/cli.ts'
-import { embeddedModuleFor } from './support/pg-majors.ts'
-import { freePort } from './support/test-server.ts'
+import { embeddedModuleFor } from '../fixtures/pg-majors.ts'
+import { freePort } from '../fixtures/test-server.ts'
 import { useLegacyDatabases, type TestDatabase } from './support/database.ts'
-import { LEGACY_SQL } from './support/legacy.ts'
+import { LEGACY_SQL } from '../fixtures/legacy.ts'
 
 const runId = inject('runId')
 const adminUrl = inject('adminUrl')

@@ -3,9 +3,9 @@ import { openDb } from '../src/connection/create-db.ts'
 import { adminQuery, createScratchDatabase } from '../src/connection/scratch-database.ts'
 import { migrateToLatest } from '../src/migrator/migrate.ts'
 import { dropRunLeftovers } from './support/leftovers.ts'
-import { newRunId } from './support/run-id.ts'
+import { newRunId } from '../fixtures/run-id.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
-import { startTestServer } from './support/test-server.ts'
+import { startTestServer } from '../fixtures/test-server.ts'
 
 declare module 'vitest' {
   export interface ProvidedContext {

@@ -4,7 +4,7 @@ import type { DB } from '../src/db-types.ts'
 import { parseTenantKey, signTenantContext } from '../src/tenancy/tenant-key.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { useTestDatabase } from './support/database.ts'
-import { TENANT_TABLES } from './support/legacy.ts'
+import { TENANT_TABLES } from '../fixtures/legacy.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 import { A, B, seedTwoTenants } from './support/tenants.ts'
 

@@ -1,8 +1,8 @@
 import { sql, type Kysely } from 'kysely'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
-import { startOldApp } from '../bench/lib/old-app.ts'
-import { countsAt, fillProductionCopy } from '../bench/lib/production-copy.ts'
+import { startOldApp } from '../fixtures/old-app.ts'
+import { countsAt, fillProductionCopy } from '../fixtures/production-copy.ts'
 import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import { createDb } from '../src/connection/create-db.ts'
 import { withDatabase } from '../src/connection/database-url.ts'
@@ -13,7 +13,8 @@ import { withTenant } from '../src/tenancy/with-tenant.ts'
 import type { DB } from '../src/db-types.ts'
 import { runMigrateCli } from './faults/support.ts'
 import { runScript } from './support/cli.ts'
-import { LEGACY_SQL, MIGRATION_NAMES, TENANT_TABLES } from './support/legacy.ts'
+import { LEGACY_SQL, TENANT_TABLES } from '../fixtures/legacy.ts'
+import { MIGRATION_NAMES } from './support/migration-names.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 
 /**
@@ -207,7 +208,7 @@ describe('managed hosting: no superuser migrates or serves', () => {
 
   it('8 app instances booting at once as the owner: each migration applied once', async () => {
     const d = await ownedLegacyDb()
-    const runs = await Promise.all(Array.from({ length: 8 }, () => runScript([], { DATABASE_URL: d.url(OWNER), APP_ROLE: appRole }, 'test/support/boot-migrate.ts')))
+    const runs = await Promise.all(Array.from({ length: 8 }, () => runScript([], { DATABASE_URL: d.url(OWNER), APP_ROLE: appRole }, { script: 'test/support/boot-migrate.ts' })))
     const outcomes = runs.map((r) => {
       expect(r.code, r.stderr).toBe(0)
       return JSON.parse(r.stdout.trim().split('\n').at(-1)!) as { status: string }

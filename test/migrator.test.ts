@@ -9,7 +9,7 @@ import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { createTestDatabase, type TestDatabase } from './support/database.ts'
 import { runScript } from './support/cli.ts'
-import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, MIGRATION_NAMES } from './support/legacy.ts'
+import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, MIGRATION_NAMES } from './support/migration-names.ts'
 import { inject } from 'vitest'
 
 const ALL = MIGRATION_NAMES
@@ -97,7 +97,7 @@ describe('migrator', () => {
   it('several app instances booting at once: each migration applied exactly once, all succeed', async () => {
     const t = await fresh()
     const runs = await Promise.all(
-      Array.from({ length: 4 }, () => runScript([], { DATABASE_URL: t.url, APP_ROLE: appRole }, 'test/support/boot-migrate.ts')),
+      Array.from({ length: 4 }, () => runScript([], { DATABASE_URL: t.url, APP_ROLE: appRole }, { script: 'test/support/boot-migrate.ts' })),
     )
     const outcomes = runs.map((r) => {
       expect(r.code, r.stderr).toBe(0)

@@ -1,12 +1,12 @@
 import { sql } from 'kysely'
 import { describe, expect, it } from 'vitest'
-import { countsAt, fillProductionCopy } from '../bench/lib/production-copy.ts'
-import { startOldApp } from '../bench/lib/old-app.ts'
+import { countsAt, fillProductionCopy } from '../fixtures/production-copy.ts'
+import { startOldApp } from '../fixtures/old-app.ts'
 import { migrateToLatest } from '../src/migrator/migrate.ts'
-import { TENANT_TABLES } from './support/legacy.ts'
+import { TENANT_TABLES } from '../fixtures/legacy.ts'
 import { inject } from 'vitest'
 import { useTestDatabase } from './support/database.ts'
-import { LEGACY_SQL } from './support/legacy.ts'
+import { LEGACY_SQL } from '../fixtures/legacy.ts'
 
 describe('migrating while the single-tenant app writes', () => {
   const t = useTestDatabase('empty')

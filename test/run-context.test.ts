@@ -3,7 +3,7 @@ import { describe, expect, inject, it } from 'vitest'
 import { migrateDown, migrateToLatest } from '../src/migrator/migrate.ts'
 import { inRun, progress, run } from '../src/online/run-context.ts'
 import { useLegacyDatabases } from './support/database.ts'
-import { MIGRATION_NAMES } from './support/legacy.ts'
+import { MIGRATION_NAMES } from './support/migration-names.ts'
 import { NOT_THE_OLD_APP } from './support/tenants.ts'
 
 describe('one run context per run', () => {

@@ -7,7 +7,7 @@ import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
 import { skillsDbMigrator } from '../src/migrator/skills-db-migrator.ts'
 import { useLegacyDatabases } from './support/database.ts'
-import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, MIGRATION_NAMES } from './support/legacy.ts'
+import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, MIGRATION_NAMES } from './support/migration-names.ts'
 
 const legacyDb = useLegacyDatabases()
 

@@ -10,11 +10,11 @@ import { adminQuery } from '../src/connection/scratch-database.ts'
 import type { DB } from '../src/db-types.ts'
 import { migrateToLatest } from '../src/migrator/migrate.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
-import { buildLegacyDatabase } from './support/legacy.ts'
-import { embeddedModuleFor } from './support/pg-majors.ts'
+import { buildLegacyDatabase } from '../fixtures/legacy.ts'
+import { embeddedModuleFor } from '../fixtures/pg-majors.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 import { A, B, seedTwoTenants } from './support/tenants.ts'
-import { freePort } from './support/test-server.ts'
+import { freePort } from '../fixtures/test-server.ts'
 
 /**
  * SQL can make withTenant's clean-up fail: DISCARD TEMP locks every temporary object at once, and

@@ -6,7 +6,7 @@ import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import { migrateToLatest } from '../src/migrator/migrate.ts'
 import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
 import { createTestDatabase, type TestDatabase } from './support/database.ts'
-import { buildLegacyDatabase, tableContents } from './support/legacy.ts'
+import { buildLegacyDatabase, rowDigests } from '../fixtures/legacy.ts'
 
 const appRole = inject('appRole')
 
@@ -61,10 +61,10 @@ describe('wrong targets and broken migrations are refused, nothing changed', () 
     dirs.push(dir)
     cpSync(MIGRATIONS_DIR, dir, { recursive: true })
     writeFileSync(path.join(dir, '0007_broken.ts'), source)
-    const rows = await tableContents(t.admin)
+    const rows = await rowDigests(t.admin)
     const outcome = await migrateToLatest(t.admin, { appRole, migrationsDir: dir })
     expect(outcome).toMatchObject({ status: 'error', steps: [], error: { message: expect.stringMatching(message) } })
-    expect(await tableContents(t.admin)).toEqual(rows)
+    expect(await rowDigests(t.admin)).toEqual(rows)
     expect((await sql<{ t: string | null }>`select to_regclass('tenants')::text as t`.execute(t.admin)).rows[0]!.t).toBeNull()
   })
 })

@@ -1,4 +1,4 @@
-import { now } from './clock.ts'
+import { now } from '../../fixtures/clock.ts'
 import pg from 'pg'
 import { createDb } from '../../src/connection/create-db.ts'
 import { migrateToLatest } from '../../src/migrator/migrate.ts'

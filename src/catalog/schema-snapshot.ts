@@ -13,18 +13,17 @@ export interface TableSnapshot {
 export type SchemaSnapshot = Record<string, TableSnapshot>
 
 export interface SnapshotOptions {
-  schema?: string
   /** Tables to leave out, e.g. the migrator's own bookkeeping. */
   exclude?: readonly string[]
 }
 
 /**
- * Describes the tables of one schema from pg_catalog: columns (type, nullability, default),
+ * Describes the tables of schema public from pg_catalog: columns (type, nullability, default),
  * constraints, indexes, triggers, policies and row security. Two databases with equal snapshots
  * have the same schema as far as the application can tell.
  */
 export async function takeSchemaSnapshot(db: Kysely<any>, options: SnapshotOptions = {}): Promise<SchemaSnapshot> {
-  const schema = options.schema ?? 'public'
+  const schema = 'public'
   const exclude = [...(options.exclude ?? []), '']
   const q = <R>(query: ReturnType<typeof sql<R>>) => query.execute(db).then((r) => r.rows)
 

@@ -98,16 +98,21 @@ export async function stopOrphanPostmaster(dataDir: string): Promise<void> {
   if (!existsSync(pidFile)) return
   const pid = Number(readFileSync(pidFile, 'utf8').split('\n')[0])
   if (!Number.isInteger(pid) || pid <= 0 || !isAlive(pid)) return
-  process.kill(pid, 'SIGINT') // fast shutdown: rolls back open transactions, keeps committed data
+  try {
+    process.kill(pid, 'SIGINT') // fast shutdown: rolls back open transactions, keeps committed data
+  } catch (error) {
+    throw new Error(`a PostgreSQL server left running on ${dataDir} (pid ${pid}) cannot be stopped by this user (${(error as Error).message}): stop it as its owner`)
+  }
   for (let i = 0; i < 100 && isAlive(pid); i++) await sleep(100)
   if (isAlive(pid)) process.kill(pid, 'SIGKILL')
 }
 
-function isAlive(pid: number): boolean {
+/** Whether a process with this pid exists: EPERM means it does, belonging to a user we may not signal. */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0)
     return true
-  } catch {
-    return false
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM'
   }
 }

@@ -8,7 +8,8 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { createDb } from '../../src/connection/create-db.ts'
 import { createScratchDatabase, dropScratchDatabase, scratchName } from '../../src/connection/scratch-database.ts'
 import { ROOT } from '../support/cli.ts'
-import { LEGACY_ROWS, LEGACY_SQL, MIGRATION_NAMES } from '../support/legacy.ts'
+import { LEGACY_ROWS, LEGACY_SQL } from '../../fixtures/legacy.ts'
+import { MIGRATION_NAMES } from '../support/migration-names.ts'
 
 const exec = promisify(execFile)
 const KEY = `app:${'k'.repeat(40)}`

@@ -1,4 +1,4 @@
-import { MIGRATION_NAMES } from '../support/legacy.ts'
+import { MIGRATION_NAMES } from '../support/migration-names.ts'
 import { sql } from 'kysely'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
@@ -44,7 +44,7 @@ describe('many app instances, held locks, lost connections', () => {
   it('8 processes call migrateToLatest() on one empty database: all succeed, each migration recorded once', async () => {
     const t = await createTestDatabase('empty')
     try {
-      const runs = await Promise.all(Array.from({ length: 8 }, () => runScript([], { DATABASE_URL: t.url, APP_ROLE: appRole }, 'test/support/boot-migrate.ts')))
+      const runs = await Promise.all(Array.from({ length: 8 }, () => runScript([], { DATABASE_URL: t.url, APP_ROLE: appRole }, { script: 'test/support/boot-migrate.ts' })))
       const outcomes = runs.map((r) => (expect(r.code, r.stderr).toBe(0), JSON.parse(r.stdout.trim().split('\n').at(-1)!)))
       expect(outcomes.map((o) => o.status).sort()).toEqual(['applied', ...Array(7).fill('up-to-date')])
       const { rows } = await sql<{ n: number; names: number }>`select count(*)::int as n, count(distinct name)::int as names from skills_db.kysely_migration`.execute(t.admin)

@@ -3,8 +3,9 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot, type SchemaSnapshot } from '../../src/catalog/schema-snapshot.ts'
 import { citusReadiness } from '../../src/citus/readiness.ts'
 import { dropScratchDatabase } from '../../src/connection/scratch-database.ts'
-import { ALL_MIGRATION_NAMES } from '../support/legacy.ts'
-import { adminDb, buildProductionCopy, checksums, cloneOf, runMigrateCli } from './support.ts'
+import { ALL_MIGRATION_NAMES } from '../support/migration-names.ts'
+import { rowDigests } from '../../fixtures/legacy.ts'
+import { adminDb, buildProductionCopy, cloneOf, runMigrateCli } from './support.ts'
 
 /** Where to pull the plug in the contract phase: its key swaps, its references, the timestamp change around an index. */
 const TRIALS: { label: string; marker: RegExp; delayMs: number }[] = [
@@ -30,7 +31,7 @@ describe('the contract phase killed with SIGKILL mid-run, then run again', () =>
     const contract = await runMigrateCli(clone.url, ['contract', '--force'])
     expect(contract.code, contract.stderr).toBe(0)
     const db = adminDb(clone.url)
-    reference = { schema: await takeSchemaSnapshot(db), sums: await checksums(db) }
+    reference = { schema: await takeSchemaSnapshot(db), sums: await rowDigests(db) }
     await db.destroy()
   })
   afterAll(async () => {
@@ -50,7 +51,7 @@ describe('the contract phase killed with SIGKILL mid-run, then run again', () =>
       const rerun = await runMigrateCli(clone.url, ['contract', '--force'])
       expect(rerun.code, rerun.stdout + rerun.stderr).toBe(0)
       expect(await takeSchemaSnapshot(db)).toEqual(reference.schema)
-      expect(await checksums(db)).toEqual(reference.sums)
+      expect(await rowDigests(db)).toEqual(reference.sums)
       expect(await citusReadiness(db)).toEqual([])
       const { rows } = await sql<{ n: number }>`select count(*)::int as n from skills_db.kysely_migration`.execute(db)
       expect(rows[0]!.n).toBe(ALL_MIGRATION_NAMES.length)

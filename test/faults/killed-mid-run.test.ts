@@ -2,8 +2,10 @@ import { sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot, type SchemaSnapshot } from '../../src/catalog/schema-snapshot.ts'
 import { dropScratchDatabase } from '../../src/connection/scratch-database.ts'
-import { MIGRATION_NAMES, TENANT_TABLES } from '../support/legacy.ts'
-import { adminDb, buildProductionCopy, checksums, cloneOf, runMigrateCli } from './support.ts'
+import { TENANT_TABLES } from '../../fixtures/legacy.ts'
+import { MIGRATION_NAMES } from '../support/migration-names.ts'
+import { rowDigests } from '../../fixtures/legacy.ts'
+import { adminDb, buildProductionCopy, cloneOf, runMigrateCli } from './support.ts'
 
 /** Where to pull the plug: right after a progress line, so every migration and its slow steps are hit. */
 const TRIALS: { label: string; marker: RegExp; delayMs: number; nulls?: boolean }[] = [
@@ -41,7 +43,7 @@ describe('killed with SIGKILL mid-run, then run again', () => {
     const run = await runMigrateCli(clone.url, ['latest'])
     expect(run.code, run.stderr).toBe(0)
     const db = adminDb(clone.url)
-    reference = { schema: await takeSchemaSnapshot(db), sums: await checksums(db) }
+    reference = { schema: await takeSchemaSnapshot(db), sums: await rowDigests(db) }
     await db.destroy()
   })
   afterAll(async () => {
@@ -71,7 +73,7 @@ describe('killed with SIGKILL mid-run, then run again', () => {
       expect(rerun.code, rerun.stdout + rerun.stderr).toBe(0)
       if (/dropping INVALID index/.test(rerun.stdout)) invalidRebuilt++
       expect(await takeSchemaSnapshot(db)).toEqual(reference.schema) // no INVALID index, no leftover CHECK
-      expect(await checksums(db)).toEqual(reference.sums)
+      expect(await rowDigests(db)).toEqual(reference.sums)
       for (const table of TENANT_TABLES) {
         const { rows } = await sql<{ n: number }>`select count(*)::int as n from ${sql.table(table)} where tenant_id is distinct from (select id from tenants where slug = 'default')`.execute(db)
         expect(rows[0]!.n, table).toBe(0)

@@ -7,12 +7,21 @@ const TSX = pathToFileURL(path.join(ROOT, 'node_modules/tsx/dist/loader.mjs')).h
 
 export interface CliResult {
   code: number | null
+  signal: NodeJS.Signals | null
   stdout: string
   stderr: string
 }
 
-/** Runs a TypeScript entry point (default: the skills-db CLI, as the npm scripts run it) in a child process. */
-export function runScript(args: string[], env: Record<string, string | undefined>, script = 'src/cli/bin.ts', cwd = ROOT): Promise<CliResult> {
+export interface RunOptions {
+  /** The entry point (default: the skills-db CLI, as the npm scripts run it). */
+  script?: string
+  cwd?: string
+  /** SIGKILL the child `delayMs` after its output first matches `marker` (its progress lines say where it is). */
+  killOn?: { marker: RegExp; delayMs: number }
+}
+
+/** Runs a TypeScript entry point in a child process: the one way tests run the CLI. */
+export function runScript(args: string[], env: Record<string, string | undefined>, { script = 'src/cli/bin.ts', cwd = ROOT, killOn }: RunOptions = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     // tsx by its path: the child may run in another directory (where the app's package.json is).
     const child = spawn(process.execPath, ['--import', TSX, path.resolve(ROOT, script), ...args], {
@@ -22,9 +31,16 @@ export function runScript(args: string[], env: Record<string, string | undefined
     })
     let stdout = ''
     let stderr = ''
-    child.stdout.on('data', (d) => (stdout += d))
+    let armed = killOn !== undefined
+    child.stdout.on('data', (d) => {
+      stdout += d
+      if (armed && killOn!.marker.test(stdout)) {
+        armed = false
+        setTimeout(() => child.kill('SIGKILL'), killOn!.delayMs)
+      }
+    })
     child.stderr.on('data', (d) => (stderr += d))
     child.on('error', reject)
-    child.on('close', (code) => resolve({ code, stdout, stderr }))
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }))
   })
 }

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, inject } from 'vitest'
 import { createDb } from '../../src/connection/create-db.ts'
 import { createScratchDatabase, dropScratchDatabase, scratchName } from '../../src/connection/scratch-database.ts'
 import type { DB } from '../../src/db-types.ts'
-import { buildLegacyDatabase } from './legacy.ts'
+import { buildLegacyDatabase } from '../../fixtures/legacy.ts'
 
 export interface TestDatabase {
   name: string

@@ -1,6 +1,7 @@
 import pg from 'pg'
 import { adminQuery } from '../../src/connection/scratch-database.ts'
-import { isAlive, ownerPidOf } from './run-id.ts'
+import { isAlive } from '../../src/connection/embedded-postgres.ts'
+import { ownerPidOf } from '../../fixtures/run-id.ts'
 
 /**
  * Drops the databases and roles of one test run (`runId`), or of every run whose process is gone
