@@ -54,12 +54,30 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         await refuseReplayableTransactionIds(conn)
         const app = await appRoleName(conn)
 
+        // Every function the policies, triggers and defaults call must exist where they run: on every
+        // node, before a table that calls it is. PL/pgSQL bodies are not resolved until they run, so
+        // those go first; SQL bodies are checked when created, so those go once the reference tables
+        // (which they may read) are there too, before the distributed tables.
+        const functions = async (sqlLanguage: boolean) => (await sql<{ fn: string }>`
+          select p.oid::regprocedure::text as fn from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+          where n.nspname in ('public', 'skills_db', 'tenant_context') and p.prokind = 'f'
+            and (p.prolang = (select oid from pg_catalog.pg_language where lanname = 'sql')) = ${sqlLanguage}
+            and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e')
+          order by 1`.execute(conn)).rows.map((r) => r.fn)
+        const onEveryNode = async (fns: string[]) => {
+          for (const fn of fns) await sql`select create_distributed_function(${fn}::text)`.execute(conn)
+          logger.info(`  on every node: ${fns.join(', ') || 'no function'}`)
+        }
+        await onEveryNode(await functions(false))
+
         for (const table of ['public.tenants', 'skills_db.tenant_context_keys']) {
           if (!(await isCitusTable(conn, table))) {
             await sql`select create_reference_table(${table}::regclass)`.execute(conn)
             logger.info(`  ${table}: a reference table`)
           }
         }
+
+        await onEveryNode(await functions(true))
 
         const keys = recorded ? JSON.parse(recorded) as { table: string; name: string; definition: string }[] : await foreignKeysBetweenTenantTables(conn)
         if (!recorded) await record(conn, FOREIGN_KEYS, JSON.stringify(keys), { replace: true })
