@@ -18,7 +18,7 @@ export { SchemaMismatchError } from './migrator/legacy-adoption.ts'
 export { InvalidMigrationError } from './migrator/migration-provider.ts'
 export { MigrationLockTimeout } from './migrator/migration-lock.ts'
 export { Refusal, type RefusalKind } from './online/refusal.ts'
-export { DataLossRefused } from './online/data-loss-guard.ts'
+export { DataLossRefused, DownBlocked } from './online/data-loss-guard.ts'
 export { LockRetryExhausted } from './online/lock-retry.ts'
 export { DatabaseUrlError } from './connection/database-url.ts'
 

@@ -2,7 +2,7 @@ import { sql, type Kysely } from 'kysely'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import { citusReadiness } from '../src/citus/readiness.ts'
-import { distribute, DistributeRefused } from '../src/citus/distribute.ts'
+import { distribute, DistributeRefused, distributionOrder } from '../src/citus/distribute.ts'
 import { createDb } from '../src/connection/create-db.ts'
 import type { DB } from '../src/db-types.ts'
 import { migrateContract, migrateToLatest } from '../src/migrator/migrate.ts'
@@ -10,7 +10,7 @@ import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { startCitusServer, type CitusServer } from './support/citus-server.ts'
 import { runScript } from './support/cli.ts'
 import { useTestDatabase } from './support/database.ts'
-import { LEGACY_ROWS, LEGACY_SQL } from '../fixtures/legacy.ts'
+import { LEGACY_ROWS, LEGACY_SQL, TENANT_TABLES } from '../fixtures/legacy.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 import { A, B, seedTwoTenants } from './support/tenants.ts'
 
@@ -24,6 +24,16 @@ describe('distribute without Citus', () => {
     expect(cli.code).toBe(1)
     expect(cli.stderr.trim().split('\n')).toEqual(['error: this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see the README, "Scale-out on Citus"'])
     expect(await takeSchemaSnapshot(t.admin)).toEqual(before)
+  })
+
+  it('distributes every table the check sees as a tenant table, each after the tables it references', async () => {
+    const order = await distributionOrder(t.admin)
+    expect([...order].sort()).toEqual([...TENANT_TABLES, 'audit_logs'].sort())
+    const { rows } = await sql<{ child: string; parent: string }>`select c.relname as child, p.relname as parent from pg_constraint k
+      join pg_class c on c.oid = k.conrelid join pg_class p on p.oid = k.confrelid
+      where k.contype = 'f' and c.relname = any(${order}) and p.relname = any(${order}) and c.oid <> p.oid`.execute(t.admin)
+    expect(rows.length).toBeGreaterThan(10)
+    for (const { child, parent } of rows) expect(order.indexOf(parent), `${parent} before ${child}`).toBeLessThan(order.indexOf(child))
   })
 
   it('check --citus names what the expand schema breaks, and exits 1', async () => {

@@ -1,11 +1,12 @@
-import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { sql } from 'kysely'
+import { sql, type Kysely } from 'kysely'
 import { afterAll, describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import { migrateContract, migrateTo } from '../src/migrator/migrate.ts'
 import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
+import { ROOT } from './support/cli.ts'
 import { useLegacyDatabases } from './support/database.ts'
 import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, MIGRATION_NAMES } from './support/migration-names.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
@@ -27,7 +28,7 @@ describe('migrations are frozen: they import machinery, never the facts of the r
 
 /** A later migration of the kind the next person writes: a tenth tenant table, with its own facts. */
 const blocks = '../online' // (spelled apart: this file's own imports are checked by test/layout.test.ts)
-const TENTH_TABLE = `import { sql } from 'kysely'
+const TENTH_TABLE = `import { sql, type Kysely } from 'kysely'
 import { appRoleName } from '${blocks}/app-role.ts'
 import { grant } from '${blocks}/grant.ts'
 import { withLockRetry } from '${blocks}/lock-retry.ts'
@@ -50,27 +51,67 @@ export const up = (db) => applySteps(db, steps)
 export const down = (db) => revertSteps(db, steps)
 `
 
-describe('a tenth tenant table, added by a new migration', () => {
+const HISTORY_DIR = path.join(ROOT, 'test/history')
+
+/**
+ * What a migration leaves behind, as a fixed text: the tables of public (columns, constraints,
+ * indexes, triggers, policies, row security), the privileges on them, and the functions of
+ * skills-db's schemas. The app role's name (per test run) reads as app_user.
+ */
+async function historySnapshot(db: Kysely<any>, appRole: string): Promise<unknown> {
+  const rows = async <R>(q: ReturnType<typeof sql<R>>) => (await q.execute(db)).rows
+  const state = {
+    tables: await takeSchemaSnapshot(db),
+    privileges: await rows(sql`select c.relname as table, r.rolname as grantee, string_agg(a.privilege_type, ',' order by a.privilege_type) as privileges
+      from pg_class c, aclexplode(c.relacl) a join pg_roles r on r.oid = a.grantee
+      where c.relnamespace = 'public'::regnamespace and c.relkind = 'r' and a.grantee <> c.relowner group by 1, 2 order by 1, 2`),
+    functions: await rows(sql`select p.oid::regprocedure::text as name, pg_get_functiondef(p.oid) as definition
+      from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname in ('public', 'skills_db', 'tenant_context') order by 1`),
+  }
+  return JSON.parse(JSON.stringify(state).replaceAll(appRole, 'app_user'))
+}
+
+/** The recorded history of `name`: written with UPDATE_HISTORY=1 (a new migration), compared otherwise. */
+function expectRecorded(name: string, actual: unknown, label: string): void {
+  const file = path.join(HISTORY_DIR, `${name}.json`)
+  if (process.env.UPDATE_HISTORY === '1' && label === 'as written') {
+    mkdirSync(HISTORY_DIR, { recursive: true })
+    writeFileSync(file, `${JSON.stringify(actual, null, 2)}\n`)
+  }
+  if (!existsSync(file)) throw new Error(`test/history/${name}.json is missing: a new migration's catalog is recorded with UPDATE_HISTORY=1 npx vitest run test/migrations-frozen.test.ts`)
+  expect(actual, `${name}, ${label}: the catalog it leaves differs from the one recorded in test/history/${name}.json`).toEqual(JSON.parse(readFileSync(file, 'utf8')))
+}
+
+/**
+ * The catalog each migration leaves on a fresh install, compared with the one recorded when it was
+ * written: a migration that changes meaning when other code changes fails here. The same with a
+ * tenth tenant table added by a new migration after them.
+ */
+describe('the history: each migration leaves the catalog recorded when it was written', () => {
   const legacyDb = useLegacyDatabases()
   const dirs: string[] = []
   afterAll(() => dirs.forEach((d) => rmSync(d, { recursive: true, force: true })))
 
-  it('leaves what the migrations before it made untouched on a fresh install, and is isolated like the nine', async () => {
+  it('on a fresh install, with or without a tenth tenant table added by a later migration; the tenth is isolated like the nine', async () => {
     // Beside src/migrations, so the copies' relative imports of the building blocks resolve.
     const dir = mkdtempSync(path.join(MIGRATIONS_DIR, '..', '.test-migrations-'))
     dirs.push(dir)
     cpSync(MIGRATIONS_DIR, dir, { recursive: true })
     const tenth = `${String(ALL_MIGRATION_NAMES.length + 1).padStart(4, '0')}_add_skill_tags`
     writeFileSync(path.join(dir, `${tenth}.ts`), TENTH_TABLE)
+    const appRole = inject('appRole')
     const [plain, extended] = await Promise.all([legacyDb(), legacyDb()])
-    const options = { appRole: inject('appRole'), tenantKeys: [TEST_TENANT_KEY], allowOldAppSessions: true, timestampsAreUtc: true }
-    // Migration by migration up to the contract phase (0001 is adopted, not run), the same catalog with and without it.
+    const options = { appRole, tenantKeys: [TEST_TENANT_KEY], allowOldAppSessions: true, timestampsAreUtc: true }
+    // Migration by migration up to the contract phase (0001 is adopted, not run).
     for (const name of MIGRATION_NAMES) {
-      expect(await migrateTo(plain.admin, name, options), name).toMatchObject({ status: name === '0001_baseline' ? 'up-to-date' : 'applied' })
-      expect(await migrateTo(extended.admin, name, { ...options, migrationsDir: dir }), name).toMatchObject({ status: name === '0001_baseline' ? 'up-to-date' : 'applied' })
-      expect(await takeSchemaSnapshot(extended.admin), `after ${name}`).toEqual(await takeSchemaSnapshot(plain.admin))
+      const status = name === '0001_baseline' ? 'up-to-date' : 'applied'
+      expect(await migrateTo(plain.admin, name, options), name).toMatchObject({ status })
+      expect(await migrateTo(extended.admin, name, { ...options, migrationsDir: dir }), name).toMatchObject({ status })
+      expectRecorded(name, await historySnapshot(plain.admin, appRole), 'as written')
+      expectRecorded(name, await historySnapshot(extended.admin, appRole), `with ${tenth} in the folder`)
     }
     expect(await migrateContract(plain.admin, options)).toMatchObject({ status: 'applied', steps: CONTRACT_MIGRATION_NAMES.map((name) => ({ name })) })
+    for (const name of CONTRACT_MIGRATION_NAMES.slice(-1)) expectRecorded(name, await historySnapshot(plain.admin, appRole), 'as written')
     expect(await migrateContract(extended.admin, { ...options, migrationsDir: dir })).toMatchObject({ status: 'applied', steps: [...CONTRACT_MIGRATION_NAMES, tenth].map((name) => ({ name })) })
     const { skill_tags: tags, ...rest } = await takeSchemaSnapshot(extended.admin)
     expect(rest).toEqual(await takeSchemaSnapshot(plain.admin))
@@ -78,8 +119,8 @@ describe('a tenth tenant table, added by a new migration', () => {
 
     await seedTwoTenants(extended.admin)
     await sql`insert into skill_tags values (${A}, 'tA', 'sA1', 'dev'), (${B}, 'tB', 'sB1', 'dev')`.execute(extended.admin)
-    await sql.raw(`alter role "${inject('appRole')}" password 'test'`).execute(extended.admin)
-    const app = extended.connectAs(inject('appRole'))
+    await sql.raw(`alter role "${appRole}" password 'test'`).execute(extended.admin)
+    const app = extended.connectAs(appRole)
     const seen = await withTenant(app as never, A, async (trx) => (await sql<{ id: string }>`select id from skill_tags order by id`.execute(trx)).rows.map((r) => r.id))
     expect(seen).toEqual(['tA'])
   })

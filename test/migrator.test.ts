@@ -57,7 +57,7 @@ describe('migrator', () => {
       expect(to.steps.map((s) => s.name)).toEqual(ALL.slice(1).reverse())
     }
     const unknown = await migrateDown(t.admin, { to: '0099_nope' })
-    expect(unknown).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/unknown migration "0099_nope"/) } })
+    expect(unknown).toMatchObject({ status: 'error', error: { kind: 'unknown-migration', message: expect.stringMatching(/unknown migration "0099_nope"/) } })
     const all = await migrateDown(t.admin, { to: 'all' })
     expect(all.steps.map((s) => s.name)).toEqual([ALL[0]])
     expect((await migrationStatus(t.admin)).applied).toEqual([])
@@ -71,7 +71,7 @@ describe('migrator', () => {
     const status = await migrationStatus(t.admin)
     expect(status.unknown.map((m) => m.name)).toEqual(['0999_from_the_future'])
     const outcome = await migrateToLatest(t.admin, { appRole })
-    expect(outcome).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/records migration 0999_from_the_future but this code does not have it/) } })
+    expect(outcome).toMatchObject({ status: 'error', error: { kind: 'unknown-migration', message: expect.stringMatching(/records migration 0999_from_the_future but this code does not have it/) } })
   })
 
   it('make creates the next numbered file and refuses bad or duplicate names', () => {

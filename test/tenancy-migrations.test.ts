@@ -253,6 +253,8 @@ describe('reversible', () => {
     const before = await takeSchemaSnapshot(t.admin)
     const refused = await migrateDown(t.admin)
     expect(refused).toMatchObject({ status: 'error', error: { migration: '0005_enforce_tenant_id', message: expect.stringMatching(/skills\.slug "lint" is used by several tenants/) } })
+    // No option overrules it: the data must change first.
+    expect(await migrateDown(t.admin, { to: '0004_backfill_tenant_id', allowDataLoss: true })).toMatchObject({ status: 'error', error: { kind: 'down-blocked', migration: '0005_enforce_tenant_id' } })
     expect(await takeSchemaSnapshot(t.admin)).toEqual(before)
   })
 

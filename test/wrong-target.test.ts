@@ -1,3 +1,4 @@
+import { SchemaMismatchError } from '../src/migrator/legacy-adoption.ts'
 import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { sql } from 'kysely'
@@ -45,6 +46,7 @@ describe('wrong targets and broken migrations are refused, nothing changed', () 
     await sql`create table orders (id serial primary key, total numeric)`.execute(t.admin)
     const outcome = await migrateToLatest(t.admin, { appRole })
     expect(outcome.status).toBe('error')
+    expect(outcome).toMatchObject({ status: 'error', error: { kind: 'schema-mismatch', cause: expect.any(SchemaMismatchError) } })
     expect(outcome.status === 'error' && outcome.error.message).toMatch(/not the legacy schema .*Nothing was changed/)
     expect(outcome.status === 'error' && outcome.error.details).toContain('table orders: unexpected')
     expect(await schemas(t)).toEqual(['public'])
@@ -63,7 +65,7 @@ describe('wrong targets and broken migrations are refused, nothing changed', () 
     writeFileSync(path.join(dir, '0007_broken.ts'), source)
     const rows = await rowDigests(t.admin)
     const outcome = await migrateToLatest(t.admin, { appRole, migrationsDir: dir })
-    expect(outcome).toMatchObject({ status: 'error', steps: [], error: { message: expect.stringMatching(message) } })
+    expect(outcome).toMatchObject({ status: 'error', steps: [], error: { kind: 'invalid-migration', message: expect.stringMatching(message) } })
     expect(await rowDigests(t.admin)).toEqual(rows)
     expect((await sql<{ t: string | null }>`select to_regclass('tenants')::text as t`.execute(t.admin)).rows[0]!.t).toBeNull()
   })

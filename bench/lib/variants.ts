@@ -17,11 +17,8 @@ export async function runSkillsDb(url: string, appRole: string): Promise<Migrati
   const db = createDb<any>(url, { max: 1, applicationName: 'skills-db migrator' })
   try {
     const outcome = await migrateToLatest(db, { appRole, tenantKeys: [BENCH_TENANT_KEY] })
-    const end = now()
-    // The migrations ran one after another, the last ending with the run: each started the sum of
-    // its own and its successors' durations before the end.
-    let at = end
-    const steps = outcome.steps.toReversed().map((s) => ({ name: s.name, start: (at -= s.durationMs), ms: s.durationMs })).toReversed()
+    // Each step's start on the bench's clock: as long before now as its wall-clock start.
+    const steps = outcome.steps.map((s) => ({ name: s.name, start: now() - (Date.now() - s.startedAt.getTime()), ms: s.durationMs }))
     return outcome.status === 'error' ? { ok: false, error: `${outcome.error.migration}: ${outcome.error.message}`, steps } : { ok: true, steps }
   } finally {
     await db.destroy()

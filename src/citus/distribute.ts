@@ -2,7 +2,8 @@ import { sql, type Kysely } from 'kysely'
 import { appRoleName } from '../online/app-role.ts'
 import { forget, readRecorded, record } from '../online/recorded-settings.ts'
 import { withMigrationLock } from '../migrator/migration-lock.ts'
-import { silentLogger, type MigrationLogger } from '../migrator/migration-logger.ts'
+import type { MigrationLogger } from '../migrator/migration-logger.ts'
+import { inRun, progress } from '../online/run-context.ts'
 import { citusReadiness } from './readiness.ts'
 import { CITUS_CHALLENGE, CITUS_CURRENT_TENANT, CITUS_ENTER } from './worker-tenant-context.ts'
 
@@ -16,8 +17,6 @@ export interface DistributeOptions {
   shardCount?: number
 }
 
-/** The parents first: a table is distributed after the tables it references (Citus's rule). */
-const ORDER = ['users', 'skills', 'ratings', 'usage_events', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings', 'audit_logs']
 const FOREIGN_KEYS = 'citus_foreign_keys'
 
 /**
@@ -32,8 +31,7 @@ const FOREIGN_KEYS = 'citus_foreign_keys'
  * are recorded before they are dropped and added back after.
  */
 export async function distribute(db: Kysely<any>, options: DistributeOptions = {}): Promise<{ distributed: string[] }> {
-  const logger = options.logger ?? silentLogger
-  return db.connection().execute(async (conn) => {
+  return inRun(options.logger ? { logger: options.logger } : {}, () => db.connection().execute(async (conn) => {
     const { rows } = await sql<{ v: string | null }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
     if (!rows[0]?.v) {
       throw new DistributeRefused('this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see the README, "Scale-out on Citus"')
@@ -42,7 +40,7 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
       pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', false)`.execute(conn)
     if (options.shardCount) await sql`select pg_catalog.set_config('citus.shard_count', ${String(options.shardCount)}::text, false)`.execute(conn)
     try {
-      return await withMigrationLock(conn, logger, async () => {
+      return await withMigrationLock(conn, async () => {
         const recorded = await readRecorded(conn, FOREIGN_KEYS)
         // A run killed after dropping the foreign keys has no longer a schema that passes: finish it first.
         if (!recorded) {
@@ -52,6 +50,7 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
           }
         }
         await refuseReplayableTransactionIds(conn)
+        const tables = await distributionOrder(conn)
         const app = await appRoleName(conn)
 
         // Every function the policies, triggers and defaults call must exist where they run: on every
@@ -66,28 +65,29 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
           order by 1`.execute(conn)).rows.map((r) => r.fn)
         const onEveryNode = async (fns: string[]) => {
           for (const fn of fns) await sql`select create_distributed_function(${fn}::text)`.execute(conn)
-          logger.info(`  on every node: ${fns.join(', ') || 'no function'}`)
+          progress(`  on every node: ${fns.join(', ') || 'no function'}`)
         }
         await onEveryNode(await functions(false))
 
         for (const table of ['public.tenants', 'skills_db.tenant_context_keys']) {
           if (!(await isCitusTable(conn, table))) {
             await sql`select create_reference_table(${table}::regclass)`.execute(conn)
-            logger.info(`  ${table}: a reference table`)
+            progress(`  ${table}: a reference table`)
           }
         }
 
         await onEveryNode(await functions(true))
 
-        const keys = recorded ? JSON.parse(recorded) as { table: string; name: string; definition: string }[] : await foreignKeysBetweenTenantTables(conn)
+        const keys = recorded ? JSON.parse(recorded) as { table: string; name: string; definition: string }[] : await foreignKeysBetween(conn, tables)
         if (!recorded) await record(conn, FOREIGN_KEYS, JSON.stringify(keys), { replace: true })
         for (const k of keys) await sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(conn)
         const distributed: string[] = []
-        for (const table of ORDER) {
+        for (const table of tables) {
           if (await isCitusTable(conn, `public.${table}`)) continue
-          await sql`select create_distributed_table(${`public.${table}`}::regclass, 'tenant_id', colocate_with => ${table === 'users' ? 'default' : 'users'}::text)`.execute(conn)
+          // One colocation group: a tenant's rows of every table on the same node.
+          await sql`select create_distributed_table(${`public.${table}`}::regclass, 'tenant_id', colocate_with => ${table === tables[0] ? 'default' : tables[0]!}::text)`.execute(conn)
           distributed.push(table)
-          logger.info(`  ${table}: distributed by tenant_id`)
+          progress(`  ${table}: distributed by tenant_id`)
         }
         for (const k of keys) {
           const { rows: present } = await sql`select 1 from pg_catalog.pg_constraint where conname = ${k.name} and conrelid = ${`public.${k.table}`}::regclass`.execute(conn)
@@ -105,14 +105,14 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         await sql`revoke all on function tenant_context.challenge() from public`.execute(conn)
         await sql`grant execute on function tenant_context.challenge() to ${sql.id(app)}`.execute(conn)
         await sql`alter role ${sql.id(app)} set citus.propagate_set_commands = 'local'`.execute(conn)
-        logger.info(`  tenant context: checked on every node; ${app}'s SET LOCAL commands reach the workers`)
+        progress(`  tenant context: checked on every node; ${app}'s SET LOCAL commands reach the workers`)
         return { distributed }
       })
     } finally {
       await sql`rollback`.execute(conn).catch(() => {})
       await sql`reset all`.execute(conn).catch(() => {})
     }
-  })
+  }))
 }
 
 async function isCitusTable(db: Kysely<any>, table: string): Promise<boolean> {
@@ -120,12 +120,37 @@ async function isCitusTable(db: Kysely<any>, table: string): Promise<boolean> {
   return rows.length > 0
 }
 
-/** Every foreign key from one tenant table to another, as `ALTER TABLE … ADD CONSTRAINT` takes it. */
-async function foreignKeysBetweenTenantTables(db: Kysely<any>) {
+/**
+ * The tables to distribute, as the readiness check sees them (every table of public with a
+ * tenant_id column), parents first: Citus distributes a table only after those it references.
+ */
+export async function distributionOrder(db: Kysely<any>): Promise<string[]> {
+  const { rows } = await sql<{ table: string; parents: string[] }>`
+    select c.relname as table,
+      array(select distinct p.relname::text from pg_catalog.pg_constraint k join pg_catalog.pg_class p on p.oid = k.confrelid
+        where k.contype = 'f' and k.conrelid = c.oid and k.confrelid <> c.oid) as parents
+    from pg_catalog.pg_class c
+    where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p')
+      and exists (select 1 from pg_catalog.pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped)
+    order by 1`.execute(db)
+  const names = new Set(rows.map((r) => r.table))
+  const ordered: string[] = []
+  const visit = (table: string, path: string[]) => {
+    if (ordered.includes(table)) return
+    if (path.includes(table)) throw new DistributeRefused(`the tenant tables reference each other in a cycle (${[...path, table].join(' → ')}): Citus cannot distribute them in order; nothing was changed`)
+    for (const parent of rows.find((r) => r.table === table)!.parents) if (names.has(parent)) visit(parent, [...path, table])
+    ordered.push(table)
+  }
+  for (const r of rows) visit(r.table, [])
+  return ordered
+}
+
+/** Every foreign key from one of `tables` to another, as `ALTER TABLE … ADD CONSTRAINT` takes it. */
+async function foreignKeysBetween(db: Kysely<any>, tables: string[]) {
   const { rows } = await sql<{ table: string; name: string; definition: string }>`
     select c.relname as table, k.conname as name, pg_catalog.pg_get_constraintdef(k.oid) as definition
     from pg_catalog.pg_constraint k join pg_catalog.pg_class c on c.oid = k.conrelid join pg_catalog.pg_class p on p.oid = k.confrelid
-    where k.contype = 'f' and c.relnamespace = 'public'::regnamespace and c.relname = any(${ORDER}) and p.relname = any(${ORDER})
+    where k.contype = 'f' and c.relnamespace = 'public'::regnamespace and c.relname = any(${tables}) and p.relname = any(${tables})
     order by 1, 2`.execute(db)
   return rows
 }

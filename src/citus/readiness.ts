@@ -41,7 +41,7 @@ export async function citusReadiness(db: Kysely<any>): Promise<CitusViolation[]>
   // Citus: "Distributed relations cannot have UNIQUE, EXCLUDE, or PRIMARY KEY constraints that do not include the partition column".
   add('keys include tenant_id', (await sql<{ object: string; message: string }>`
     select c.relname || '.' || ic.relname as object,
-      pg_catalog.format('%s index (%s) does not include tenant_id', case when i.indisprimary then 'the primary key' else 'a unique' end,
+      pg_catalog.format('%s index (%s) does not include tenant_id', case when i.indisprimary then 'the primary key' when i.indisexclusion then 'an exclusion constraint''s' else 'a unique' end,
         pg_catalog.pg_get_indexdef(i.indexrelid, 0, true)) as message
     from pg_catalog.pg_index i join pg_catalog.pg_class c on c.oid = i.indrelid join pg_catalog.pg_class ic on ic.oid = i.indexrelid
     where i.indrelid in ${DISTRIBUTED} and (i.indisunique or i.indisexclusion)
@@ -82,7 +82,7 @@ export async function citusReadiness(db: Kysely<any>): Promise<CitusViolation[]>
     from pg_catalog.pg_attribute a join pg_catalog.pg_class c on c.oid = a.attrelid
     where a.attrelid in ${DISTRIBUTED} and a.attname = 'tenant_id' and not a.attnotnull order by 1`.execute(db)).rows)
   add('tenant_id of one type', (await sql<{ object: string; message: string }>`
-    with t as (select c.relname, pg_catalog.format_type(a.atttypid, a.atttypmod) as type, a.attcollation
+    with t as (select c.relname, pg_catalog.format_type(a.atttypid, a.atttypmod) as type
       from pg_catalog.pg_attribute a join pg_catalog.pg_class c on c.oid = a.attrelid where a.attrelid in ${DISTRIBUTED} and a.attname = 'tenant_id')
     select t.relname || '.tenant_id' as object, pg_catalog.format('is %s, where tenants.id is %s: colocated tables need one type', t.type, r.type) as message
     from t, (select pg_catalog.format_type(a.atttypid, a.atttypmod) as type from pg_catalog.pg_attribute a
@@ -121,10 +121,6 @@ export async function citusReadiness(db: Kysely<any>): Promise<CitusViolation[]>
     order by 1`.execute(db)).rows)
 
   // Other refusals of create_distributed_table, from Citus's source.
-  add('no exclusion constraints', (await sql<{ object: string; message: string }>`
-    select c.relname || '.' || k.conname as object, 'an exclusion constraint: Citus accepts them only with tenant_id compared by equality' as message
-    from pg_catalog.pg_constraint k join pg_catalog.pg_class c on c.oid = k.conrelid
-    where k.contype = 'x' and k.conrelid in ${DISTRIBUTED} order by 1`.execute(db)).rows)
   add('identity columns are bigint', (await sql<{ object: string; message: string }>`
     select c.relname || '.' || a.attname as object, pg_catalog.format('an identity column of type %s: Citus distributes bigint ones only', pg_catalog.format_type(a.atttypid, a.atttypmod)) as message
     from pg_catalog.pg_attribute a join pg_catalog.pg_class c on c.oid = a.attrelid

@@ -101,7 +101,9 @@ export async function stopOrphanPostmaster(dataDir: string): Promise<void> {
   try {
     process.kill(pid, 'SIGINT') // fast shutdown: rolls back open transactions, keeps committed data
   } catch (error) {
-    throw new Error(`a PostgreSQL server left running on ${dataDir} (pid ${pid}) cannot be stopped by this user (${(error as Error).message}): stop it as its owner`)
+    // EPERM: the pid now belongs to another user's process, so the file is stale (as PostgreSQL itself reads it).
+    if ((error as NodeJS.ErrnoException).code === 'EPERM') return
+    throw error
   }
   for (let i = 0; i < 100 && isAlive(pid); i++) await sleep(100)
   if (isAlive(pid)) process.kill(pid, 'SIGKILL')

@@ -1,6 +1,6 @@
 import { sql, type Kysely } from 'kysely'
 import { index } from '../online/concurrent-index.ts'
-import { DataLossRefused, guardDown } from '../online/data-loss-guard.ts'
+import { DownBlocked, guardDown } from '../online/data-loss-guard.ts'
 import { databaseFunction } from '../online/database-function.ts'
 import { foreignKey, type ForeignKeySpec } from '../online/foreign-key.ts'
 import { notNull } from '../online/not-null.ts'
@@ -215,7 +215,7 @@ const steps: Step[] = [
     for (const [table, column] of [['skills', 'slug'], ['users', 'email'], ['skill_embeddings', 'skill_id'], ['skill_reviews', 'skill_id'], ['site_settings', 'id']] as const) {
       const { rows } = await sql<{ v: string }>`select ${sql.ref(column)}::text as v from ${sql.table(table)} group by 1 having count(*) > 1 limit 1`.execute(db)
       if (rows[0]) {
-        throw new DataLossRefused(`cannot roll back 0005: ${table}.${column} "${rows[0].v}" is used by several tenants, and ${table}.${column} must be globally unique again; remove the duplicates first`)
+        throw new DownBlocked(`cannot roll back 0005: ${table}.${column} "${rows[0].v}" is used by several tenants, and ${table}.${column} must be globally unique again; remove the duplicates first`)
       }
     }
   }),

@@ -2,7 +2,7 @@ import { sql, type Kysely } from 'kysely'
 import { analyzed } from '../online/analyze.ts'
 import { alterTable } from '../online/alter-table.ts'
 import { index } from '../online/concurrent-index.ts'
-import { DataLossRefused, guardDown } from '../online/data-loss-guard.ts'
+import { DownBlocked, guardDown } from '../online/data-loss-guard.ts'
 import { foreignKey } from '../online/foreign-key.ts'
 import { oldAppRoles } from '../online/old-app-roles.ts'
 import { policy } from '../online/policy.ts'
@@ -298,7 +298,7 @@ const globalKeysRestorable = guardDown('global keys can be restored', async (db)
     const { rows } = await sql<{ v: string }>`select concat_ws(', ', ${sql.join(columns.map((c) => sql.ref(c)))}) as v from ${sql.table(table)}
       group by ${sql.join(columns.map((c) => sql.ref(c)))} having count(*) > 1 limit 1`.execute(db)
     if (rows[0]) {
-      throw new DataLossRefused(`cannot roll back the contract phase: ${table} (${columns.join(', ')}) "${rows[0].v}" is used by several tenants, and must be globally unique again; remove the duplicates first`)
+      throw new DownBlocked(`cannot roll back the contract phase: ${table} (${columns.join(', ')}) "${rows[0].v}" is used by several tenants, and must be globally unique again; remove the duplicates first`)
     }
   }
 })

@@ -1,7 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { diffSnapshots, takeSchemaSnapshot, type SchemaSnapshot } from '../catalog/schema-snapshot.ts'
 import legacySchema from './legacy-schema.json' with { type: 'json' }
-import type { MigrationLogger } from './migration-logger.ts'
+import { progress } from '../online/run-context.ts'
 import { readAppliedMigrations, recordApplied } from './migration-table.ts'
 
 export const BASELINE_MIGRATION = '0001_baseline'
@@ -24,14 +24,14 @@ export class SchemaMismatchError extends Error {
  *
  * @returns whether the database was adopted
  */
-export async function adoptLegacySchema(db: Kysely<any>, logger: MigrationLogger): Promise<boolean> {
+export async function adoptLegacySchema(db: Kysely<any>): Promise<boolean> {
   if ((await readAppliedMigrations(db)).length > 0) return false
   const strays = await emptyKyselyBookkeeping(db)
   const { rows } = await sql<{ n: number }>`
     select count(*)::int as n from pg_class c join pg_namespace n on n.oid = c.relnamespace
     where n.nspname = 'public' and c.relkind in ('r', 'p', 'v', 'm') and c.relname <> all(${strays}::text[])`.execute(db)
   if (strays.length > 0) {
-    logger.info(`left ${strays.join(' and ')} in public alone: Kysely's own bookkeeping, made by a migrator that applied nothing there (drop them when you like)`)
+    progress(`left ${strays.join(' and ')} in public alone: Kysely's own bookkeeping, made by a migrator that applied nothing there (drop them when you like)`)
   }
   if (!rows[0]?.n) return false
 
@@ -39,7 +39,7 @@ export async function adoptLegacySchema(db: Kysely<any>, logger: MigrationLogger
   if (differences.length > 0) throw new SchemaMismatchError(differences)
 
   await db.transaction().execute((trx) => recordApplied(trx, BASELINE_MIGRATION))
-  logger.info(`adopted the existing single-tenant schema: ${BASELINE_MIGRATION} recorded as applied (not run)`)
+  progress(`adopted the existing single-tenant schema: ${BASELINE_MIGRATION} recorded as applied (not run)`)
   return true
 }
 

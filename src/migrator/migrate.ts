@@ -2,7 +2,7 @@ import { sql, type Kysely } from 'kysely'
 import { Migrator, NO_MIGRATIONS, type MigrationResultSet } from 'kysely/migration'
 import { targetOf } from '../connection/create-db.ts'
 import type { DatabaseTarget } from '../connection/database-url.ts'
-import { DEFAULT_RUN, inRun, type RunContext } from '../online/run-context.ts'
+import { DEFAULT_RUN, inRun, progress, type RunContext } from '../online/run-context.ts'
 import { adoptLegacySchema } from './legacy-adoption.ts'
 import { MigrationError, toMigrationError } from './migration-error.ts'
 import { withMigrationLock } from './migration-lock.ts'
@@ -47,7 +47,8 @@ export interface MigrateOptions {
 export interface MigrationStep {
   name: string
   direction: 'Up' | 'Down'
-  /** How long the migration took. */
+  /** When it started, and how long it took. */
+  startedAt: Date
   durationMs: number
 }
 
@@ -117,7 +118,7 @@ const MAINTENANCE_WORK_MEM = '256MB'
 
 async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Promise<MigrationOutcome> {
   const logger = options.logger ?? silentLogger
-  const journal: RunJournal = { durationsMs: new Map() }
+  const journal: RunJournal = { timings: new Map() }
   const lockTimeoutMs = options.lockTimeoutMs ?? DEFAULT_RUN.lockTimeoutMs
   // Everything the migrations and their building blocks may ask about this run (src/online/run-context.ts).
   const context: RunContext = {
@@ -149,12 +150,12 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
                        -- a server-wide statement_timeout must not cut a long validation or index build short
                        pg_catalog.set_config('statement_timeout', '0', false)`.execute(conn)
       try {
-        return await withMigrationLock(conn, logger, async () => {
+        return await withMigrationLock(conn, async () => {
           const outcome = await runLocked(conn, target, options, journal, targetOf(db))
           if (outcome.status !== 'error' && (target.kind === 'latest' || target.kind === 'up' || target.kind === 'move' || target.kind === 'contract')) {
-            if (keys) await storeTenantKeys(conn, keys, logger)
+            if (keys) await storeTenantKeys(conn, keys)
             else if ((await storedTenantKeyIds(conn))?.length === 0) {
-              logger.info('no tenant key is stored yet: withTenant refuses every tenant until the migrator is given the app\'s key (tenantKeys; the CLI reads SKILLS_DB_TENANT_KEYS)')
+              progress('no tenant key is stored yet: withTenant refuses every tenant until the migrator is given the app\'s key (tenantKeys; the CLI reads SKILLS_DB_TENANT_KEYS)')
             }
           }
           return outcome
@@ -175,14 +176,14 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
 async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOptions, journal: RunJournal, server: DatabaseTarget | undefined): Promise<MigrationOutcome> {
   await preflight(conn)
   const upward = target.kind === 'latest' || target.kind === 'up' || target.kind === 'move' || target.kind === 'contract'
-  const provider = skillsDbMigrationProvider({ logger: options.logger ?? silentLogger, journal, ...(options.migrationsDir ? { folder: options.migrationsDir } : {}) })
+  const provider = skillsDbMigrationProvider({ journal, ...(options.migrationsDir ? { folder: options.migrationsDir } : {}) })
   const known = await provider.getMigrations()
   // A database migrated by newer code: nothing here may run against it.
   const unknown = (await readAppliedMigrations(conn)).filter((m) => !(m.name in known))
   if (unknown.length > 0) {
     return fail('unknown-migration', `the database records migration ${unknown.map((m) => m.name).join(', ')} but this code does not have it: deploy the code that has it, or roll it back with that code first`)
   }
-  const adopted = upward ? await adoptLegacySchema(conn, options.logger ?? silentLogger) : false
+  const adopted = upward ? await adoptLegacySchema(conn) : false
   const migrator = new Migrator({
     db: conn,
     provider,
@@ -234,7 +235,7 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
   }
   const steps = (resultSet.results ?? [])
     .filter((r) => r.status === 'Success')
-    .map((r) => ({ name: r.migrationName, direction: r.direction, durationMs: journal.durationsMs.get(r.migrationName) ?? 0 }))
+    .map((r) => ({ name: r.migrationName, direction: r.direction, ...(journal.timings.get(r.migrationName) ?? { startedAt: new Date(), durationMs: 0 }) }))
   if (resultSet.error) {
     // Without results (the lock release failed too, e.g. the connection died) the running migration says it.
     const failed = resultSet.results?.find((r) => r.status === 'Error')?.migrationName ?? journal.running

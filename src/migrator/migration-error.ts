@@ -6,6 +6,7 @@ import { SchemaMismatchError } from './legacy-adoption.ts'
 import { MigrationLockTimeout } from './migration-lock.ts'
 import { InvalidMigrationError } from './migration-provider.ts'
 import { PreflightRefused } from './preflight.ts'
+import { TenantKeyError } from '../tenancy/tenant-key.ts'
 
 /** What went wrong, for a caller that decides what to do about it (the CLI picks its advice by it). */
 export type MigrationErrorKind =
@@ -19,6 +20,8 @@ export type MigrationErrorKind =
   | 'invalid-migration'
   /** the database records a migration this code lacks, or a migration asked for does not exist */
   | 'unknown-migration'
+  /** an option's value is not usable (a malformed tenant key) */
+  | 'invalid-options'
   /** nothing to do in that direction (nothing to roll back) */
   | 'nothing-to-do'
   /** a target in the contract phase, which only `migrateContract` applies */
@@ -59,20 +62,23 @@ export function toMigrationError(error: unknown, target: DatabaseTarget | undefi
   const where = migration ? { migration } : {}
   const message = error instanceof Error ? error.message : String(error)
   const first = message.split('\n')[0]!
+  // Our own errors first, by class: their messages may quote other sessions' queries, which could look like anything.
+  if (error instanceof Refusal) {
+    return new MigrationError(error.kind, error.reason, { ...where, cause: error, ...(error.remedy ? { remedy: error.remedy } : {}) })
+  }
+  const ours: MigrationErrorKind | undefined =
+    error instanceof PreflightRefused ? 'preflight'
+    : error instanceof TenantKeyError ? 'invalid-options'
+    : error instanceof SchemaMismatchError ? 'schema-mismatch'
+    : error instanceof InvalidMigrationError ? 'invalid-migration'
+    : error instanceof LockRetryExhausted || error instanceof MigrationLockTimeout ? 'lock-timeout'
+    : undefined
+  if (ours) return new MigrationError(ours, first, { ...where, cause: error, ...(error instanceof SchemaMismatchError ? { details: error.differences } : {}) })
   const connection = target ? describeConnectionError(error, target) : undefined
   if (connection) return new MigrationError('connection', connection, { ...where, cause: error })
   const code = (error as { code?: string }).code
   if (code === '57P01' || code === '57P02' || LOST.test(message)) {
     return new MigrationError('connection', `lost the connection to PostgreSQL during the migration (${first})`, { ...where, cause: error, remedy: 'every step resumes where it stopped: run it again' })
   }
-  if (error instanceof Refusal) {
-    return new MigrationError(error.kind, error.reason, { ...where, cause: error, ...(error.remedy ? { remedy: error.remedy } : {}) })
-  }
-  const kind: MigrationErrorKind =
-    error instanceof PreflightRefused ? 'preflight'
-    : error instanceof SchemaMismatchError ? 'schema-mismatch'
-    : error instanceof InvalidMigrationError ? 'invalid-migration'
-    : error instanceof LockRetryExhausted || error instanceof MigrationLockTimeout ? 'lock-timeout'
-    : 'failed'
-  return new MigrationError(kind, first, { ...where, cause: error, ...(error instanceof SchemaMismatchError ? { details: error.differences } : {}) })
+  return new MigrationError('failed', first, { ...where, cause: error })
 }

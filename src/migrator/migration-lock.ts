@@ -1,6 +1,6 @@
 import { sql, type Kysely } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { MigrationLogger } from './migration-logger.ts'
+import { progress } from '../online/run-context.ts'
 
 export class MigrationLockTimeout extends Error {
   override name = 'MigrationLockTimeout'
@@ -21,7 +21,6 @@ const LOCK_KEY = 7_400_113_650_211_842n
  */
 export async function withMigrationLock<T>(
   conn: Kysely<any>,
-  logger: MigrationLogger,
   fn: () => Promise<T>,
 ): Promise<T> {
   const deadline = Date.now() + LOCK_WAIT_MS
@@ -30,7 +29,7 @@ export async function withMigrationLock<T>(
     const { rows } = await sql<{ ok: boolean }>`select pg_catalog.pg_try_advisory_lock(${LOCK_KEY}::bigint) as ok`.execute(conn)
     if (rows[0]?.ok) break
     if (!announced) {
-      logger.info(`another migrator ${await holderOf(conn)} is running; waiting for it to finish`)
+      progress(`another migrator ${await holderOf(conn)} is running; waiting for it to finish`)
       announced = true
     }
     if (Date.now() > deadline) {

@@ -2,8 +2,7 @@ import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { FileMigrationProvider, type Migration, type MigrationProvider } from 'kysely/migration'
-import { inRun } from '../online/run-context.ts'
-import { silentLogger, type MigrationLogger } from './migration-logger.ts'
+import { inRun, progress } from '../online/run-context.ts'
 
 export const MIGRATIONS_DIR = fileURLToPath(new URL('../migrations/', import.meta.url))
 
@@ -19,10 +18,10 @@ export interface SkillsDbMigrationProvider extends MigrationProvider {
   contractMigrations(): Promise<string[]>
 }
 
-/** What one run learns from the migrations as they run: which one is under way, and how long each took. */
+/** What one run learns from the migrations as they run: which one is under way, when each started and how long it took. */
 export interface RunJournal {
   running?: string
-  durationsMs: Map<string, number>
+  timings: Map<string, { startedAt: Date; durationMs: number }>
 }
 
 /**
@@ -31,7 +30,7 @@ export interface RunJournal {
  * or has no `up`, is an error naming the file, before anything runs.
  */
 export function skillsDbMigrationProvider(
-  { logger = silentLogger, folder = MIGRATIONS_DIR, journal }: { logger?: MigrationLogger; folder?: string; journal?: RunJournal } = {},
+  { folder = MIGRATIONS_DIR, journal }: { folder?: string; journal?: RunJournal } = {},
 ): SkillsDbMigrationProvider {
   const files = new FileMigrationProvider({
     fs,
@@ -50,42 +49,46 @@ export function skillsDbMigrationProvider(
     },
   } as any)
   const contract = new Set<string>()
+  // Loaded once per provider: the migrator, Kysely and the contract gate all ask.
+  let loaded: Promise<Record<string, Migration>> | undefined
   const provider: SkillsDbMigrationProvider = {
-    async getMigrations() {
-      const migrations: Record<string, Migration> = await files.getMigrations()
-      const wrapped: Record<string, Migration> = {}
-      for (const [name, migration] of Object.entries(migrations)) {
-        if (name === GUARD_MIGRATION) continue
-        if ((migration as { phase?: unknown }).phase === 'contract') contract.add(name)
-        wrapped[name] = {
-          up: timed(name, 'up', migration.up, logger, journal),
-          ...(migration.down ? { down: timed(name, 'down', migration.down, logger, journal) } : {}),
-        }
-      }
-      return wrapped
-    },
+    getMigrations: () => (loaded ??= load()),
     async contractMigrations() {
       await provider.getMigrations()
       return [...contract].sort()
     },
   }
+  async function load(): Promise<Record<string, Migration>> {
+    const migrations: Record<string, Migration> = await files.getMigrations()
+    const wrapped: Record<string, Migration> = {}
+    for (const [name, migration] of Object.entries(migrations)) {
+      if (name === GUARD_MIGRATION) continue
+      if ((migration as { phase?: unknown }).phase === 'contract') contract.add(name)
+      wrapped[name] = {
+        up: timed(name, 'up', migration.up, journal),
+        ...(migration.down ? { down: timed(name, 'down', migration.down, journal) } : {}),
+      }
+    }
+    return wrapped
+  }
   return provider
 }
 
-function timed(name: string, direction: string, step: Migration['up'], logger: MigrationLogger, journal?: RunJournal): Migration['up'] {
+function timed(name: string, direction: string, step: Migration['up'], journal?: RunJournal): Migration['up'] {
   return (db) => inRun({ migration: name }, async () => {
     const started = performance.now()
-    logger.info(`${direction.padEnd(4)} ${name} …`)
+    const startedAt = new Date()
+    progress(`${direction.padEnd(4)} ${name} …`)
     if (journal) journal.running = name
     try {
       await step(db)
     } catch (error) {
-      logger.info(`${direction.padEnd(4)} ${name} failed after ${ms(started)} ms`)
+      progress(`${direction.padEnd(4)} ${name} failed after ${ms(started)} ms`)
       throw error
     }
-    journal?.durationsMs.set(name, ms(started))
+    journal?.timings.set(name, { startedAt, durationMs: ms(started) })
     if (journal) journal.running = undefined
-    logger.info(`${direction.padEnd(4)} ${name} done in ${ms(started)} ms`)
+    progress(`${direction.padEnd(4)} ${name} done in ${ms(started)} ms`)
   })
 }
 

@@ -35,7 +35,7 @@ export class SkillsDbMigrator {
   getMigrations(): Promise<readonly MigrationInfo[]> {
     return new Migrator({
       db: this.#db,
-      provider: skillsDbMigrationProvider(),
+      provider: skillsDbMigrationProvider(this.#options.migrationsDir ? { folder: this.#options.migrationsDir } : {}),
       migrationTableSchema: MIGRATION_SCHEMA,
       migrationTableName: MIGRATION_TABLE,
     }).getMigrations()

@@ -1,7 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { createHash } from 'node:crypto'
 import { parseTenantKeys, type TenantKey } from '../tenancy/tenant-key.ts'
-import type { MigrationLogger } from './migration-logger.ts'
+import { progress } from '../online/run-context.ts'
 
 const TABLE = 'skills_db.tenant_context_keys'
 
@@ -16,9 +16,9 @@ export function tenantKeysOption(keys: readonly string[] | undefined): TenantKey
  * transaction, so withTenant never meets a half-written set. Only the pads are stored, out of the
  * application role's reach (0008). Before 0008 there is nowhere to put them: says so.
  */
-export async function storeTenantKeys(db: Kysely<any>, keys: readonly TenantKey[], logger: MigrationLogger): Promise<void> {
+export async function storeTenantKeys(db: Kysely<any>, keys: readonly TenantKey[]): Promise<void> {
   if (!(await keyTableExists(db))) {
-    logger.info('tenant keys not stored: migration 0008_session_bound_tenant_context is not applied yet')
+    progress('tenant keys not stored: migration 0008_session_bound_tenant_context is not applied yet')
     return
   }
   const wanted = keys.map((k) => ({ id: k.id, ...hmacPads(k) }))
@@ -31,7 +31,7 @@ export async function storeTenantKeys(db: Kysely<any>, keys: readonly TenantKey[
     for (const w of wanted) {
       await sql`insert into ${sql.table(TABLE)} (key_id, inner_pad, outer_pad) values (${w.id}, ${w.inner}, ${w.outer})`.execute(trx)
     }
-    logger.info(`tenant keys stored: ${wanted.map((w) => w.id).join(', ')}`)
+    progress(`tenant keys stored: ${wanted.map((w) => w.id).join(', ')}`)
   })
 }
 

@@ -3,9 +3,17 @@ import { Refusal } from './refusal.ts'
 import { run } from './run-context.ts'
 import type { Step } from './step.ts'
 
-/** A `down` that cannot rebuild what came before while the data is as it is (nothing overrules it: the data must change). */
+/** A `down` that would destroy data it cannot restore; the run's `allowDataLoss` accepts the loss. */
 export class DataLossRefused extends Refusal {
   override name = 'DataLossRefused'
+  constructor(what: string) {
+    super('data-loss', `refusing to roll back: ${what}`, 'allowDataLoss accepts the loss')
+  }
+}
+
+/** A `down` that cannot rebuild what came before while the data is as it is: no option overrules it, the data must change. */
+export class DownBlocked extends Refusal {
+  override name = 'DownBlocked'
   constructor(message: string) {
     super('down-blocked', message)
   }
@@ -22,7 +30,7 @@ export async function refuseDataLoss(
 ): Promise<void> {
   if (run().allowDataLoss) return
   if (await wouldLoseData()) {
-    throw new Refusal('data-loss', `refusing to roll back: ${what}`, 'allowDataLoss accepts the loss')
+    throw new DataLossRefused(what)
   }
 }
 

@@ -11,6 +11,8 @@ blockLaws('online/app-role', {
   setup: async () => {},
   step: () => appRole,
   context: ({ newRole }) => ({ appRole: newRole }),
+  // Roles are cluster-wide: the one it created outlives its down.
+  downKeeps: ['roles'],
 })
 
 describe('online/app-role: which role is the app role', () => {

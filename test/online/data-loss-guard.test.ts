@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { DataLossRefused, guardDown, refuseDataLoss } from '../../src/online/data-loss-guard.ts'
+import { DataLossRefused, DownBlocked, guardDown, refuseDataLoss } from '../../src/online/data-loss-guard.ts'
 import { Refusal } from '../../src/online/refusal.ts'
 import { inRun } from '../../src/online/run-context.ts'
 import { useTestDatabase } from '../support/database.ts'
@@ -11,6 +11,7 @@ describe('online/data-loss-guard', () => {
     const refused = refuseDataLoss(t.admin, 'the toy rows would go', async () => true)
     await expect(refused).rejects.toThrow('refusing to roll back: the toy rows would go; allowDataLoss accepts the loss')
     await expect(refused).rejects.toMatchObject({ kind: 'data-loss', reason: 'refusing to roll back: the toy rows would go', remedy: 'allowDataLoss accepts the loss' })
+    await expect(refused).rejects.toBeInstanceOf(DataLossRefused)
     await expect(refused).rejects.toBeInstanceOf(Refusal)
     await expect(refuseDataLoss(t.admin, 'nothing would go', async () => false)).resolves.toBeUndefined()
     let asked = false
@@ -19,7 +20,7 @@ describe('online/data-loss-guard', () => {
   })
 
   it('a down the data blocks is a refusal no option overrules', () => {
-    expect(new DataLossRefused('remove the duplicates first')).toMatchObject({ kind: 'down-blocked', message: 'remove the duplicates first' })
+    expect(new DownBlocked('remove the duplicates first')).toMatchObject({ kind: 'down-blocked', message: 'remove the duplicates first' })
   })
 
   it('guardDown checks on the way down only', async () => {

@@ -10,7 +10,7 @@ blockLaws('online/old-app-roles (named roles created and granted)', {
   step: () => namedOldAppRolesGranted(['toy'], ['select', 'insert']),
   context: ({ newRole }) => ({ oldAppRoles: [newRole] }),
   // The roles it created outlive it (roles are cluster-wide), and so does their record: a later down still revokes from them.
-  downKeeps: ['recorded'],
+  downKeeps: ['recorded', 'roles'],
 })
 
 blockLaws('online/old-app-roles (recorded)', {

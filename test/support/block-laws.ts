@@ -18,7 +18,7 @@ export interface BlockCase {
   /** The block under test. */
   step(names: Names): Step
   /** What `down` keeps on purpose (the record of roles it created, which outlive it); compared on the way up only. */
-  downKeeps?: 'recorded'[]
+  downKeeps?: ('recorded' | 'roles')[]
   /** The run the step runs in (its app role, say); quiet defaults otherwise. */
   context?(names: Names): Partial<RunContext>
 }
@@ -29,7 +29,12 @@ export interface Names {
   newRole: string
 }
 
-/** Stands for the process dying: nothing after this statement reaches the server. */
+/**
+ * Stands for the process dying before a statement: nothing from it on reaches the server, and its
+ * session then ends (the harness closes the connection), so its open transaction is rolled back and
+ * its session settings go, as the server does for a client that died. Unlike a real death, the
+ * step's own clean-up still runs in-process; test/faults kills real processes.
+ */
 export class Killed extends Error {
   override name = 'Killed'
 }
@@ -55,9 +60,10 @@ class StatementCounter implements KyselyPlugin {
 /**
  * The catalog a block may touch: tables (columns, constraints, indexes, triggers, policies, row
  * security), privileges on them and on schema public, functions with their privileges, per-column
- * statistics targets, and the facts recorded in skills_db.settings.
+ * statistics targets, the facts recorded in skills_db.settings, and the `roles` named (their
+ * attributes and memberships).
  */
-export async function catalogState(db: Kysely<any>): Promise<unknown> {
+export async function catalogState(db: Kysely<any>, roles: readonly string[] = []): Promise<unknown> {
   const rows = async <R>(q: ReturnType<typeof sql<R>>) => (await q.execute(db)).rows
   return {
     tables: await takeSchemaSnapshot(db),
@@ -73,6 +79,9 @@ export async function catalogState(db: Kysely<any>): Promise<unknown> {
       where c.relnamespace = 'public'::regnamespace and not t.tgisinternal order by 1, 2`),
     statistics: await rows(sql`select c.relname, a.attname, a.attstattarget::text as target from pg_attribute a join pg_class c on c.oid = a.attrelid
       where c.relnamespace = 'public'::regnamespace and c.relkind = 'r' and a.attnum > 0 and not a.attisdropped order by 1, 2`),
+    roles: await rows(sql`select r.rolname, r.rolcanlogin, r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolbypassrls, r.rolreplication,
+        array(select g.rolname::text from pg_auth_members m join pg_roles g on g.oid = m.roleid where m.member = r.oid order by 1) as member_of
+      from pg_roles r where r.rolname = any(${[...roles]}::text[]) order by 1`),
     recorded: (await rows<{ t: string | null }>(sql`select to_regclass('skills_db.settings')::text as t`))[0]?.t
       ? await rows(sql`select key, value from skills_db.settings order by key`)
       : [],
@@ -124,7 +133,7 @@ export function blockLaws(name: string, block: BlockCase): void {
       // Where the migrator keeps what steps record (it creates it before any migration runs).
       await sql`create schema if not exists skills_db`.execute(t.admin)
       await block.setup(t.admin, names)
-      before = await catalogState(t.admin)
+      before = await catalogState(t.admin, [names.role, names.newRole])
     })
     afterAll(async () => {
       // Roles are cluster-wide: gone before the database is.
@@ -136,16 +145,16 @@ export function blockLaws(name: string, block: BlockCase): void {
 
     it('up twice, down twice, up → down → up: the catalog each time as expected', async () => {
       await runStep('up')
-      applied = await catalogState(t.admin)
+      applied = await catalogState(t.admin, [names.role, names.newRole])
       expect(applied, 'up changed nothing').not.toEqual(before)
       await runStep('up')
-      expect(await catalogState(t.admin), 'a second up').toEqual(applied)
+      expect(await catalogState(t.admin, [names.role, names.newRole]), 'a second up').toEqual(applied)
       await runStep('down')
-      expect(asBefore(await catalogState(t.admin)), 'down').toEqual(asBefore(before))
+      expect(asBefore(await catalogState(t.admin, [names.role, names.newRole])), 'down').toEqual(asBefore(before))
       await runStep('down')
-      expect(asBefore(await catalogState(t.admin)), 'a second down').toEqual(asBefore(before))
+      expect(asBefore(await catalogState(t.admin, [names.role, names.newRole])), 'a second down').toEqual(asBefore(before))
       await runStep('up')
-      expect(await catalogState(t.admin), 'up after down').toEqual(applied)
+      expect(await catalogState(t.admin, [names.role, names.newRole]), 'up after down').toEqual(applied)
       await runStep('down')
     })
 
@@ -157,15 +166,15 @@ export function blockLaws(name: string, block: BlockCase): void {
       for (let k = 0; k < ups; k++) {
         await killStep('up', k)
         await runStep('up')
-        expect(await catalogState(t.admin), `up killed after ${k} of ${ups} statements, then run again`).toEqual(applied)
+        expect(await catalogState(t.admin, [names.role, names.newRole]), `up killed after ${k} of ${ups} statements, then run again`).toEqual(applied)
         await runStep('down')
-        expect(asBefore(await catalogState(t.admin))).toEqual(asBefore(before))
+        expect(asBefore(await catalogState(t.admin, [names.role, names.newRole]))).toEqual(asBefore(before))
       }
       await runStep('up')
       for (let k = 0; k < downs; k++) {
         await killStep('down', k)
         await runStep('down')
-        expect(asBefore(await catalogState(t.admin)), `down killed after ${k} of ${downs} statements, then run again`).toEqual(asBefore(before))
+        expect(asBefore(await catalogState(t.admin, [names.role, names.newRole])), `down killed after ${k} of ${downs} statements, then run again`).toEqual(asBefore(before))
         await runStep('up')
       }
       await runStep('down')

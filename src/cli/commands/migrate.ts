@@ -18,9 +18,10 @@ function migration(direction: Direction, values: OptionValues): Promise<number> 
     const outcome =
       direction === 'latest' ? await migrateToLatest(db, options)
       : direction === 'up' ? await migrateUp(db, options)
-      : direction === 'contract' ? await migrateContract(db, { ...options, allowOldAppSessions: values.force === true, timestampsAreUtc: values['timestamps-are-utc'] === true })
+      // contract's --force is about the old app's sessions, not about data (a down's --force).
+      : direction === 'contract' ? await migrateContract(db, { ...options, allowDataLoss: false, allowOldAppSessions: values.force === true, timestampsAreUtc: values['timestamps-are-utc'] === true })
       : await migrateDown(db, { ...options, ...(typeof values.to === 'string' ? { to: values.to } : {}) })
-    const code = report(outcome, direction)
+    const code = report(outcome)
     // Also after an up-to-date run: an earlier run cut off (Ctrl-C) after migrating but before
     // codegen must not leave stale types behind.
     if (file && (outcome.status !== 'error' || outcome.steps.length > 0)) await refreshTypes(db, source.url, file)
@@ -30,20 +31,20 @@ function migration(direction: Direction, values: OptionValues): Promise<number> 
 }
 
 /** What to do next, by the kind of error, in the CLI's terms: the library's messages name its options. */
-function advice(error: MigrationError, command: Direction): string | undefined {
+function advice(error: MigrationError): string | undefined {
   switch (error.kind) {
     case 'data-loss': return 'run it again with --force to accept the loss'
     case 'old-app-sessions': return 'if none of these sessions is the old app, skills-db contract --force goes ahead'
     case 'timestamps-not-utc': return 'if they are UTC anyway, skills-db contract --timestamps-are-utc'
-    case 'connection': return error.remedy ? `skills-db ${command} again resumes where it stopped` : undefined
+    case 'connection': return error.remedy ? 'the same command again resumes where it stopped' : undefined
     default: return undefined
   }
 }
 
-function report(outcome: MigrationOutcome, command: Direction): number {
+function report(outcome: MigrationOutcome): number {
   if (outcome.status === 'error') {
     // The CLI's own remedy in place of the library's, where it has one.
-    const next = advice(outcome.error, command)
+    const next = advice(outcome.error)
     console.error(`error: ${outcome.error.migration ? `${outcome.error.migration}: ` : ''}${next ? `${outcome.error.reason}; ${next}` : outcome.error.message}`)
     for (const line of outcome.error.details ?? []) console.error(`  ${line}`)
     return 1
