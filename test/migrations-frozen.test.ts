@@ -71,10 +71,13 @@ async function historySnapshot(db: Kysely<any>, appRole: string): Promise<unknow
   return JSON.parse(JSON.stringify(state).replaceAll(appRole, 'app_user'))
 }
 
-/** The recorded history of `name`: written with UPDATE_HISTORY=1 (a new migration), compared otherwise. */
+/**
+ * The recorded history of `name`, compared. UPDATE_HISTORY=1 records it for a new migration, one
+ * that has none yet; a recorded one is never rewritten.
+ */
 function expectRecorded(name: string, actual: unknown, label: string): void {
   const file = path.join(HISTORY_DIR, `${name}.json`)
-  if (process.env.UPDATE_HISTORY === '1' && label === 'as written') {
+  if (process.env.UPDATE_HISTORY === '1' && label === 'as written' && !existsSync(file)) {
     mkdirSync(HISTORY_DIR, { recursive: true })
     writeFileSync(file, `${JSON.stringify(actual, null, 2)}\n`)
   }
