@@ -20,6 +20,7 @@ export { MigrationLockTimeout } from './migrator/migration-lock.ts'
 export { Refusal, type RefusalKind } from './online/refusal.ts'
 export { DataLossRefused, DownBlocked } from './online/data-loss-guard.ts'
 export { LockRetryExhausted } from './online/lock-retry.ts'
+export { RoleNameError } from './online/app-role.ts'
 export { DatabaseUrlError } from './connection/database-url.ts'
 
 // Scale-out on Citus: what Citus would refuse (no Citus needed), and the distribution itself.

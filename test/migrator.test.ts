@@ -28,6 +28,19 @@ describe('migrator', () => {
     for (const d of dirs) rmSync(d, { recursive: true, force: true })
   })
 
+  it('a role name the run cannot use is a preflight refusal, and a tenant key that does not parse an invalid option: nothing changes', async () => {
+    const t = await createTestDatabase('migrated')
+    dbs.push(t)
+    const recorded = (await sql<{ v: string }>`select value as v from skills_db.settings where key = 'app_role'`.execute(t.admin)).rows[0]!.v
+    const applied = (await migrationStatus(t.admin)).applied
+    expect(await migrateToLatest(t.admin, { appRole: 'someone_else' })).toMatchObject({
+      status: 'error', error: { kind: 'preflight', message: `this database's application role is ${recorded}, not someone_else: ask for ${recorded} (or name none, and ${recorded} is used)` },
+    })
+    expect(await migrateToLatest(t.admin, { oldAppRoles: ['Not-Plain'] })).toMatchObject({ status: 'error', error: { kind: 'preflight', message: expect.stringMatching(/old app role name "Not-Plain" is not allowed/) } })
+    expect(await migrateToLatest(t.admin, { tenantKeys: ['no-secret'] })).toMatchObject({ status: 'error', error: { kind: 'invalid-options' } })
+    expect((await migrationStatus(t.admin)).applied).toEqual(applied)
+  })
+
   it('up applies one migration, latest the rest, status tells applied and pending', async () => {
     const t = await fresh()
     expect(await migrationStatus(t.admin)).toEqual({ applied: [], pending: ALL_MIGRATION_NAMES, waiting: CONTRACT_MIGRATION_NAMES, unknown: [] })

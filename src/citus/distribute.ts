@@ -82,10 +82,12 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         if (!recorded) await record(conn, FOREIGN_KEYS, JSON.stringify(keys), { replace: true })
         for (const k of keys) await sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(conn)
         const distributed: string[] = []
+        // One colocation group, anchored on the table a killed run already distributed, else the first.
+        const anchor = (await firstDistributed(conn, tables)) ?? tables[0]!
         for (const table of tables) {
           if (await isCitusTable(conn, `public.${table}`)) continue
           // One colocation group: a tenant's rows of every table on the same node.
-          await sql`select create_distributed_table(${`public.${table}`}::regclass, 'tenant_id', colocate_with => ${table === tables[0] ? 'default' : tables[0]!}::text)`.execute(conn)
+          await sql`select create_distributed_table(${`public.${table}`}::regclass, 'tenant_id', colocate_with => ${table === anchor ? 'default' : anchor}::text)`.execute(conn)
           distributed.push(table)
           progress(`  ${table}: distributed by tenant_id`)
         }
@@ -115,6 +117,11 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
   }))
 }
 
+async function firstDistributed(db: Kysely<any>, tables: string[]): Promise<string | undefined> {
+  for (const table of tables) if (await isCitusTable(db, `public.${table}`)) return table
+  return undefined
+}
+
 async function isCitusTable(db: Kysely<any>, table: string): Promise<boolean> {
   const { rows } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass`.execute(db)
   return rows.length > 0
@@ -122,26 +129,28 @@ async function isCitusTable(db: Kysely<any>, table: string): Promise<boolean> {
 
 /**
  * The tables to distribute, as the readiness check sees them (every table of public with a
- * tenant_id column), parents first: Citus distributes a table only after those it references.
+ * tenant_id column; partitions go with their parent), parents first. distribute drops the foreign
+ * keys between them before the first is distributed, so the order is a courtesy, not a need: a
+ * cycle is simply broken.
  */
 export async function distributionOrder(db: Kysely<any>): Promise<string[]> {
   const { rows } = await sql<{ table: string; parents: string[] }>`
     select c.relname as table,
       array(select distinct p.relname::text from pg_catalog.pg_constraint k join pg_catalog.pg_class p on p.oid = k.confrelid
-        where k.contype = 'f' and k.conrelid = c.oid and k.confrelid <> c.oid) as parents
+        where k.contype = 'f' and k.conrelid = c.oid and k.confrelid <> c.oid and p.relnamespace = 'public'::regnamespace) as parents
     from pg_catalog.pg_class c
-    where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p')
+    where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p') and not c.relispartition
       and exists (select 1 from pg_catalog.pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped)
     order by 1`.execute(db)
-  const names = new Set(rows.map((r) => r.table))
   const ordered: string[] = []
-  const visit = (table: string, path: string[]) => {
-    if (ordered.includes(table)) return
-    if (path.includes(table)) throw new DistributeRefused(`the tenant tables reference each other in a cycle (${[...path, table].join(' → ')}): Citus cannot distribute them in order; nothing was changed`)
-    for (const parent of rows.find((r) => r.table === table)!.parents) if (names.has(parent)) visit(parent, [...path, table])
+  const seen = new Set<string>()
+  const visit = (table: string) => {
+    if (seen.has(table)) return
+    seen.add(table)
+    for (const parent of rows.find((r) => r.table === table)?.parents ?? []) if (rows.some((r) => r.table === parent)) visit(parent)
     ordered.push(table)
   }
-  for (const r of rows) visit(r.table, [])
+  for (const r of rows) visit(r.table)
   return ordered
 }
 
@@ -150,7 +159,8 @@ async function foreignKeysBetween(db: Kysely<any>, tables: string[]) {
   const { rows } = await sql<{ table: string; name: string; definition: string }>`
     select c.relname as table, k.conname as name, pg_catalog.pg_get_constraintdef(k.oid) as definition
     from pg_catalog.pg_constraint k join pg_catalog.pg_class c on c.oid = k.conrelid join pg_catalog.pg_class p on p.oid = k.confrelid
-    where k.contype = 'f' and c.relnamespace = 'public'::regnamespace and c.relname = any(${tables}) and p.relname = any(${tables})
+    where k.contype = 'f' and c.relnamespace = 'public'::regnamespace and p.relnamespace = 'public'::regnamespace
+      and not c.relispartition and c.relname = any(${tables}) and p.relname = any(${tables})
     order by 1, 2`.execute(db)
   return rows
 }

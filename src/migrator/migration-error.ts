@@ -1,5 +1,6 @@
 import { describeConnectionError } from '../connection/connection-error.ts'
 import type { DatabaseTarget } from '../connection/database-url.ts'
+import { RoleNameError } from '../online/app-role.ts'
 import { LockRetryExhausted } from '../online/lock-retry.ts'
 import { Refusal, type RefusalKind } from '../online/refusal.ts'
 import { SchemaMismatchError } from './legacy-adoption.ts'
@@ -67,7 +68,7 @@ export function toMigrationError(error: unknown, target: DatabaseTarget | undefi
     return new MigrationError(error.kind, error.reason, { ...where, cause: error, ...(error.remedy ? { remedy: error.remedy } : {}) })
   }
   const ours: MigrationErrorKind | undefined =
-    error instanceof PreflightRefused ? 'preflight'
+    error instanceof PreflightRefused || error instanceof RoleNameError ? 'preflight'
     : error instanceof TenantKeyError ? 'invalid-options'
     : error instanceof SchemaMismatchError ? 'schema-mismatch'
     : error instanceof InvalidMigrationError ? 'invalid-migration'

@@ -84,8 +84,9 @@ export async function preflight(conn: Kysely<any>): Promise<void> {
 }
 
 async function checkRoles(conn: Kysely<any>, { me, canCreateRoles }: { me: string; canCreateRoles: boolean }): Promise<void> {
-  // A role the run names that is not allowed, or not the database's application role, is refused like the rest.
-  const [appRole, oldAppNames] = await Promise.all([appRoleName(conn), namedOldAppRoles(conn)]).catch((error: Error) => refuse(error.message))
+  // (A role name that cannot be used throws RoleNameError: a preflight refusal too, see migration-error.ts.)
+  const appRole = await appRoleName(conn)
+  const oldAppNames = await namedOldAppRoles(conn)
   const { rows } = await sql<{ name: string }>`
     select rolname as name from pg_catalog.pg_roles where rolname = any(${[appRole, ...oldAppNames]}::text[])`.execute(conn)
   const existing = new Set(rows.map((x) => x.name))

@@ -6,6 +6,11 @@ import type { Step } from './step.ts'
 
 const DEFAULT_APP_ROLE = 'app_user'
 
+/** A role the run names that cannot be used: not a plain name, or not the database's application role. */
+export class RoleNameError extends Error {
+  override name = 'RoleNameError'
+}
+
 /**
  * The application role of this database: the one recorded when it was created, so a later
  * `down` revokes from the same role. A different name asked for explicitly is an error.
@@ -14,7 +19,7 @@ export async function appRoleName(db: Kysely<any>): Promise<string> {
   const asked = run().appRole || null
   const recorded = (await readRecorded(db, 'app_role')) ?? null
   if (recorded && asked && asked !== recorded) {
-    throw new Error(`this database's application role is ${recorded}, not ${asked}: ask for ${recorded} (or name none, and ${recorded} is used)`)
+    throw new RoleNameError(`this database's application role is ${recorded}, not ${asked}: ask for ${recorded} (or name none, and ${recorded} is used)`)
   }
   return roleName(recorded ?? asked ?? DEFAULT_APP_ROLE, 'application role')
 }
@@ -24,7 +29,7 @@ export function roleName(name: string, what: string): string {
   try {
     return ident(name)
   } catch {
-    throw new Error(`${what} name "${name}" is not allowed: use lower-case letters, digits and _`)
+    throw new RoleNameError(`${what} name "${name}" is not allowed: use lower-case letters, digits and _`)
   }
 }
 
