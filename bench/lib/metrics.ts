@@ -1,4 +1,4 @@
-import type { Sample } from '../../fixtures/old-app.ts'
+import type { Sample } from '../../fixtures/app-load.ts'
 
 export interface LatencyStats {
   count: number

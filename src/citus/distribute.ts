@@ -4,7 +4,7 @@ import { forget, readRecorded, record } from '../online/recorded-settings.ts'
 import { withMigrationLock } from '../migrator/migration-lock.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { inRun, progress } from '../online/run-context.ts'
-import { citusReadiness } from './readiness.ts'
+import { citusReadiness, DISTRIBUTED } from './readiness.ts'
 import { CITUS_CHALLENGE, CITUS_CURRENT_TENANT, CITUS_ENTER } from './worker-tenant-context.ts'
 
 export class DistributeRefused extends Error {
@@ -138,9 +138,7 @@ export async function distributionOrder(db: Kysely<any>): Promise<string[]> {
     select c.relname as table,
       array(select distinct p.relname::text from pg_catalog.pg_constraint k join pg_catalog.pg_class p on p.oid = k.confrelid
         where k.contype = 'f' and k.conrelid = c.oid and k.confrelid <> c.oid and p.relnamespace = 'public'::regnamespace) as parents
-    from pg_catalog.pg_class c
-    where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p') and not c.relispartition
-      and exists (select 1 from pg_catalog.pg_attribute a where a.attrelid = c.oid and a.attname = 'tenant_id' and not a.attisdropped)
+    from pg_catalog.pg_class c where c.oid in ${DISTRIBUTED}
     order by 1`.execute(db)
   const ordered: string[] = []
   const seen = new Set<string>()

@@ -11,7 +11,7 @@ export interface CitusViolation {
  * The tables `distribute` makes distributed by tenant_id (every table of public with a tenant_id
  * column), and the one it makes a reference table (tenants, which they all reference).
  */
-const DISTRIBUTED = sql`(select c.oid from pg_catalog.pg_class c join pg_catalog.pg_attribute a on a.attrelid = c.oid
+export const DISTRIBUTED = sql`(select c.oid from pg_catalog.pg_class c join pg_catalog.pg_attribute a on a.attrelid = c.oid
   where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p') and not c.relispartition and a.attname = 'tenant_id' and not a.attisdropped)`
 const REFERENCE = sql`(select 'public.tenants'::regclass::oid)`
 

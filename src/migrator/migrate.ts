@@ -113,6 +113,9 @@ export function migrateDown(
   return run(db, target, options)
 }
 
+/** Whether the run applies migrations (and so adopts a legacy schema and stores tenant keys) rather than rolling back. */
+const upward = (target: Target) => target.kind === 'latest' || target.kind === 'up' || target.kind === 'move' || target.kind === 'contract'
+
 /** Index builds and validations run one at a time: each may use this much memory. */
 const MAINTENANCE_WORK_MEM = '256MB'
 
@@ -152,7 +155,7 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
       try {
         return await withMigrationLock(conn, async () => {
           const outcome = await runLocked(conn, target, options, journal, targetOf(db))
-          if (outcome.status !== 'error' && (target.kind === 'latest' || target.kind === 'up' || target.kind === 'move' || target.kind === 'contract')) {
+          if (outcome.status !== 'error' && upward(target)) {
             if (keys) await storeTenantKeys(conn, keys)
             else if ((await storedTenantKeyIds(conn))?.length === 0) {
               progress('no tenant key is stored yet: withTenant refuses every tenant until the migrator is given the app\'s key (tenantKeys; the CLI reads SKILLS_DB_TENANT_KEYS)')
@@ -175,15 +178,15 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
 
 async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOptions, journal: RunJournal, server: DatabaseTarget | undefined): Promise<MigrationOutcome> {
   await preflight(conn)
-  const upward = target.kind === 'latest' || target.kind === 'up' || target.kind === 'move' || target.kind === 'contract'
   const provider = skillsDbMigrationProvider({ journal, ...(options.migrationsDir ? { folder: options.migrationsDir } : {}) })
   const known = await provider.getMigrations()
   // A database migrated by newer code: nothing here may run against it.
-  const unknown = (await readAppliedMigrations(conn)).filter((m) => !(m.name in known))
+  const recorded = await readAppliedMigrations(conn)
+  const unknown = recorded.filter((m) => !(m.name in known))
   if (unknown.length > 0) {
     return fail('unknown-migration', `the database records migration ${unknown.map((m) => m.name).join(', ')} but this code does not have it: deploy the code that has it, or roll it back with that code first`)
   }
-  const adopted = upward ? await adoptLegacySchema(conn) : false
+  const adopted = upward(target) ? await adoptLegacySchema(conn) : false
   const migrator = new Migrator({
     db: conn,
     provider,
@@ -222,7 +225,8 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
     case 'down':
     case 'all-down':
     case 'to': {
-      const applied = await readAppliedMigrations(conn)
+      // (Read above: a down adopts nothing, so the history is as it was.)
+      const applied = recorded
       if (applied.length === 0) return fail('nothing-to-do', 'nothing to roll back: no migration is applied')
       if (target.kind === 'to' && !applied.some((m) => m.name === target.name)) {
         return fail('unknown-migration', `unknown migration "${target.name}" to roll back to; applied: ${applied.map((m) => m.name).join(', ')}`)
@@ -242,11 +246,11 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
     return { status: 'error', steps, error: toMigrationError(resultSet.error, server, failed) }
   }
   if (steps.length === 0) {
-    if (!upward) return fail('nothing-to-do', 'nothing to roll back')
+    if (!upward(target)) return fail('nothing-to-do', 'nothing to roll back')
     return { status: 'up-to-date', steps: [], adopted, waiting }
   }
   // After a down, `status` says what waits; the outcome reports what it undid.
-  return { status: 'applied', steps, adopted, waiting: upward ? waiting : [] }
+  return { status: 'applied', steps, adopted, waiting: upward(target) ? waiting : [] }
 }
 
 function fail(kind: MigrationError['kind'], message: string): MigrationOutcome {

@@ -1,11 +1,9 @@
 import { sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
-import { takeSchemaSnapshot, type SchemaSnapshot } from '../../src/catalog/schema-snapshot.ts'
 import { citusReadiness } from '../../src/citus/readiness.ts'
 import { dropScratchDatabase } from '../../src/connection/scratch-database.ts'
 import { ALL_MIGRATION_NAMES } from '../support/migration-names.ts'
-import { rowDigests } from '../../fixtures/legacy.ts'
-import { adminDb, buildProductionCopy, cloneOf, runMigrateCli } from './support.ts'
+import { adminDb, buildProductionCopy, cloneOf, migratedState, runMigrateCli, type MigratedState } from './support.ts'
 
 /** Where to pull the plug in the contract phase: its key swaps, its references, the timestamp change around an index. */
 const TRIALS: { label: string; marker: RegExp; delayMs: number }[] = [
@@ -19,7 +17,7 @@ const TRIALS: { label: string; marker: RegExp; delayMs: number }[] = [
 
 describe('the contract phase killed with SIGKILL mid-run, then run again', () => {
   let base: string
-  let reference: { schema: SchemaSnapshot; sums: Record<string, string> }
+  let reference: MigratedState
   const dbs: string[] = []
   let killed = 0
   beforeAll(async () => {
@@ -31,7 +29,7 @@ describe('the contract phase killed with SIGKILL mid-run, then run again', () =>
     const contract = await runMigrateCli(clone.url, ['contract', '--force'])
     expect(contract.code, contract.stderr).toBe(0)
     const db = adminDb(clone.url)
-    reference = { schema: await takeSchemaSnapshot(db), sums: await rowDigests(db) }
+    reference = await migratedState(db)
     await db.destroy()
   })
   afterAll(async () => {
@@ -50,8 +48,7 @@ describe('the contract phase killed with SIGKILL mid-run, then run again', () =>
       if (cut.signal === 'SIGKILL') killed++
       const rerun = await runMigrateCli(clone.url, ['contract', '--force'])
       expect(rerun.code, rerun.stdout + rerun.stderr).toBe(0)
-      expect(await takeSchemaSnapshot(db)).toEqual(reference.schema)
-      expect(await rowDigests(db)).toEqual(reference.sums)
+      expect(await migratedState(db)).toEqual(reference)
       expect(await citusReadiness(db)).toEqual([])
       const { rows } = await sql<{ n: number }>`select count(*)::int as n from skills_db.kysely_migration`.execute(db)
       expect(rows[0]!.n).toBe(ALL_MIGRATION_NAMES.length)

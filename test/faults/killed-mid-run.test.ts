@@ -1,11 +1,9 @@
 import { sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
-import { takeSchemaSnapshot, type SchemaSnapshot } from '../../src/catalog/schema-snapshot.ts'
 import { dropScratchDatabase } from '../../src/connection/scratch-database.ts'
 import { TENANT_TABLES } from '../../fixtures/legacy.ts'
 import { MIGRATION_NAMES } from '../support/migration-names.ts'
-import { rowDigests } from '../../fixtures/legacy.ts'
-import { adminDb, buildProductionCopy, cloneOf, runMigrateCli } from './support.ts'
+import { adminDb, buildProductionCopy, cloneOf, migratedState, runMigrateCli, type MigratedState } from './support.ts'
 
 /** Where to pull the plug: right after a progress line, so every migration and its slow steps are hit. */
 const TRIALS: { label: string; marker: RegExp; delayMs: number; nulls?: boolean }[] = [
@@ -31,7 +29,7 @@ const TRIALS: { label: string; marker: RegExp; delayMs: number; nulls?: boolean 
 
 describe('killed with SIGKILL mid-run, then run again', () => {
   let base: string
-  let reference: { schema: SchemaSnapshot; sums: Record<string, string> }
+  let reference: MigratedState
   const dbs: string[] = []
   let killed = 0
   let invalidRebuilt = 0
@@ -43,7 +41,7 @@ describe('killed with SIGKILL mid-run, then run again', () => {
     const run = await runMigrateCli(clone.url, ['latest'])
     expect(run.code, run.stderr).toBe(0)
     const db = adminDb(clone.url)
-    reference = { schema: await takeSchemaSnapshot(db), sums: await rowDigests(db) }
+    reference = await migratedState(db)
     await db.destroy()
   })
   afterAll(async () => {
@@ -72,8 +70,7 @@ describe('killed with SIGKILL mid-run, then run again', () => {
       const rerun = await runMigrateCli(clone.url, ['latest'])
       expect(rerun.code, rerun.stdout + rerun.stderr).toBe(0)
       if (/dropping INVALID index/.test(rerun.stdout)) invalidRebuilt++
-      expect(await takeSchemaSnapshot(db)).toEqual(reference.schema) // no INVALID index, no leftover CHECK
-      expect(await rowDigests(db)).toEqual(reference.sums)
+      expect(await migratedState(db)).toEqual(reference) // no INVALID index, no leftover CHECK, every row
       for (const table of TENANT_TABLES) {
         const { rows } = await sql<{ n: number }>`select count(*)::int as n from ${sql.table(table)} where tenant_id is distinct from (select id from tenants where slug = 'default')`.execute(db)
         expect(rows[0]!.n, table).toBe(0)

@@ -1,9 +1,10 @@
-import { sql } from 'kysely'
+import { sql, type Kysely } from 'kysely'
 import { inject } from 'vitest'
 import { countsAt, fillProductionCopy } from '../../fixtures/production-copy.ts'
 import { createDb } from '../../src/connection/create-db.ts'
 import { createScratchDatabase, scratchName } from '../../src/connection/scratch-database.ts'
-import { LEGACY_SQL } from '../../fixtures/legacy.ts'
+import { LEGACY_SQL, rowDigests } from '../../fixtures/legacy.ts'
+import { takeSchemaSnapshot, type SchemaSnapshot } from '../../src/catalog/schema-snapshot.ts'
 import { runScript, type CliResult } from '../support/cli.ts'
 
 /** A production copy at `scale`, built once and cloned per trial (its name, for TEMPLATE). */
@@ -33,3 +34,13 @@ export function runMigrateCli(url: string, args: string[], killOn?: { marker: Re
 }
 
 export const adminDb = (url: string) => createDb<any>(url, { max: 2 })
+
+/** What a run must leave, whether it was killed on the way or not: the schema, and every row's values. */
+export interface MigratedState {
+  schema: SchemaSnapshot
+  sums: Record<string, string>
+}
+
+export async function migratedState(db: Kysely<any>): Promise<MigratedState> {
+  return { schema: await takeSchemaSnapshot(db), sums: await rowDigests(db) }
+}
