@@ -40,3 +40,24 @@ describe('layout: the folders import only what they may', () => {
     })
   }
 })
+
+/**
+ * A pg client or pool with no 'error' listener crashes the process when the server closes one of
+ * its connections while it is idle or still ending (pool.end() resolves before its sockets close,
+ * so a scratch database dropped WITH (FORCE) right after can do it): CI once died that way in
+ * codegen:verify, through the pool kysely-codegen's introspector makes for itself.
+ */
+describe('layout: every connection the code opens has an error listener', () => {
+  for (const folder of ['src', 'fixtures', 'scripts', 'bench']) {
+    it(`${folder}/ opens pg clients and pools only with an 'error' listener, and never through kysely-codegen's own pool`, () => {
+      const files = sources(folder)
+      expect(files.length).toBeGreaterThan(0)
+      const bare = files.filter((f) => {
+        const source = readFileSync(path.join(ROOT, f), 'utf8')
+        const opens = /new pg\.(Client|Pool)\(/.test(source)
+        return /introspector\.connect\(/.test(source) || (opens && !/\.on\('error'/.test(source))
+      })
+      expect(bare).toEqual([])
+    })
+  }
+})

@@ -1,5 +1,6 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import path from 'node:path'
+import { createDb } from '../connection/create-db.ts'
 
 /** kysely-codegen is an optional peer: only codegen and verify need it. */
 export class CodegenUnavailableError extends Error {
@@ -25,7 +26,10 @@ async function loadCodegen(): Promise<Codegen> {
 export async function renderTypes(url: string): Promise<string> {
   const { generate, PostgresDialect } = await loadCodegen()
   const dialect = new PostgresDialect()
-  const db = await dialect.introspector.connect({ connectionString: url, dialect })
+  // Our own pool, not the one kysely-codegen's introspector opens for itself: that one has no 'error'
+  // listener, so a server that closes a connection the pool is still ending (a scratch database
+  // dropped WITH (FORCE) right after, a restart) crashed the process with an unhandled 'error'.
+  const db = createDb<unknown>(url, { max: 1, applicationName: 'skills-db codegen' })
   try {
     return await generate({ db, dialect, includePattern: 'public.*', outFile: null })
   } finally {

@@ -33,6 +33,7 @@ export async function usingDatabase<T>(
   const server = await startEmbeddedPostgres({ dataDir: embeddedDataDir(), port })
   try {
     const admin = new pg.Client({ connectionString: server.adminUrl })
+    admin.on('error', () => {})
     await admin.connect()
     try {
       const { rowCount } = await admin.query('select 1 from pg_database where datname = $1', [EMBEDDED_DATABASE])
