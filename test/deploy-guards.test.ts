@@ -128,6 +128,22 @@ describe('a migrator that lacks what the migrations need is refused before anyth
     await unchanged(t, before)
   })
 
+  it('the owner of every table that may not create in schema public (the database belongs to another role)', async () => {
+    const t = await legacyDb()
+    // As a team hands its tables to a migrator role it did not make the database's owner: on PG 15
+    // public belongs to pg_database_owner, and PUBLIC has no CREATE on it.
+    await sql.raw(`revoke create on schema public from public; ${['users', 'skills', 'ratings', 'usage_events', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings']
+      .map((x) => `alter table ${x} owner to ${STRANGER};`).join(' ')} alter schema drizzle owner to ${STRANGER}; alter table drizzle.__drizzle_migrations owner to ${STRANGER};
+      grant create on database ${t.name} to ${STRANGER}`).execute(t.admin)
+    const before = await takeSchemaSnapshot(t.admin)
+    const outcome = await migrateToLatest(t.connectAs(STRANGER) as Kysely<any>, { appRole })
+    expect(outcome).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight', message: `${STRANGER} cannot create in schema public, where the migrations create tables and functions: nothing was changed; GRANT CREATE ON SCHEMA public TO ${STRANGER}, or connect as the database owner` } })
+    await unchanged(t, before)
+    // The fix the message names is enough.
+    await sql.raw(`grant create on schema public to ${STRANGER}`).execute(t.admin)
+    expect(await migrateToLatest(t.connectAs(STRANGER) as Kysely<any>, { appRole })).toMatchObject({ status: 'applied' })
+  })
+
   it('a role that is neither the owner of the tables nor a superuser', async () => {
     const t = await legacyDb()
     const before = await takeSchemaSnapshot(t.admin)

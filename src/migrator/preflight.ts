@@ -70,8 +70,11 @@ export async function preflight(conn: Kysely<any>): Promise<void> {
     if (r.needsSchema && !r.canCreateSchema) {
       refuse(`${r.me} cannot create the migrator's schema skills_db in database ${r.db}: nothing was changed; GRANT CREATE ON DATABASE ${r.db} TO ${r.me}, or connect as the database owner`)
     }
-    if (r.tables === 0 && !r.canCreateInPublic) {
-      refuse(`${r.me} cannot create tables in schema public: nothing was changed; GRANT CREATE ON SCHEMA public TO ${r.me}, or connect as the database owner`)
+    // Not only a fresh database's tables: every migration from 0002 on creates or replaces tables
+    // and functions in public, up and down, and CREATE OR REPLACE FUNCTION wants CREATE on the schema
+    // even for a function the role owns. Without it a run failed halfway, with Postgres' own words.
+    if (!r.canCreateInPublic) {
+      refuse(`${r.me} cannot create in schema public, where the migrations create tables and functions: nothing was changed; GRANT CREATE ON SCHEMA public TO ${r.me}, or connect as the database owner`)
     }
   }
   if (r.planted) {
