@@ -10,6 +10,8 @@ import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { startCitusServer, type CitusServer } from './support/citus-server.ts'
 import { runScript } from './support/cli.ts'
 import { useTestDatabase } from './support/database.ts'
+import { describeInjectionSuite } from './support/injection-suite.ts'
+import { describeIsolationMatrix } from './support/isolation-matrix.ts'
 import { LEGACY_ROWS, LEGACY_SQL, TENANT_TABLES } from '../fixtures/legacy.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 import { A, B, seedTwoTenants } from './support/tenants.ts'
@@ -57,6 +59,8 @@ describe.skipIf(notRun !== undefined)(`distribute on Citus${notRun ? ` (${notRun
   const appRole = `${inject('runId')}_cz_app`
   let admin: Kysely<any>
   let app: Kysely<DB>
+  let appUrl: string
+  const sessions: Kysely<DB>[] = []
   beforeAll(async () => {
     const url = (citus as CitusServer).url
     admin = createDb<any>(url, { max: 1 })
@@ -70,9 +74,11 @@ describe.skipIf(notRun !== undefined)(`distribute on Citus${notRun ? ` (${notRun
     const u = new URL(url)
     u.username = appRole
     u.password = 'test'
-    app = createDb<DB>(u.toString(), { max: 1, tenantKey: TEST_TENANT_KEY })
+    appUrl = u.toString()
+    app = createDb<DB>(appUrl, { max: 1, tenantKey: TEST_TENANT_KEY })
   }, 600_000)
   afterAll(async () => {
+    await Promise.all(sessions.map((s) => s.destroy()))
     await app?.destroy()
     await admin?.destroy()
     await (citus as CitusServer).stop()
@@ -109,5 +115,32 @@ describe.skipIf(notRun !== undefined)(`distribute on Citus${notRun ? ` (${notRun
       return (await sql<{ n: number }>`select count(*)::int as n from skills`.execute(trx)).rows[0]!.n
     })
     expect(replayed).toBe(0)
+  })
+
+  // Once distributed, the same proofs as on one server: the policies now run on the workers, against
+  // shards, with a tenant context that must have reached them (README, "Scale-out on Citus").
+  describe('tenant isolation, as the application role, on the distributed tables', () => {
+    describeIsolationMatrix(() => app, { shardNames: true })
+  })
+
+  describeInjectionSuite({
+    app: () => app,
+    admin: () => admin,
+    connect: () => {
+      const session = createDb<DB>(appUrl, { max: 1, tenantKey: TEST_TENANT_KEY })
+      sessions.push(session)
+      return session
+    },
+    ownerRole: () => new URL((citus as CitusServer).url).username,
+    shardNames: true,
+    moreAttacks: [
+      ['citus: setting the distributed transaction id', `select assign_distributed_transaction_id(0, 1, now())`],
+      ['citus: the whole worker context by SET LOCAL, signature made up', `set local tenant_context.entered = 'on'; set local app.current_tenant_id = '${B}'; set local tenant_context.signature = 'test:${'0'.repeat(64)}'`],
+      ['citus: naming B on the workers directly', `select run_command_on_workers($$select set_config('app.current_tenant_id', '${B}', false)$$)`],
+      ['citus: reading the shards themselves', `create temp table loot (tenant_id text); do $$ declare s text; begin
+          for s in select shard_name(logicalrelid, shardid) from pg_dist_shard where logicalrelid = 'public.skills'::regclass loop
+            begin execute format('insert into loot select tenant_id from %s', s); exception when others then null; end;
+          end loop; end $$; select * from loot`],
+    ],
   })
 })

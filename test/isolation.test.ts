@@ -2,31 +2,8 @@ import { sql, type Kysely } from 'kysely'
 import { beforeAll, describe, expect, inject, it } from 'vitest'
 import type { DB } from '../src/db-types.ts'
 import { useTestDatabase } from './support/database.ts'
-import { A, attempt, B, seedTwoTenants, type TenantContext } from './support/tenants.ts'
-
-type Table = keyof DB & string
-
-/** Per table: a row of tenant A, a harmless column to update, and a new row's values (tenant A's references). */
-const TABLES: { table: Table; rowOfA: string; idColumn: string; set: Record<string, unknown>; insert: Record<string, unknown> }[] = [
-  { table: 'users', rowOfA: 'uA2', idColumn: 'id', set: { name: 'x' }, insert: { id: 'uA9', email: 'new@a' } },
-  { table: 'skills', rowOfA: 'sA2', idColumn: 'id', set: { name: 'x' }, insert: { id: 'sA9', name: 'n', slug: 'new', description: 'd', category: 'c', content: 'c', author_id: 'uA1' } },
-  { table: 'ratings', rowOfA: 'rA1', idColumn: 'id', set: { comment: 'x' }, insert: { id: 'rA9', skill_id: 'sA2', user_id: 'uA1', rating: 1 } },
-  { table: 'usage_events', rowOfA: 'eA1', idColumn: 'id', set: { tool_name: 'x' }, insert: { id: 'eA9', tool_name: 't', skill_id: 'sA1', user_id: 'uA1' } },
-  { table: 'skill_versions', rowOfA: 'vA1', idColumn: 'id', set: { name: 'x' }, insert: { id: 'vA9', skill_id: 'sA1', version: 9, content_url: 'u', content_hash: 'h', content_type: 't', name: 'n', description: 'd', created_by: 'uA1' } },
-  { table: 'skill_embeddings', rowOfA: 'mA1', idColumn: 'id', set: { model_name: 'x' }, insert: { id: 'mA9', skill_id: 'sA2', embedding: [1], model_name: 'm', model_version: '1', input_hash: 'i' } },
-  { table: 'skill_reviews', rowOfA: 'wA1', idColumn: 'id', set: { summary: 'x' }, insert: { id: 'wA9', skill_id: 'sA2', requested_by: 'uA1', categories: '{}', summary: 's', reviewed_content_hash: 'h', model_name: 'm' } },
-  { table: 'api_keys', rowOfA: 'kA1', idColumn: 'id', set: { name: 'x' }, insert: { id: 'kA9', user_id: 'uA1', key_hash: 'hash-new', key_prefix: 'p', name: 'n' } },
-  { table: 'site_settings', rowOfA: 'model-a', idColumn: 'ollama_model', set: { ollama_model: 'model-a' }, insert: { id: 'other' } },
-  { table: 'audit_logs', rowOfA: 'seed', idColumn: 'action', set: { action: 'x' }, insert: { action: 'new' } },
-]
-
-const CONTEXTS: [string, TenantContext][] = [
-  ['own tenant', { kind: 'tenant', id: A }],
-  ['other tenant', { kind: 'tenant', id: B }],
-  ['tenant A named in the setting, not entered', { kind: 'named', id: A }],
-  ['no tenant', { kind: 'none' }],
-  ['empty tenant', { kind: 'empty' }],
-]
+import { describeIsolationMatrix } from './support/isolation-matrix.ts'
+import { seedTwoTenants } from './support/tenants.ts'
 
 describe('tenant isolation, as the application role', () => {
   const t = useTestDatabase('migrated')
@@ -44,71 +21,5 @@ describe('tenant isolation, as the application role', () => {
     expect(rows[0]).toEqual({ rolsuper: false, rolbypassrls: false, owns: 0, me: inject('appRole') })
   })
 
-  describe.each(TABLES.map((x) => [x.table, x] as const))('%s', (_name, { table, rowOfA, idColumn, set, insert }) => {
-    const isAudit = table === 'audit_logs'
-
-    it.each(CONTEXTS)('SELECT in %s', async (_label, context) => {
-      const r = await attempt(app, context, (trx) => trx.selectFrom(table).select(sql<string>`tenant_id`.as('tenant_id')).execute())
-      expect(r.ok).toBe(true)
-      const tenants = r.ok ? [...new Set(r.value.map((x) => x.tenant_id))] : []
-      if (context.kind === 'tenant') expect(tenants).toEqual([context.id])
-      else expect(tenants).toEqual([])
-    })
-
-    it.each(CONTEXTS)('INSERT in %s', async (_label, context) => {
-      const r = await attempt(app, context, (trx) =>
-        trx.insertInto(table).values(insert as never).returning(sql<string>`tenant_id`.as('tenant_id')).executeTakeFirstOrThrow())
-      if (context.kind === 'tenant' && context.id === A) {
-        expect(r).toEqual({ ok: true, value: { tenant_id: A } })
-      } else if (context.kind === 'tenant') {
-        // Tenant B cannot write rows that point at A's rows (audit rows have none, and land in B).
-        if (isAudit) expect(r).toEqual({ ok: true, value: { tenant_id: B } })
-        else if (table === 'users' || table === 'site_settings') expect(r).toEqual({ ok: true, value: { tenant_id: B } })
-        else expect(r).toMatchObject({ ok: false, error: { code: '23503' } })
-      } else {
-        expect(r).toMatchObject({ ok: false, error: { code: '42501', message: `new row violates row-level security policy for table "${table}"` } })
-      }
-    })
-
-    it.each(CONTEXTS)('INSERT of a row labelled with tenant A, in %s', async (_label, context) => {
-      const r = await attempt(app, context, (trx) => trx.insertInto(table).values({ ...insert, tenant_id: A } as never).execute())
-      if (context.kind === 'tenant' && context.id === A) expect(r.ok).toBe(true)
-      else expect(r).toMatchObject({ ok: false, error: { code: '42501', message: `new row violates row-level security policy for table "${table}"` } })
-    })
-
-    it.each(CONTEXTS)('UPDATE of a row of tenant A in %s', async (_label, context) => {
-      const r = await attempt(app, context, (trx) =>
-        trx.updateTable(table).set(set as never).where(sql.ref(idColumn), '=', rowOfA).executeTakeFirst())
-      if (isAudit) return expect(r).toMatchObject({ ok: false, error: { code: '42501', message: 'permission denied for table audit_logs' } })
-      expect(r.ok).toBe(true)
-      expect(r.ok && Number(r.value.numUpdatedRows)).toBe(context.kind === 'tenant' && context.id === A ? 1 : 0)
-    })
-
-    it.each(CONTEXTS)('DELETE of a row of tenant A in %s', async (_label, context) => {
-      const r = await attempt(app, context, (trx) => trx.deleteFrom(table).where(sql.ref(idColumn), '=', rowOfA).executeTakeFirst())
-      if (isAudit) return expect(r).toMatchObject({ ok: false, error: { code: '42501', message: 'permission denied for table audit_logs' } })
-      expect(r.ok).toBe(true)
-      expect(r.ok && Number(r.value.numDeletedRows)).toBe(context.kind === 'tenant' && context.id === A ? 1 : 0)
-    })
-
-    it('UPDATE cannot move a row of tenant A into tenant B', async () => {
-      const r = await attempt(app, { kind: 'tenant', id: A }, (trx) =>
-        trx.updateTable(table).set({ tenant_id: B } as never).where(sql.ref(idColumn), '=', rowOfA).execute())
-      expect(r).toMatchObject({ ok: false, error: { code: '42501', message: isAudit ? 'permission denied for table audit_logs' : `new row violates row-level security policy for table "${table}"` } })
-    })
-  })
-
-  it('tenants: a tenant reads its own row only, none without a tenant, and writes nothing', async () => {
-    const read = await attempt(app, { kind: 'tenant', id: A }, (trx) => trx.selectFrom('tenants').select('slug').execute())
-    expect(read.ok && read.value.map((r) => r.slug)).toEqual(['a'])
-    const none = await attempt(app, { kind: 'none' }, (trx) => trx.selectFrom('tenants').select('slug').execute())
-    expect(none).toEqual({ ok: true, value: [] })
-    for (const write of [
-      (trx: any) => trx.insertInto('tenants').values({ name: 'x', slug: 'x' }).execute(),
-      (trx: any) => trx.updateTable('tenants').set({ name: 'x' }).execute(),
-      (trx: any) => trx.deleteFrom('tenants').execute(),
-    ]) {
-      expect(await attempt(app, { kind: 'tenant', id: A }, write)).toMatchObject({ ok: false, error: { code: '42501', message: 'permission denied for table tenants' } })
-    }
-  })
+  describeIsolationMatrix(() => app)
 })
