@@ -40,6 +40,7 @@ describe('the contract phase (skills-db contract), once the old app is retired',
     u.username = old
     u.password = 'test'
     const session = new pg.Client({ connectionString: u.toString(), application_name: 'the old app' })
+    session.on('error', () => {})
     await session.connect()
     try {
       const before = await takeSchemaSnapshot(t.admin)

@@ -28,7 +28,7 @@ describe('on the contracted schema', () => {
   })
 
   describe('tenant isolation, as the application role', () => {
-    describeIsolationMatrix(() => app)
+    describeIsolationMatrix(() => app, { role: () => inject('appRole') })
   })
 
   describeInjectionSuite({

@@ -14,7 +14,7 @@ import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { runScript } from './support/cli.ts'
 import { embeddedModuleFor } from '../fixtures/pg-majors.ts'
 import { freePort } from '../fixtures/test-server.ts'
-import { useLegacyDatabases, type TestDatabase } from './support/database.ts'
+import { createTestDatabase, useLegacyDatabases, type TestDatabase } from './support/database.ts'
 import { LEGACY_SQL } from '../fixtures/legacy.ts'
 
 const runId = inject('runId')
@@ -98,6 +98,7 @@ describe('an application role that could escape row security is refused before a
   it('the app role\'s own temporary objects are not ownership: a session of it cannot block the migrator', async () => {
     const t = await legacyDb()
     const app = new pg.Client({ connectionString: Object.assign(new URL(t.url), { username: role('temp'), password: 'test' }).toString() })
+    app.on('error', () => {})
     await app.connect()
     try {
       await app.query('create temp table mine (id int)')
@@ -111,6 +112,9 @@ describe('an application role that could escape row security is refused before a
 describe('a migrator that lacks what the migrations need is refused before anything changes', () => {
   const NOCR = role('nocr')
   const STRANGER = role('stranger')
+  /** Hands the legacy tables to the stranger. */
+  const TABLES = ['users', 'skills', 'ratings', 'usage_events', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings']
+    .map((x) => `alter table ${x} owner to ${STRANGER};`).join(' ')
   beforeAll(async () => {
     await adminQuery(adminUrl, `create role ${NOCR} login password 'test' nosuperuser nocreaterole`)
     await adminQuery(adminUrl, `create role ${STRANGER} login password 'test' nosuperuser createrole`)
@@ -132,9 +136,8 @@ describe('a migrator that lacks what the migrations need is refused before anyth
     const t = await legacyDb()
     // As a team hands its tables to a migrator role it did not make the database's owner: on PG 15
     // public belongs to pg_database_owner, and PUBLIC has no CREATE on it.
-    await sql.raw(`revoke create on schema public from public; ${['users', 'skills', 'ratings', 'usage_events', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings']
-      .map((x) => `alter table ${x} owner to ${STRANGER};`).join(' ')} alter schema drizzle owner to ${STRANGER}; alter table drizzle.__drizzle_migrations owner to ${STRANGER};
-      grant create on database ${t.name} to ${STRANGER}`).execute(t.admin)
+    await sql.raw(`revoke create on schema public from public; ${TABLES} alter schema drizzle owner to ${STRANGER};
+      alter table drizzle.__drizzle_migrations owner to ${STRANGER}; grant create on database ${t.name} to ${STRANGER}`).execute(t.admin)
     const before = await takeSchemaSnapshot(t.admin)
     const outcome = await migrateToLatest(t.connectAs(STRANGER) as Kysely<any>, { appRole })
     expect(outcome).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight', message: `${STRANGER} cannot create in schema public, where the migrations create tables and functions: nothing was changed; GRANT CREATE ON SCHEMA public TO ${STRANGER}, or connect as the database owner` } })
@@ -142,6 +145,36 @@ describe('a migrator that lacks what the migrations need is refused before anyth
     // The fix the message names is enough.
     await sql.raw(`grant create on schema public to ${STRANGER}`).execute(t.admin)
     expect(await migrateToLatest(t.connectAs(STRANGER) as Kysely<any>, { appRole })).toMatchObject({ status: 'applied' })
+  })
+
+  it('on a cluster upgraded from PG 14, where public belongs to the bootstrap superuser: one refusal names every statement needed, and they are enough', async () => {
+    const tableOwner = `${TABLES} alter schema drizzle owner to ${STRANGER}; alter table drizzle.__drizzle_migrations owner to ${STRANGER};`
+    // public still open to every role: revoking that and granting CREATE back to the migrator, both as postgres.
+    const open = await legacyDb()
+    await sql.raw(`alter schema public owner to postgres; grant create on schema public to public; ${tableOwner} alter database ${open.name} owner to ${STRANGER}`).execute(open.admin)
+    const before = await takeSchemaSnapshot(open.admin)
+    expect(await migrateToLatest(open.connectAs(STRANGER) as Kysely<any>, { appRole })).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight',
+      message: `every role may create objects in schema public, and ${STRANGER} cannot revoke that (the schema belongs to postgres): nothing was changed; as postgres, run  REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT CREATE ON SCHEMA public TO ${STRANGER};  then run again` } })
+    await unchanged(open, before)
+    await sql.raw(`revoke create on schema public from public; grant create on schema public to ${STRANGER}`).execute(open.admin)
+    expect(await migrateToLatest(open.connectAs(STRANGER) as Kysely<any>, { appRole })).toMatchObject({ status: 'applied' })
+    // Already closed: owning the database gives nothing on it, only the grant does.
+    const closed = await legacyDb()
+    await sql.raw(`alter schema public owner to postgres; revoke create on schema public from public; ${tableOwner} alter database ${closed.name} owner to ${STRANGER}`).execute(closed.admin)
+    expect(await migrateToLatest(closed.connectAs(STRANGER) as Kysely<any>, { appRole })).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight',
+      message: `${STRANGER} cannot create in schema public, where the migrations create tables and functions: nothing was changed; as postgres, run  GRANT CREATE ON SCHEMA public TO ${STRANGER};  then run again` } })
+  })
+
+  it('a database without schema public', async () => {
+    const t = await createTestDatabase('empty')
+    try {
+      await sql`drop schema public`.execute(t.admin)
+      expect(await migrateToLatest(t.admin, { appRole })).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight',
+        message: `schema public does not exist in database ${t.name}, and the migrations create tables and functions there: nothing was changed; as the database owner, CREATE SCHEMA public, then run again` } })
+      expect(await sql`select 1 from pg_namespace where nspname = 'skills_db'`.execute(t.admin)).toMatchObject({ rows: [] })
+    } finally {
+      await t.close()
+    }
   })
 
   it('a role that is neither the owner of the tables nor a superuser', async () => {
@@ -161,6 +194,7 @@ describe('PostgreSQL 14', () => {
     const server = await startEmbeddedPostgres({ dataDir: path.join(dir, 'pg'), port: await freePort(), persistent: false, module: embeddedModuleFor(14)! })
     try {
       const admin = new pg.Client({ connectionString: server.adminUrl })
+      admin.on('error', () => {})
       await admin.connect()
       await admin.query('create database legacy')
       await admin.end()
@@ -217,6 +251,7 @@ describe('the migrator never runs what another role planted', () => {
     await sql.raw(`create operator public.|| (leftarg = text, rightarg = integer, function = public.concat_planted)`).execute(plant)
     // The planted lock function and operator do win untyped calls: the attack is real.
     const probe = new pg.Client({ connectionString: t.url })
+    probe.on('error', () => {})
     await probe.connect()
     await probe.query(`set search_path = public`)
     await probe.query('select pg_try_advisory_lock($1)', ['1'])
@@ -259,6 +294,7 @@ describe('a superuser old app: no second tenant while it may be connected', () =
     try {
       expect(await migrateToLatest(operator, { appRole })).toMatchObject({ status: 'applied' })
       const oldApp = new pg.Client({ connectionString: t.url, application_name: 'old single-tenant app' })
+      oldApp.on('error', () => {})
       await oldApp.connect()
       const pid = (await oldApp.query('select pg_backend_pid() as pid')).rows[0].pid
       const create = () => sql`insert into tenants (id, name, slug) values ('tenant-b', 'B', 'b')`.execute(operator)
@@ -271,6 +307,7 @@ describe('a superuser old app: no second tenant while it may be connected', () =
       await adminQuery(adminUrl, `create role ${member} login password 'test'`)
       await adminQuery(adminUrl, `grant ${role('bypass')} to ${member}`)
       const viaMember = new pg.Client({ connectionString: Object.assign(new URL(t.url), { username: member, password: 'test' }).toString() })
+      viaMember.on('error', () => {})
       await viaMember.connect()
       const memberPid = (await viaMember.query('select pg_backend_pid() as pid')).rows[0].pid
       await expect(create()).rejects.toThrow(`pid ${memberPid} (${member})`)

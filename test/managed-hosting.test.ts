@@ -84,6 +84,7 @@ async function addTenantB(d: OwnedDb): Promise<void> {
 
 async function asRole<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
   const client = new pg.Client({ connectionString: url })
+  client.on('error', () => {})
   await client.connect()
   try {
     return await fn(client)

@@ -63,6 +63,9 @@ export async function preflight(conn: Kysely<any>): Promise<void> {
   if (r.ro === 'on' || r.standby) {
     refuse(`the database is read-only (${r.standby ? 'a standby' : 'default_transaction_read_only is on'}): nothing was changed; point the migrator at the writable primary`)
   }
+  if (!r.publicOwner) {
+    refuse(`schema public does not exist in database ${r.db}, and the migrations create tables and functions there: nothing was changed; as the database owner, CREATE SCHEMA public, then run again`)
+  }
   if (!r.super) {
     if (r.foreignOwners) {
       refuse(`migrations must run as the owner of the tables or a superuser, and ${r.me} cannot act as ${r.foreignOwners}: nothing was changed; connect as ${r.foreignOwners.split(', ')[0]}, or GRANT ${r.foreignOwners.split(', ')[0]} TO ${r.me}`)
@@ -70,18 +73,22 @@ export async function preflight(conn: Kysely<any>): Promise<void> {
     if (r.needsSchema && !r.canCreateSchema) {
       refuse(`${r.me} cannot create the migrator's schema skills_db in database ${r.db}: nothing was changed; GRANT CREATE ON DATABASE ${r.db} TO ${r.me}, or connect as the database owner`)
     }
-    // Not only a fresh database's tables: every migration from 0002 on creates or replaces tables
-    // and functions in public, up and down, and CREATE OR REPLACE FUNCTION wants CREATE on the schema
-    // even for a function the role owns. Without it a run failed halfway, with Postgres' own words.
+    // Not only on a fresh database: 0002 and 0005–0010 create or replace tables and functions in
+    // public, up and down, and CREATE OR REPLACE FUNCTION wants CREATE on the schema even for a
+    // function the role owns. Without it a run failed halfway, in Postgres' words. Checked on every
+    // run, as the rest is: a migrator that lost it cannot apply the next migration either.
     if (!r.canCreateInPublic) {
-      refuse(`${r.me} cannot create in schema public, where the migrations create tables and functions: nothing was changed; GRANT CREATE ON SCHEMA public TO ${r.me}, or connect as the database owner`)
+      // Only where public belongs to pg_database_owner (PG 15 and later) does owning the database give it.
+      refuse(`${r.me} cannot create in schema public, where the migrations create tables and functions: nothing was changed; ${r.publicOwner === 'pg_database_owner'
+        ? `GRANT CREATE ON SCHEMA public TO ${r.me}, or connect as the database owner`
+        : `as ${r.publicOwner}, run  GRANT CREATE ON SCHEMA public TO ${r.me};  then run again`}`)
     }
   }
   if (r.planted) {
     refuse(`schema public holds what another role could have planted to run as ${r.me}: ${r.planted}; nothing was changed; drop them (or, if you trust them, ALTER … OWNER TO ${r.me}), then run again`)
   }
   if (r.publicOpen && !r.canAlterPublic) {
-    refuse(`every role may create objects in schema public, and ${r.me} cannot revoke that (the schema belongs to ${r.publicOwner}): nothing was changed; as ${r.publicOwner}, run  REVOKE CREATE ON SCHEMA public FROM PUBLIC;  then run again`)
+    refuse(`every role may create objects in schema public, and ${r.me} cannot revoke that (the schema belongs to ${r.publicOwner}): nothing was changed; as ${r.publicOwner}, run  REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT CREATE ON SCHEMA public TO ${r.me};  then run again`)
   }
   await checkRoles(conn, { me: r.me, canCreateRoles: r.super || r.createrole })
 }

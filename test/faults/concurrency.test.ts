@@ -35,6 +35,7 @@ describe('many app instances, held locks, lost connections', () => {
     const clone = await cloneOf(base)
     dbs.push(clone.name)
     const holder = new pg.Client({ connectionString: clone.url, application_name: 'long app transaction' })
+    holder.on('error', () => {})
     await holder.connect()
     await holder.query('begin')
     await holder.query(`update skills set name = name where id = 's1'`)
@@ -121,6 +122,7 @@ describe('many app instances, held locks, lost connections', () => {
     // An open snapshot makes the first CONCURRENTLY build wait in its last phase, with its index
     // already in the catalog (INVALID): the moment to cut the connection.
     const snapshot = new pg.Client({ connectionString: clone.url, application_name: 'reporting query' })
+    snapshot.on('error', () => {})
     await snapshot.connect()
     await snapshot.query('begin isolation level repeatable read')
     await snapshot.query('select 1')

@@ -11,6 +11,7 @@ describe('online/lock-retry', () => {
   /** Another session holding `mode` on toy until `release()`. */
   async function holdLock(mode: string) {
     const client = new pg.Client({ connectionString: t.url, application_name: 'the lock holder' })
+    client.on('error', () => {})
     await client.connect()
     await client.query('begin')
     await client.query(`lock table toy in ${mode} mode`)

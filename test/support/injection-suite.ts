@@ -190,7 +190,8 @@ export function describeInjectionSuite(subject: InjectionSubject): void {
     })
 
     it('a hostile search_path with look-alike types, set before current_tenant() is first compiled, changes nothing', async () => {
-      // A fresh session, so current_tenant() is compiled under the attacker's search_path.
+      // A fresh session, so current_tenant() is compiled under the attacker's search_path (on Citus,
+      // fresh on the coordinator only: the workers' connections are cached).
       const fresh = subject.connect()
       const seen = await withTenant(fresh, A, async (trx) => {
         await sql.raw(`create domain pg_temp.text as integer; create domain pg_temp.int8 as integer; create domain pg_temp.regclass as integer;

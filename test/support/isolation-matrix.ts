@@ -28,6 +28,8 @@ const CONTEXTS: [string, TenantContext][] = [
 ]
 
 export interface MatrixOptions {
+  /** The application role's name, which `app()` logs in as. */
+  role: () => string
   /**
    * On Citus the row security error comes from a worker and names the shard
    * (`"users_102008"`), not the table: the README's "Scale-out on Citus" tells apps so.
@@ -40,10 +42,18 @@ export interface MatrixOptions {
  * application role (`app()`, a connection of it), on a database seeded with seedTwoTenants. Used
  * on the expand schema, on the contracted one, and on Citus, so each shows the same isolation.
  */
-export function describeIsolationMatrix(app: () => Kysely<DB>, options: MatrixOptions = {}): void {
+export function describeIsolationMatrix(app: () => Kysely<DB>, options: MatrixOptions): void {
   const refused = (table: string) => options.shardNames
     ? expect.stringMatching(new RegExp(`^new row violates row-level security policy for table "${table}(_\\d+)?"$`))
     : `new row violates row-level security policy for table "${table}"`
+
+  it('the application role is neither superuser, nor BYPASSRLS, nor owner of anything', async () => {
+    const { rows } = await sql<{ rolsuper: boolean; rolbypassrls: boolean; owns: number; me: string }>`
+      select r.rolsuper, r.rolbypassrls, current_user as me,
+        (select count(*)::int from pg_class where relowner = r.oid) + (select count(*)::int from pg_proc where proowner = r.oid) as owns
+      from pg_roles r where r.rolname = current_user`.execute(app())
+    expect(rows[0]).toEqual({ rolsuper: false, rolbypassrls: false, owns: 0, me: options.role() })
+  })
 
   describe.each(TABLES.map((x) => [x.table, x] as const))('%s', (_name, { table, rowOfA, idColumn, set, insert }) => {
     const isAudit = table === 'audit_logs'
