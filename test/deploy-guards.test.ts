@@ -140,7 +140,7 @@ describe('a migrator that lacks what the migrations need is refused before anyth
       alter table drizzle.__drizzle_migrations owner to ${STRANGER}; grant create on database ${t.name} to ${STRANGER}`).execute(t.admin)
     const before = await takeSchemaSnapshot(t.admin)
     const outcome = await migrateToLatest(t.connectAs(STRANGER) as Kysely<any>, { appRole })
-    expect(outcome).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight', message: `${STRANGER} cannot create in schema public, where the migrations create tables and functions: nothing was changed; GRANT CREATE ON SCHEMA public TO ${STRANGER}, or connect as the database owner` } })
+    expect(outcome).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight', message: `${STRANGER} cannot create in schema public, where the migrations create tables and functions: nothing was changed; as postgres, run  GRANT CREATE ON SCHEMA public TO ${STRANGER};  then run again (or connect as postgres)` } })
     await unchanged(t, before)
     // The fix the message names is enough.
     await sql.raw(`grant create on schema public to ${STRANGER}`).execute(t.admin)
@@ -161,8 +161,12 @@ describe('a migrator that lacks what the migrations need is refused before anyth
     // Already closed: owning the database gives nothing on it, only the grant does.
     const closed = await legacyDb()
     await sql.raw(`alter schema public owner to postgres; revoke create on schema public from public; ${tableOwner} alter database ${closed.name} owner to ${STRANGER}`).execute(closed.admin)
+    const closedBefore = await takeSchemaSnapshot(closed.admin)
     expect(await migrateToLatest(closed.connectAs(STRANGER) as Kysely<any>, { appRole })).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight',
       message: `${STRANGER} cannot create in schema public, where the migrations create tables and functions: nothing was changed; as postgres, run  GRANT CREATE ON SCHEMA public TO ${STRANGER};  then run again` } })
+    await unchanged(closed, closedBefore)
+    await sql.raw(`grant create on schema public to ${STRANGER}`).execute(closed.admin)
+    expect(await migrateToLatest(closed.connectAs(STRANGER) as Kysely<any>, { appRole })).toMatchObject({ status: 'applied' })
   })
 
   it('a database without schema public', async () => {
@@ -170,8 +174,13 @@ describe('a migrator that lacks what the migrations need is refused before anyth
     try {
       await sql`drop schema public`.execute(t.admin)
       expect(await migrateToLatest(t.admin, { appRole })).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight',
-        message: `schema public does not exist in database ${t.name}, and the migrations create tables and functions there: nothing was changed; as the database owner, CREATE SCHEMA public, then run again` } })
+        message: `schema public does not exist in database ${t.name}, and the migrations create tables and functions there: nothing was changed; as postgres, run  CREATE SCHEMA public AUTHORIZATION pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC;  then run again` } })
       expect(await sql`select 1 from pg_namespace where nspname = 'skills_db'`.execute(t.admin)).toMatchObject({ rows: [] })
+      // The advice gives back public as PG 15 makes it, and the app role can use what the migrations put there.
+      await sql.raw(`create schema public authorization pg_database_owner; grant usage on schema public to public`).execute(t.admin)
+      expect(await migrateToLatest(t.admin, { appRole })).toMatchObject({ status: 'applied' })
+      const { rows } = await sql<{ ok: boolean }>`select has_schema_privilege(${appRole}, 'public', 'USAGE') and has_table_privilege(${appRole}, 'public.skills', 'SELECT') as ok`.execute(t.admin)
+      expect(rows).toEqual([{ ok: true }])
     } finally {
       await t.close()
     }

@@ -46,12 +46,21 @@ function code(file: string): string {
   return readFileSync(path.join(ROOT, file), 'utf8').replace(/\/\*[\s\S]*?\*\//g, '').replace(/(^|[^:'"`])\/\/.*$/gm, '$1')
 }
 
-/** Each pg client or pool `source` makes with no 'error' listener on the variable it is kept in. */
+/**
+ * The pg clients and pools `source` makes without an 'error' listener: per variable name, each
+ * `new …Client(`/`new …Pool(` needs a `<name>.on('error'` of its own; one made without a name cannot
+ * have one.
+ */
 function bareConnections(source: string): string[] {
   const bare: string[] = []
-  for (const m of source.matchAll(/(?:(?:const|let|var)\s+(\w+)\s*=\s*)?new\s+(?:\w+\.)*(Client|Pool)\(/g)) {
-    const name = m[1]
-    if (!name || !new RegExp(`\\b${name}\\.on\\(\\s*['"]error['"]`).test(source)) bare.push(m[0])
+  const opened = new Map<string, string[]>()
+  for (const m of source.matchAll(/(?:(?:const|let|var)\s+(\w+)(?:\s*:\s*[\w.<>]+)?\s*=\s*)?new\s+(?:\w+\.)*(?:Client|Pool)\s*(?:<[^>(]*>)?\(/g)) {
+    if (m[1]) opened.set(m[1], [...(opened.get(m[1]) ?? []), m[0]])
+    else bare.push(m[0])
+  }
+  for (const [name, opens] of opened) {
+    const listeners = source.match(new RegExp(`\\b${name}\\.on\\(\\s*['"]error['"]`, 'g'))?.length ?? 0
+    bare.push(...opens.slice(listeners))
   }
   for (const m of source.matchAll(/introspector\.connect\(|createKyselyDialect\(/g)) bare.push(m[0])
   return bare
@@ -69,6 +78,10 @@ describe('layout: every connection the code opens has an error listener', () => 
     expect(bareConnections(`const a = new Pool({})\nconst b = new pg.Client({})\nb.on('error', () => {})`)).toEqual(['const a = new Pool('])
     expect(bareConnections(`const c = new pg.Client({})\nc.on("error", noop)`)).toEqual([])
     expect(bareConnections(`await dialect.introspector.connect({ connectionString })`)).toEqual(['introspector.connect('])
+    // One listener does not cover a second client of the same name, elsewhere in the file.
+    expect(bareConnections(`const c = new pg.Client({})\nc.on('error', noop)\nconst c = new pg.Client({})`)).toEqual(['const c = new pg.Client('])
+    expect(bareConnections(`const p = new pg.Pool<Row>({})`)).toEqual(['const p = new pg.Pool<Row>('])
+    expect(bareConnections(`await new pg.Client({}).connect()`)).toEqual(['new pg.Client('])
   })
 
   for (const folder of ['src', 'fixtures', 'scripts', 'bench', 'test']) {

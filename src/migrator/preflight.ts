@@ -23,7 +23,7 @@ export async function preflight(conn: Kysely<any>): Promise<void> {
     version: number; versionText: string; ro: string; standby: boolean; me: string; db: string
     super: boolean; createrole: boolean; foreignOwners: string | null; tables: number
     needsSchema: boolean; canCreateSchema: boolean; canCreateInPublic: boolean
-    publicOpen: boolean; publicOwner: string | null; canAlterPublic: boolean; planted: string | null
+    publicOpen: boolean; publicOwner: string | null; dbOwner: string; canAlterPublic: boolean; planted: string | null
   }>`
     select pg_catalog.current_setting('server_version_num')::int as version,
       pg_catalog.current_setting('server_version') as "versionText",
@@ -39,6 +39,7 @@ export async function preflight(conn: Kysely<any>): Promise<void> {
       n.oid is not null and pg_catalog.has_schema_privilege(n.oid, 'CREATE') as "canCreateInPublic",
       exists (select 1 from pg_catalog.aclexplode(n.nspacl) a where a.grantee = 0 and a.privilege_type = 'CREATE') as "publicOpen",
       pg_catalog.pg_get_userbyid(n.nspowner) as "publicOwner",
+      (select pg_catalog.pg_get_userbyid(d.datdba) from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()) as "dbOwner",
       r.rolsuper or pg_catalog.pg_has_role(n.nspowner, 'USAGE') as "canAlterPublic",
       -- Our statements (and Kysely's) call pg_catalog functions and operators unqualified: a lookalike
       -- in public, owned by a role other than a superuser or us, could win on argument types and run
@@ -64,8 +65,11 @@ export async function preflight(conn: Kysely<any>): Promise<void> {
     refuse(`the database is read-only (${r.standby ? 'a standby' : 'default_transaction_read_only is on'}): nothing was changed; point the migrator at the writable primary`)
   }
   if (!r.publicOwner) {
-    refuse(`schema public does not exist in database ${r.db}, and the migrations create tables and functions there: nothing was changed; as the database owner, CREATE SCHEMA public, then run again`)
+    // As PG 15 makes it: the app role needs USAGE on it, which the migrations do not grant.
+    refuse(`schema public does not exist in database ${r.db}, and the migrations create tables and functions there: nothing was changed; as ${r.dbOwner}, run  CREATE SCHEMA public AUTHORIZATION pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC;  then run again`)
   }
+  // Who can change public's privileges: its owner, or for pg_database_owner (not a login role) the database's.
+  const publicAdmin = r.publicOwner === 'pg_database_owner' ? r.dbOwner : r.publicOwner
   if (!r.super) {
     if (r.foreignOwners) {
       refuse(`migrations must run as the owner of the tables or a superuser, and ${r.me} cannot act as ${r.foreignOwners}: nothing was changed; connect as ${r.foreignOwners.split(', ')[0]}, or GRANT ${r.foreignOwners.split(', ')[0]} TO ${r.me}`)
@@ -79,16 +83,14 @@ export async function preflight(conn: Kysely<any>): Promise<void> {
     // run, as the rest is: a migrator that lost it cannot apply the next migration either.
     if (!r.canCreateInPublic) {
       // Only where public belongs to pg_database_owner (PG 15 and later) does owning the database give it.
-      refuse(`${r.me} cannot create in schema public, where the migrations create tables and functions: nothing was changed; ${r.publicOwner === 'pg_database_owner'
-        ? `GRANT CREATE ON SCHEMA public TO ${r.me}, or connect as the database owner`
-        : `as ${r.publicOwner}, run  GRANT CREATE ON SCHEMA public TO ${r.me};  then run again`}`)
+      refuse(`${r.me} cannot create in schema public, where the migrations create tables and functions: nothing was changed; as ${publicAdmin}, run  GRANT CREATE ON SCHEMA public TO ${r.me};  then run again${r.publicOwner === 'pg_database_owner' ? ` (or connect as ${r.dbOwner})` : ''}`)
     }
   }
   if (r.planted) {
     refuse(`schema public holds what another role could have planted to run as ${r.me}: ${r.planted}; nothing was changed; drop them (or, if you trust them, ALTER … OWNER TO ${r.me}), then run again`)
   }
   if (r.publicOpen && !r.canAlterPublic) {
-    refuse(`every role may create objects in schema public, and ${r.me} cannot revoke that (the schema belongs to ${r.publicOwner}): nothing was changed; as ${r.publicOwner}, run  REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT CREATE ON SCHEMA public TO ${r.me};  then run again`)
+    refuse(`every role may create objects in schema public, and ${r.me} cannot revoke that (the schema belongs to ${r.publicOwner}): nothing was changed; as ${publicAdmin}, run  REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT CREATE ON SCHEMA public TO ${r.me};  then run again`)
   }
   await checkRoles(conn, { me: r.me, canCreateRoles: r.super || r.createrole })
 }

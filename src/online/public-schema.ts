@@ -31,7 +31,7 @@ export const revokePublicCreate: Step = {
       if (after.open) {
         throw new Error(
           `every role may create objects in schema public, and ${after.me} cannot revoke that (the schema belongs to ${after.owner}): ` +
-            `as ${after.owner}, run  REVOKE CREATE ON SCHEMA public FROM PUBLIC;  then run the migration again`,
+            `as ${after.owner}, run  REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT CREATE ON SCHEMA public TO ${after.me};  then run the migration again`,
         )
       }
     })
