@@ -1,5 +1,4 @@
 import { sql, type Kysely } from 'kysely'
-import pg from 'pg'
 import { describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import { citusReadiness } from '../src/citus/readiness.ts'
@@ -13,6 +12,7 @@ import { TENANT_TABLES } from '../fixtures/legacy.ts'
 import { CONTRACT_MIGRATION_NAMES } from './support/migration-names.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 import { A, B, seedTwoTenants } from './support/tenants.ts'
+import { connectClient } from '../src/connection/pg-client.ts'
 
 const appRole = inject('appRole')
 const legacyDb = useLegacyDatabases()
@@ -39,9 +39,7 @@ describe('the contract phase (skills-db contract), once the old app is retired',
     const u = new URL(t.url)
     u.username = old
     u.password = 'test'
-    const session = new pg.Client({ connectionString: u.toString(), application_name: 'the old app' })
-    session.on('error', () => {})
-    await session.connect()
+    const session = await connectClient({ connectionString: u.toString(), application_name: 'the old app' })
     try {
       const before = await takeSchemaSnapshot(t.admin)
       const refused = await migrateContract(t.admin, { appRole })

@@ -3,7 +3,7 @@ import { beforeAll, describe, expect, inject } from 'vitest'
 import type { DB } from '../src/db-types.ts'
 import { migrateContract } from '../src/migrator/migrate.ts'
 import { useTestDatabase } from './support/database.ts'
-import { describeInjectionSuite } from './support/injection-suite.ts'
+import { describeInjectionSuite, onTestDatabase } from './support/injection-suite.ts'
 import { describeIsolationMatrix } from './support/isolation-matrix.ts'
 import { CONTRACT_MIGRATION_NAMES } from './support/migration-names.ts'
 import { seedTwoTenants } from './support/tenants.ts'
@@ -31,10 +31,5 @@ describe('on the contracted schema', () => {
     describeIsolationMatrix(() => app, { role: () => inject('appRole') })
   })
 
-  describeInjectionSuite({
-    app: () => app,
-    admin: () => t.admin,
-    connect: () => t.connectAs(inject('appRole'), 'test', 1),
-    ownerRole: () => inject('ownerRole'),
-  })
+  describeInjectionSuite(onTestDatabase(t, () => app))
 })

@@ -2,7 +2,6 @@ import { mkdtempSync, rmSync, chmodSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { sql, type Kysely } from 'kysely'
-import pg from 'pg'
 import { beforeAll, describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import { createDb } from '../src/connection/create-db.ts'
@@ -15,7 +14,8 @@ import { runScript } from './support/cli.ts'
 import { embeddedModuleFor } from '../fixtures/pg-majors.ts'
 import { freePort } from '../fixtures/test-server.ts'
 import { createTestDatabase, useLegacyDatabases, type TestDatabase } from './support/database.ts'
-import { LEGACY_SQL } from '../fixtures/legacy.ts'
+import { LEGACY_SQL, TENANT_TABLES } from '../fixtures/legacy.ts'
+import { connectClient } from '../src/connection/pg-client.ts'
 
 const runId = inject('runId')
 const adminUrl = inject('adminUrl')
@@ -97,9 +97,7 @@ describe('an application role that could escape row security is refused before a
 
   it('the app role\'s own temporary objects are not ownership: a session of it cannot block the migrator', async () => {
     const t = await legacyDb()
-    const app = new pg.Client({ connectionString: Object.assign(new URL(t.url), { username: role('temp'), password: 'test' }).toString() })
-    app.on('error', () => {})
-    await app.connect()
+    const app = await connectClient({ connectionString: Object.assign(new URL(t.url), { username: role('temp'), password: 'test' }).toString() })
     try {
       await app.query('create temp table mine (id int)')
       expect(await migrateToLatest(t.admin, { appRole: role('temp') })).toMatchObject({ status: 'applied' })
@@ -112,9 +110,9 @@ describe('an application role that could escape row security is refused before a
 describe('a migrator that lacks what the migrations need is refused before anything changes', () => {
   const NOCR = role('nocr')
   const STRANGER = role('stranger')
-  /** Hands the legacy tables to the stranger. */
-  const TABLES = ['users', 'skills', 'ratings', 'usage_events', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings']
-    .map((x) => `alter table ${x} owner to ${STRANGER};`).join(' ')
+  /** Hands the legacy app's tables and its drizzle bookkeeping to `owner`. */
+  const tablesOwnedBy = (owner: string) => `${TENANT_TABLES.map((x) => `alter table ${x} owner to ${owner};`).join(' ')}
+    alter schema drizzle owner to ${owner}; alter table drizzle.__drizzle_migrations owner to ${owner};`
   beforeAll(async () => {
     await adminQuery(adminUrl, `create role ${NOCR} login password 'test' nosuperuser nocreaterole`)
     await adminQuery(adminUrl, `create role ${STRANGER} login password 'test' nosuperuser createrole`)
@@ -122,9 +120,7 @@ describe('a migrator that lacks what the migrations need is refused before anyth
 
   it('without CREATEROLE, when the application role does not exist yet', async () => {
     const t = await legacyDb()
-    await sql.raw(`${['users', 'skills', 'ratings', 'usage_events', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'api_keys', 'site_settings']
-      .map((x) => `alter table ${x} owner to ${NOCR};`).join(' ')} alter schema drizzle owner to ${NOCR}; alter table drizzle.__drizzle_migrations owner to ${NOCR};
-      alter database ${t.name} owner to ${NOCR}`).execute(t.admin)
+    await sql.raw(`${tablesOwnedBy(NOCR)} alter database ${t.name} owner to ${NOCR}`).execute(t.admin)
     const before = await takeSchemaSnapshot(t.admin)
     const db = t.connectAs(NOCR) as Kysely<any>
     const outcome = await migrateToLatest(db, { appRole: role('notyet') })
@@ -136,8 +132,7 @@ describe('a migrator that lacks what the migrations need is refused before anyth
     const t = await legacyDb()
     // As a team hands its tables to a migrator role it did not make the database's owner: on PG 15
     // public belongs to pg_database_owner, and PUBLIC has no CREATE on it.
-    await sql.raw(`revoke create on schema public from public; ${TABLES} alter schema drizzle owner to ${STRANGER};
-      alter table drizzle.__drizzle_migrations owner to ${STRANGER}; grant create on database ${t.name} to ${STRANGER}`).execute(t.admin)
+    await sql.raw(`revoke create on schema public from public; ${tablesOwnedBy(STRANGER)} grant create on database ${t.name} to ${STRANGER}`).execute(t.admin)
     const before = await takeSchemaSnapshot(t.admin)
     const outcome = await migrateToLatest(t.connectAs(STRANGER) as Kysely<any>, { appRole })
     expect(outcome).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight', message: `${STRANGER} cannot create in schema public, where the migrations create tables and functions: nothing was changed; as postgres, run  GRANT CREATE ON SCHEMA public TO ${STRANGER};  then run again (or connect as postgres)` } })
@@ -148,7 +143,7 @@ describe('a migrator that lacks what the migrations need is refused before anyth
   })
 
   it('on a cluster upgraded from PG 14, where public belongs to the bootstrap superuser: one refusal names every statement needed, and they are enough', async () => {
-    const tableOwner = `${TABLES} alter schema drizzle owner to ${STRANGER}; alter table drizzle.__drizzle_migrations owner to ${STRANGER};`
+    const tableOwner = tablesOwnedBy(STRANGER)
     // public still open to every role: revoking that and granting CREATE back to the migrator, both as postgres.
     const open = await legacyDb()
     await sql.raw(`alter schema public owner to postgres; grant create on schema public to public; ${tableOwner} alter database ${open.name} owner to ${STRANGER}`).execute(open.admin)
@@ -202,9 +197,7 @@ describe('PostgreSQL 14', () => {
     chmodSync(dir, 0o755)
     const server = await startEmbeddedPostgres({ dataDir: path.join(dir, 'pg'), port: await freePort(), persistent: false, module: embeddedModuleFor(14)! })
     try {
-      const admin = new pg.Client({ connectionString: server.adminUrl })
-      admin.on('error', () => {})
-      await admin.connect()
+      const admin = await connectClient({ connectionString: server.adminUrl })
       await admin.query('create database legacy')
       await admin.end()
       const db = createDb<any>(withDatabase(server.adminUrl, 'legacy'), { max: 1 })
@@ -259,9 +252,7 @@ describe('the migrator never runs what another role planted', () => {
     }
     await sql.raw(`create operator public.|| (leftarg = text, rightarg = integer, function = public.concat_planted)`).execute(plant)
     // The planted lock function and operator do win untyped calls: the attack is real.
-    const probe = new pg.Client({ connectionString: t.url })
-    probe.on('error', () => {})
-    await probe.connect()
+    const probe = await connectClient({ connectionString: t.url })
     await probe.query(`set search_path = public`)
     await probe.query('select pg_try_advisory_lock($1)', ['1'])
     await probe.query(`select 'pid ' || 42`)
@@ -302,9 +293,7 @@ describe('a superuser old app: no second tenant while it may be connected', () =
     const operator = createDb<any>(t.url, { max: 1 })
     try {
       expect(await migrateToLatest(operator, { appRole })).toMatchObject({ status: 'applied' })
-      const oldApp = new pg.Client({ connectionString: t.url, application_name: 'old single-tenant app' })
-      oldApp.on('error', () => {})
-      await oldApp.connect()
+      const oldApp = await connectClient({ connectionString: t.url, application_name: 'old single-tenant app' })
       const pid = (await oldApp.query('select pg_backend_pid() as pid')).rows[0].pid
       const create = () => sql`insert into tenants (id, name, slug) values ('tenant-b', 'B', 'b')`.execute(operator)
       await expect(create()).rejects.toThrow(`refusing to create tenant "b": sessions that row-level security cannot confine are connected: pid ${pid} (postgres, old single-tenant app)`)
@@ -315,9 +304,7 @@ describe('a superuser old app: no second tenant while it may be connected', () =
       const member = role('bypassmember')
       await adminQuery(adminUrl, `create role ${member} login password 'test'`)
       await adminQuery(adminUrl, `grant ${role('bypass')} to ${member}`)
-      const viaMember = new pg.Client({ connectionString: Object.assign(new URL(t.url), { username: member, password: 'test' }).toString() })
-      viaMember.on('error', () => {})
-      await viaMember.connect()
+      const viaMember = await connectClient({ connectionString: Object.assign(new URL(t.url), { username: member, password: 'test' }).toString() })
       const memberPid = (await viaMember.query('select pg_backend_pid() as pid')).rows[0].pid
       await expect(create()).rejects.toThrow(`pid ${memberPid} (${member})`)
       await viaMember.end()

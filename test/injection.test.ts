@@ -3,7 +3,7 @@ import { beforeAll, describe, expect, inject, it } from 'vitest'
 import type { DB } from '../src/db-types.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { useTestDatabase } from './support/database.ts'
-import { describeInjectionSuite } from './support/injection-suite.ts'
+import { describeInjectionSuite, onTestDatabase } from './support/injection-suite.ts'
 import { A, B, seedTwoTenants } from './support/tenants.ts'
 
 describe('the injection suite, on the expand schema', () => {
@@ -13,12 +13,7 @@ describe('the injection suite, on the expand schema', () => {
     await seedTwoTenants(t.admin)
     app = t.connectAs(inject('appRole'), 'test', 1)
   })
-  describeInjectionSuite({
-    app: () => app,
-    admin: () => t.admin,
-    connect: () => t.connectAs(inject('appRole'), 'test', 1),
-    ownerRole: () => inject('ownerRole'),
-  })
+  describeInjectionSuite(onTestDatabase(t, () => app))
 })
 
 describe('EXPLAIN inside tenant A\'s withTenant tells nothing of B\'s values', () => {

@@ -70,7 +70,8 @@ function bareConnections(source: string): string[] {
  * A pg client or pool with no 'error' listener crashes the process when the server closes one of
  * its connections while it is idle or still ending (pool.end() resolves before its sockets close,
  * so a scratch database dropped WITH (FORCE) right after can do it): CI once died that way in
- * codegen:verify, through the pool kysely-codegen's introspector makes for itself.
+ * codegen:verify, through the pool kysely-codegen's introspector makes for itself. Single clients
+ * come from connectClient (src/connection/pg-client.ts), pools from createDb; this catches a stray.
  */
 describe('layout: every connection the code opens has an error listener', () => {
   it('the check itself tells a bare client from one that listens', () => {

@@ -16,6 +16,7 @@ import { runScript } from './support/cli.ts'
 import { LEGACY_SQL, TENANT_TABLES } from '../fixtures/legacy.ts'
 import { MIGRATION_NAMES } from './support/migration-names.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
+import { connectClient } from '../src/connection/pg-client.ts'
 
 /**
  * Managed hosting (RDS, Cloud SQL, Azure, Supabase): no superuser anywhere. The legacy tables belong
@@ -83,9 +84,7 @@ async function addTenantB(d: OwnedDb): Promise<void> {
 }
 
 async function asRole<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url })
-  client.on('error', () => {})
-  await client.connect()
+  const client = await connectClient({ connectionString: url })
   try {
     return await fn(client)
   } finally {

@@ -1,9 +1,9 @@
 import { now } from '../../fixtures/clock.ts'
-import pg from 'pg'
 import { createDb } from '../../src/connection/create-db.ts'
 import { migrateToLatest } from '../../src/migrator/migrate.ts'
 import { PLAN_STEPS } from './plan-sql.ts'
 import { BENCH_TENANT_KEY } from './rls-overhead.ts'
+import { connectClient } from '../../src/connection/pg-client.ts'
 
 export interface MigrationRun {
   ok: boolean
@@ -30,9 +30,7 @@ export async function runSkillsDb(url: string, appRole: string): Promise<Migrati
  * Bench code modelled on the plan, not the product.
  */
 export async function runPlan(url: string, { forced = false } = {}): Promise<MigrationRun> {
-  const client = new pg.Client({ connectionString: url, application_name: 'plan migration' })
-  client.on('error', () => {})
-  await client.connect()
+  const client = await connectClient({ connectionString: url, application_name: 'plan migration' })
   const steps: MigrationRun['steps'] = []
   try {
     await client.query('begin')

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { withDatabase } from './database-url.ts'
+import { connectClient } from './pg-client.ts'
 
 /** A throwaway database name: lower-case, unique per call, recognisable by its prefix for clean-up. */
 export function scratchName(prefix: string): string {
@@ -9,9 +10,7 @@ export function scratchName(prefix: string): string {
 
 /** Runs one statement on the server's `postgres` database (CREATE/DROP DATABASE cannot run elsewhere). */
 export async function adminQuery(adminUrl: string, text: string, params: unknown[] = []): Promise<pg.QueryResult> {
-  const client = new pg.Client({ connectionString: withDatabase(adminUrl, 'postgres') })
-  client.on('error', () => {})
-  await client.connect()
+  const client = await connectClient({ connectionString: withDatabase(adminUrl, 'postgres') })
   try {
     return await client.query(text, params)
   } finally {

@@ -1,7 +1,7 @@
 import path from 'node:path'
-import pg from 'pg'
 import { parseDatabaseUrl, withDatabase } from './database-url.ts'
 import { startEmbeddedPostgres } from './embedded-postgres.ts'
+import { connectClient } from './pg-client.ts'
 
 /** Where the embedded server keeps its data: under the directory the command runs in (git-ignored in skills-db's checkout). */
 export const embeddedDataDir = (cwd = process.cwd()) => path.join(cwd, '.data', 'embedded-pg')
@@ -32,9 +32,7 @@ export async function usingDatabase<T>(
   if (!Number.isInteger(port) || port <= 0 || port > 65535) throw new Error(`EMBEDDED_PG_PORT "${env.EMBEDDED_PG_PORT}" is not a port number`)
   const server = await startEmbeddedPostgres({ dataDir: embeddedDataDir(), port })
   try {
-    const admin = new pg.Client({ connectionString: server.adminUrl })
-    admin.on('error', () => {})
-    await admin.connect()
+    const admin = await connectClient({ connectionString: server.adminUrl })
     try {
       const { rowCount } = await admin.query('select 1 from pg_database where datname = $1', [EMBEDDED_DATABASE])
       if (!rowCount) await admin.query(`create database ${EMBEDDED_DATABASE}`)

@@ -1,6 +1,5 @@
 import { MIGRATION_NAMES } from '../support/migration-names.ts'
 import { sql } from 'kysely'
-import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot, type SchemaSnapshot } from '../../src/catalog/schema-snapshot.ts'
 import { createDb } from '../../src/connection/create-db.ts'
@@ -9,6 +8,7 @@ import { migrateToLatest } from '../../src/migrator/migrate.ts'
 import { runScript } from '../support/cli.ts'
 import { createTestDatabase } from '../support/database.ts'
 import { adminDb, buildProductionCopy, cloneOf } from './support.ts'
+import { connectClient } from '../../src/connection/pg-client.ts'
 
 const appRole = inject('appRole')
 
@@ -34,9 +34,7 @@ describe('many app instances, held locks, lost connections', () => {
   async function copyWithSkillsLocked() {
     const clone = await cloneOf(base)
     dbs.push(clone.name)
-    const holder = new pg.Client({ connectionString: clone.url, application_name: 'long app transaction' })
-    holder.on('error', () => {})
-    await holder.connect()
+    const holder = await connectClient({ connectionString: clone.url, application_name: 'long app transaction' })
     await holder.query('begin')
     await holder.query(`update skills set name = name where id = 's1'`)
     return { clone, holder }
@@ -121,9 +119,7 @@ describe('many app instances, held locks, lost connections', () => {
     const watcher = adminDb(clone.url)
     // An open snapshot makes the first CONCURRENTLY build wait in its last phase, with its index
     // already in the catalog (INVALID): the moment to cut the connection.
-    const snapshot = new pg.Client({ connectionString: clone.url, application_name: 'reporting query' })
-    snapshot.on('error', () => {})
-    await snapshot.connect()
+    const snapshot = await connectClient({ connectionString: clone.url, application_name: 'reporting query' })
     await snapshot.query('begin isolation level repeatable read')
     await snapshot.query('select 1')
     try {

@@ -1,18 +1,16 @@
 import { sql } from 'kysely'
-import pg from 'pg'
 import { describe, expect, it } from 'vitest'
 import { LockRetryExhausted, withLockRetry } from '../../src/online/lock-retry.ts'
 import { inRun } from '../../src/online/run-context.ts'
 import { useTestDatabase } from '../support/database.ts'
+import { connectClient } from '../../src/connection/pg-client.ts'
 
 describe('online/lock-retry', () => {
   const t = useTestDatabase('empty')
 
   /** Another session holding `mode` on toy until `release()`. */
   async function holdLock(mode: string) {
-    const client = new pg.Client({ connectionString: t.url, application_name: 'the lock holder' })
-    client.on('error', () => {})
-    await client.connect()
+    const client = await connectClient({ connectionString: t.url, application_name: 'the lock holder' })
     await client.query('begin')
     await client.query(`lock table toy in ${mode} mode`)
     return { release: async () => { await client.query('commit'); await client.end() } }

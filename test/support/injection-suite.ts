@@ -1,11 +1,12 @@
 import { sql, type Kysely, type Transaction } from 'kysely'
-import { beforeAll, describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, inject, it } from 'vitest'
 import type { DB } from '../../src/db-types.ts'
 import { parseTenantKey, signTenantContext } from '../../src/tenancy/tenant-key.ts'
 import { withTenant } from '../../src/tenancy/with-tenant.ts'
 import { TENANT_TABLES } from '../../fixtures/legacy.ts'
+import type { TestDatabase } from './database.ts'
 import { TEST_TENANT_KEY } from './tenant-key.ts'
-import { A, B } from './tenants.ts'
+import { A, B, rowSecurityRefusal } from './tenants.ts'
 
 const OWNER = '"OWNER"'
 
@@ -67,6 +68,11 @@ export interface InjectionSubject {
   moreAttacks?: [string, string][]
 }
 
+/** The subject on a test database of this run: its app role (`app()`, a pool of one of it) and owner. */
+export function onTestDatabase(t: TestDatabase, app: () => Kysely<DB>): InjectionSubject {
+  return { app, admin: () => t.admin, connect: () => t.connectAs(inject('appRole'), 'test', 1), ownerRole: () => inject('ownerRole') }
+}
+
 /**
  * The injection suite: SQL an attacker writes, run as the application role inside tenant A's
  * withTenant, and every read and write of B's rows tried after it. On a database seeded with
@@ -75,9 +81,7 @@ export interface InjectionSubject {
 export function describeInjectionSuite(subject: InjectionSubject): void {
   describe('SQL injected inside tenant A\'s withTenant cannot reach tenant B', () => {
     const key = parseTenantKey(TEST_TENANT_KEY, 'TEST_TENANT_KEY')
-    const refused = (table: string) => subject.shardNames
-      ? expect.stringMatching(new RegExp(`^42501: new row violates row-level security policy for table "${table}(_\\d+)?"$`))
-      : `42501: new row violates row-level security policy for table "${table}"`
+    const refused = (table: string) => rowSecurityRefusal(table, { shardNames: subject.shardNames, prefix: '42501: ' })
     let bRows: Record<string, string>
     beforeAll(async () => {
       bRows = await snapshotB(subject.admin())

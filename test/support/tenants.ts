@@ -1,4 +1,5 @@
 import { sql, type Kysely, type Transaction } from 'kysely'
+import { expect } from 'vitest'
 import type { DB } from '../../src/db-types.ts'
 import { parseTenantKey } from '../../src/tenancy/tenant-key.ts'
 import { enterTenant } from '../../src/tenancy/with-tenant.ts'
@@ -75,3 +76,13 @@ export async function attempt<T>(db: Kysely<DB>, context: TenantContext, fn: (tr
 export type TenantContext = { kind: 'tenant'; id: string } | { kind: 'named'; id: string } | { kind: 'none' } | { kind: 'empty' }
 
 const KEY = parseTenantKey(TEST_TENANT_KEY, 'TEST_TENANT_KEY')
+
+/**
+ * Row security's refusal of a new row in `table`, as Postgres words it (after `prefix`). On Citus
+ * the error comes from a worker and names the shard (`"users_102008"`), as the README's "Scale-out
+ * on Citus" tells apps.
+ */
+export function rowSecurityRefusal(table: string, { shardNames = false, prefix = '' } = {}): unknown {
+  const message = `new row violates row-level security policy for table "${table}"`
+  return shardNames ? expect.stringMatching(new RegExp(`^${prefix}new row violates row-level security policy for table "${table}(_\\d+)?"$`)) : prefix + message
+}
