@@ -33,3 +33,10 @@ export function ident(name: string): string {
 }
 
 export const columnList = (columns: readonly string[]) => sql.raw(columns.map(ident).join(', '))
+
+/** An index's column: a plain identifier, optionally followed by ` desc`. */
+export function indexColumn(column: string): string {
+  const [name, order, extra] = column.split(' ')
+  if (extra !== undefined || (order !== undefined && order !== 'desc')) throw new Error(`"${column}" is not a column, or a column and desc`)
+  return order ? `${ident(name!)} desc` : ident(name!)
+}

@@ -1,13 +1,20 @@
 import { sql, type Kysely } from 'kysely'
-import { columnList, indexInfo } from './catalog.ts'
+import { ident, indexColumn, indexInfo } from './catalog.ts'
 import { progress } from './run-context.ts'
 import type { Step } from './step.ts'
 
 export interface IndexSpec {
   table: string
   name: string
+  /** Column names; an index's may end in ` desc`. */
   columns: string[]
   unique?: boolean
+  /**
+   * A collation every column is indexed in (schema-qualified, e.g. `skills_db.internal`). An index
+   * serves a query only in its own collation, so one in a collation the app role cannot name
+   * serves constraints, ON CONFLICT and the owner's own lookups, never the app role's queries.
+   */
+  collate?: string
 }
 
 /**
@@ -23,9 +30,17 @@ export async function buildIndexConcurrently(db: Kysely<any>, spec: IndexSpec): 
       progress(`  dropping INVALID index ${spec.name} left by an interrupted build`)
       await sql`drop index concurrently if exists ${sql.id(spec.name)}`.execute(db)
     }
+    const columns = spec.collate ? sql.join(spec.columns.map((c) => sql`${sql.id(ident(c))} collate ${sql.id(...qualified(spec.collate!))}`)) : sql.raw(spec.columns.map(indexColumn).join(', '))
     await sql`create ${sql.raw(spec.unique ? 'unique ' : '')}index concurrently ${sql.id(spec.name)}
-      on ${sql.table(spec.table)} (${columnList(spec.columns)})`.execute(db)
+      on ${sql.table(spec.table)} (${columns})`.execute(db)
   })
+}
+
+/** `schema.name` as its two identifiers, each checked. */
+function qualified(name: string): [string, string] {
+  const [schema, object, extra] = name.split('.')
+  if (!schema || !object || extra !== undefined) throw new Error(`"${name}" is not a schema-qualified name`)
+  return [ident(schema), ident(object)]
 }
 
 export async function dropIndexConcurrently(db: Kysely<any>, name: string): Promise<void> {

@@ -18,7 +18,7 @@ export function policy(table: string, spec: PolicySpec): Step {
         if (roles?.length === 0) return
         const to = roles ? sql.join(roles.map((r) => sql.id(r))) : sql`public`
         await sql`create policy ${sql.id(spec.name)} on ${sql.table(table)} for all to ${to}
-          using (${condition}) with check (${condition})`.execute(trx)
+          using (${condition}) with check (${spec.check ?? condition})`.execute(trx)
       })
     },
     async down(db) {

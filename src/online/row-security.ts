@@ -4,8 +4,10 @@ import type { Step } from './step.ts'
 
 export interface PolicySpec {
   name: string
-  /** The condition rows must meet, for reads (USING) and writes (WITH CHECK) alike. */
+  /** The condition rows must meet, for reads (USING) and, unless `check` says otherwise, writes (WITH CHECK). */
   condition: RawBuilder<unknown> | ((db: Kysely<any>) => Promise<RawBuilder<unknown>>)
+  /** What a written row must meet (WITH CHECK), when it differs from `condition`. */
+  check?: RawBuilder<unknown>
   /**
    * The roles it applies to, found when the step runs; PUBLIC when absent. A policy whose list
    * comes back empty is not created. Policies for other roles cost a role's queries nothing.
@@ -26,6 +28,7 @@ export function rowSecurity(table: string, policies: readonly PolicySpec[]): Ste
         name: p.name,
         condition: typeof p.condition === 'function' ? await p.condition(db) : p.condition,
         to: p.to ? await p.to(db) : undefined,
+        check: p.check,
       })))
       await withLockRetry(db, table, async (trx) => {
         for (const p of resolved) {
@@ -33,7 +36,7 @@ export function rowSecurity(table: string, policies: readonly PolicySpec[]): Ste
           if (p.to?.length === 0) continue
           const to = p.to ? sql.join(p.to.map((r) => sql.id(r))) : sql`public`
           await sql`create policy ${sql.id(p.name)} on ${sql.table(table)} for all to ${to}
-            using (${p.condition}) with check (${p.condition})`.execute(trx)
+            using (${p.condition}) with check (${p.check ?? p.condition})`.execute(trx)
         }
         await sql`alter table ${sql.table(table)} enable row level security`.execute(trx)
         await sql`alter table ${sql.table(table)} force row level security`.execute(trx)
