@@ -8,6 +8,7 @@ import { MigrationError, toMigrationError } from './migration-error.ts'
 import { withMigrationLock } from './migration-lock.ts'
 import { silentLogger, type MigrationLogger } from './migration-logger.ts'
 import { skillsDbMigrationProvider, type RunJournal } from './migration-provider.ts'
+import { furthest, PHASE_COMMAND, phaseRank, reachedPhase, type Phase } from './migration-phases.ts'
 import { MIGRATION_SCHEMA, MIGRATION_TABLE, readAppliedMigrations } from './migration-table.ts'
 import { preflight } from './preflight.ts'
 import { storedTenantKeyIds, storeTenantKeys, tenantKeysOption } from './tenant-context-keys.ts'
@@ -38,7 +39,10 @@ export interface MigrateOptions {
    * holds exactly these; when absent, it keeps what it holds.
    */
   tenantKeys?: string[]
-  /** contract: go ahead although sessions of the old app's roles (or unconfined ones) are connected. */
+  /**
+   * contract: go ahead although sessions of the old app's roles (or unconfined ones) are connected;
+   * open: although superuser or BYPASSRLS sessions (which may be the old app) are connected.
+   */
   allowOldAppSessions?: boolean
   /** contract: the timestamp columns hold UTC, whatever the server's TimeZone says. */
   timestampsAreUtc?: boolean
@@ -54,7 +58,8 @@ export interface MigrationStep {
 
 /**
  * What a run did. Never thrown: callers decide what an error means for them. `waiting` lists the
- * migrations of the contract phase (and after) that `latest` and `up` leave for `contract`.
+ * pending migrations of the phases the operator has not reached yet (`open`, `contract`), which
+ * this run left for their commands.
  */
 export type MigrationOutcome =
   | { status: 'applied'; steps: MigrationStep[]; adopted: boolean; waiting: string[] }
@@ -67,6 +72,8 @@ type Target =
   | { kind: 'to'; name: string }
   /** to `name`, up or down, as Kysely's migrateTo: for kysely-ctl (skills-db-migrator.ts) */
   | { kind: 'move'; name: string }
+  /** every pending migration up to the open phase's */
+  | { kind: 'open' }
   /** every pending migration, the contract phase's included */
   | { kind: 'contract' }
 
@@ -80,6 +87,16 @@ type Target =
  */
 export function migrateToLatest(db: Kysely<any>, options: MigrateOptions = {}): Promise<MigrationOutcome> {
   return run(db, { kind: 'latest' }, options)
+}
+
+/**
+ * The open phase, for the operator before a second tenant is created: applies the pending
+ * migrations of the expand and open phases. The single-tenant app's global keys and indexes go, so
+ * it must run on a confined role (not a superuser or BYPASSRLS one): refuses while such sessions
+ * are connected, unless `allowOldAppSessions`.
+ */
+export function migrateOpen(db: Kysely<any>, options: MigrateOptions = {}): Promise<MigrationOutcome> {
+  return run(db, { kind: 'open' }, options)
 }
 
 /**
@@ -114,7 +131,14 @@ export function migrateDown(
 }
 
 /** Whether the run applies migrations (and so adopts a legacy schema and stores tenant keys) rather than rolling back. */
-const upward = (target: Target) => target.kind === 'latest' || target.kind === 'up' || target.kind === 'move' || target.kind === 'contract'
+const upward = (target: Target) => target.kind === 'latest' || target.kind === 'up' || target.kind === 'move' || target.kind === 'open' || target.kind === 'contract'
+
+/** The furthest phase a run may apply: where the database is, or the phase the operator asked for. */
+function reach(target: Target, reached: Phase): Phase {
+  if (target.kind === 'contract') return 'contract'
+  if (target.kind === 'open') return furthest(reached, 'open')
+  return reached
+}
 
 /** Index builds and validations run one at a time: each may use this much memory. */
 const MAINTENANCE_WORK_MEM = '256MB'
@@ -177,7 +201,7 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
 }
 
 async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOptions, journal: RunJournal, server: DatabaseTarget | undefined): Promise<MigrationOutcome> {
-  await preflight(conn)
+  await preflight(conn, { upward: upward(target) })
   const provider = skillsDbMigrationProvider({ journal, ...(options.migrationsDir ? { folder: options.migrationsDir } : {}) })
   const known = await provider.getMigrations()
   // A database migrated by newer code: nothing here may run against it.
@@ -187,38 +211,40 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
     return fail('unknown-migration', `the database records migration ${unknown.map((m) => m.name).join(', ')} but this code does not have it: deploy the code that has it, or roll it back with that code first`)
   }
   const adopted = upward(target) ? await adoptLegacySchema(conn) : false
+  // Each phase waits for the operator's command; a database that reached a phase takes its later
+  // migrations with `latest`. Later files may belong to earlier phases, hence unordered migrations:
+  // Kysely applies the pending ones it is given in name order, and rolls back in the order applied.
+  const phaseOf = await provider.phases()
+  const applied = new Set(recorded.map((m) => m.name))
+  const furthestPhase = reach(target, reachedPhase([...applied], phaseOf))
+  const mayApply = (name: string) => phaseRank(phaseOf.get(name) ?? 'expand') <= phaseRank(furthestPhase)
   const migrator = new Migrator({
     db: conn,
-    provider,
+    provider: provider.only((name) => applied.has(name) || mayApply(name)),
     migrationTableSchema: MIGRATION_SCHEMA,
     migrationTableName: MIGRATION_TABLE,
+    allowUnorderedMigrations: true,
     // Each migration manages its own short transactions: one transaction around everything would
     // hold locks on every table at once, and CREATE INDEX CONCURRENTLY cannot run inside one.
     disableTransactions: true,
   })
-  // The contract phase waits for the operator: latest, up and a move stop before its first pending migration.
-  const all = await migrator.getMigrations()
-  const contract = await provider.contractMigrations()
-  const gate = all.findIndex((m) => !m.executedAt && contract.includes(m.name))
-  const waitingFrom = (index: number) => (index < 0 ? [] : all.slice(index).filter((m) => !m.executedAt).map((m) => m.name))
-  let waiting = waitingFrom(gate)
-  const beforeGate = gate < 0 ? undefined : all.slice(0, gate).some((m) => !m.executedAt) ? all[gate - 1]!.name : null
+  const waiting = Object.keys(known).sort().filter((name) => !applied.has(name) && !mayApply(name))
   let resultSet: MigrationResultSet
   switch (target.kind) {
     case 'latest':
-      resultSet = beforeGate === null ? { results: [] } : beforeGate ? await migrator.migrateTo(beforeGate) : await migrator.migrateToLatest()
-      break
-    case 'up':
-      resultSet = beforeGate === null ? { results: [] } : await migrator.migrateUp()
-      break
+    case 'open':
     case 'contract':
       resultSet = await migrator.migrateToLatest()
-      waiting = []
+      break
+    case 'up':
+      resultSet = await migrator.migrateUp()
       break
     case 'move': {
-      const at = all.findIndex((m) => m.name === target.name)
-      if (at < 0) return fail('unknown-migration', `unknown migration "${target.name}"; known: ${all.map((m) => m.name).join(', ')}`)
-      if (gate >= 0 && at >= gate) return fail('waits-for-operator', `${target.name} is in the contract phase or after it, which waits for the operator: apply it with migrateContract() once the single-tenant app is retired`)
+      if (!(target.name in known)) return fail('unknown-migration', `unknown migration "${target.name}"; known: ${Object.keys(known).sort().join(', ')}`)
+      if (!applied.has(target.name) && !mayApply(target.name)) {
+        const phase = phaseOf.get(target.name) as Exclude<Phase, 'expand'>
+        return fail('waits-for-operator', `${target.name} belongs to the ${phase} phase, which waits for the operator: apply it with ${PHASE_COMMAND[phase].api} ${PHASE_COMMAND[phase].when}`)
+      }
       resultSet = await migrator.migrateTo(target.name)
       break
     }

@@ -1,6 +1,7 @@
+import { randomBytes } from 'node:crypto'
 import { sql, type Kysely } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { progress } from '../online/run-context.ts'
+import { inRun, progress } from '../online/run-context.ts'
 
 export class MigrationLockTimeout extends Error {
   override name = 'MigrationLockTimeout'
@@ -9,25 +10,36 @@ export class MigrationLockTimeout extends Error {
 /** How long a migrator waits for another one to finish. */
 const LOCK_WAIT_MS = 30 * 60_000
 
-// Distinct from Kysely's own key: ours is taken first, so Kysely's is then always free.
-const LOCK_KEY = 7_400_113_650_211_842n
+/**
+ * The advisory key of a database that has no skills_db.migration_lock yet (never migrated), and the
+ * first key that table holds. Distinct from Kysely's own key: ours is taken first, so Kysely's is
+ * then always free.
+ */
+const FIRST_KEY = 7_400_113_650_211_842n
 
 /**
- * Runs `fn` while holding this database's migration lock (advisory locks are per database) on this session.
+ * Runs `fn` while holding this database's migration lock on this session, and, once the database
+ * has skills_db.migration_lock, with the migrator's view of every tenant (see
+ * {@link registerMaintenanceView}); both end with `fn`.
  *
- * Waiting is done by polling `pg_try_advisory_lock` from the client, not by a blocking
- * `pg_advisory_lock`: a blocked statement holds a snapshot, and CREATE INDEX CONCURRENTLY in the
- * running migrator waits for every older snapshot — a blocked waiter would deadlock it.
+ * The lock is a session-level advisory lock, because a migration runs many transactions (CREATE
+ * INDEX CONCURRENTLY cannot run inside one). Any role may take any advisory key, so the key is not
+ * a constant: it lives in skills_db.migration_lock, which the app role cannot read, and is taken
+ * under a row lock of that table, which it cannot take either. Should a session that cannot migrate
+ * hold the key (the app role's, which saw it in pg_locks during an earlier run), the lock moves to
+ * a new key; a migrator waits only for another migrator.
+ *
+ * Waiting is done by polling, not by a blocking lock: a blocked statement holds a snapshot, and
+ * CREATE INDEX CONCURRENTLY in the running migrator waits for every older snapshot — a blocked
+ * waiter would deadlock it.
  */
-export async function withMigrationLock<T>(
-  conn: Kysely<any>,
-  fn: () => Promise<T>,
-): Promise<T> {
+export async function withMigrationLock<T>(conn: Kysely<any>, fn: () => Promise<T>): Promise<T> {
   const deadline = Date.now() + LOCK_WAIT_MS
   let announced = false
+  let key: bigint | undefined
   for (let delay = 50; ; delay = Math.min(delay * 2, 1000)) {
-    const { rows } = await sql<{ ok: boolean }>`select pg_catalog.pg_try_advisory_lock(${LOCK_KEY}::bigint) as ok`.execute(conn)
-    if (rows[0]?.ok) break
+    key = await tryLock(conn)
+    if (key !== undefined) break
     if (!announced) {
       progress(`another migrator ${await holderOf(conn)} is running; waiting for it to finish`)
       announced = true
@@ -37,22 +49,102 @@ export async function withMigrationLock<T>(
     }
     await sleep(delay * (0.5 + Math.random()))
   }
+  const secret = randomBytes(32).toString('hex')
   try {
-    return await fn()
+    await registerMaintenanceView(conn, secret)
+    // Again before each migration: on a database migrated for the first time, the table comes later.
+    return await inRun({ beforeEachMigration: (db) => registerMaintenanceView(db, secret) }, fn)
   } finally {
-    // A transaction a failed step left open would make the unlock fail: end it first.
+    // A transaction a failed step left open would make the rest fail: end it first.
     await sql`rollback`.execute(conn).catch(() => {})
-    await sql`select pg_catalog.pg_advisory_unlock(${LOCK_KEY}::bigint)`.execute(conn).catch(() => {})
+    await sql`update skills_db.migration_lock set view_hash = null
+      where view_hash = pg_catalog.sha256(pg_catalog.convert_to(${secret}::text, 'UTF8'))`.execute(conn).catch(() => {})
+    // Plans made with the view of every tenant must not outlive it on this (pooled) connection.
+    await sql`select pg_catalog.set_config('skills_db.maintenance_view', '', false)`.execute(conn).catch(() => {})
+    await sql`discard plans`.execute(conn).catch(() => {})
+    await sql`select pg_catalog.pg_advisory_unlock(${key}::bigint)`.execute(conn).catch(() => {})
   }
 }
 
+/**
+ * The migrator's view of every tenant, for the owner's policies (0014): a secret only this run
+ * knows, its hash registered in skills_db.migration_lock while the lock is held, the secret in this
+ * session's skills_db.maintenance_view. Another session of the same role sees nothing by setting
+ * anything. Again before each migration (the table may be new), and a no-op where there is none.
+ */
+export async function registerMaintenanceView(conn: Kysely<any>, secret: string): Promise<void> {
+  if (!(await lockTableExists(conn))) return
+  await sql`update skills_db.migration_lock set view_hash = pg_catalog.sha256(pg_catalog.convert_to(${secret}::text, 'UTF8'))`.execute(conn)
+  await sql`select pg_catalog.set_config('skills_db.maintenance_view', ${secret}::text, false)`.execute(conn)
+}
+
+async function lockTableExists(conn: Kysely<any>): Promise<boolean> {
+  const { rows } = await sql<{ t: string | null }>`select pg_catalog.to_regclass('skills_db.migration_lock')::text as t`.execute(conn)
+  return rows[0]?.t != null
+}
+
+/**
+ * Creates skills_db.migration_lock, once the migrator's schema exists, by the holder of the first
+ * key (the one used until then, which it then holds): so only one migrator ever creates it.
+ */
+async function createLockTable(conn: Kysely<any>): Promise<void> {
+  const { rows } = await sql<{ n: string | null }>`select pg_catalog.to_regnamespace('skills_db')::text as n`.execute(conn)
+  if (!rows[0]?.n) return
+  await conn.transaction().execute(async (trx) => {
+    await sql`create table if not exists skills_db.migration_lock (
+      only_row boolean primary key default true check (only_row), lock_key bigint not null, view_hash bytea)`.execute(trx)
+    await sql`revoke all on skills_db.migration_lock from public`.execute(trx)
+    await sql`insert into skills_db.migration_lock (lock_key) values (${FIRST_KEY}::bigint) on conflict do nothing`.execute(trx)
+  })
+}
+
+/** Takes the lock if it is free (or held by a session that cannot migrate): its key, else undefined. */
+async function tryLock(conn: Kysely<any>): Promise<bigint | undefined> {
+  if (!(await lockTableExists(conn))) {
+    if (!(await advisoryLock(conn, FIRST_KEY))) return undefined
+    await createLockTable(conn)
+    return FIRST_KEY
+  }
+  return conn.transaction().execute(async (trx) => {
+    const { rows } = await sql<{ key: string }>`select lock_key::text as key from skills_db.migration_lock for update`.execute(trx)
+    const key = BigInt(rows[0]?.key ?? FIRST_KEY)
+    if (await advisoryLock(trx, key)) return key
+    const { rows: holders } = await sql<{ who: string; migrator: boolean }>`
+      select pg_catalog.format('pid %s (%s)', a.pid, r.rolname) as who,
+        r.rolsuper or pg_catalog.pg_has_role(r.oid, n.nspowner, 'MEMBER') as migrator
+      from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid join pg_catalog.pg_roles r on r.oid = a.usesysid,
+        pg_catalog.pg_namespace n
+      where n.nspname = 'skills_db' and l.locktype = 'advisory' and l.granted
+        and l.database = (select oid from pg_catalog.pg_database where datname = pg_catalog.current_database())
+        and l.classid = ${high(key)}::oid and l.objid = ${low(key)}::oid`.execute(trx)
+    if (holders.length === 0 || holders.some((h) => h.migrator)) return undefined
+    const next = BigInt.asUintN(62, BigInt(`0x${randomBytes(8).toString('hex')}`))
+    await sql`update skills_db.migration_lock set lock_key = ${next}::bigint`.execute(trx)
+    if (!(await advisoryLock(trx, next))) return undefined
+    progress(`the migration lock's key was held by ${holders.map((h) => h.who).join(', ')}, which cannot migrate: the lock moved to a new key`)
+    return next
+  })
+}
+
+/** pg_locks shows a bigint advisory key as two unsigned halves. */
+const high = (key: bigint) => String(BigInt.asUintN(64, key) >> 32n)
+const low = (key: bigint) => String(BigInt.asUintN(64, key) & 0xffffffffn)
+
+async function advisoryLock(db: Kysely<any>, key: bigint): Promise<boolean> {
+  const { rows } = await sql<{ ok: boolean }>`select pg_catalog.pg_try_advisory_lock(${key}::bigint) as ok`.execute(db)
+  return rows[0]?.ok === true
+}
+
 async function holderOf(conn: Kysely<any>): Promise<string> {
+  const key = (await lockTableExists(conn))
+    ? BigInt((await sql<{ key: string }>`select lock_key::text as key from skills_db.migration_lock`.execute(conn)).rows[0]?.key ?? FIRST_KEY)
+    : FIRST_KEY
   const { rows } = await sql<{ who: string }>`
     -- Runs before the preflight has looked for planted operators: format(), not ||.
     select pg_catalog.format('pid %s%s', a.pid, case when a.application_name <> '' then pg_catalog.format(' (%s)', a.application_name) else '' end) as who
-    from pg_locks l join pg_stat_activity a on a.pid = l.pid
+    from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
     where l.locktype = 'advisory' and l.granted and l.database = (select oid from pg_catalog.pg_database where datname = pg_catalog.current_database())
-      and l.classid = ${String(LOCK_KEY >> 32n)}::oid and l.objid = ${String(LOCK_KEY & 0xffffffffn)}::oid
+      and l.classid = ${high(key)}::oid and l.objid = ${low(key)}::oid
     limit 1`.execute(conn)
   return rows[0]?.who ?? '(session unknown)'
 }

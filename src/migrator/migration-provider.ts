@@ -2,7 +2,8 @@ import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { FileMigrationProvider, type Migration, type MigrationProvider } from 'kysely/migration'
-import { inRun, progress } from '../online/run-context.ts'
+import { inRun, progress, run } from '../online/run-context.ts'
+import { declaredPhase, type Phase } from './migration-phases.ts'
 
 export const MIGRATIONS_DIR = fileURLToPath(new URL('../migrations/', import.meta.url))
 
@@ -13,9 +14,11 @@ export class InvalidMigrationError extends Error {
   override name = 'InvalidMigrationError'
 }
 
-/** skills-db's migrations, and which of them belong to the contract phase (they export `phase = 'contract'`). */
+/** skills-db's migrations, and the phase of each (see migration-phases.ts). */
 export interface SkillsDbMigrationProvider extends MigrationProvider {
-  contractMigrations(): Promise<string[]>
+  phases(): Promise<ReadonlyMap<string, Phase>>
+  /** The same migrations, less those `keep` rejects: what one run may apply, with what it must know. */
+  only(keep: (name: string) => boolean): MigrationProvider
 }
 
 /** What one run learns from the migrations as they run: which one is under way, when each started and how long it took. */
@@ -48,22 +51,27 @@ export function skillsDbMigrationProvider(
       throw new InvalidMigrationError(`migration ${file.replace(/\.[cm]?[jt]s$/, '')} does not export an up(db) function`)
     },
   } as any)
-  const contract = new Set<string>()
-  // Loaded once per provider: the migrator, Kysely and the contract gate all ask.
+  const phases = new Map<string, Phase>()
+  // Loaded once per provider: the migrator, Kysely and the phase gates all ask.
   let loaded: Promise<Record<string, Migration>> | undefined
   const provider: SkillsDbMigrationProvider = {
     getMigrations: () => (loaded ??= load()),
-    async contractMigrations() {
+    async phases() {
       await provider.getMigrations()
-      return [...contract].sort()
+      return phases
     },
+    only: (keep) => ({
+      async getMigrations() {
+        return Object.fromEntries(Object.entries(await provider.getMigrations()).filter(([name]) => keep(name)))
+      },
+    }),
   }
   async function load(): Promise<Record<string, Migration>> {
     const migrations: Record<string, Migration> = await files.getMigrations()
     const wrapped: Record<string, Migration> = {}
     for (const [name, migration] of Object.entries(migrations)) {
       if (name === GUARD_MIGRATION) continue
-      if ((migration as { phase?: unknown }).phase === 'contract') contract.add(name)
+      phases.set(name, declaredPhase((migration as { phase?: unknown }).phase))
       wrapped[name] = {
         up: timed(name, 'up', migration.up, journal),
         ...(migration.down ? { down: timed(name, 'down', migration.down, journal) } : {}),
@@ -76,6 +84,7 @@ export function skillsDbMigrationProvider(
 
 function timed(name: string, direction: string, step: Migration['up'], journal?: RunJournal): Migration['up'] {
   return (db) => inRun({ migration: name }, async () => {
+    await run().beforeEachMigration?.(db)
     const started = performance.now()
     const startedAt = new Date()
     progress(`${direction.padEnd(4)} ${name} …`)

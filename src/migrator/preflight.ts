@@ -2,6 +2,10 @@ import { sql, type Kysely } from 'kysely'
 import { appRoleName } from '../online/app-role.ts'
 import { namedOldAppRoles, oldAppRoles } from '../online/old-app-roles.ts'
 import { escapeRoutes } from './app-role-check.ts'
+import { readAppliedMigrations } from './migration-table.ts'
+
+/** The migration that takes TEMPORARY on the database from PUBLIC. */
+const TEMPORARY_TAKEN_BY = '0012_app_role_limits'
 
 /** The oldest major the migrations run on: 0005 uses ON DELETE SET NULL (column list), new in 15. */
 const MIN_SERVER_VERSION = 150000
@@ -18,12 +22,13 @@ export class PreflightRefused extends Error {
  * statements could call them, and an application or old-app role that row security could not
  * confine. A handful of catalog queries: every app boot pays them (a few ms; see the bench).
  */
-export async function preflight(conn: Kysely<any>): Promise<void> {
+export async function preflight(conn: Kysely<any>, { upward = true }: { upward?: boolean } = {}): Promise<void> {
   const { rows } = await sql<{
     version: number; versionText: string; ro: string; standby: boolean; me: string; db: string
     super: boolean; createrole: boolean; foreignOwners: string | null; tables: number
     needsSchema: boolean; canCreateSchema: boolean; canCreateInPublic: boolean
     publicOpen: boolean; publicOwner: string | null; dbOwner: string; canAlterPublic: boolean; planted: string | null
+    publicTemp: boolean; canRevokeTemp: boolean
   }>`
     select pg_catalog.current_setting('server_version_num')::int as version,
       pg_catalog.current_setting('server_version') as "versionText",
@@ -41,6 +46,9 @@ export async function preflight(conn: Kysely<any>): Promise<void> {
       pg_catalog.pg_get_userbyid(n.nspowner) as "publicOwner",
       (select pg_catalog.pg_get_userbyid(d.datdba) from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()) as "dbOwner",
       r.rolsuper or pg_catalog.pg_has_role(n.nspowner, 'USAGE') as "canAlterPublic",
+      pg_catalog.has_database_privilege('public', pg_catalog.current_database(), 'TEMPORARY') as "publicTemp",
+      r.rolsuper or (select pg_catalog.pg_has_role(d.datdba, 'USAGE') from pg_catalog.pg_database d where d.datname = pg_catalog.current_database()) as "canRevokeTemp",
+
       -- Our statements (and Kysely's) call pg_catalog functions and operators unqualified: a lookalike
       -- in public, owned by a role other than a superuser or us, could win on argument types and run
       -- as us. Refused, not ignored: revoking CREATE later does not remove what was planted.
@@ -88,6 +96,11 @@ export async function preflight(conn: Kysely<any>): Promise<void> {
   }
   if (r.planted) {
     refuse(`schema public holds what another role could have planted to run as ${r.me}: ${r.planted}; nothing was changed; drop them (or, if you trust them, ALTER … OWNER TO ${r.me}), then run again`)
+  }
+  // 0012 takes TEMPORARY on the database from PUBLIC (the app role must not flood the lock table
+  // with temporary objects); only the database's owner can.
+  if (upward && r.publicTemp && !r.canRevokeTemp && !(await readAppliedMigrations(conn)).some((m) => m.name === TEMPORARY_TAKEN_BY)) {
+    refuse(`every role may create temporary tables in database ${r.db}, and ${r.me} cannot revoke that (the database belongs to ${r.dbOwner}); the migrations take it from PUBLIC, so that the app role cannot: nothing was changed; as ${r.dbOwner}, run  REVOKE TEMPORARY ON DATABASE ${r.db} FROM PUBLIC; GRANT TEMPORARY ON DATABASE ${r.db} TO ${r.me};  (and to the roles that use temporary tables), then run again`)
   }
   if (r.publicOpen && !r.canAlterPublic) {
     refuse(`every role may create objects in schema public, and ${r.me} cannot revoke that (the schema belongs to ${r.publicOwner}): nothing was changed; as ${publicAdmin}, run  REVOKE CREATE ON SCHEMA public FROM PUBLIC; GRANT CREATE ON SCHEMA public TO ${r.me};  then run again`)

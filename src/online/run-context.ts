@@ -28,6 +28,8 @@ export interface RunContext {
   sessionLockTimeoutMs?: number
   /** The migration under way. */
   migration?: string
+  /** What the migrator does on its session before each migration (registers its view of every tenant). */
+  beforeEachMigration?: (db: import('kysely').Kysely<any>) => Promise<void>
 }
 
 /** Outside a run (a building block called on its own, as in its tests): quiet, with the defaults. */

@@ -1,13 +1,15 @@
 import { redactUrl } from '../../connection/database-url.ts'
 import type { DatabaseSource } from '../../connection/using-database.ts'
-import { migrateContract, migrateDown, migrateToLatest, migrateUp, type MigrationOutcome } from '../../migrator/migrate.ts'
+import { migrateContract, migrateDown, migrateOpen, migrateToLatest, migrateUp, type MigrationOutcome } from '../../migrator/migrate.ts'
+import { skillsDbMigrationProvider } from '../../migrator/migration-provider.ts'
+import { PHASE_COMMAND } from '../../migrator/migration-phases.ts'
 import type { MigrationError } from '../../migrator/migration-error.ts'
 import type { Command, OptionValues } from '../command.ts'
 import { migrateOptions, ROLES, TARGET, TUNING, TYPES } from '../options.ts'
 import { usingTarget } from '../target.ts'
 import { configuredTypesFile, refreshTypes } from '../types-file.ts'
 
-type Direction = 'latest' | 'up' | 'down' | 'contract'
+type Direction = 'latest' | 'up' | 'down' | 'open' | 'contract'
 
 const KEYS = 'SKILLS_DB_TENANT_KEYS (environment): the tenant keys the database then holds, <id>:<secret>[,<id>:<secret>]'
 
@@ -18,10 +20,11 @@ function migration(direction: Direction, values: OptionValues): Promise<number> 
     const outcome =
       direction === 'latest' ? await migrateToLatest(db, options)
       : direction === 'up' ? await migrateUp(db, options)
-      // contract's --force is about the old app's sessions, not about data (a down's --force).
+      // open's and contract's --force are about the old app's sessions, not about data (a down's --force).
+      : direction === 'open' ? await migrateOpen(db, { ...options, allowDataLoss: false, allowOldAppSessions: values.force === true })
       : direction === 'contract' ? await migrateContract(db, { ...options, allowDataLoss: false, allowOldAppSessions: values.force === true, timestampsAreUtc: values['timestamps-are-utc'] === true })
       : await migrateDown(db, { ...options, ...(typeof values.to === 'string' ? { to: values.to } : {}) })
-    const code = report(outcome)
+    const code = await report(outcome)
     // Also after an up-to-date run: an earlier run cut off (Ctrl-C) after migrating but before
     // codegen must not leave stale types behind.
     if (file && (outcome.status !== 'error' || outcome.steps.length > 0)) await refreshTypes(db, source.url, file)
@@ -34,14 +37,14 @@ function migration(direction: Direction, values: OptionValues): Promise<number> 
 function advice(error: MigrationError): string | undefined {
   switch (error.kind) {
     case 'data-loss': return 'run it again with --force to accept the loss'
-    case 'old-app-sessions': return 'if none of these sessions is the old app, skills-db contract --force goes ahead'
+    case 'old-app-sessions': return `if none of these sessions is the old app, skills-db ${error.migration && /open/.test(error.migration) ? 'open' : 'contract'} --force goes ahead`
     case 'timestamps-not-utc': return 'if they are UTC anyway, skills-db contract --timestamps-are-utc'
     case 'connection': return error.remedy ? 'the same command again resumes where it stopped' : undefined
     default: return undefined
   }
 }
 
-function report(outcome: MigrationOutcome): number {
+async function report(outcome: MigrationOutcome): Promise<number> {
   if (outcome.status === 'error') {
     // The CLI's own remedy in place of the library's, where it has one.
     const next = advice(outcome.error)
@@ -51,7 +54,12 @@ function report(outcome: MigrationOutcome): number {
   }
   console.log(outcome.status === 'up-to-date' ? 'already up to date' : `done: ${outcome.steps.length} migration(s) ${outcome.steps[0]?.direction === 'Down' ? 'rolled back' : 'applied'}`)
   if (outcome.waiting.length > 0) {
-    console.log(`waiting for the operator: ${outcome.waiting.join(', ')} (the contract phase: run skills-db contract once the single-tenant app is retired)`)
+    const phases = await skillsDbMigrationProvider().phases()
+    for (const phase of ['open', 'contract'] as const) {
+      const names = outcome.waiting.filter((name) => phases.get(name) === phase)
+      const { cli, when } = PHASE_COMMAND[phase]
+      if (names.length > 0) console.log(`waiting for the operator: ${names.join(', ')} (the ${phase} phase: run ${cli} ${when})`)
+    }
   }
   return 0
 }
@@ -86,6 +94,19 @@ export const down: Command = {
     ...TYPES,
   },
   run: (values) => migration('down', values),
+}
+
+export const open: Command = {
+  name: 'open',
+  summary: 'The open phase, before a second tenant is created: the single-tenant app\'s global keys and indexes, through which the app role could observe other tenants\' values, are replaced by ones it cannot use; the single-tenant app keeps its confined lane. Refuses while superuser or BYPASSRLS sessions (which may be the old app) are connected.',
+  options: {
+    ...TARGET,
+    force: { type: 'boolean', help: 'go ahead although superuser or BYPASSRLS sessions are connected' },
+    ...ROLES,
+    ...TUNING,
+    ...TYPES,
+  },
+  run: (values) => migration('open', values),
 }
 
 export const contract: Command = {
