@@ -9,6 +9,8 @@ export type Generated<T> = T extends ColumnType<infer S, infer I, infer U>
   ? ColumnType<S, I | undefined, U>
   : ColumnType<T, T | undefined, T>;
 
+export type Int8 = ColumnType<string, bigint | number | string, bigint | number | string>;
+
 export type Json = JsonValue;
 
 export type JsonArray = JsonValue[];
@@ -43,8 +45,19 @@ export interface AuditLogs {
   id: Generated<string>;
   ip_address: string | null;
   metadata: Json | null;
+  prev_hash: Buffer | null;
   resource_id: string | null;
   resource_type: string | null;
+  row_hash: Buffer | null;
+  seq: Int8 | null;
+  tenant_id: Generated<string>;
+}
+
+export interface AuditSignatures {
+  key_id: string;
+  seq: Int8;
+  signature: string;
+  signed_at: Timestamp;
   tenant_id: Generated<string>;
 }
 
@@ -165,6 +178,7 @@ export interface Users {
 export interface DB {
   api_keys: ApiKeys;
   audit_logs: AuditLogs;
+  audit_signatures: AuditSignatures;
   ratings: Ratings;
   site_settings: SiteSettings;
   skill_embeddings: SkillEmbeddings;

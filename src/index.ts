@@ -3,12 +3,14 @@ export { createDb, openDb, type CreateDbOptions } from './connection/create-db.t
 export { ConnectionError } from './connection/connection-error.ts'
 export { withTenant, TenantError, type TenantScope } from './tenancy/with-tenant.ts'
 export { TenantKeyError } from './tenancy/tenant-key.ts'
-export { resolveApiKey } from './tenancy/resolve-api-key.ts'
-export { recordAudit, type AuditEvent } from './audit/record-audit.ts'
+export { resolveApiKey, formatApiKey, apiKeyTenant, type PresentedApiKey } from './tenancy/resolve-api-key.ts'
+export { recordAudit, AuditError, type AuditEvent } from './audit/record-audit.ts'
+export { verifyAuditTrail, type AuditReport, type AuditProblem, type AuditProblemKind, type AuditHead, type VerifyAuditOptions } from './audit/verify-audit.ts'
 
 // The migrator: at boot, from the CLI (skills-db latest) and from kysely-ctl.
-export { migrateToLatest, migrateUp, migrateDown, migrateTo, migrateContract, type MigrateOptions, type MigrationOutcome, type MigrationStep } from './migrator/migrate.ts'
+export { migrateToLatest, migrateUp, migrateDown, migrateTo, migrateOpen, migrateContract, type MigrateOptions, type MigrationOutcome, type MigrationStep } from './migrator/migrate.ts'
 export { migrationStatus, type MigrationStatus } from './migrator/migration-status.ts'
+export type { Phase } from './migrator/migration-phases.ts'
 export { skillsDbMigrator, SkillsDbMigrator } from './migrator/skills-db-migrator.ts'
 export type { MigrationLogger } from './migrator/migration-logger.ts'
 // What a failed run carries: MigrationError (kind, migration, message, cause), and the errors it classifies as its cause.

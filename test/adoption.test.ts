@@ -5,7 +5,7 @@ import { migrateToLatest } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { createTestDatabase, type TestDatabase } from './support/database.ts'
 import { buildLegacyDatabase, rowDigests } from '../fixtures/legacy.ts'
-import { CONTRACT_MIGRATION_NAMES } from './support/migration-names.ts'
+import { GATED_MIGRATION_NAMES } from './support/migration-names.ts'
 
 describe('adopting the existing production database', () => {
   let dbs: TestDatabase[] = []
@@ -40,7 +40,7 @@ describe('adopting the existing production database', () => {
     expect(drizzle.rows[0]!.n).toBe(2)
     const status = await migrationStatus(t.admin)
     expect(status.applied[0]!.name).toBe('0001_baseline')
-    expect(status.pending).toEqual(CONTRACT_MIGRATION_NAMES)
+    expect(status.pending).toEqual(GATED_MIGRATION_NAMES)
     await sql`drop role if exists ${sql.id(`${t.name}_app`)}`.execute(t.admin).catch(() => {})
   })
 

@@ -3,29 +3,33 @@ import { describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import { citusReadiness } from '../src/citus/readiness.ts'
 import { createDb } from '../src/connection/create-db.ts'
-import { migrateContract, migrateDown, migrateToLatest } from '../src/migrator/migrate.ts'
+import { migrateContract, migrateDown, migrateOpen, migrateToLatest } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { resolveApiKey } from '../src/tenancy/resolve-api-key.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { useLegacyDatabases, type TestDatabase } from './support/database.ts'
 import { TENANT_TABLES } from '../fixtures/legacy.ts'
-import { CONTRACT_MIGRATION_NAMES } from './support/migration-names.ts'
+import { CONTRACT_MIGRATION_NAMES, GATED_MIGRATION_NAMES } from './support/migration-names.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
-import { A, B, seedTwoTenants } from './support/tenants.ts'
+import { A, B, NOT_THE_OLD_APP, seedTwoTenants } from './support/tenants.ts'
 import { connectClient } from '../src/connection/pg-client.ts'
 
 const appRole = inject('appRole')
 const legacyDb = useLegacyDatabases()
 const TEN = [...TENANT_TABLES, 'audit_logs']
+const OPEN = '0014_open_to_more_tenants'
 
-/** A legacy database, migrated as far as latest goes, with tenants A and B beside the default one. */
+/** A legacy database, migrated as far as latest goes and opened to more tenants, with tenants A and B beside the default one. */
 async function expanded(): Promise<TestDatabase> {
   const t = await legacyDb()
   await sql.raw(`alter database "${t.name}" set timezone to 'UTC'`).execute(t.admin)
-  expect(await migrateToLatest(t.admin, { appRole, tenantKeys: [TEST_TENANT_KEY] })).toMatchObject({ status: 'applied', waiting: CONTRACT_MIGRATION_NAMES })
+  expect(await migrateToLatest(t.admin, { appRole, tenantKeys: [TEST_TENANT_KEY] })).toMatchObject({ status: 'applied', waiting: GATED_MIGRATION_NAMES })
+  expect(await migrateOpen(t.admin, { appRole })).toMatchObject({ status: 'applied', waiting: CONTRACT_MIGRATION_NAMES })
   await seedTwoTenants(t.admin)
   return t
 }
+
+const contracted = CONTRACT_MIGRATION_NAMES.map((name) => ({ name }))
 
 const rows = async <R>(db: Kysely<any>, query: ReturnType<typeof sql<R>>) => (await query.execute(db)).rows
 
@@ -45,8 +49,9 @@ describe('the contract phase (skills-db contract), once the old app is retired',
       const refused = await migrateContract(t.admin, { appRole })
       expect(refused).toMatchObject({ status: 'error', error: { migration: CONTRACT_MIGRATION_NAMES[0], message: expect.stringMatching(new RegExp(`sessions of its roles, or unconfined ones, are connected: pid \\d+ \\(${old}, the old app\\)\\. Stop it first`)) } })
       expect(await takeSchemaSnapshot(t.admin)).toEqual(before)
-      expect((await migrationStatus(t.admin)).waiting).toEqual(CONTRACT_MIGRATION_NAMES)
-      expect(await migrateContract(t.admin, { appRole, allowOldAppSessions: true })).toMatchObject({ status: 'applied', steps: [{ name: CONTRACT_MIGRATION_NAMES[0] }], waiting: [] })
+      expect((await migrationStatus(t.admin)).waiting).toEqual(GATED_MIGRATION_NAMES)
+      // Not opened first: the contract phase opens it too, in name order.
+      expect(await migrateContract(t.admin, { appRole, allowOldAppSessions: true })).toMatchObject({ status: 'applied', steps: GATED_MIGRATION_NAMES.map((name) => ({ name })), waiting: [] })
     } finally {
       await session.end()
       // Roles are cluster-wide: gone before the database is.
@@ -75,7 +80,7 @@ describe('the contract phase (skills-db contract), once the old app is retired',
     const before = { instants: await rows(t.admin, instants), files: await rows(t.admin, sql`select relname, relfilenode from pg_class where relname in ('users', 'usage_events', 'api_keys') order by 1`) }
     expect((await citusReadiness(t.admin)).map((v) => v.rule)).toEqual(expect.arrayContaining(['keys include tenant_id', 'no SET NULL / SET DEFAULT with the distribution key']))
 
-    expect(await migrateContract(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: [{ name: CONTRACT_MIGRATION_NAMES[0] }] })
+    expect(await migrateContract(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: contracted })
     const keys = await rows<{ key: string }>(t.admin, sql`
       select c.relname || ': ' || pg_get_indexdef(i.indexrelid) as key from pg_index i join pg_class c on c.oid = i.indrelid
       where c.relname = any(${TEN}) and c.relnamespace = 'public'::regnamespace and i.indisunique
@@ -86,7 +91,8 @@ describe('the contract phase (skills-db contract), once the old app is retired',
       where k.contype = 'p' and c.relname = any(${TEN}) and c.relnamespace = 'public'::regnamespace order by 1`)
     expect(primary.map((p) => p.columns)).toEqual(TEN.map(() => 'PRIMARY KEY (tenant_id, id)'))
     expect(await rows(t.admin, sql`select polrelid::regclass::text as t from pg_policy where polname = 'old_app_default_tenant'`)).toEqual([])
-    expect(await rows(t.admin, sql`select tgname from pg_trigger where tgrelid = 'tenants'::regclass and not tgisinternal`)).toEqual([])
+    // The lane's guard is gone; 0013's, against what would leak a tenant's values, stays.
+    expect(await rows(t.admin, sql`select tgname from pg_trigger where tgrelid = 'tenants'::regclass and not tgisinternal`)).toEqual([{ tgname: 'no_other_tenant_while_values_leak' }])
     expect(await rows(t.admin, sql`select to_regclass('skills_slug_idx')::text as s, to_regclass('users_email_idx')::text as e, to_regclass('usage_events_created_at_idx')::text as c`))
       .toEqual([{ s: null, e: null, c: null }])
     expect(await rows(t.admin, sql`select count(*)::int as n from pg_attribute a join pg_class c on c.oid = a.attrelid
@@ -143,7 +149,7 @@ describe('the contract phase (skills-db contract), once the old app is retired',
     expect({ id: await attempts.id(), keyHash: await attempts.keyHash(), rating: await attempts.rating() }).toEqual({ id: 'ok', keyHash: 'ok', rating: '23503' })
   })
 
-  it('created_at > now() - interval under row security uses the (tenant_id, created_at) index; API keys resolve to one key or none', async () => {
+  it('created_at > now() - interval under row security uses the (tenant_id, created_at) index; an API key resolves in its own tenant, whoever copies its hash', async () => {
     const t = await expanded()
     // 200 days of A's and B's events: three days of them are few, and the index is what finds them.
     await sql`insert into usage_events (id, tenant_id, tool_name, created_at)
@@ -157,22 +163,37 @@ describe('the contract phase (skills-db contract), once the old app is retired',
     const plan = await planOf()
     expect(plan).toMatch(/Index Cond: \(\(tenant_id = 'tenant-a'::text\) AND \(created_at > \(now\(\) - '3 days'::interval\)\)\)/)
 
-    expect(await resolveApiKey(app, 'hash-b')).toEqual({ tenantId: B, userId: 'uB1' })
-    // Two tenants' keys with one hash (possible now): neither is resolved.
-    await sql`insert into api_keys (id, tenant_id, user_id, key_hash, key_prefix, name) values ('kAdup', ${A}, 'uA1', 'hash-b', 'p', 'dup')`.execute(t.admin)
+    expect(await resolveApiKey(app, { tenantId: B, keyHash: 'hash-b' })).toEqual({ tenantId: B, userId: 'uB1' })
+    // A stores a key with B's hash (possible now: keys are unique per tenant): B's key still resolves to B, A's to A.
+    await withTenant(app, A, (trx) => trx.insertInto('api_keys').values({ id: 'kAdup', user_id: 'uA1', key_hash: 'hash-b', key_prefix: 'p', name: 'dup' }).execute())
+    expect(await resolveApiKey(app, { tenantId: B, keyHash: 'hash-b' })).toEqual({ tenantId: B, userId: 'uB1' })
+    expect(await resolveApiKey(app, { tenantId: A, keyHash: 'hash-b' })).toEqual({ tenantId: A, userId: 'uA1' })
+    // A key that names no tenant is the single-tenant app's: the default tenant's, and B's hash is not one.
     expect(await resolveApiKey(app, 'hash-b')).toBeUndefined()
   })
 
-  it('down refuses while tenants share what must be globally unique again, changing nothing; then restores the expand schema exactly', async () => {
+  it('down refuses while there is more than one tenant, changing nothing: it would bring back the global keys', async () => {
     const t = await expanded()
-    const expand = await takeSchemaSnapshot(t.admin)
     expect(await migrateContract(t.admin, { appRole })).toMatchObject({ status: 'applied' })
-    await sql`insert into usage_events (id, tenant_id, tool_name) values ('eA1', ${B}, 'same id in B')`.execute(t.admin)
-    const contracted = await takeSchemaSnapshot(t.admin)
-    expect(await migrateDown(t.admin)).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/cannot roll back the contract phase: usage_events \(id\) "eA1" is used by several tenants/) } })
-    expect(await takeSchemaSnapshot(t.admin)).toEqual(contracted)
-    await sql`delete from usage_events where id = 'eA1' and tenant_id = ${B}`.execute(t.admin)
-    expect(await migrateDown(t.admin)).toMatchObject({ status: 'applied', steps: [{ name: CONTRACT_MIGRATION_NAMES[0], direction: 'Down' }] })
-    expect(await takeSchemaSnapshot(t.admin)).toEqual(expand)
+    const contractedSchema = await takeSchemaSnapshot(t.admin)
+    expect(await migrateDown(t.admin)).toMatchObject({ status: 'error', error: { kind: 'down-blocked', message: expect.stringMatching(/^cannot roll back the contract phase: the database has 3 tenants/) } })
+    expect(await takeSchemaSnapshot(t.admin)).toEqual(contractedSchema)
+  })
+
+  it('with one tenant, down brings back the single-tenant app\'s keys, and a second tenant is refused until the open phase runs again, which restores the opened schema exactly', async () => {
+    const t = await legacyDb()
+    await sql.raw(`alter database "${t.name}" set timezone to 'UTC'`).execute(t.admin)
+    await migrateToLatest(t.admin, { appRole })
+    expect(await migrateOpen(t.admin, { appRole })).toMatchObject({ status: 'applied' })
+    const opened = await takeSchemaSnapshot(t.admin)
+    expect(await migrateContract(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: contracted })
+    expect(await migrateDown(t.admin, { to: OPEN })).toMatchObject({ status: 'applied', steps: [...contracted].reverse() })
+    // 0010's down, written before the open phase, builds the single-tenant app's keys again.
+    expect(await rows(t.admin, sql`select to_regclass('skills_slug_idx')::text as s, to_regclass('ratings_skill_id_user_id_unique')::text as r`)).toEqual([{ s: 'skills_slug_idx', r: 'ratings_skill_id_user_id_unique' }])
+    await expect(sql.raw(`${NOT_THE_OLD_APP} insert into tenants (id, name, slug) values ('tb', 'B', 'b')`).execute(t.admin))
+      .rejects.toThrow(/refusing to create tenant "b": the app role could observe other tenants' values: index .* neither leads with tenant_id/)
+    expect(await migrateDown(t.admin)).toMatchObject({ status: 'applied', steps: [{ name: OPEN, direction: 'Down' }] })
+    expect(await migrateOpen(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: [{ name: OPEN }] })
+    expect(await takeSchemaSnapshot(t.admin)).toEqual(opened)
   })
 })

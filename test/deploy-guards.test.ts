@@ -8,7 +8,7 @@ import { createDb } from '../src/connection/create-db.ts'
 import { withDatabase } from '../src/connection/database-url.ts'
 import { startEmbeddedPostgres } from '../src/connection/embedded-postgres.ts'
 import { adminQuery } from '../src/connection/scratch-database.ts'
-import { migrateDown, migrateToLatest, migrateUp } from '../src/migrator/migrate.ts'
+import { migrateDown, migrateOpen, migrateToLatest, migrateUp } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { runScript } from './support/cli.ts'
 import { embeddedModuleFor } from '../fixtures/pg-majors.ts'
@@ -137,9 +137,15 @@ describe('a migrator that lacks what the migrations need is refused before anyth
     const outcome = await migrateToLatest(t.connectAs(STRANGER) as Kysely<any>, { appRole })
     expect(outcome).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight', message: `${STRANGER} cannot create in schema public, where the migrations create tables and functions: nothing was changed; as postgres, run  GRANT CREATE ON SCHEMA public TO ${STRANGER};  then run again (or connect as postgres)` } })
     await unchanged(t, before)
-    // The fix the message names is enough.
+    // The fix the message names is enough for that; then, not owning the database, it cannot take
+    // TEMPORARY from PUBLIC (0012): refused in turn, before anything changes, with what to run.
     await sql.raw(`grant create on schema public to ${STRANGER}`).execute(t.admin)
+    expect(await migrateToLatest(t.connectAs(STRANGER) as Kysely<any>, { appRole })).toMatchObject({ status: 'error', steps: [], error: { kind: 'preflight', message:
+      `every role may create temporary tables in database ${t.name}, and ${STRANGER} cannot revoke that (the database belongs to postgres); the migrations take it from PUBLIC, so that the app role cannot: nothing was changed; as postgres, run  REVOKE TEMPORARY ON DATABASE ${t.name} FROM PUBLIC; GRANT TEMPORARY ON DATABASE ${t.name} TO ${STRANGER};  (and to the roles that use temporary tables), then run again` } })
+    await unchanged(t, before)
+    await sql.raw(`revoke temporary on database ${t.name} from public; grant temporary on database ${t.name} to ${STRANGER}`).execute(t.admin)
     expect(await migrateToLatest(t.connectAs(STRANGER) as Kysely<any>, { appRole })).toMatchObject({ status: 'applied' })
+    expect((await sql<{ may: boolean }>`select has_database_privilege(${appRole}, current_database(), 'TEMPORARY') as may`.execute(t.admin)).rows).toEqual([{ may: false }])
   })
 
   it('on a cluster upgraded from PG 14, where public belongs to the bootstrap superuser: one refusal names every statement needed, and they are enough', async () => {
@@ -293,6 +299,7 @@ describe('a superuser old app: no second tenant while it may be connected', () =
     const operator = createDb<any>(t.url, { max: 1 })
     try {
       expect(await migrateToLatest(operator, { appRole })).toMatchObject({ status: 'applied' })
+      expect(await migrateOpen(operator, { appRole })).toMatchObject({ status: 'applied' })
       const oldApp = await connectClient({ connectionString: t.url, application_name: 'old single-tenant app' })
       const pid = (await oldApp.query('select pg_backend_pid() as pid')).rows[0].pid
       const create = () => sql`insert into tenants (id, name, slug) values ('tenant-b', 'B', 'b')`.execute(operator)

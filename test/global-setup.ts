@@ -1,7 +1,7 @@
 import type { TestProject } from 'vitest/node'
 import { openDb } from '../src/connection/create-db.ts'
 import { adminQuery, createScratchDatabase } from '../src/connection/scratch-database.ts'
-import { migrateToLatest } from '../src/migrator/migrate.ts'
+import { migrateOpen, migrateToLatest } from '../src/migrator/migrate.ts'
 import { dropRunLeftovers } from './support/leftovers.ts'
 import { newRunId } from '../fixtures/run-id.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
@@ -38,8 +38,11 @@ export default async function setup(project: TestProject) {
     templateUrl.password = 'test'
     const db = await openDb<any>(templateUrl.toString(), { max: 1 })
     try {
-      const outcome = await migrateToLatest(db, { appRole, tenantKeys: [TEST_TENANT_KEY] })
-      if (outcome.status === 'error') throw new Error(`migrating the test template failed: ${outcome.error.migration}: ${outcome.error.message}`)
+      // Latest, then the open phase: the tests make a second tenant, which the expand schema refuses until then.
+      for (const migrate of [migrateToLatest, migrateOpen]) {
+        const outcome = await migrate(db, { appRole, tenantKeys: [TEST_TENANT_KEY] })
+        if (outcome.status === 'error') throw new Error(`migrating the test template failed: ${outcome.error.migration}: ${outcome.error.message}`)
+      }
     } finally {
       await db.destroy()
     }

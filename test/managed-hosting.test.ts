@@ -7,7 +7,7 @@ import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import { createDb } from '../src/connection/create-db.ts'
 import { withDatabase } from '../src/connection/database-url.ts'
 import { adminQuery, dropScratchDatabase, scratchName } from '../src/connection/scratch-database.ts'
-import { migrateDown, migrateToLatest } from '../src/migrator/migrate.ts'
+import { migrateDown, migrateOpen, migrateToLatest } from '../src/migrator/migrate.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
 import type { DB } from '../src/db-types.ts'
@@ -70,8 +70,16 @@ async function ownedLegacyDb(scale = 0.002): Promise<OwnedDb> {
   return d
 }
 
-/** A second tenant whose skill and settings row share the default tenant's keys. Written as the superuser. */
+/**
+ * A second tenant whose skill and settings row share the default tenant's keys. Written as the
+ * superuser, once the database is opened to more tenants (by the owner, as production would).
+ */
 async function addTenantB(d: OwnedDb): Promise<void> {
+  expect(await migrateOpen(d.owner, { appRole, allowOldAppSessions: true })).toMatchObject({ status: expect.stringMatching(/applied|up-to-date/) })
+  await insertTenantB(d)
+}
+
+async function insertTenantB(d: OwnedDb): Promise<void> {
   await d.admin.transaction().execute(async (trx) => {
     // This test's own superuser sessions are not the old app.
     await sql`select set_config('skills_db.unconfined_sessions_ok', 'on', true)`.execute(trx)
@@ -129,9 +137,15 @@ describe('managed hosting: no superuser migrates or serves', () => {
       await expect(c.query(`insert into usage_events (id, tool_name, tenant_id) values ('x', 't', 'tenant-b')`))
         .rejects.toThrow(/new row violates row-level security policy/)
       await expect(c.query(`update skills set tenant_id = 'tenant-b' where id = 's1'`)).rejects.toThrow(/new row violates row-level security policy/)
-      // Naming a tenant does not switch it: that policy is the application role's alone.
+      // Naming a tenant does not switch it: that policy is the application role's alone. Nor does the
+      // owner's all-tenants setting widen the owner's view (since 0014): it takes the migrator's secret.
       await c.query(`select set_config('app.current_tenant_id', 'tenant-b', false)`)
+      await c.query(`select set_config('skills_db.all_tenants', 'on', false), set_config('skills_db.maintenance_view', 'guess', false)`)
       expect((await c.query(`select distinct tenant_id from skills where slug = 'skill-1'`)).rows).toEqual([{ tenant_id: expect.not.stringMatching(/tenant-b/) }])
+      expect((await c.query(`update skills set name = name where slug = 'skill-1'`)).rowCount).toBe(1)
+      // and its lookups are index scans on the tenant-leading keys (the global ones are gone): its lane folds to a constant.
+      const plan = (await c.query(`explain select id from skills where slug = 'skill-1'`)).rows.map((r) => r['QUERY PLAN']).join('\n')
+      expect(plan).toMatch(/Index (Only )?Scan using skills_tenant_slug_unique/)
       if (oldAppRole === PLAIN) {
         // What row security does not cover is taken away: TRUNCATE, TRIGGER (code run as the next writer).
         await expect(c.query('truncate skills cascade')).rejects.toThrow(/permission denied for table skills/)
@@ -169,8 +183,18 @@ describe('managed hosting: no superuser migrates or serves', () => {
     await addTenantB(d)
     await sql`insert into audit_logs (tenant_id, action) values ('tenant-b', 'kept')`.execute(d.admin)
 
+    // With two tenants the open phase is not rolled back (that would bring back what leaks B's values to A).
+    expect(await migrateDown(d.owner)).toMatchObject({ status: 'error', error: { kind: 'down-blocked', migration: '0014_open_to_more_tenants' } })
+    // B's rows go (its audit row cannot: append-only), and the tenant with them, until the open phase and the guard are rolled back.
+    await sql.raw(`delete from site_settings where tenant_id = 'tenant-b'; delete from skills where tenant_id = 'tenant-b';
+      delete from users where tenant_id = 'tenant-b'; delete from tenants where id = 'tenant-b'`).execute(d.admin)
+    expect(await migrateDown(d.owner, { to: '0012_app_role_limits' })).toMatchObject({ status: 'applied', steps: [{ name: '0014_open_to_more_tenants' }, { name: '0013_one_tenant_until_open' }] })
     // Row security would hide tenant B's rows from the owner: these refusals prove the owner's checks see them.
-    expect(await migrateDown(d.owner, { to: '0006_create_audit_logs' })).toMatchObject({ status: 'applied', steps: [{ name: '0009_close_cross_tenant_oracles' }, { name: '0008_session_bound_tenant_context' }, { name: '0007_private_tenants_and_audit' }] })
+    // Back on the expand schema before the guard, B comes back: the downs' guards must see its rows.
+    await insertTenantB(d)
+    expect(await migrateDown(d.owner, { to: '0009_close_cross_tenant_oracles' })).toMatchObject({ status: 'error', steps: [{ name: '0012_app_role_limits' }], error: { migration: '0011_tamper_evident_audit', message: expect.stringMatching(/drops the audit trail's hash chain/) } })
+    expect(await migrateDown(d.owner, { to: '0006_create_audit_logs', allowDataLoss: true })).toMatchObject({ status: 'applied', steps: [
+      { name: '0011_tamper_evident_audit' }, { name: '0009_close_cross_tenant_oracles' }, { name: '0008_session_bound_tenant_context' }, { name: '0007_private_tenants_and_audit' }] })
     expect(await migrateDown(d.owner)).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/dropping audit_logs deletes the audit trail/) } })
     expect(await migrateDown(d.owner, { allowDataLoss: true })).toMatchObject({ status: 'applied', steps: [{ name: '0006_create_audit_logs' }] })
     expect(await migrateDown(d.owner)).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/skills\.slug "skill-1" is used by several tenants/) } })

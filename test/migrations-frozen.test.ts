@@ -3,12 +3,12 @@ import path from 'node:path'
 import { sql, type Kysely } from 'kysely'
 import { afterAll, describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
-import { migrateContract, migrateTo } from '../src/migrator/migrate.ts'
+import { migrateContract, migrateOpen, migrateTo, migrateToLatest } from '../src/migrator/migrate.ts'
 import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { ROOT } from './support/cli.ts'
 import { useLegacyDatabases } from './support/database.ts'
-import { ALL_MIGRATION_NAMES, MIGRATION_NAMES } from './support/migration-names.ts'
+import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, GATED_MIGRATION_NAMES, MIGRATION_NAMES, OPEN_MIGRATION_NAMES } from './support/migration-names.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 import { A, B, seedTwoTenants } from './support/tenants.ts'
 
@@ -33,6 +33,7 @@ import { appRoleName } from '${blocks}/app-role.ts'
 import { grant } from '${blocks}/grant.ts'
 import { withLockRetry } from '${blocks}/lock-retry.ts'
 import { rowSecurity } from '${blocks}/row-security.ts'
+import { withoutStatistics } from '${blocks}/statistics.ts'
 import { applySteps, revertSteps } from '${blocks}/step.ts'
 
 const table = {
@@ -44,8 +45,10 @@ const table = {
 }
 const steps = [
   table,
-  rowSecurity('skill_tags', [{ name: 'tenant_isolation', condition: sql\`tenant_id = tenant_context.current_tenant()\`, to: async (db) => [await appRoleName(db)] }]),
+  rowSecurity('skill_tags', [{ name: 'tenant_isolation', condition: sql\`tenant_id = tenant_context.current_tenant()\`, check: sql\`tenant_id = nullif(tenant_context.current_tenant(), '')\`, to: async (db) => [await appRoleName(db)] }]),
   grant('skill_tags', ['select', 'insert', 'update', 'delete']),
+  // No planner statistics: estimates would tell one tenant another's tags (0013 refuses tenants otherwise).
+  withoutStatistics('skill_tags'),
 ]
 export const up = (db) => applySteps(db, steps)
 export const down = (db) => revertSteps(db, steps)
@@ -103,9 +106,9 @@ describe('the history: each migration leaves the catalog recorded when it was wr
     const tenth = `${String(ALL_MIGRATION_NAMES.length + 1).padStart(4, '0')}_add_skill_tags`
     writeFileSync(path.join(dir, `${tenth}.ts`), TENTH_TABLE)
     const appRole = inject('appRole')
-    const [plain, extended] = await Promise.all([legacyDb(), legacyDb()])
+    const [plain, extended, asWritten] = await Promise.all([legacyDb(), legacyDb(), legacyDb()])
     const options = { appRole, tenantKeys: [TEST_TENANT_KEY], allowOldAppSessions: true, timestampsAreUtc: true }
-    // Migration by migration up to the contract phase (0001 is adopted, not run).
+    // Migration by migration through the expand phase (0001 is adopted, not run).
     for (const name of MIGRATION_NAMES) {
       const status = name === '0001_baseline' ? 'up-to-date' : 'applied'
       expect(await migrateTo(plain.admin, name, options), name).toMatchObject({ status })
@@ -113,17 +116,31 @@ describe('the history: each migration leaves the catalog recorded when it was wr
       expectRecorded(name, await historySnapshot(plain.admin, appRole), 'as written')
       expectRecorded(name, await historySnapshot(extended.admin, appRole), `with ${tenth} in the folder`)
     }
-    // Past the gate (the contract phase and whatever follows it), one at a time: from a copy of the
-    // folder that ends with it.
-    const pastTheGate = ALL_MIGRATION_NAMES.slice(MIGRATION_NAMES.length)
-    for (const name of pastTheGate) {
-      const upTo = mkdtempSync(path.join(MIGRATIONS_DIR, '..', '.test-migrations-'))
-      dirs.push(upTo)
-      cpSync(MIGRATIONS_DIR, upTo, { recursive: true, filter: (f) => !/^\d{4}_/.test(path.basename(f)) || path.basename(f).slice(0, -3) <= name })
-      expect(await migrateContract(plain.admin, { ...options, migrationsDir: upTo }), name).toMatchObject({ status: 'applied', steps: [{ name }] })
+    // The migrations of the phases that wait for the operator, each from a copy of the folder that
+    // ends with it. 0010, written before 0011–0015, as written: right after 0009. The later ones on
+    // the fresh install's path: latest, then open, then contract.
+    const upTo = (last: string) => {
+      const folder = mkdtempSync(path.join(MIGRATIONS_DIR, '..', '.test-migrations-'))
+      dirs.push(folder)
+      cpSync(MIGRATIONS_DIR, folder, { recursive: true, filter: (f) => !/^\d{4}_/.test(path.basename(f)) || path.basename(f).slice(0, -3) <= last })
+      return folder
+    }
+    const first = '0010_contract_tenant_keys'
+    expect(await migrateToLatest(asWritten.admin, { ...options, migrationsDir: upTo(first) })).toMatchObject({ status: 'applied' })
+    expect(await migrateContract(asWritten.admin, { ...options, migrationsDir: upTo(first) })).toMatchObject({ status: 'applied', steps: [{ name: first }] })
+    expectRecorded(first, await historySnapshot(asWritten.admin, appRole), 'as written')
+    for (const name of OPEN_MIGRATION_NAMES) {
+      expect(await migrateOpen(plain.admin, { ...options, migrationsDir: upTo(name) }), name).toMatchObject({ status: 'applied', steps: [{ name }] })
       expectRecorded(name, await historySnapshot(plain.admin, appRole), 'as written')
     }
-    expect(await migrateContract(extended.admin, { ...options, migrationsDir: dir })).toMatchObject({ status: 'applied', steps: [...pastTheGate, tenth].map((name) => ({ name })) })
+    for (const name of CONTRACT_MIGRATION_NAMES.filter((n) => n !== first)) {
+      const outcome = await migrateContract(plain.admin, { ...options, migrationsDir: upTo(name) })
+      expect(outcome.status === 'applied' && outcome.steps.at(-1)?.name, name).toBe(name)
+      expectRecorded(name, await historySnapshot(plain.admin, appRole), 'as written')
+    }
+    // Contracted without opening first (every gated migration in name order), with a tenth tenant
+    // table: the same catalog as the fresh install's path.
+    expect(await migrateContract(extended.admin, { ...options, migrationsDir: dir })).toMatchObject({ status: 'applied', steps: [...GATED_MIGRATION_NAMES, tenth].map((name) => ({ name })) })
     const { skill_tags: tags, ...rest } = await takeSchemaSnapshot(extended.admin)
     expect(rest).toEqual(await takeSchemaSnapshot(plain.admin))
     expect(tags).toMatchObject({ rowSecurity: 'forced', policies: [expect.stringMatching(/^tenant_isolation ALL to .* using \(tenant_id = tenant_context\.current_tenant\(\)\)/)] })

@@ -9,7 +9,8 @@ import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { createTestDatabase, type TestDatabase } from './support/database.ts'
 import { runScript } from './support/cli.ts'
-import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, MIGRATION_NAMES } from './support/migration-names.ts'
+import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, GATED_MIGRATION_NAMES, MIGRATION_NAMES, OPEN_MIGRATION_NAMES } from './support/migration-names.ts'
+import { migrateContract, migrateOpen } from '../src/migrator/migrate.ts'
 import { inject } from 'vitest'
 
 const ALL = MIGRATION_NAMES
@@ -43,20 +44,30 @@ describe('migrator', () => {
 
   it('up applies one migration, latest the rest, status tells applied and pending', async () => {
     const t = await fresh()
-    expect(await migrationStatus(t.admin)).toEqual({ applied: [], pending: ALL_MIGRATION_NAMES, waiting: CONTRACT_MIGRATION_NAMES, unknown: [] })
+    const phases = Object.fromEntries(ALL_MIGRATION_NAMES.map((n) => [n, CONTRACT_MIGRATION_NAMES.includes(n) ? 'contract' : OPEN_MIGRATION_NAMES.includes(n) ? 'open' : 'expand']))
+    expect(await migrationStatus(t.admin)).toEqual({ applied: [], pending: ALL_MIGRATION_NAMES, waiting: GATED_MIGRATION_NAMES, unknown: [], phase: 'expand', phases })
     expect(await migrateUp(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: [{ name: ALL[0], direction: 'Up' }] })
     const mid = await migrationStatus(t.admin)
     expect(mid.applied.map((m) => m.name)).toEqual([ALL[0]])
     expect(Date.parse(mid.applied[0]!.appliedAt)).toBeGreaterThan(Date.now() - 60_000)
     expect(mid.pending).toEqual(ALL_MIGRATION_NAMES.slice(1))
 
-    // latest stops before the contract phase, which waits for the operator.
+    // latest applies the expand phase's migrations, later files included, and leaves the open and
+    // contract phases, which wait for the operator.
     const latest = await migrateToLatest(t.admin, { appRole })
     expect(latest.steps.map((s) => s.name)).toEqual(ALL.slice(1))
-    expect(latest).toMatchObject({ status: 'applied', waiting: CONTRACT_MIGRATION_NAMES })
-    expect(await migrateToLatest(t.admin, { appRole })).toEqual({ status: 'up-to-date', steps: [], adopted: false, waiting: CONTRACT_MIGRATION_NAMES })
-    expect(await migrateUp(t.admin, { appRole })).toEqual({ status: 'up-to-date', steps: [], adopted: false, waiting: CONTRACT_MIGRATION_NAMES })
-    expect(await migrationStatus(t.admin)).toMatchObject({ pending: CONTRACT_MIGRATION_NAMES, waiting: CONTRACT_MIGRATION_NAMES })
+    expect(latest).toMatchObject({ status: 'applied', waiting: GATED_MIGRATION_NAMES })
+    expect(await migrateToLatest(t.admin, { appRole })).toEqual({ status: 'up-to-date', steps: [], adopted: false, waiting: GATED_MIGRATION_NAMES })
+    expect(await migrateUp(t.admin, { appRole })).toEqual({ status: 'up-to-date', steps: [], adopted: false, waiting: GATED_MIGRATION_NAMES })
+    expect(await migrationStatus(t.admin)).toMatchObject({ pending: GATED_MIGRATION_NAMES, waiting: GATED_MIGRATION_NAMES, phase: 'expand' })
+    // open applies the open phase's; contract the rest. A database that reached a phase takes later
+    // migrations of it with latest (status: nothing waits after the contract phase).
+    expect(await migrateOpen(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: OPEN_MIGRATION_NAMES.map((name) => ({ name })), waiting: CONTRACT_MIGRATION_NAMES })
+    expect(await migrationStatus(t.admin)).toMatchObject({ pending: CONTRACT_MIGRATION_NAMES, waiting: CONTRACT_MIGRATION_NAMES, phase: 'open' })
+    expect(await migrateContract(t.admin, { appRole, timestampsAreUtc: true })).toMatchObject({ status: 'applied', steps: CONTRACT_MIGRATION_NAMES.map((name) => ({ name })), waiting: [] })
+    expect(await migrationStatus(t.admin)).toMatchObject({ pending: [], waiting: [], phase: 'contract' })
+    // Rolled back in the order they were applied.
+    expect(await migrateDown(t.admin, { to: MIGRATION_NAMES.at(-1)! })).toMatchObject({ status: 'applied', steps: [...OPEN_MIGRATION_NAMES, ...CONTRACT_MIGRATION_NAMES].reverse().map((name) => ({ name, direction: 'Down' })) })
   })
 
   it('down rolls back one step, to a named migration, or all; unknown names and empty histories are errors', async () => {

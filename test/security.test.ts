@@ -9,6 +9,7 @@ const DOCUMENTED_TABLE_PRIVILEGES = [
   ...['api_keys', 'ratings', 'site_settings', 'skill_embeddings', 'skill_reviews', 'skill_versions', 'skills', 'usage_events', 'users']
     .flatMap((t) => ['DELETE', 'INSERT', 'SELECT', 'UPDATE'].map((p) => `${t}:${p}`)),
   'audit_logs:INSERT', 'audit_logs:SELECT',
+  'audit_signatures:INSERT', 'audit_signatures:SELECT',
   'tenants:SELECT',
 ].sort()
 
@@ -39,7 +40,7 @@ describe('what the application role cannot do', () => {
       select p.proname as f from pg_proc p join pg_namespace n on n.oid = p.pronamespace
       where n.nspname = 'public' and has_function_privilege(${role}, p.oid, 'execute') order by 1`.execute(t.admin)
     // audit_logs_append_only is a trigger function: callable only by the trigger machinery.
-    expect(functions.rows.map((r) => r.f)).toEqual(['audit_logs_append_only', 'resolve_api_key'])
+    expect(functions.rows.map((r) => r.f)).toEqual(['audit_logs_append_only', 'audit_signatures_append_only'])
     const attrs = await sql`select rolsuper, rolbypassrls, rolcreaterole, rolcreatedb, rolinherit, rolcanlogin,
       (select count(*)::int from pg_auth_members m where m.member = r.oid) as memberships from pg_roles r where rolname = ${role}`.execute(t.admin)
     expect(attrs.rows).toEqual([{ rolsuper: false, rolbypassrls: false, rolcreaterole: false, rolcreatedb: false, rolinherit: false, rolcanlogin: true, memberships: 0 }])
@@ -53,10 +54,11 @@ describe('what the application role cannot do', () => {
       where n.nspname not in ('pg_catalog', 'information_schema') and has_function_privilege(${role}, p.oid, 'execute') order by 1`.execute(t.admin)
     expect(rows).toEqual([
       { f: 'public.audit_logs_append_only', definer: false }, // raises, reads nothing
-      { f: 'public.resolve_api_key', definer: true },
+      { f: 'public.audit_signatures_append_only', definer: false }, // raises, reads nothing
       { f: 'tenant_context.challenge', definer: false }, // pid and time, reads nothing
       { f: 'tenant_context.current_tenant', definer: true },
       { f: 'tenant_context.enter', definer: true },
+      { f: 'tenant_context.resolve_api_key', definer: true },
     ])
   })
 
@@ -78,6 +80,11 @@ describe('what the application role cannot do', () => {
     ['read the migration history', sql`select * from skills_db.kysely_migration`, /permission denied for schema skills_db/],
     ['read Drizzle\'s history or its sequence', sql`select * from drizzle.__drizzle_migrations`, /permission denied for schema drizzle|relation "drizzle.__drizzle_migrations" does not exist/],
     ['replace the API-key resolver', sql`create or replace function public.resolve_api_key(text) returns table (tenant_id text, user_id text) language sql as 'select null::text, null::text'`, /permission denied for schema public|must be owner of function resolve_api_key/],
+    ['call the resolver that looks a key hash up in every tenant', sql`select * from public.resolve_api_key('hash-b')`, /permission denied for function resolve_api_key/],
+    ['create a temporary table (thousands of them would exhaust the lock table)', sql`create temp table mine (id int)`, /permission denied to create temporary tables in database/],
+    ['create a temporary function or type', sql`create domain pg_temp.d as int`, /permission denied to create temporary tables in database|permission denied for schema pg_temp/],
+    ['touch the migration lock', sql`select * from skills_db.migration_lock for update`, /permission denied for schema skills_db/],
+    ['read the audit chain\'s heads', sql`select * from skills_db.audit_chain_heads`, /permission denied for schema skills_db/],
   ])('cannot %s', async (_label, statement, message) => {
     await denied(statement, message)
   })
@@ -97,11 +104,12 @@ describe('what the application role cannot do', () => {
       where c.relkind in ('v', 'm', 'S') and n.nspname not in ('pg_catalog', 'information_schema')
         and (has_table_privilege(${role}, c.oid, 'select') or (c.relkind = 'S' and has_sequence_privilege(${role}, c.oid, 'usage')))`.execute(t.admin)
     expect(rows).toEqual([])
-    // The only SECURITY DEFINER function answers for an exact key hash, never a pattern.
-    const definers = await sql<{ f: string }>`select proname as f from pg_proc where prosecdef and pronamespace = 'public'::regnamespace`.execute(t.admin)
-    expect(definers.rows.map((r) => r.f)).toEqual(['resolve_api_key'])
-    const found = await sql<{ n: number }>`select count(*)::int as n from resolve_api_key('%') union all select count(*)::int from resolve_api_key('hash-%')`.execute(app)
-    expect(found.rows).toEqual([{ n: 0 }, { n: 0 }])
+    // The SECURITY DEFINER functions it may call: the resolver answers for an exact key hash of the tenant it names, never a pattern.
+    const definers = await sql<{ f: string }>`select proname as f from pg_proc where prosecdef and has_function_privilege(${role}, oid, 'execute') order by 1`.execute(t.admin)
+    expect(definers.rows.map((r) => r.f)).toEqual(['current_tenant', 'enter', 'resolve_api_key'])
+    const found = await sql<{ n: number }>`select count(*)::int as n from tenant_context.resolve_api_key(${B}, '%')
+      union all select count(*)::int from tenant_context.resolve_api_key(${B}, 'hash-%') union all select count(*)::int from tenant_context.resolve_api_key('%', 'hash-b')`.execute(app)
+    expect(found.rows).toEqual([{ n: 0 }, { n: 0 }, { n: 0 }])
     const ownTenantOnly = await sql`select count(*)::int as n from skills where tenant_id = ${A}`.execute(app)
     expect(ownTenantOnly.rows).toEqual([{ n: 0 }])
   })

@@ -34,9 +34,13 @@ describe('other migrators and skills-db\'s migrations', () => {
     expect(latest.results!.map((r) => r.migrationName)).toEqual(MIGRATION_NAMES.slice(1)) // 0001 adopted, not run
     // Up to the contract phase, which waits for the operator (skills-db contract), as at boot.
     expect((await migrator.getMigrations()).filter((m) => m.executedAt instanceof Date).map((m) => m.name)).toEqual(MIGRATION_NAMES)
-    expect(await migrator.migrateTo(CONTRACT_MIGRATION_NAMES[0]!)).toMatchObject({ error: expect.objectContaining({ message: expect.stringMatching(/is in the contract phase or after it, which waits for the operator/) }) })
+    expect(await migrator.migrateTo(CONTRACT_MIGRATION_NAMES[0]!)).toMatchObject({ error: expect.objectContaining({ message: expect.stringMatching(/belongs to the contract phase, which waits for the operator: apply it with migrateContract\(\)/) }) })
 
+    // Rolled back in the order applied: latest applied 0011 to 0013 after 0009.
     expect(await migrator.migrateTo('0006_create_audit_logs')).toEqual({ results: [
+      { migrationName: '0013_one_tenant_until_open', direction: 'Down', status: 'Success' },
+      { migrationName: '0012_app_role_limits', direction: 'Down', status: 'Success' },
+      { migrationName: '0011_tamper_evident_audit', direction: 'Down', status: 'Success' },
       { migrationName: '0009_close_cross_tenant_oracles', direction: 'Down', status: 'Success' },
       { migrationName: '0008_session_bound_tenant_context', direction: 'Down', status: 'Success' },
       { migrationName: '0007_private_tenants_and_audit', direction: 'Down', status: 'Success' },

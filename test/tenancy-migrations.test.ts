@@ -2,16 +2,21 @@ import { sql, type Kysely } from 'kysely'
 import { describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import legacySchema from '../src/migrator/legacy-schema.json' with { type: 'json' }
-import { migrateContract, migrateDown, migrateToLatest, migrateUp } from '../src/migrator/migrate.ts'
+import { cpSync, mkdtempSync, rmSync } from 'node:fs'
+import path from 'node:path'
+import { afterAll } from 'vitest'
+import { migrateContract, migrateDown, migrateOpen, migrateTo, migrateToLatest, migrateUp, type MigrateOptions } from '../src/migrator/migrate.ts'
+import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { TENANT_TABLES } from '../fixtures/legacy.ts'
-import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES } from './support/migration-names.ts'
+import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, FRESH_INSTALL_ORDER, OPEN_MIGRATION_NAMES } from './support/migration-names.ts'
 import { useLegacyDatabases } from './support/database.ts'
 import { rowDigests } from '../fixtures/legacy.ts'
 import { NOT_THE_OLD_APP } from './support/tenants.ts'
 
 const appRole = inject('appRole')
 const SEED_ID = 'default-tenant-000-0000-000000000000'
+const CONTRACT_0010 = '0010_contract_tenant_keys'
 
 const legacyDb = useLegacyDatabases()
 
@@ -31,7 +36,8 @@ async function fullSnapshot(db: Kysely<any>) {
     union all
     select n.nspname || '.' || c.relname || ' ' || c.relkind::text || c.relpersistence::text || ' ' || coalesce(c.relacl::text, '')
     from pg_class c join pg_namespace n on n.oid = c.relnamespace
-    where n.nspname in ('tenant_context', 'skills_db') and c.relkind in ('r', 'S', 'v') and c.relname not like 'kysely_migration%' and c.relname <> 'settings'
+    where n.nspname in ('tenant_context', 'skills_db') and c.relkind in ('r', 'S', 'v') and c.relname not like 'kysely_migration%'
+      and c.relname not in ('settings', 'migration_lock')
     union all
     select 'schema ' || nspname || ' ' || coalesce(nspacl::text, '') from pg_namespace where nspname = 'tenant_context'
     union all
@@ -44,10 +50,25 @@ async function fullSnapshot(db: Kysely<any>) {
 }
 
 const q = async <R>(db: Kysely<any>, query: ReturnType<typeof sql<R>>) => (await query.execute(db)).rows
-const up = async (db: Kysely<any>, name: string) => {
-  // The contract phase waits for the operator: up stops before it, and contract applies it.
-  const outcome = CONTRACT_MIGRATION_NAMES.includes(name) ? await migrateContract(db, { appRole }) : await migrateUp(db, { appRole })
+/**
+ * Applies exactly `name`, as a fresh install does (latest, then open, then contract): the phases
+ * that wait for the operator apply it with their command, from a copy of the folder that ends with
+ * it when the phase has more than one migration left.
+ */
+const up = async (db: Kysely<any>, name: string, options: MigrateOptions = {}) => {
+  const outcome = CONTRACT_MIGRATION_NAMES.includes(name) ? await migrateContract(db, { appRole, ...options })
+    : OPEN_MIGRATION_NAMES.includes(name) ? await migrateOpen(db, { appRole, ...options })
+    : await migrateUp(db, { appRole, ...options })
   expect(outcome, JSON.stringify(outcome)).toMatchObject({ status: 'applied', steps: [{ name }] })
+}
+const folders: string[] = []
+afterAll(() => folders.forEach((d) => rmSync(d, { recursive: true, force: true })))
+/** The migrations folder as it was when `last` was the newest: what its recorded behaviour is about. */
+function folderUpTo(last: string): string {
+  const dir = mkdtempSync(path.join(MIGRATIONS_DIR, '..', '.test-migrations-'))
+  folders.push(dir)
+  cpSync(MIGRATIONS_DIR, dir, { recursive: true, filter: (f) => !/^\d{4}_/.test(path.basename(f)) || path.basename(f).slice(0, 4) <= last.slice(0, 4) })
+  return dir
 }
 
 describe('the plan\'s must-haves, migration by migration, on the production schema with rows', () => {
@@ -202,20 +223,33 @@ describe('reversible', () => {
     const contents = await rowDigests(t.admin)
     await migrateUp(t.admin, { appRole }) // adopts 0001, applies 0002
     await migrateDown(t.admin)
-    for (const name of ALL_MIGRATION_NAMES.slice(1)) {
+    // Each as written, from the folder of its day, up to the contract phase's 0010; then the later
+    // ones in the order a fresh install applies them (latest, open, contract), from today's folder.
+    // 0010 then runs after 0014, and its down cannot take back what 0014 changed (test/contract.test.ts).
+    const asWritten = ALL_MIGRATION_NAMES.slice(1).filter((n) => n <= CONTRACT_0010)
+    const afterwards = FRESH_INSTALL_ORDER.filter((n) => n > CONTRACT_0010)
+    const check = async (name: string, migrationsDir: string) => {
       const before = await fullSnapshot(t.admin)
-      await up(t.admin, name)
+      // (After 0010 the timestamps are timestamptz, which the row digests print otherwise.)
+      const rowsBefore = await rowDigests(t.admin)
+      await up(t.admin, name, { migrationsDir })
       const applied = await fullSnapshot(t.admin)
       // 0004 changes data only: its schema is the one before it; every other migration changes the schema.
       if (name === '0004_backfill_tenant_id') expect(applied, name).toEqual(before)
       else expect(applied, name).not.toEqual(before)
-      expect(await migrateDown(t.admin)).toMatchObject({ status: 'applied', steps: [{ name, direction: 'Down' }] })
+      expect(await migrateDown(t.admin, { appRole, migrationsDir })).toMatchObject({ status: 'applied', steps: [{ name, direction: 'Down' }] })
       expect(await fullSnapshot(t.admin), `down of ${name}`).toEqual(before)
-      expect(await rowDigests(t.admin), `rows after down of ${name}`).toEqual(contents)
-      await up(t.admin, name)
+      expect(await rowDigests(t.admin), `rows after down of ${name}`).toEqual(rowsBefore)
+      await up(t.admin, name, { migrationsDir })
       expect(await fullSnapshot(t.admin), `up again of ${name}`).toEqual(applied)
     }
-    expect(await migrateDown(t.admin, { to: '0001_baseline' })).toMatchObject({ status: 'applied' })
+    for (const name of asWritten) await check(name, folderUpTo(name))
+    expect(await migrateDown(t.admin, { appRole, migrationsDir: folderUpTo(CONTRACT_0010) })).toMatchObject({ status: 'applied', steps: [{ name: CONTRACT_0010 }] })
+    for (const name of afterwards) {
+      if (name === '0015_contract_without_side_channels') await up(t.admin, CONTRACT_0010, { migrationsDir: folderUpTo('0014_open_to_more_tenants') })
+      await check(name, MIGRATIONS_DIR)
+    }
+    expect(await migrateDown(t.admin, { to: '0001_baseline', appRole })).toMatchObject({ status: 'applied' })
     expect(await takeSchemaSnapshot(t.admin)).toEqual(legacySchema)
     expect(await rowDigests(t.admin)).toEqual(contents)
     // What table snapshots do not show is gone too: functions, grants, the recorded role.
@@ -226,9 +260,10 @@ describe('reversible', () => {
     expect(await rowDigests(t.admin)).toEqual(contents)
   })
 
+  // A second tenant waits for the open phase since 0013: these run where its tenants came before that.
   it('a down that would merge tenants refuses, changing nothing, unless forced', async () => {
     const t = await legacyDb()
-    await migrateToLatest(t.admin, { appRole })
+    await migrateTo(t.admin, '0012_app_role_limits', { appRole })
     await sql.raw(`${NOT_THE_OLD_APP} insert into tenants (id, name, slug) values ('tb', 'B', 'b');
       insert into users (id, tenant_id, email) values ('ub', 'tb', 'b@b');`).execute(t.admin)
     const refused = await migrateDown(t.admin, { to: '0002_add_tenants' })
@@ -246,7 +281,7 @@ describe('reversible', () => {
 
   it('undoing per-tenant keys refuses while tenants share a slug, with the schema untouched', async () => {
     const t = await legacyDb()
-    await migrateToLatest(t.admin, { appRole })
+    await migrateTo(t.admin, '0012_app_role_limits', { appRole })
     await sql.raw(`${NOT_THE_OLD_APP} insert into tenants (id, name, slug) values ('tb', 'B', 'b');
       insert into skills (id, tenant_id, name, slug, description, category, content) values ('sb', 'tb', 'Lint', 'lint', 'd', 'c', 'c');`).execute(t.admin)
     await migrateDown(t.admin, { to: '0005_enforce_tenant_id' }) // 0007, 0006 (no audit rows yet)
@@ -262,7 +297,12 @@ describe('reversible', () => {
     const t = await legacyDb()
     await migrateToLatest(t.admin, { appRole })
     await sql`insert into audit_logs (tenant_id, action) values (${SEED_ID}, 'x')`.execute(t.admin)
-    await migrateDown(t.admin, { to: '0006_create_audit_logs' })
+    // First the hash chain (0011), then the table (0006): each refuses while it holds rows.
+    await migrateDown(t.admin, { to: '0011_tamper_evident_audit' })
+    const chained = await takeSchemaSnapshot(t.admin)
+    expect(await migrateDown(t.admin)).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/drops the audit trail's hash chain/) } })
+    expect(await takeSchemaSnapshot(t.admin)).toEqual(chained)
+    await migrateDown(t.admin, { to: '0006_create_audit_logs', allowDataLoss: true })
     const before = await takeSchemaSnapshot(t.admin)
     expect(await migrateDown(t.admin)).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/deletes the audit trail/) } })
     expect(await takeSchemaSnapshot(t.admin)).toEqual(before)

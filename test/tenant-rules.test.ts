@@ -2,6 +2,7 @@ import { sql, type Kysely } from 'kysely'
 import { beforeAll, describe, expect, inject, it } from 'vitest'
 import type { DB } from '../src/db-types.ts'
 import { resolveApiKey } from '../src/tenancy/resolve-api-key.ts'
+import { withMigrationLock } from '../src/migrator/migration-lock.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { useTestDatabase } from './support/database.ts'
 import { A, attempt, B, seedTwoTenants } from './support/tenants.ts'
@@ -75,31 +76,42 @@ describe('tenant rules, as the application role', () => {
     }
   })
 
-  it('an API key resolves to its own tenant and user, only when exact, unrevoked and unexpired', async () => {
-    expect(await resolveApiKey(app, 'hash-a')).toEqual({ tenantId: A, userId: 'uA1' })
-    expect(await resolveApiKey(app, 'hash-b')).toEqual({ tenantId: B, userId: 'uB1' })
+  it('an API key resolves to its own tenant and user, only when exact, unrevoked and unexpired, and only in the tenant it names', async () => {
+    expect(await resolveApiKey(app, { tenantId: A, keyHash: 'hash-a' })).toEqual({ tenantId: A, userId: 'uA1' })
+    expect(await resolveApiKey(app, { tenantId: B, keyHash: 'hash-b' })).toEqual({ tenantId: B, userId: 'uB1' })
     for (const key of ['hash-a-revoked', 'hash-a-expired', 'hash-', '%', 'hash-a%', "' or 1=1 --"]) {
-      expect(await resolveApiKey(app, key), key).toBeUndefined()
+      expect(await resolveApiKey(app, { tenantId: A, keyHash: key }), key).toBeUndefined()
     }
+    // Presented as another tenant's, or as one that names no tenant (the default tenant's), a key resolves to nobody.
+    expect(await resolveApiKey(app, { tenantId: B, keyHash: 'hash-a' })).toBeUndefined()
+    expect(await resolveApiKey(app, 'hash-a')).toBeUndefined()
+    expect(await resolveApiKey(app, { tenantId: "' or 1=1 --", keyHash: 'hash-a' })).toBeUndefined()
     // ... and app_user cannot read api_keys across tenants directly.
     expect(await app.selectFrom('api_keys').select('id').execute()).toEqual([])
   })
 
-  it('audit_logs: no UPDATE, DELETE or TRUNCATE — not for the application role, not for the owner', async () => {
-    const owner = t.connectAs(inject('ownerRole')) as Kysely<any>
-    for (const [db, expected] of [
-      [app, /permission denied for table audit_logs/],
-      [owner, /audit_logs is append-only: (UPDATE|DELETE|TRUNCATE) is not allowed/],
-      [t.admin, /audit_logs is append-only: (UPDATE|DELETE|TRUNCATE) is not allowed/],
-    ] as const) {
-      for (const statement of [sql`update audit_logs set action = 'x'`, sql`delete from audit_logs`, sql`truncate audit_logs`]) {
-        // The owner first switches on its view of every tenant, as it can: row security must not be what stops it.
-        await expect((db as Kysely<any>).transaction().execute(async (trx) => {
-          await sql`select set_config('skills_db.all_tenants', 'on', true)`.execute(trx)
-          await statement.execute(trx)
-        })).rejects.toThrow(expected)
-      }
+  it('audit_logs: no UPDATE, DELETE or TRUNCATE — not for the application role, not for the owner, not for a superuser', async () => {
+    const owner = t.connectAs(inject('ownerRole'), 'test', 1) as Kysely<any>
+    // TRUNCATE with the signatures that reference the rows, so that the trigger, not the foreign key, answers.
+    const statements = [sql`update audit_logs set action = 'x'`, sql`delete from audit_logs`, sql`truncate audit_logs, audit_signatures`]
+    for (const statement of statements) {
+      await expect(attempt(app, { kind: 'tenant', id: A }, (trx) => statement.execute(trx)).then((r) => !r.ok && r.error.message)).resolves.toMatch(/permission denied for table audit_(logs|signatures)/)
+      await expect(t.admin.transaction().execute((trx) => statement.execute(trx))).rejects.toThrow(/audit_(logs|signatures) is append-only: (UPDATE|DELETE|TRUNCATE) is not allowed/)
     }
+    // The owner: the setting that gave it every tenant's rows gives it none now; with the migrator's
+    // view (it holds the migration lock) row security is not what stops it: the triggers are.
+    for (const statement of statements.slice(0, 2)) {
+      const r = await owner.transaction().execute(async (trx) => {
+        await sql`select set_config('skills_db.all_tenants', 'on', true)`.execute(trx)
+        return statement.execute(trx)
+      })
+      expect(Number(r.numAffectedRows)).toBe(0)
+    }
+    await owner.connection().execute((conn) => withMigrationLock(conn, async () => {
+      for (const statement of statements) {
+        await expect(conn.transaction().execute((trx) => statement.execute(trx))).rejects.toThrow(/audit_(logs|signatures) is append-only: (UPDATE|DELETE|TRUNCATE) is not allowed/)
+      }
+    }))
     const { rows } = await sql`select tableowner from pg_tables where tablename = 'audit_logs'`.execute(t.admin)
     expect(rows).toEqual([{ tableowner: inject('ownerRole') }])
     expect(await t.admin.selectFrom('audit_logs').select('action').execute()).toHaveLength(2)

@@ -22,7 +22,9 @@ const REFERENCE = sql`(select 'public.tenants'::regclass::oid)`
  */
 const KNOWN_TRIGGER_FUNCTIONS = [
   'public.audit_logs_append_only', 'skills_db.audit_logs_stamp', 'skills_db.audit_logs_actor_of_own_tenant',
-  'skills_db.users_clear_references', 'skills_db.skills_clear_references',
+  'public.audit_signatures_append_only', 'skills_db.users_clear_references', 'skills_db.skills_clear_references',
+  // On tenants (a reference table): reads the catalog only.
+  'skills_db.no_other_tenant_while_values_leak',
 ]
 
 /**

@@ -102,8 +102,9 @@ export const CITUS_CURRENT_TENANT = sql`
     signed_with text := split_part(signature, ':', 1);
     tx record;
   begin
+    -- '' with no tenant entered, as 0014's: no tenant has that id, and it stays an index condition.
     if current_setting('tenant_context.entered', true) is distinct from 'on' or tenant is null or signature is null then
-      return null;
+      return '';
     end if;
     select * into tx from get_current_transaction_id();
     if exists (select 1 from skills_db.tenant_context_keys k where k.key_id = signed_with
@@ -111,5 +112,5 @@ export const CITUS_CURRENT_TENANT = sql`
           || tx.initiator_node_identifier || '.' || tx.transaction_number, 'UTF8'))), 'hex') = substr(signature, length(signed_with) + 2)) then
       return tenant;
     end if;
-    return null;
+    return '';
   end $$`

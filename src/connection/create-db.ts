@@ -16,6 +16,11 @@ export interface CreateDbOptions {
    * was given in SKILLS_DB_TENANT_KEYS. Default: the SKILLS_DB_TENANT_KEY environment variable.
    */
   tenantKey?: string
+  /**
+   * The key recordAudit signs the audit chain with (`<id>:<secret>`), which the database never sees
+   * (README, "Audit log"). Default: the SKILLS_DB_AUDIT_KEY environment variable.
+   */
+  auditKey?: string
 }
 
 /**
@@ -43,12 +48,14 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
   targets.set(db, target)
   condemners.set(db, condemn)
   if (options.tenantKey !== undefined) tenantKeys.set(db, options.tenantKey)
+  if (options.auditKey !== undefined) auditKeys.set(db, options.auditKey)
   return db
 }
 
 const targets = new WeakMap<object, DatabaseTarget>()
 const condemners = new WeakMap<object, (pid: number) => void>()
 const tenantKeys = new WeakMap<object, string>()
+const auditKeys = new WeakMap<object, string>()
 
 /** Like {@link createDb}, but proves the server answers; throws {@link ConnectionError} with a one-line reason. */
 export async function openDb<T = DB>(url: string, options: CreateDbOptions = {}): Promise<Kysely<T>> {
@@ -82,6 +89,11 @@ export function condemnSession(db: object, pid: number): boolean {
 /** The tenant key a Kysely instance was made with ({@link CreateDbOptions.tenantKey}), if any. */
 export function tenantKeyOf(db: object): string | undefined {
   return tenantKeys.get(db)
+}
+
+/** The audit key a Kysely instance was made with ({@link CreateDbOptions.auditKey}), if any. */
+export function auditKeyOf(db: object): string | undefined {
+  return auditKeys.get(db)
 }
 
 /** The target a Kysely instance made by {@link createDb} points at (for error messages). */

@@ -18,10 +18,22 @@ export async function adminQuery(adminUrl: string, text: string, params: unknown
   }
 }
 
-/** Creates a database (optionally cloned from a template) and returns its URL. */
+/**
+ * Creates a database (optionally cloned from a template) and returns its URL. A clone gets the
+ * template's privileges on the database too (CREATE DATABASE copies the contents, not those: a
+ * clone would let PUBLIC create temporary tables again, which 0012 took away).
+ */
 export async function createScratchDatabase(adminUrl: string, name: string, template?: string): Promise<string> {
   const id = pg.escapeIdentifier
   await adminQuery(adminUrl, `create database ${id(name)}${template ? ` template ${id(template)}` : ''}`)
+  if (template) {
+    const { rows } = await adminQuery(adminUrl, `select r.rolname as grantee, a.privilege_type as privilege
+      from pg_database d, aclexplode(d.datacl) a left join pg_roles r on r.oid = a.grantee where d.datname = $1`, [template])
+    if (rows.length > 0) {
+      await adminQuery(adminUrl, `revoke all on database ${id(name)} from public; ${rows.map((r) =>
+        `grant ${r.privilege} on database ${id(name)} to ${r.grantee === null ? 'public' : id(r.grantee)};`).join(' ')}`)
+    }
+  }
   return withDatabase(adminUrl, name)
 }
 

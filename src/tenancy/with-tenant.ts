@@ -20,7 +20,12 @@ export interface TenantScope {
 }
 
 /** Set while a withTenant callback runs, so a nested call fails at once instead of waiting for a second connection. */
-const inside = new AsyncLocalStorage<string>()
+const inside = new AsyncLocalStorage<{ tenantId: string; db: Kysely<DB> }>()
+
+/** The Kysely instance of the withTenant call under way (recordAudit finds its audit key there). */
+export function withTenantDb(): Kysely<DB> | undefined {
+  return inside.getStore()?.db
+}
 
 /**
  * Runs `fn` in a transaction scoped to one tenant: row-level security shows and accepts only that
@@ -46,7 +51,7 @@ export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: 
   assertTenantId(tenantId)
   const outer = inside.getStore()
   if (outer !== undefined) {
-    throw new TenantError(`withTenant called inside withTenant (tenant "${outer.slice(0, 64)}"): use the transaction you were given`)
+    throw new TenantError(`withTenant called inside withTenant (tenant "${outer.tenantId.slice(0, 64)}"): use the transaction you were given`)
   }
   const key = keyFor(db)
   return db.connection().execute(async (conn) => {
@@ -54,7 +59,7 @@ export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: 
     try {
       return await conn.transaction().execute(async (trx) => {
         session = (await enterTenant(trx, tenantId, key)).pid
-        return await inside.run(tenantId, () => fn(trx, { tenantId }))
+        return await inside.run({ tenantId, db }, () => fn(trx, { tenantId }))
       })
     } finally {
       await cleanUp(db, conn, session)

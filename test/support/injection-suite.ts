@@ -62,6 +62,8 @@ export interface InjectionSubject {
   connect(): Kysely<DB>
   /** The role that owns the tables, which the application role must not become. */
   ownerRole(): string
+  /** The application role's name (default: this run's). */
+  appRole?(): string
   /** On Citus, row security errors name the shard (`"audit_logs_102040"`), not the table. */
   shardNames?: boolean
   /** Attacks only this database offers (Citus's own functions and shards), after the common ones. */
@@ -174,11 +176,32 @@ export function describeInjectionSuite(subject: InjectionSubject): void {
       expect(reached).toEqual([])
     })
 
+    /**
+     * The app role may not create temporary objects (0012), which closes the attacks below at their
+     * first statement; given TEMPORARY back (as an operator might), they must fail all the same.
+     */
+    async function withTemporary<T>(fn: () => Promise<T>): Promise<T> {
+      const role = sql.id(subject.appRole?.() ?? inject('appRole'))
+      const { rows } = await sql<{ db: string }>`select current_database() as db`.execute(subject.admin())
+      await sql`grant temporary on database ${sql.id(rows[0]!.db)} to ${role}`.execute(subject.admin())
+      try {
+        return await fn()
+      } finally {
+        await sql`revoke temporary on database ${sql.id(rows[0]!.db)} from ${role}`.execute(subject.admin())
+      }
+    }
+
+    it('a temporary object is refused to the app role', async () => {
+      for (const statement of [`create temp table t (id int)`, `create function pg_temp.f() returns int language sql as 'select 1'`, `create domain pg_temp.text as integer`]) {
+        await expect(withTenant(subject.app(), A, (trx) => sql.raw(statement).execute(trx))).rejects.toThrow(/permission denied to create temporary tables|permission denied for schema pg_temp/)
+      }
+    })
+
     it.each([
       ['a prepared statement', `prepare carry as select tenant_id from skills`, `execute carry`],
       ['a function of its own with a cached plan', `create function pg_temp.carry() returns setof text language plpgsql as $$ begin return query select tenant_id from skills; end $$; select pg_temp.carry()`, `select pg_temp.carry() as tenant_id`],
       ['a WITH HOLD cursor', `declare carry cursor with hold for select tenant_id from skills`, `fetch all from carry`],
-    ])('%s made in A\'s transaction shows none of A\'s rows in B\'s later one', async (_label, make, use) => {
+    ])('%s made in A\'s transaction shows none of A\'s rows in B\'s later one', async (_label, make, use) => withTemporary(async () => {
       await withTenant(subject.app(), A, async (trx) => { await sql.raw(make).execute(trx) })
       const seen = await withTenant(subject.app(), B, async (trx) => {
         await sql`savepoint s`.execute(trx)
@@ -191,9 +214,9 @@ export function describeInjectionSuite(subject: InjectionSubject): void {
       })
       // Gone with A's session state (DISCARD ALL), so B's attempt to use it fails.
       expect(seen).toEqual([expect.stringMatching(/does not exist/)])
-    })
+    }))
 
-    it('a hostile search_path with look-alike types, set before current_tenant() is first compiled, changes nothing', async () => {
+    it('a hostile search_path with look-alike types, set before current_tenant() is first compiled, changes nothing', () => withTemporary(async () => {
       // A fresh session, so current_tenant() is compiled under the attacker's search_path (on Citus,
       // fresh on the coordinator only: the workers' connections are cached).
       const fresh = subject.connect()
@@ -206,7 +229,7 @@ export function describeInjectionSuite(subject: InjectionSubject): void {
         return { own: [...new Set(own)], named }
       })
       expect(seen).toEqual({ own: [A], named: [] })
-    })
+    }))
 
     it('what the database answers about B is the same whatever the guess: audit actors, tenant existence', async () => {
       const answers = await withTenant(subject.app(), A, async (trx) => {
