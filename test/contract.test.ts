@@ -7,6 +7,7 @@ import { migrateContract, migrateDown, migrateToLatest } from '../src/migrator/m
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { resolveApiKey } from '../src/tenancy/resolve-api-key.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
+import { takeCatalogSnapshot } from './support/catalog-snapshot.ts'
 import { useLegacyDatabases, type TestDatabase } from './support/database.ts'
 import { TENANT_TABLES } from '../fixtures/legacy.ts'
 import { CONTRACT_MIGRATION_NAMES } from './support/migration-names.ts'
@@ -165,14 +166,16 @@ describe('the contract phase (skills-db contract), once the old app is retired',
 
   it('down refuses while tenants share what must be globally unique again, changing nothing; then restores the expand schema exactly', async () => {
     const t = await expanded()
-    const expand = await takeSchemaSnapshot(t.admin)
+    // Grants, owners, policies' flags and roles too, not only the tables of public.
+    const catalog = () => takeCatalogSnapshot(t.admin, { appRole })
+    const expand = await catalog()
     expect(await migrateContract(t.admin, { appRole })).toMatchObject({ status: 'applied' })
     await sql`insert into usage_events (id, tenant_id, tool_name) values ('eA1', ${B}, 'same id in B')`.execute(t.admin)
-    const contracted = await takeSchemaSnapshot(t.admin)
+    const contracted = await catalog()
     expect(await migrateDown(t.admin)).toMatchObject({ status: 'error', error: { message: expect.stringMatching(/cannot roll back the contract phase: usage_events \(id\) "eA1" is used by several tenants/) } })
-    expect(await takeSchemaSnapshot(t.admin)).toEqual(contracted)
+    expect(await catalog()).toEqual(contracted)
     await sql`delete from usage_events where id = 'eA1' and tenant_id = ${B}`.execute(t.admin)
     expect(await migrateDown(t.admin)).toMatchObject({ status: 'applied', steps: [{ name: CONTRACT_MIGRATION_NAMES[0], direction: 'Down' }] })
-    expect(await takeSchemaSnapshot(t.admin)).toEqual(expand)
+    expect(await catalog()).toEqual(expand)
   })
 })
