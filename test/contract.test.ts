@@ -7,6 +7,7 @@ import { migrateContract, migrateDown, migrateOpen, migrateToLatest } from '../s
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { resolveApiKey } from '../src/tenancy/resolve-api-key.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
+import { takeCatalogSnapshot } from './support/catalog-snapshot.ts'
 import { useLegacyDatabases, type TestDatabase } from './support/database.ts'
 import { TENANT_TABLES } from '../fixtures/legacy.ts'
 import { CONTRACT_MIGRATION_NAMES, GATED_MIGRATION_NAMES } from './support/migration-names.ts'
@@ -175,9 +176,10 @@ describe('the contract phase (skills-db contract), once the old app is retired',
   it('down refuses while there is more than one tenant, changing nothing: it would bring back the global keys', async () => {
     const t = await expanded()
     expect(await migrateContract(t.admin, { appRole })).toMatchObject({ status: 'applied' })
-    const contractedSchema = await takeSchemaSnapshot(t.admin)
+    const catalog = () => takeCatalogSnapshot(t.admin, { appRole })
+    const contractedSchema = await catalog()
     expect(await migrateDown(t.admin)).toMatchObject({ status: 'error', error: { kind: 'down-blocked', message: expect.stringMatching(/^cannot roll back the contract phase: the database has 3 tenants/) } })
-    expect(await takeSchemaSnapshot(t.admin)).toEqual(contractedSchema)
+    expect(await catalog()).toEqual(contractedSchema)
   })
 
   it('with one tenant, down brings back the single-tenant app\'s keys, and a second tenant is refused until the open phase runs again, which restores the opened schema exactly', async () => {
@@ -185,7 +187,9 @@ describe('the contract phase (skills-db contract), once the old app is retired',
     await sql.raw(`alter database "${t.name}" set timezone to 'UTC'`).execute(t.admin)
     await migrateToLatest(t.admin, { appRole })
     expect(await migrateOpen(t.admin, { appRole })).toMatchObject({ status: 'applied' })
-    const opened = await takeSchemaSnapshot(t.admin)
+    // Grants, owners, policies' flags and roles too, not only the tables of public.
+    const catalog = () => takeCatalogSnapshot(t.admin, { appRole })
+    const opened = await catalog()
     expect(await migrateContract(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: contracted })
     expect(await migrateDown(t.admin, { to: OPEN })).toMatchObject({ status: 'applied', steps: [...contracted].reverse() })
     // 0010's down, written before the open phase, builds the single-tenant app's keys again.
@@ -194,6 +198,6 @@ describe('the contract phase (skills-db contract), once the old app is retired',
       .rejects.toThrow(/refusing to create tenant "b": the app role could observe other tenants' values: index .* neither leads with tenant_id/)
     expect(await migrateDown(t.admin)).toMatchObject({ status: 'applied', steps: [{ name: OPEN, direction: 'Down' }] })
     expect(await migrateOpen(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: [{ name: OPEN }] })
-    expect(await takeSchemaSnapshot(t.admin)).toEqual(opened)
+    expect(await catalog()).toEqual(opened)
   })
 })

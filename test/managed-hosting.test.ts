@@ -11,6 +11,7 @@ import { migrateDown, migrateOpen, migrateToLatest } from '../src/migrator/migra
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
 import type { DB } from '../src/db-types.ts'
+import { runUntilKilled } from './faults/kill-point.ts'
 import { runMigrateCli } from './faults/support.ts'
 import { runScript } from './support/cli.ts'
 import { LEGACY_SQL, TENANT_TABLES } from '../fixtures/legacy.ts'
@@ -221,8 +222,9 @@ describe('managed hosting: no superuser migrates or serves', () => {
 
   it('kill -9 in the middle of 0005 as the owner, then a rerun completes', async () => {
     const d = await ownedLegacyDb(0.01)
-    const killed = await runMigrateCli(d.url(OWNER), ['latest'], { marker: /users_tenant_id_fk/, delayMs: 0 })
-    expect(killed.signal).toBe('SIGKILL')
+    const killed = await runUntilKilled(d.url(OWNER), ['latest'], { at: /users_tenant_id_fk/ })
+    expect(killed, killed.where).toMatchObject({ landed: true, result: { signal: 'SIGKILL' } })
+    expect((await migrationStatus(d.admin)).applied.map((m) => m.name)).not.toContain('0005_enforce_tenant_id')
     const rerun = await runMigrateCli(d.url(OWNER), ['latest'])
     expect(rerun.code, rerun.stderr).toBe(0)
     expect((await migrationStatus(d.admin)).applied.map((m) => m.name)).toEqual(ALL)

@@ -10,6 +10,7 @@ import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { TENANT_TABLES } from '../fixtures/legacy.ts'
 import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, FRESH_INSTALL_ORDER, OPEN_MIGRATION_NAMES } from './support/migration-names.ts'
+import { takeCatalogSnapshot } from './support/catalog-snapshot.ts'
 import { useLegacyDatabases } from './support/database.ts'
 import { rowDigests } from '../fixtures/legacy.ts'
 import { NOT_THE_OLD_APP } from './support/tenants.ts'
@@ -20,34 +21,8 @@ const CONTRACT_0010 = '0010_contract_tenant_keys'
 
 const legacyDb = useLegacyDatabases()
 
-/**
- * The tables of public (takeSchemaSnapshot), and what lives beside them: every function, sequence
- * and table of the schemas the migrations create (tenant_context, skills_db), with its definition
- * and privileges, but not the migrator's own bookkeeping (its migration tables, and the settings
- * table, which outlives the facts it held).
- */
-async function fullSnapshot(db: Kysely<any>) {
-  const { rows } = await sql<{ line: string }>`
-    -- The body with comments and spacing left out (0007's down puts back 0005's resolver without its comment).
-    select n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ') ' || pg_get_function_result(p.oid)
-      || ' ' || p.provolatile::text || p.prosecdef::text || p.proparallel::text || ' ' || coalesce(p.proconfig::text, '')
-      || ' ' || md5(regexp_replace(regexp_replace(p.prosrc, '--[^\\n]*', '', 'g'), '\\s+', '', 'g')) || ' ' || coalesce(p.proacl::text, '') as line
-    from pg_proc p join pg_namespace n on n.oid = p.pronamespace where n.nspname in ('public', 'tenant_context', 'skills_db')
-    union all
-    select n.nspname || '.' || c.relname || ' ' || c.relkind::text || c.relpersistence::text || ' ' || coalesce(c.relacl::text, '')
-    from pg_class c join pg_namespace n on n.oid = c.relnamespace
-    where n.nspname in ('tenant_context', 'skills_db') and c.relkind in ('r', 'S', 'v') and c.relname not like 'kysely_migration%'
-      and c.relname not in ('settings', 'migration_lock')
-    union all
-    select 'schema ' || nspname || ' ' || coalesce(nspacl::text, '') from pg_namespace where nspname = 'tenant_context'
-    union all
-    -- Statistics targets other than the default (-1; NULL from PostgreSQL 17).
-    select 'statistics ' || c.relname || '.' || a.attname || ' ' || a.attstattarget::text
-    from pg_attribute a join pg_class c on c.oid = a.attrelid
-    where c.relnamespace = 'public'::regnamespace and a.attnum > 0 and not a.attisdropped and coalesce(a.attstattarget, -1) <> -1
-    order by 1`.execute(db)
-  return { tables: await takeSchemaSnapshot(db), objects: rows.map((r) => r.line) }
-}
+/** Everything a down could leave different (grants, owners, policies' flags and roles, …), with the app role read as app_user. */
+const fullSnapshot = (db: Kysely<any>) => takeCatalogSnapshot(db, { appRole })
 
 const q = async <R>(db: Kysely<any>, query: ReturnType<typeof sql<R>>) => (await query.execute(db)).rows
 /**
@@ -228,6 +203,7 @@ describe('reversible', () => {
     // 0010 then runs after 0014, and its down cannot take back what 0014 changed (test/contract.test.ts).
     const asWritten = ALL_MIGRATION_NAMES.slice(1).filter((n) => n <= CONTRACT_0010)
     const afterwards = FRESH_INSTALL_ORDER.filter((n) => n > CONTRACT_0010)
+    const atBaseline = await fullSnapshot(t.admin)
     const check = async (name: string, migrationsDir: string) => {
       const before = await fullSnapshot(t.admin)
       // (After 0010 the timestamps are timestamptz, which the row digests print otherwise.)
@@ -250,6 +226,7 @@ describe('reversible', () => {
       await check(name, MIGRATIONS_DIR)
     }
     expect(await migrateDown(t.admin, { to: '0001_baseline', appRole })).toMatchObject({ status: 'applied' })
+    expect(await fullSnapshot(t.admin), 'down of everything, in one run').toEqual(atBaseline)
     expect(await takeSchemaSnapshot(t.admin)).toEqual(legacySchema)
     expect(await rowDigests(t.admin)).toEqual(contents)
     // What table snapshots do not show is gone too: functions, grants, the recorded role.

@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 
@@ -16,28 +16,27 @@ export interface RunOptions {
   /** The entry point (default: the skills-db CLI, as the npm scripts run it). */
   script?: string
   cwd?: string
-  /** SIGKILL the child `delayMs` after its output first matches `marker` (its progress lines say where it is). */
-  killOn?: { marker: RegExp; delayMs: number }
+  /** A module the child imports before the entry point (a test instrument, e.g. test/faults/freeze-at-line.ts). */
+  preload?: string
+  /** Called with the child's whole output so far on each chunk of it (its progress lines say where it is): the kill trials act on it. */
+  onStdout?: (stdout: string, child: ChildProcess) => void
 }
 
 /** Runs a TypeScript entry point in a child process: the one way tests run the CLI. */
-export function runScript(args: string[], env: Record<string, string | undefined>, { script = 'src/cli/bin.ts', cwd = ROOT, killOn }: RunOptions = {}): Promise<CliResult> {
+export function runScript(args: string[], env: Record<string, string | undefined>, { script = 'src/cli/bin.ts', cwd = ROOT, preload, onStdout }: RunOptions = {}): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     // tsx by its path: the child may run in another directory (where the app's package.json is).
-    const child = spawn(process.execPath, ['--import', TSX, path.resolve(ROOT, script), ...args], {
+    const imports = ['--import', TSX, ...(preload ? ['--import', pathToFileURL(path.resolve(ROOT, preload)).href] : [])]
+    const child = spawn(process.execPath, [...imports, path.resolve(ROOT, script), ...args], {
       cwd,
       env: { ...process.env, DATABASE_URL: undefined, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     })
     let stdout = ''
     let stderr = ''
-    let armed = killOn !== undefined
     child.stdout.on('data', (d) => {
       stdout += d
-      if (armed && killOn!.marker.test(stdout)) {
-        armed = false
-        setTimeout(() => child.kill('SIGKILL'), killOn!.delayMs)
-      }
+      onStdout?.(stdout, child)
     })
     child.stderr.on('data', (d) => (stderr += d))
     child.on('error', reject)

@@ -1,7 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { describe, expect, it } from 'vitest'
 import type { DB } from '../../src/db-types.ts'
-import { A, attempt, B, rowSecurityRefusal, type TenantContext } from './tenants.ts'
+import { A, attempt, B, rowSecurityRefusal, tenantSeen, type TenantContext } from './tenants.ts'
 
 type Table = keyof DB & string
 
@@ -25,6 +25,14 @@ const CONTEXTS: [string, TenantContext][] = [
   ['tenant A named in the setting, not entered', { kind: 'named', id: A }],
   ['no tenant', { kind: 'none' }],
   ['empty tenant', { kind: 'empty' }],
+  // Switches inside one transaction, after a real entry (so the entered flag is on and this
+  // session's mark exists): forged ones fail closed, one made with the key is the new tenant's.
+  ['tenant A entered, then tenant B named in the setting', { kind: 'switched', from: A, to: { kind: 'named', id: B } }],
+  ['tenant B entered, then tenant A named in the setting', { kind: 'switched', from: B, to: { kind: 'named', id: A } }],
+  ['tenant A entered, then the setting emptied', { kind: 'switched', from: A, to: { kind: 'empty' } }],
+  ['tenant A entered, then the entered flag turned off', { kind: 'switched', from: A, to: { kind: 'unflagged' } }],
+  ['tenant A entered, then tenant B entered with the key', { kind: 'switched', from: A, to: { kind: 'tenant', id: B } }],
+  ['tenant B entered, then tenant A entered with the key', { kind: 'switched', from: B, to: { kind: 'tenant', id: A } }],
 ]
 
 export interface MatrixOptions {
@@ -60,16 +68,17 @@ export function describeIsolationMatrix(app: () => Kysely<DB>, options: MatrixOp
       const r = await attempt(app(), context, (trx) => trx.selectFrom(table).select(sql<string>`tenant_id`.as('tenant_id')).execute())
       expect(r.ok).toBe(true)
       const tenants = r.ok ? [...new Set(r.value.map((x) => x.tenant_id))] : []
-      if (context.kind === 'tenant') expect(tenants).toEqual([context.id])
-      else expect(tenants).toEqual([])
+      const seen = tenantSeen(context)
+      expect(tenants).toEqual(seen === undefined ? [] : [seen])
     })
 
     it.each(CONTEXTS)('INSERT in %s', async (_label, context) => {
       const r = await attempt(app(), context, (trx) =>
         trx.insertInto(table).values(insert as never).returning(sql<string>`tenant_id`.as('tenant_id')).executeTakeFirstOrThrow())
-      if (context.kind === 'tenant' && context.id === A) {
+      const seen = tenantSeen(context)
+      if (seen === A) {
         expect(r).toEqual({ ok: true, value: { tenant_id: A } })
-      } else if (context.kind === 'tenant') {
+      } else if (seen === B) {
         // Tenant B cannot write rows that point at A's rows (audit rows have none, and land in B).
         if (isAudit) expect(r).toEqual({ ok: true, value: { tenant_id: B } })
         else if (table === 'users' || table === 'site_settings') expect(r).toEqual({ ok: true, value: { tenant_id: B } })
@@ -81,7 +90,7 @@ export function describeIsolationMatrix(app: () => Kysely<DB>, options: MatrixOp
 
     it.each(CONTEXTS)('INSERT of a row labelled with tenant A, in %s', async (_label, context) => {
       const r = await attempt(app(), context, (trx) => trx.insertInto(table).values({ ...insert, tenant_id: A } as never).execute())
-      if (context.kind === 'tenant' && context.id === A) expect(r.ok).toBe(true)
+      if (tenantSeen(context) === A) expect(r.ok).toBe(true)
       else expect(r).toMatchObject({ ok: false, error: { code: '42501', message: refused(table) } })
     })
 
@@ -90,14 +99,14 @@ export function describeIsolationMatrix(app: () => Kysely<DB>, options: MatrixOp
         trx.updateTable(table).set(set as never).where(sql.ref(idColumn), '=', rowOfA).executeTakeFirst())
       if (isAudit) return expect(r).toMatchObject({ ok: false, error: { code: '42501', message: 'permission denied for table audit_logs' } })
       expect(r.ok).toBe(true)
-      expect(r.ok && Number(r.value.numUpdatedRows)).toBe(context.kind === 'tenant' && context.id === A ? 1 : 0)
+      expect(r.ok && Number(r.value.numUpdatedRows)).toBe(tenantSeen(context) === A ? 1 : 0)
     })
 
     it.each(CONTEXTS)('DELETE of a row of tenant A in %s', async (_label, context) => {
       const r = await attempt(app(), context, (trx) => trx.deleteFrom(table).where(sql.ref(idColumn), '=', rowOfA).executeTakeFirst())
       if (isAudit) return expect(r).toMatchObject({ ok: false, error: { code: '42501', message: 'permission denied for table audit_logs' } })
       expect(r.ok).toBe(true)
-      expect(r.ok && Number(r.value.numDeletedRows)).toBe(context.kind === 'tenant' && context.id === A ? 1 : 0)
+      expect(r.ok && Number(r.value.numDeletedRows)).toBe(tenantSeen(context) === A ? 1 : 0)
     })
 
     it('UPDATE cannot move a row of tenant A into tenant B', async () => {

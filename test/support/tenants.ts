@@ -55,10 +55,12 @@ export async function attempt<T>(db: Kysely<DB>, context: TenantContext, fn: (tr
   let outcome: { ok: true; value: T } | { ok: false; error: { code?: string; message: string } } | undefined
   try {
     await db.transaction().execute(async (trx) => {
-      if (context.kind === 'tenant') await enterTenant(trx, context.id, KEY)
-      // What SQL of the app role can do without the key: name a tenant in the setting.
-      if (context.kind === 'named') await sql`select set_config('app.current_tenant_id', ${context.id}, true)`.execute(trx)
-      if (context.kind === 'empty') await sql`select set_config('app.current_tenant_id', '', true)`.execute(trx)
+      if (context.kind === 'switched') {
+        await enterTenant(trx, context.from, KEY)
+        await take(trx, context.to)
+      } else if (context.kind !== 'none') {
+        await take(trx, context)
+      }
       try {
         outcome = { ok: true, value: await fn(trx) }
       } catch (error) {
@@ -72,10 +74,35 @@ export async function attempt<T>(db: Kysely<DB>, context: TenantContext, fn: (tr
   return outcome!
 }
 
-/** A tenant entered with the key (as withTenant does), one only named in the setting, none, or an empty one. */
-export type TenantContext = { kind: 'tenant'; id: string } | { kind: 'named'; id: string } | { kind: 'none' } | { kind: 'empty' }
+/**
+ * One step of a transaction's tenant context: a tenant entered with the key (as withTenant does),
+ * or what SQL of the app role can do without the key: name a tenant in the setting, empty the
+ * setting, or turn off the flag that says a tenant was entered.
+ */
+export type ContextStep = { kind: 'tenant'; id: string } | { kind: 'named'; id: string } | { kind: 'empty' } | { kind: 'unflagged' }
+
+/** A transaction's tenant context: one step, none, or tenant `from` entered with the key and then a switch inside the same transaction. */
+export type TenantContext = ContextStep | { kind: 'none' } | { kind: 'switched'; from: string; to: ContextStep }
 
 const KEY = parseTenantKey(TEST_TENANT_KEY, 'TEST_TENANT_KEY')
+
+async function take(trx: Transaction<DB>, step: ContextStep): Promise<void> {
+  if (step.kind === 'tenant') await enterTenant(trx, step.id, KEY)
+  if (step.kind === 'named') await sql`select set_config('app.current_tenant_id', ${step.id}, true)`.execute(trx)
+  if (step.kind === 'empty') await sql`select set_config('app.current_tenant_id', '', true)`.execute(trx)
+  if (step.kind === 'unflagged') await sql`select set_config('tenant_context.entered', 'off', true)`.execute(trx)
+}
+
+/**
+ * The tenant whose rows a transaction in `context` works on: the last one entered with the key,
+ * when nothing but the key changed it since. Anything else, a forged switch after a real entry
+ * included, must fail closed: no tenant's rows, no write.
+ */
+export function tenantSeen(context: TenantContext): string | undefined {
+  if (context.kind === 'tenant') return context.id
+  if (context.kind === 'switched' && context.to.kind === 'tenant') return context.to.id
+  return undefined
+}
 
 /**
  * Row security's refusal of a new row in `table`, as Postgres words it (after `prefix`). On Citus
