@@ -77,6 +77,8 @@ export async function catalogState(db: Kysely<any>, roles: readonly string[] = [
     // In which session_replication_role each trigger fires (pg_get_triggerdef does not say).
     triggerModes: await rows(sql`select c.relname, t.tgname, t.tgenabled::text as mode from pg_trigger t join pg_class c on c.oid = t.tgrelid
       where c.relnamespace = 'public'::regnamespace and not t.tgisinternal order by 1, 2`),
+    collations: await rows(sql`select n.nspname, c.collname, c.collprovider::text as provider from pg_collation c join pg_namespace n on n.oid = c.collnamespace
+      where n.nspname in ('public', 'skills_db') order by 1, 2`),
     statistics: await rows(sql`select c.relname, a.attname, a.attstattarget::text as target from pg_attribute a join pg_class c on c.oid = a.attrelid
       where c.relnamespace = 'public'::regnamespace and c.relkind = 'r' and a.attnum > 0 and not a.attisdropped order by 1, 2`),
     roles: await rows(sql`select r.rolname, r.rolcanlogin, r.rolsuper, r.rolinherit, r.rolcreaterole, r.rolcreatedb, r.rolbypassrls, r.rolreplication,
