@@ -1,6 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { beforeAll, describe, expect, inject, it } from 'vitest'
 import { recordAudit } from '../src/audit/record-audit.ts'
+import { createDb } from '../src/connection/create-db.ts'
 import type { DB } from '../src/db-types.ts'
 import { resolveApiKey } from '../src/tenancy/resolve-api-key.ts'
 import { TenantError, withTenant } from '../src/tenancy/with-tenant.ts'
@@ -111,6 +112,33 @@ describe('withTenant hands the connection back clean', () => {
     expect(rows[0]).toEqual({ tenant: '', timeout: '0', temp_tables: 0, cursors: 0, prepared: 0, listening: 0, advisory: 0 })
     expect(await app.selectFrom('skills').select('id').execute()).toEqual([])
     await sql`revoke temporary on database ${sql.id(database!.db)} from ${sql.id(inject('appRole'))}`.execute(t.admin)
+  })
+
+  it('a table lock taken in A\'s request (LOCK TABLE, as SQL injected as the app role may) holds B\'s requests up no longer than lockTimeoutMs', async () => {
+    const a = t.connectAs(inject('appRole'), 'test', 1)
+    const u = new URL(t.url)
+    u.username = inject('appRole')
+    u.password = 'test'
+    const b = createDb<DB>(u.toString(), { max: 1, lockTimeoutMs: 200 })
+    let locked!: () => void
+    const isLocked = new Promise<void>((r) => (locked = r))
+    let release!: () => void
+    const held = new Promise<void>((r) => (release = r))
+    const attack = withTenant(a, A, async (trx) => {
+      await sql`lock table skills in access exclusive mode`.execute(trx)
+      locked()
+      await held
+    })
+    try {
+      await isLocked
+      await expect(withTenant(b, B, (trx) => trx.selectFrom('skills').select('id').execute())).rejects.toMatchObject({ code: '55P03' })
+    } finally {
+      release()
+      await attack
+      await b.destroy()
+    }
+    // And once A's transaction is over, B's next request goes through.
+    expect(await withTenant(app, B, (trx) => trx.selectFrom('skills').select('tenant_id').execute())).toEqual([{ tenant_id: B }, { tenant_id: B }])
   })
 
   it('a nested withTenant fails at once, instead of waiting for a second connection', async () => {

@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
 import { sql, type Kysely, type Transaction } from 'kysely'
-import { condemnSession, tenantKeyOf } from '../connection/create-db.ts'
+import { condemnSession, lockTimeoutOf, tenantKeyOf } from '../connection/create-db.ts'
 import type { DB } from '../db-types.ts'
 import { parseTenantKey, signTenantContext, type TenantKey } from './tenant-key.ts'
 
@@ -58,7 +58,8 @@ export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: 
     let session: number | undefined
     try {
       return await conn.transaction().execute(async (trx) => {
-        session = (await enterTenant(trx, tenantId, key)).pid
+        const lockTimeoutMs = lockTimeoutOf(db)
+        session = (await enterTenant(trx, tenantId, key, lockTimeoutMs === undefined ? {} : { lockTimeoutMs })).pid
         return await inside.run({ tenantId, db }, () => fn(trx, { tenantId }))
       })
     } finally {
@@ -70,11 +71,12 @@ export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: 
 /**
  * Makes `tenantId` the tenant of the current transaction: asks the database for its challenge
  * (this backend, this transaction), signs it with `key`, and hands both to tenant_context.enter,
- * which checks the signature, that the tenant exists and is active. Two round trips. Returns the
- * session's backend pid.
+ * which checks the signature, that the tenant exists and is active. Two round trips (the first
+ * also sets the transaction's lock_timeout, when asked). Returns the session's backend pid.
  */
-export async function enterTenant(trx: Kysely<any>, tenantId: string, key: TenantKey): Promise<{ pid: number }> {
-  const { rows } = await sql<{ challenge: string; pid: number }>`select tenant_context.challenge() as challenge, pg_catalog.pg_backend_pid() as pid`.execute(trx)
+export async function enterTenant(trx: Kysely<any>, tenantId: string, key: TenantKey, { lockTimeoutMs }: { lockTimeoutMs?: number } = {}): Promise<{ pid: number }> {
+  const { rows } = await sql<{ challenge: string; pid: number }>`select tenant_context.challenge() as challenge, pg_catalog.pg_backend_pid() as pid
+    ${lockTimeoutMs === undefined ? sql`` : sql`, pg_catalog.set_config('lock_timeout', ${`${lockTimeoutMs}ms`}::text, true) as lock_timeout`}`.execute(trx)
   const { challenge, pid } = rows[0]!
   const signature = signTenantContext(key, tenantId, challenge)
   try {
