@@ -57,3 +57,58 @@ async function lockHolders(db: Kysely<any>, table: string): Promise<string> {
     where l.relation = pg_catalog.to_regclass(${table}::text) and l.granted and l.pid <> pg_catalog.pg_backend_pid()`.execute(db)
   return rows[0]?.who ?? 'a session that has since finished'
 }
+
+/**
+ * Takes ACCESS EXCLUSIVE on `tables` in the order given, all within one lock timeout in total
+ * (each wait gets what is left of it), then puts the transaction's lock timeout back. For a
+ * statement that would lock other tables itself, in its own order: altering the type of a column
+ * that foreign keys use re-creates them, locking the table first and then each table on the other
+ * side. With the referenced table held, the app's transaction that has written a referencing row
+ * waits on it for its foreign-key check, and this one waits on that transaction: it could never
+ * finish under a steady load. Taken in the app's own order, each wait ends when the transactions
+ * in flight do, and the app queues behind these locks for at most the one timeout:
+ * - first the table every withTenant transaction reads before any other (`enter()` reads the
+ *   tenant context keys, then `tenants`): the new app's transactions in flight finish, and the
+ *   next ones wait there, holding nothing (without it, each holds `tenants` from its first
+ *   statement on, and the last lock below could never be had);
+ * - then referencing tables before the tables they reference (see `referencingFirst`): the order
+ *   of a write, the row first, then its foreign-key check.
+ */
+export async function lockInOrder(trx: Transaction<any>, tables: readonly string[]): Promise<void> {
+  const settings = run()
+  const started = Date.now()
+  const { rows } = await sql<{ gate: string | null }>`select pg_catalog.to_regclass('skills_db.tenant_context_keys')::text as gate`.execute(trx)
+  for (const table of [...(rows[0]!.gate ? [rows[0]!.gate] : []), ...tables]) {
+    const left = Math.max(1, settings.lockTimeoutMs - (Date.now() - started))
+    await sql`select pg_catalog.set_config('lock_timeout', ${`${left}ms`}::text, true)`.execute(trx)
+    await sql`lock table ${sql.table(table)} in access exclusive mode`.execute(trx)
+  }
+  await sql`select pg_catalog.set_config('lock_timeout', ${`${settings.lockTimeoutMs}ms`}::text, true)`.execute(trx)
+}
+
+/**
+ * `table` and the tables joined to it by a foreign key on one of `columns` (either side), ordered
+ * referencing before referenced (ties by name): the order an app's writes take them in, a row
+ * first, then its foreign-key check on the referenced one.
+ */
+export async function referencingFirst(db: Kysely<any>, table: string, columns: readonly string[]): Promise<string[]> {
+  const { rows } = await sql<{ child: string; parent: string }>`
+    select c.conrelid::regclass::text as child, c.confrelid::regclass::text as parent
+    from pg_catalog.pg_constraint c
+    where c.contype = 'f' and c.conrelid <> c.confrelid
+      and ((c.conrelid = pg_catalog.to_regclass(${table}::text) and exists (
+             select 1 from pg_catalog.pg_attribute a where a.attrelid = c.conrelid and a.attnum = any(c.conkey) and a.attname = any(${[...columns]}::text[])))
+        or (c.confrelid = pg_catalog.to_regclass(${table}::text) and exists (
+             select 1 from pg_catalog.pg_attribute a where a.attrelid = c.confrelid and a.attnum = any(c.confkey) and a.attname = any(${[...columns]}::text[]))))`.execute(db)
+  const self = (await sql<{ t: string }>`select pg_catalog.to_regclass(${table}::text)::text as t`.execute(db)).rows[0]!.t
+  const tables = [...new Set([self, ...rows.flatMap((r) => [r.child, r.parent])])].sort()
+  // Kahn's order: a table once every table referencing it (within the set) is placed.
+  const referencedBy = new Map(tables.map((t) => [t, new Set(rows.filter((r) => r.parent === t).map((r) => r.child))]))
+  const order: string[] = []
+  while (order.length < tables.length) {
+    const next = tables.find((t) => !order.includes(t) && [...referencedBy.get(t)!].every((c) => order.includes(c)))
+      ?? tables.find((t) => !order.includes(t))!
+    order.push(next)
+  }
+  return order
+}

@@ -1,6 +1,6 @@
 import { sql, type Kysely } from 'kysely'
 import { ident } from './catalog.ts'
-import { withLockRetry } from './lock-retry.ts'
+import { lockInOrder, referencingFirst, withLockRetry } from './lock-retry.ts'
 import { forget, readRecorded, record } from './recorded-settings.ts'
 import type { Step } from './step.ts'
 
@@ -35,6 +35,8 @@ async function policiesOf(db: Kysely<any>, table: string): Promise<PolicyDefinit
  * to its own type drops what was collected (the owner cannot delete from pg_statistic): no
  * rewrite, its indexes and constraints reused as they are, one brief exclusive lock (but a
  * validated CHECK on the column is checked again, a scan: take statistics away before adding one).
+ * The foreign keys on those columns are re-created too (not validated again), which locks the
+ * tables on their other side: those locks are taken first, in the app's order (lockInOrder).
  * The targets the columns had are recorded first: `down` gives them back and analyzes, so the
  * columns that had statistics have them again.
  */
@@ -54,7 +56,9 @@ export function withoutStatistics(table: string, { columns, stillCollecting = fa
       if ((await readRecorded(db, key)) === undefined) {
         await record(db, key, JSON.stringify(Object.fromEntries(cols.filter((c) => c.target !== 0).map((c) => [c.name, c.target]))))
       }
+      const tables = await referencingFirst(db, table, cols.map((c) => c.name))
       await withLockRetry(db, table, async (trx) => {
+        await lockInOrder(trx, tables)
         // PostgreSQL will not alter the type of a column a policy uses: the table's policies are
         // dropped and created again, as they were, in the same transaction (nobody sees it without).
         const policies = await policiesOf(trx, table)

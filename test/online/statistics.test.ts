@@ -1,6 +1,8 @@
 import { sql } from 'kysely'
 import { describe, expect, it } from 'vitest'
 import { withoutStatistics } from '../../src/online/statistics.ts'
+import { inRun } from '../../src/online/run-context.ts'
+import { connectClient } from '../../src/connection/pg-client.ts'
 import { blockLaws } from '../support/block-laws.ts'
 import { useTestDatabase } from '../support/database.ts'
 
@@ -27,5 +29,61 @@ describe('online/statistics: what was collected goes, and comes back with down',
     expect(await collected()).toEqual([])
     await withoutStatistics('toy').down(t.admin)
     expect(await collected()).toEqual(['id', 'tenant_id'])
+  })
+})
+
+describe('online/statistics under a steady load of writes that reference the table', () => {
+  const t = useTestDatabase('empty')
+  it('completes: the new app\'s entry first, then the tables on the other side of its foreign keys, in the writers\' order', async () => {
+    // root stands for tenants, parent for users, child for usage_events, and
+    // skills_db.tenant_context_keys for the table enter() reads first.
+    await sql`create schema if not exists skills_db; create table skills_db.tenant_context_keys (key_id text primary key);
+      create table root (id text primary key);
+      create table parent (root_id text not null references root, id text, primary key (root_id, id));
+      create table child (root_id text not null references root, id serial, parent_id text not null, note text, primary key (root_id, id),
+        foreign key (root_id, parent_id) references parent);
+      insert into root values ('r'); insert into parent select 'r', 'p' || g from generate_series(1, 100) g; analyze parent`.execute(t.admin)
+    // Writers of both apps, each transaction a child row (its foreign-key check locks parent) and a
+    // few milliseconds before its commit, as an app's round trips take: the single-tenant app's,
+    // and the new app's, which reads the keys and parent first, as withTenant's enter() does.
+    const statements = {
+      old: (p: string) => [['insert into child (root_id, parent_id, note) values ($1, $2, $3)', ['r', p, 'old']]],
+      new: (p: string) => [['select count(*) from skills_db.tenant_context_keys', []], ['select 1 from root where id = $1', ['r']],
+        ['insert into child (root_id, parent_id, note) values ($1, $2, $3)', ['r', p, 'new']]],
+    } as const
+    let stop = false
+    let written = 0
+    const errors: string[] = []
+    const writers = (['old', 'new', 'old', 'new', 'old', 'new', 'old', 'new'] as const).map(async (kind, w) => {
+      const client = await connectClient({ connectionString: t.url, application_name: `${kind} app` })
+      try {
+        for (let i = 0; !stop; i++) {
+          try {
+            await client.query('begin')
+            for (const [text, values] of statements[kind](`p${1 + ((w * 31 + i) % 100)}`)) await client.query(text, [...values])
+            await client.query('select pg_sleep(0.003)')
+            await client.query('commit')
+            written++
+          } catch (error) {
+            errors.push((error as Error).message)
+            await client.query('rollback').catch(() => {})
+          }
+        }
+      } finally {
+        await client.end()
+      }
+    })
+    try {
+      await new Promise((r) => setTimeout(r, 200))
+      const before = written
+      await inRun({ lockTimeoutMs: 50, lockRetryBudgetMs: 20_000 }, () => withoutStatistics('parent').up(t.admin))
+      await new Promise((r) => setTimeout(r, 200))
+      expect(written, 'the writers kept writing').toBeGreaterThan(before)
+    } finally {
+      stop = true
+      await Promise.all(writers)
+    }
+    expect(errors).toEqual([])
+    expect((await sql<{ n: number }>`select count(*)::int as n from pg_stats where tablename = 'parent'`.execute(t.admin)).rows[0]!.n).toBe(0)
   })
 })
