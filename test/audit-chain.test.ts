@@ -196,7 +196,7 @@ describe('the audit hash chain', () => {
     void owner
   })
 
-  it('the CLI: exit 1, the first bad row named; a key it was not given, and no key at all, are said so', async () => {
+  it('the CLI: exit 1, the first bad row named; a key it was not given, no key at all, and an unknown tenant are said so', async () => {
     const { t } = await trail()
     await sql.raw(`alter table audit_logs disable trigger no_update_or_delete; update audit_logs set ip_address = '10.0.0.66' where tenant_id = '${B}' and seq = 1;
       alter table audit_logs enable always trigger no_update_or_delete`).execute(t.admin)
@@ -210,6 +210,10 @@ describe('the audit hash chain', () => {
     const none = await runScript(['audit', 'verify'], { DATABASE_URL: t.url, SKILLS_DB_AUDIT_KEYS: '', SKILLS_DB_AUDIT_KEY: '' })
     expect(none.code).toBe(1)
     expect(none.stderr.trim()).toMatch(/^error: audit verify needs the audit key\(s\) the app signs with: set SKILLS_DB_AUDIT_KEYS/)
+    // A mistyped tenant verifies nothing: refused, not passed.
+    const typo = await runScript(['audit', 'verify', '--tenant', 'no-such-tenant'], { DATABASE_URL: t.url, SKILLS_DB_AUDIT_KEYS: TEST_AUDIT_KEY })
+    expect(typo.code).toBe(1)
+    expect(typo.stderr.trim()).toMatch(/^error: no tenant has the id "no-such-tenant": pass a tenant's id/)
   })
 
   it('recordAudit without an audit key refuses, and says what to set', async () => {

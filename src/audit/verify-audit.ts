@@ -56,6 +56,11 @@ export async function verifyAuditTrail(db: Kysely<any>, options: VerifyAuditOpti
   const keys = new Map<string, TenantKey>(options.keys.map((k) => parseTenantKey(k.trim(), 'audit key')).map((k) => [k.id, k]))
   if (keys.size === 0) throw new Error('audit verify needs the audit key(s) the app signs with: SKILLS_DB_AUDIT_KEYS=<id>:<secret>[,…]')
   return db.connection().execute((conn) => withMigrationLock(conn, async () => {
+    if (options.tenantId !== undefined) {
+      // A mistyped id would otherwise verify nothing and pass.
+      const { rows: known } = await sql`select 1 from public.tenants where id = ${options.tenantId}`.execute(conn)
+      if (known.length === 0) throw new Error(`no tenant has the id "${options.tenantId}": pass a tenant's id (select id, slug from tenants), or leave --tenant out to verify every tenant`)
+    }
     const problems = await schemaProblems(conn)
     const tenants: AuditReport['tenants'] = []
     const { rows } = await sql<{ tenant_id: string }>`
