@@ -10,7 +10,7 @@ import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { takeCatalogSnapshot } from './support/catalog-snapshot.ts'
 import { useLegacyDatabases, type TestDatabase } from './support/database.ts'
 import { TENANT_TABLES } from '../fixtures/legacy.ts'
-import { CONTRACT_MIGRATION_NAMES, GATED_MIGRATION_NAMES } from './support/migration-names.ts'
+import { CONTRACT_MIGRATION_NAMES, GATED_MIGRATION_NAMES, OPEN_MIGRATION_NAMES } from './support/migration-names.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 import { A, B, NOT_THE_OLD_APP, seedTwoTenants } from './support/tenants.ts'
 import { connectClient } from '../src/connection/pg-client.ts'
@@ -92,8 +92,9 @@ describe('the contract phase (skills-db contract), once the old app is retired',
       where k.contype = 'p' and c.relname = any(${TEN}) and c.relnamespace = 'public'::regnamespace order by 1`)
     expect(primary.map((p) => p.columns)).toEqual(TEN.map(() => 'PRIMARY KEY (tenant_id, id)'))
     expect(await rows(t.admin, sql`select polrelid::regclass::text as t from pg_policy where polname = 'old_app_default_tenant'`)).toEqual([])
-    // The lane's guard is gone; 0013's, against what would leak a tenant's values, stays.
-    expect(await rows(t.admin, sql`select tgname from pg_trigger where tgrelid = 'tenants'::regclass and not tgisinternal`)).toEqual([{ tgname: 'no_other_tenant_while_values_leak' }])
+    // The lane's guard is gone; 0013's, against what would leak a tenant's values, and 0016's, against a TRUNCATE of every tenant, stay.
+    expect(await rows(t.admin, sql`select tgname from pg_trigger where tgrelid = 'tenants'::regclass and not tgisinternal order by 1`))
+      .toEqual([{ tgname: 'no_other_tenant_while_values_leak' }, { tgname: 'truncate_within_one_tenant' }])
     expect(await rows(t.admin, sql`select to_regclass('skills_slug_idx')::text as s, to_regclass('users_email_idx')::text as e, to_regclass('usage_events_created_at_idx')::text as c`))
       .toEqual([{ s: null, e: null, c: null }])
     expect(await rows(t.admin, sql`select count(*)::int as n from pg_attribute a join pg_class c on c.oid = a.attrelid
@@ -191,13 +192,15 @@ describe('the contract phase (skills-db contract), once the old app is retired',
     const catalog = () => takeCatalogSnapshot(t.admin, { appRole })
     const opened = await catalog()
     expect(await migrateContract(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: contracted })
-    expect(await migrateDown(t.admin, { to: OPEN })).toMatchObject({ status: 'applied', steps: [...contracted].reverse() })
+    // Rolled back in the order applied: the contract phase, then the open phase's later migration.
+    const laterOpen = OPEN_MIGRATION_NAMES.filter((n) => n !== OPEN).map((name) => ({ name }))
+    expect(await migrateDown(t.admin, { to: OPEN })).toMatchObject({ status: 'applied', steps: [...contracted].reverse().concat(laterOpen.reverse()) })
     // 0010's down, written before the open phase, builds the single-tenant app's keys again.
     expect(await rows(t.admin, sql`select to_regclass('skills_slug_idx')::text as s, to_regclass('ratings_skill_id_user_id_unique')::text as r`)).toEqual([{ s: 'skills_slug_idx', r: 'ratings_skill_id_user_id_unique' }])
     await expect(sql.raw(`${NOT_THE_OLD_APP} insert into tenants (id, name, slug) values ('tb', 'B', 'b')`).execute(t.admin))
       .rejects.toThrow(/refusing to create tenant "b": the app role could observe other tenants' values: index .* neither leads with tenant_id/)
     expect(await migrateDown(t.admin)).toMatchObject({ status: 'applied', steps: [{ name: OPEN, direction: 'Down' }] })
-    expect(await migrateOpen(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: [{ name: OPEN }] })
+    expect(await migrateOpen(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: OPEN_MIGRATION_NAMES.map((name) => ({ name })) })
     expect(await catalog()).toEqual(opened)
   })
 })

@@ -13,7 +13,6 @@ import { NOT_THE_OLD_APP } from './support/tenants.ts'
 
 const appRole = inject('appRole')
 const legacyDb = useLegacyDatabases()
-const OPEN = OPEN_MIGRATION_NAMES[0]!
 
 /** A legacy database migrated by latest (the expand phase), with a plain role the old app uses, which 0005 confines. */
 async function expanded(oldRole: string): Promise<TestDatabase> {
@@ -32,7 +31,7 @@ describe('the open phase (skills-db open), before a second tenant', () => {
     const t = await expanded(old)
     try {
       await expect(newTenant(t.admin, 'tb')).rejects.toThrow(/^refusing to create tenant "tb": the app role could observe other tenants' values: column api_keys\.\w+ keeps planner statistics/)
-      expect(await migrateOpen(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: [{ name: OPEN }], waiting: CONTRACT_MIGRATION_NAMES })
+      expect(await migrateOpen(t.admin, { appRole })).toMatchObject({ status: 'applied', steps: OPEN_MIGRATION_NAMES.map((name) => ({ name })), waiting: CONTRACT_MIGRATION_NAMES })
       expect((await sql`select v from skills_db.side_channel_violations() v`.execute(t.admin)).rows).toEqual([])
       await newTenant(t.admin, 'tb')
       // A lookup index added by hand, as someone tuning a slow query would.
@@ -56,7 +55,7 @@ describe('the open phase (skills-db open), before a second tenant', () => {
     try {
       const before = await takeSchemaSnapshot(t.admin)
       const refused = await migrateOpen(t.admin, { appRole })
-      expect(refused).toMatchObject({ status: 'error', error: { kind: 'old-app-sessions', migration: OPEN, message: expect.stringMatching(/row security cannot confine a superuser or BYPASSRLS session: pid \d+ \(\w+, an unconfined app\)/) } })
+      expect(refused).toMatchObject({ status: 'error', error: { kind: 'old-app-sessions', migration: OPEN_MIGRATION_NAMES[0], message: expect.stringMatching(/row security cannot confine a superuser or BYPASSRLS session: pid \d+ \(\w+, an unconfined app\)/) } })
       expect(await takeSchemaSnapshot(t.admin)).toEqual(before)
       const cli = await runScript(['open', '--no-codegen'], { DATABASE_URL: t.url })
       expect(cli.code).toBe(1)
@@ -93,6 +92,10 @@ describe('the open phase (skills-db open), before a second tenant', () => {
       expect((await sql`select rating from ratings where skill_id = 's1' and user_id = 'u2'`.execute(app)).rows).toEqual([{ rating: 1 }])
       const defaultTenant = (await sql<{ id: string }>`select id from tenants where slug = 'default'`.execute(t.admin)).rows[0]!.id
       expect((await sql`select tenant_id from usage_events where id = 'e9'`.execute(t.admin)).rows).toEqual([{ tenant_id: defaultTenant }])
+      // TRUNCATE passes row security by: the plain role has none; a superuser still may, in every replication mode's sense.
+      await expect(sql`truncate usage_events`.execute(app)).rejects.toThrow(/permission denied for table usage_events/)
+      await sql`set session_replication_role = replica; truncate usage_events; reset session_replication_role`.execute(t.admin)
+      expect((await sql`select count(*)::int as n from usage_events`.execute(t.admin)).rows).toEqual([{ n: 0 }])
     } finally {
       await app.destroy()
       await sql.raw(`drop owned by "${old}"; drop role "${old}"`).execute(t.admin)

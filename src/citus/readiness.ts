@@ -25,6 +25,8 @@ const KNOWN_TRIGGER_FUNCTIONS = [
   'public.audit_signatures_append_only', 'skills_db.users_clear_references', 'skills_db.skills_clear_references',
   // On tenants (a reference table): reads the catalog only.
   'skills_db.no_other_tenant_while_values_leak',
+  // BEFORE TRUNCATE, statement level: counts tenants (a reference table), touches no row.
+  'skills_db.truncate_within_one_tenant',
 ]
 
 /**

@@ -9,18 +9,23 @@ export interface TriggerSpec {
   /** e.g. `before insert` */
   events: string
   level: 'row' | 'statement'
-  /** The trigger function: schema-qualified name without arguments, and its CREATE OR REPLACE statement. */
-  fn: { name: string; definition: RawBuilder<unknown> }
+  /**
+   * The trigger function: schema-qualified name without arguments, and its CREATE OR REPLACE
+   * statement. Without a definition, the function is another step's (one function shared by the
+   * triggers of several tables): the trigger neither creates nor drops it.
+   */
+  fn: { name: string; definition?: RawBuilder<unknown> }
 }
 
 /** A trigger and its function, created together in one short transaction; `down` drops both. */
 export function trigger(spec: TriggerSpec): Step {
   const fn = sql.raw(spec.fn.name)
+  const definition = spec.fn.definition
   return {
     name: `trigger ${spec.name} on ${spec.table}`,
     up: (db) =>
       withLockRetry(db, spec.table, async (trx) => {
-        await databaseFunction({ signature: `${spec.fn.name}()`, definition: spec.fn.definition }).up(trx)
+        if (definition) await databaseFunction({ signature: `${spec.fn.name}()`, definition }).up(trx)
         await sql`drop trigger if exists ${sql.id(spec.name)} on ${sql.table(spec.table)}`.execute(trx)
         await sql`create trigger ${sql.id(spec.name)} ${sql.raw(spec.events)} on ${sql.table(spec.table)}
           for each ${sql.raw(spec.level)} execute function ${fn}()`.execute(trx)
@@ -28,7 +33,7 @@ export function trigger(spec: TriggerSpec): Step {
     down: (db) =>
       withLockRetry(db, spec.table, async (trx) => {
         await sql`drop trigger if exists ${sql.id(spec.name)} on ${sql.table(spec.table)}`.execute(trx)
-        await sql`drop function if exists ${fn}()`.execute(trx)
+        if (definition) await sql`drop function if exists ${fn}()`.execute(trx)
       }),
   }
 }

@@ -46,11 +46,11 @@ describe('online/statistics under a steady load of writes that reference the tab
     // Writers of both apps, each transaction a child row (its foreign-key check locks parent) and a
     // few milliseconds before its commit, as an app's round trips take: the single-tenant app's,
     // and the new app's, which reads the keys and parent first, as withTenant's enter() does.
-    const statements = {
+    const statements: Record<'old' | 'new', (p: string) => [string, unknown[]][]> = {
       old: (p: string) => [['insert into child (root_id, parent_id, note) values ($1, $2, $3)', ['r', p, 'old']]],
       new: (p: string) => [['select count(*) from skills_db.tenant_context_keys', []], ['select 1 from root where id = $1', ['r']],
         ['insert into child (root_id, parent_id, note) values ($1, $2, $3)', ['r', p, 'new']]],
-    } as const
+    }
     let stop = false
     let written = 0
     const errors: string[] = []
@@ -60,7 +60,7 @@ describe('online/statistics under a steady load of writes that reference the tab
         for (let i = 0; !stop; i++) {
           try {
             await client.query('begin')
-            for (const [text, values] of statements[kind](`p${1 + ((w * 31 + i) % 100)}`)) await client.query(text, [...values])
+            for (const [text, values] of statements[kind](`p${1 + ((w * 31 + i) % 100)}`)) await client.query(text, values)
             await client.query('select pg_sleep(0.003)')
             await client.query('commit')
             written++
