@@ -3,14 +3,16 @@
  *
  * Builds a copy of the production database, runs the single-tenant app against it, and migrates
  * it twice on fresh copies while the app runs: (a) skills-db's migrateToLatest, (b) the plan's SQL
- * in one transaction. Prints a side-by-side table, writes results.json and chart.svg.
+ * in one transaction; then on managed-hosting copies (c, d: d through the open phase), and the
+ * open and contract phases under the new app's load (e, f) with the audit trail's cost per append.
+ * Prints side-by-side tables, writes results.json and chart.svg.
  * Uses TEST_DATABASE_URL's server (an admin URL, never production) or an embedded PostgreSQL.
  */
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { sql } from 'kysely'
 import { createDb } from '../src/connection/create-db.ts'
-import { migrateContract } from '../src/migrator/migrate.ts'
+import { migrateContract, migrateOpen, type MigrationOutcome } from '../src/migrator/migrate.ts'
 import { adminQuery, createScratchDatabase, dropScratchDatabase } from '../src/connection/scratch-database.ts'
 import { LEGACY_SQL } from '../fixtures/legacy.ts'
 import { startTestServer } from '../fixtures/test-server.ts'
@@ -21,6 +23,7 @@ import { startNewAppWorker, startOldAppWorker } from '../fixtures/load-worker.ts
 import { countsAt, fillProductionCopy, type Counts } from '../fixtures/production-copy.ts'
 import { BENCH_TENANT_KEY, formatRlsOverhead, measureNoopBoot, measureRlsOverhead } from './lib/rls-overhead.ts'
 import { runPlan, runSkillsDb, type MigrationRun } from './lib/variants.ts'
+import { formatAuditCost, measureAuditCost } from './lib/audit-cost.ts'
 
 const { values: args } = parseArgs({
   options: {
@@ -100,16 +103,17 @@ try {
   await adminQuery(admin, `create role ${ownerRole} login password 'bench' nosuperuser nobypassrls createrole`)
   await adminQuery(admin, `create role ${plainRole} login password 'bench' nosuperuser nobypassrls`)
   const c = await untilSuccess('c: managed, app as owner', (url) => runSkillsDb(as(url, ownerRole), appRole), counts, managedCopy(ownerRole))
-  const d = await untilSuccess('d: managed, app as plain role', (url) => runSkillsDb(as(url, ownerRole), appRole), counts, managedCopy(plainRole))
+  // The plain role's old app can stay through the open phase (it is confined to the default tenant): expand and open under its load.
+  const d = await untilSuccess('d: managed, plain role, +open', (url) => runSkillsDb(as(url, ownerRole), appRole, { open: true }), counts, managedCopy(plainRole))
   // The old-app policies apply to the owner and old-app roles only: the app role's queries must not pay for them.
   const managedRls = await measureRlsOverhead(c.url, as(c.url, appRole), await defaultTenant(c.url), counts.skills)
-  // The contract phase, once the old app is retired, under the new app's load.
-  const e = await measureContract(counts)
+  // The open and contract phases, once the old app is retired, under the new app's load.
+  const phases = await measureOpenAndContract(counts)
   report([a.result, b.result], extra)
   reportManaged([c.result, d.result], managedRls)
-  reportContract(e)
+  reportPhases(phases)
   mkdirSync(args.out!, { recursive: true })
-  writeFileSync(`${args.out}/results.json`, JSON.stringify({ scale, connections, counts, server: server.source, variants: [a.result, b.result], managed: [c.result, d.result], managedRlsOverhead: managedRls, contract: e, ...extra }, null, 2))
+  writeFileSync(`${args.out}/results.json`, JSON.stringify({ scale, connections, counts, server: server.source, variants: [a.result, b.result], managed: [c.result, d.result], managedRlsOverhead: managedRls, ...phases, ...extra }, null, 2))
   writeFileSync(`${args.out}/chart.svg`, await renderChart([a.chart, b.chart]))
   console.log(`\nwrote ${args.out}/results.json and ${args.out}/chart.svg`)
 } finally {
@@ -252,10 +256,12 @@ async function measureVariant(variant: string, migrate: (url: string, attempt: n
 }
 
 /**
- * (e) The contract phase on a copy migrated by skills-db (no load then), with the new app running
- * as the application role in the default tenant, then the RLS overhead on the contracted schema.
+ * (e) The open phase, then the contract phase, each on a copy migrated by skills-db (no load
+ * then), with the new app running as the application role in the default tenant; the RLS
+ * overhead after each (after open the tables keep no planner statistics, and tenant-leading
+ * indexes serve the queries), and what the tamper-evident audit trail costs an append.
  */
-async function measureContract(counts: Counts) {
+async function measureOpenAndContract(counts: Counts) {
   const name = `${tag}_e1`
   created.push(name)
   const url = await createScratchDatabase(admin, name, snapshot)
@@ -265,20 +271,34 @@ async function measureContract(counts: Counts) {
   const tenant = await defaultTenant(url)
   const db = createDb<any>(url, { max: 1, applicationName: 'skills-db migrator' })
   try {
-    process.stdout.write('e: contract, new app (try 1): load starts … ')
+    // The bench's own superuser sessions are not an old app.
+    const open = await underNewAppLoad('e: open, new app', url, tenant, counts, () => migrateOpen(db, { appRole, allowOldAppSessions: true }))
+    const openRls = await measureRlsOverhead(url, as(url, appRole), tenant, counts.skills)
+    const contract = await underNewAppLoad('f: contract, new app', url, tenant, counts, () => migrateContract(db, { appRole, allowOldAppSessions: true }))
+    const rls = await measureRlsOverhead(url, as(url, appRole), tenant, counts.skills)
+    const audit = await measureAuditCost(url, as(url, appRole), tenant, { connections })
+    return { open: { ...open, rlsOverhead: openRls }, contract: { ...contract, rlsOverhead: rls }, audit }
+  } finally {
+    await db.destroy()
+  }
+}
+
+async function underNewAppLoad(variant: string, url: string, tenant: string, counts: Counts, migrate: () => Promise<MigrationOutcome>) {
+  const db = createDb<any>(url, { max: 1 })
+  try {
+    process.stdout.write(`${variant} (try 1): load starts … `)
     const load = startNewAppWorker(as(url, appRole), { connections, skills: counts.skills, users: counts.users, tenantId: tenant, tenantKey: BENCH_TENANT_KEY, maxMs: 30 * 60_000 })
     const origin = now()
     await new Promise((r) => setTimeout(r, leadMs))
     const migStart = now()
-    // The bench's own superuser sessions are not an old app.
-    const outcome = await migrateContract(db, { appRole, allowOldAppSessions: true })
+    const outcome = await migrate()
     const migEnd = now()
     await new Promise((r) => setTimeout(r, leadMs))
     const app = await load.stop()
-    process.stdout.write(`contract ${outcome.status === 'error' ? `FAILED: ${outcome.error.message}` : 'done'} in ${Math.round(migEnd - migStart)} ms\n`)
+    process.stdout.write(`${outcome.status === 'error' ? `FAILED: ${outcome.error.message}` : 'done'} in ${Math.round(migEnd - migStart)} ms\n`)
     const { rows } = await sql<{ n: number }>`select count(*)::int as n from usage_events where id = any(${app.acknowledged})`.execute(db)
-    const result = {
-      variant: 'e: contract, new app',
+    return {
+      variant,
       ok: outcome.status !== 'error',
       ...(outcome.status === 'error' ? { error: outcome.error.message } : {}),
       wallMs: migEnd - migStart,
@@ -288,29 +308,34 @@ async function measureContract(counts: Counts) {
       missingRows: app.acknowledged.length - rows[0]!.n,
       latency: { before: latencyStats(app.samples, origin, migStart), during: latencyStats(app.samples, migStart, migEnd), after: latencyStats(app.samples, migEnd, Infinity) },
     }
-    const rls = await measureRlsOverhead(url, as(url, appRole), tenant, counts.skills)
-    return { ...result, rlsOverhead: rls }
   } finally {
     await db.destroy()
   }
 }
 
-function reportContract(e: Awaited<ReturnType<typeof measureContract>>): void {
+function reportPhases(phases: Awaited<ReturnType<typeof measureOpenAndContract>>): void {
   const f = (n: number, d = 1) => (Number.isFinite(n) ? n.toFixed(d) : '–')
-  const row = (label: string, value: string, goal: string) => console.log(`${label.padEnd(34)}${value.padStart(30)}${goal.padStart(12)}`)
-  const errors = Object.values(e.appErrors).reduce((x, y) => x + y, 0)
-  console.log('\nContract phase (skills-db contract, the old app retired) under the new app\'s load (withTenant, the app role):')
-  row('', e.variant, 'goal')
-  row('succeeded', String(e.ok), 'true')
-  row('contract wall time', `${f(e.wallMs, 0)} ms`, '')
-  for (const w of ['before', 'during', 'after'] as const) row(`request p50 / p99 / max ${w} (ms)`, `${f(e.latency[w].p50)}/${f(e.latency[w].p99)}/${f(e.latency[w].max, 0)}`, '')
-  row('longest app stall during contract', `${f(e.longestStallMs, 0)} ms`, '≤ 100 ms')
-  row('app errors', String(errors), '0')
-  row('acknowledged rows missing after', `${e.missingRows} of ${e.acknowledged}`, '0')
-  if (e.error) console.log(`  error: ${e.error}`)
-  for (const [message, n] of Object.entries(e.appErrors)) console.log(`  app error ×${n}: ${message}`)
+  const row = (label: string, ...cells: string[]) => console.log(`${label.padEnd(34)}${cells.map((c, i) => c.padStart(i === cells.length - 1 ? 12 : 30)).join('')}`)
+  const runs = [phases.open, phases.contract]
+  const errors = (e: (typeof runs)[number]) => Object.values(e.appErrors).reduce((x, y) => x + y, 0)
+  console.log('\nOpen and contract phases (skills-db open, then skills-db contract, the old app retired) under the new app\'s load (withTenant, the app role):')
+  row('', ...runs.map((e) => e.variant), 'goal')
+  row('succeeded', ...runs.map((e) => String(e.ok)), 'true')
+  row('wall time', ...runs.map((e) => `${f(e.wallMs, 0)} ms`), '')
+  for (const w of ['before', 'during', 'after'] as const) row(`request p50 / p99 / max ${w} (ms)`, ...runs.map((e) => `${f(e.latency[w].p50)}/${f(e.latency[w].p99)}/${f(e.latency[w].max, 0)}`), '')
+  row('longest app stall during the phase', ...runs.map((e) => `${f(e.longestStallMs, 0)} ms`), '≤ 100 ms')
+  row('app errors', ...runs.map((e) => String(errors(e))), '0')
+  row('acknowledged rows missing after', ...runs.map((e) => `${e.missingRows} of ${e.acknowledged}`), '0')
+  for (const e of runs) {
+    if (e.error) console.log(`  ${e.variant} error: ${e.error}`)
+    for (const [message, n] of Object.entries(e.appErrors)) console.log(`  ${e.variant} app error ×${n}: ${message}`)
+  }
+  console.log('RLS overhead on the opened database (no planner statistics; goal ≤ 1.10×):')
+  for (const q of phases.open.rlsOverhead) console.log(formatRlsOverhead(q))
   console.log('RLS overhead on the contracted database (goal ≤ 1.10×):')
-  for (const q of e.rlsOverhead) console.log(formatRlsOverhead(q))
+  for (const q of phases.contract.rlsOverhead) console.log(formatRlsOverhead(q))
+  console.log(`The tamper-evident audit trail (hash chain + signature) against a plain insert, ${connections} clients for the throughput:`)
+  console.log(formatAuditCost(phases.audit))
 }
 
 async function defaultTenant(url: string): Promise<string> {

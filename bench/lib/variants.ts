@@ -1,6 +1,6 @@
 import { now } from '../../fixtures/clock.ts'
 import { createDb } from '../../src/connection/create-db.ts'
-import { migrateToLatest } from '../../src/migrator/migrate.ts'
+import { migrateOpen, migrateToLatest } from '../../src/migrator/migrate.ts'
 import { PLAN_STEPS } from './plan-sql.ts'
 import { BENCH_TENANT_KEY } from './rls-overhead.ts'
 import { connectClient } from '../../src/connection/pg-client.ts'
@@ -12,11 +12,15 @@ export interface MigrationRun {
   steps: { name: string; start: number; ms: number }[]
 }
 
-/** (a) skills-db: migrateToLatest, the way the app or the CLI runs it. */
-export async function runSkillsDb(url: string, appRole: string): Promise<MigrationRun> {
+/**
+ * (a) skills-db: migrateToLatest, the way the app or the CLI runs it; with `open`, the open phase
+ * (skills-db open) instead, expand included. The bench's own superuser sessions are no old app.
+ */
+export async function runSkillsDb(url: string, appRole: string, { open = false } = {}): Promise<MigrationRun> {
   const db = createDb<any>(url, { max: 1, applicationName: 'skills-db migrator' })
   try {
-    const outcome = await migrateToLatest(db, { appRole, tenantKeys: [BENCH_TENANT_KEY] })
+    const options = { appRole, tenantKeys: [BENCH_TENANT_KEY] }
+    const outcome = open ? await migrateOpen(db, { ...options, allowOldAppSessions: true }) : await migrateToLatest(db, options)
     // Each step's start on the bench's clock: as long before now as its wall-clock start.
     const steps = outcome.steps.map((s) => ({ name: s.name, start: now() - (Date.now() - s.startedAt.getTime()), ms: s.durationMs }))
     return outcome.status === 'error' ? { ok: false, error: `${outcome.error.migration}: ${outcome.error.message}`, steps } : { ok: true, steps }
