@@ -53,6 +53,7 @@ describe('CLI', () => {
       [['latest', '--bogus'], { DATABASE_URL: t.url }, /^error: unknown option --bogus for skills-db latest; see skills-db latest --help$/],
       [['latest', '--to', 'x'], { DATABASE_URL: t.url }, /unknown option --to for skills-db latest; see skills-db latest --help/],
       [['down', '--to'], { DATABASE_URL: t.url }, /option --to needs a value; see skills-db down --help/],
+      [['open', '--force=yes'], { DATABASE_URL: t.url }, /option --force takes no value \(give --force alone, or --no-force\); see skills-db open --help/],
       [['down', '--to', '0042_nope'], { DATABASE_URL: t.url }, /^error: unknown migration "0042_nope" to roll back to; applied: 0001_baseline$/],
       [['make'], {}, /skills-db make needs <name>; see skills-db make --help/],
       [['make', 'a', 'b'], {}, /unexpected argument "b" for skills-db make/],

@@ -40,7 +40,13 @@ export function parseCommandLine(command: Command, argv: string[]): { values: Op
     const message = (error as Error).message
     const flag = /'(-[^' ]+)/.exec(message)?.[1]
     if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') throw new UsageError(`unknown option ${flag} for skills-db ${command.name}`)
-    if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') throw new UsageError(`option ${flag} needs a value`)
+    if (code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE') {
+      // Node says the same for a flag given a value (--force=yes) and for an option missing one.
+      const name = flag?.replace(/^--?/, '').replace(/=.*$/, '')
+      const spec = name ? command.options[name] : undefined
+      if (spec?.type === 'boolean') throw new UsageError(`option --${name} takes no value (give --${name} alone, or --no-${name})`)
+      throw new UsageError(`option ${flag} needs a value`)
+    }
     throw new UsageError(message.split('.')[0]!)
   }
   const specs = command.positionals ?? []
