@@ -25,7 +25,7 @@ export type MigrationErrorKind =
   | 'invalid-options'
   /** nothing to do in that direction (nothing to roll back) */
   | 'nothing-to-do'
-  /** a target in the contract phase, which only `migrateContract` applies */
+  /** a target in the open or contract phase, which only `migrateOpen` or `migrateContract` applies */
   | 'waits-for-operator'
   /** a lock (a table's, or the migration lock) stayed taken for longer than the run waits */
   | 'lock-timeout'

@@ -15,7 +15,8 @@ export interface PresentedApiKey {
  *
  * Keys are resolved within their tenant, never across tenants: another tenant that stores the same
  * hash changes nothing, and on Citus the lookup goes to that tenant's shard. So an app issues keys
- * that name their tenant, e.g. `sk_<tenant id>_<secret>` (see {@link apiKeyTenant}).
+ * that name their tenant, `sk_<tenant id, base64url>.<secret>` ({@link formatApiKey}, {@link apiKeyTenant}),
+ * and stores the SHA-256 (hex) of the whole key as `api_keys.key_hash`.
  *
  * @example
  * const caller = await resolveApiKey(db, { tenantId: apiKeyTenant(key), keyHash: sha256hex(key) })
