@@ -24,6 +24,7 @@ import { countsAt, fillProductionCopy, type Counts } from '../fixtures/productio
 import { BENCH_TENANT_KEY, formatRlsOverhead, measureNoopBoot, measureRlsOverhead } from './lib/rls-overhead.ts'
 import { runPlan, runSkillsDb, type MigrationRun } from './lib/variants.ts'
 import { formatAuditCost, measureAuditCost } from './lib/audit-cost.ts'
+import { formatLockStall, measureLockStall } from './lib/lock-stall.ts'
 
 const { values: args } = parseArgs({
   options: {
@@ -277,7 +278,11 @@ async function measureOpenAndContract(counts: Counts) {
     const contract = await underNewAppLoad('f: contract, new app', url, tenant, counts, () => migrateContract(db, { appRole, allowOldAppSessions: true }))
     const rls = await measureRlsOverhead(url, as(url, appRole), tenant, counts.skills)
     const audit = await measureAuditCost(url, as(url, appRole), tenant, { connections })
-    return { open: { ...open, rlsOverhead: openRls }, contract: { ...contract, rlsOverhead: rls }, audit }
+    // A second tenant, for what one tenant's table lock costs another's request.
+    await sql`select set_config('skills_db.unconfined_sessions_ok', 'on', false)`.execute(db)
+    await sql`insert into tenants (id, name, slug) values ('bench-tenant-b', 'B', 'bench-b') on conflict do nothing`.execute(db)
+    const lockStall = await measureLockStall(as(url, appRole), tenant, 'bench-tenant-b')
+    return { open: { ...open, rlsOverhead: openRls }, contract: { ...contract, rlsOverhead: rls }, audit, lockStall }
   } finally {
     await db.destroy()
   }
@@ -336,6 +341,8 @@ function reportPhases(phases: Awaited<ReturnType<typeof measureOpenAndContract>>
   for (const q of phases.contract.rlsOverhead) console.log(formatRlsOverhead(q))
   console.log(`The tamper-evident audit trail (hash chain + signature) against a plain insert, ${connections} clients for the throughput:`)
   console.log(formatAuditCost(phases.audit))
+  console.log('A table lock taken by SQL of the app role in one tenant\'s request, and another tenant\'s read of that table:')
+  console.log(formatLockStall(phases.lockStall))
 }
 
 async function defaultTenant(url: string): Promise<string> {
