@@ -45,10 +45,10 @@ export interface AuditLogs {
   id: Generated<string>;
   ip_address: string | null;
   metadata: Json | null;
-  prev_hash: Buffer | null;
+  prev_hash: Uint8Array | null;
   resource_id: string | null;
   resource_type: string | null;
-  row_hash: Buffer | null;
+  row_hash: Uint8Array | null;
   seq: Int8 | null;
   tenant_id: Generated<string>;
 }

@@ -138,6 +138,11 @@ describe('CLI', () => {
       expect(down.code, down.stderr).toBe(0)
       expect(down.stdout).toMatch(/not regenerated: the database is not at the latest migration \(1 migration\(s\) pending\)/)
       expect(readFileSync(file, 'utf8')).toBe(readFileSync(`${ROOT}src/db-types.ts`, 'utf8'))
+      // codegen itself refuses there: it would have written the types of the older schema.
+      const behind = await runScript(['codegen', '--types-out', file], env)
+      expect(behind.code).toBe(1)
+      expect(oneLineError(behind.stderr)).toMatch(/the database is not at the latest migration \(1 migration\(s\) pending\): run skills-db latest first .* is left as it was/)
+      expect(readFileSync(file, 'utf8')).toBe(readFileSync(`${ROOT}src/db-types.ts`, 'utf8'))
       expect((await runScript(['latest'], env)).code).toBe(0)
 
       expect((await runScript(['verify'], env)).stdout).toMatch(/the database matches .*src\/db-types\.ts/)

@@ -28,7 +28,7 @@ export function field(value: string | null): string {
 }
 
 /** row_hash = sha256(prev_hash || 'skills-db audit v1' and the row's fields). */
-export function rowHash(prevHash: Buffer, row: AuditRowText): Buffer {
+export function rowHash(prevHash: Uint8Array, row: AuditRowText): Buffer {
   const text = 'skills-db audit v1' + [row.id, row.tenantId, row.seq, row.createdUs, row.actorId, row.action, row.resourceType, row.resourceId, row.ipAddress, row.metadata].map(field).join('')
   return createHash('sha256').update(prevHash).update(text, 'utf8').digest()
 }

@@ -31,16 +31,25 @@ export function configuredTypesFile(values: OptionValues, cwd = process.cwd()): 
  * meant to follow the latest schema. Written only when they changed.
  */
 export async function refreshTypes(db: Kysely<any>, url: string, file: string): Promise<void> {
-  const status = await migrationStatus(db)
-  // What waits for the operator (the contract phase) does not hold the types back: latest is done.
-  const behind = status.pending.filter((name) => !status.waiting.includes(name))
-  if (behind.length > 0 || status.unknown.length > 0) {
-    const why = behind.length > 0 ? `${behind.length} migration(s) pending` : 'it records migrations this code does not have'
+  const why = await notAtLatest(db)
+  if (why) {
     console.log(`types in ${shown(file)} not regenerated: the database is not at the latest migration (${why}); they follow the latest schema`)
     return
   }
   const wrote = await writeTypes(url, file)
   console.log(`${wrote ? 'wrote' : 'unchanged:'} ${shown(file)}`)
+}
+
+/**
+ * Why the database's types are not the latest schema's, or undefined when they are. What waits for
+ * the operator (the open and contract phases) does not hold the types back: latest is done.
+ */
+export async function notAtLatest(db: Kysely<any>): Promise<string | undefined> {
+  const status = await migrationStatus(db)
+  const behind = status.pending.filter((name) => !status.waiting.includes(name))
+  if (behind.length > 0) return `${behind.length} migration(s) pending`
+  if (status.unknown.length > 0) return 'it records migrations this code does not have'
+  return undefined
 }
 
 /** A file as a message names it: relative to where the command runs when it is under it. */

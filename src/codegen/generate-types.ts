@@ -31,7 +31,9 @@ export async function renderTypes(url: string): Promise<string> {
   // dropped WITH (FORCE) right after, a restart) crashed the process with an unhandled 'error'.
   const db = createDb<unknown>(url, { max: 1, applicationName: 'skills-db codegen' })
   try {
-    return await generate({ db, dialect, includePattern: 'public.*', outFile: null })
+    // bytea as Uint8Array, not kysely-codegen's Buffer: the types then need no @types/node in an app
+    // that typechecks without Node's globals (pg hands back a Buffer, which is a Uint8Array).
+    return await generate({ db, dialect, includePattern: 'public.*', outFile: null, typeMapping: { bytea: 'Uint8Array' } })
   } finally {
     await db.destroy()
   }

@@ -129,6 +129,9 @@ describe('skills-db installed from its tarball into an app with its own kysely a
     expect(migrated.stdout).toMatch(/tenant keys stored: app/)
     expect(readFileSync(path.join(app, 'src/db.ts'), 'utf8')).toMatch(/export interface DB \{/)
     expect((await bin(['verify', '--url', url])).stdout).toMatch(/the database matches/)
+    // A second tenant needs the open phase first (0013 refuses it until then).
+    const opened = await bin(['open', '--url', url], { SKILLS_DB_TENANT_KEYS: KEY })
+    expect(opened.code, opened.stderr).toBe(0)
 
     const admin = createDb<any>(url, { max: 1 })
     // (This test's own superuser session is not an old app: the guard on tenants may let it be.)
