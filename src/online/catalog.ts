@@ -19,9 +19,11 @@ export async function constraintInfo(db: Kysely<any>, table: string, name: strin
 }
 
 export async function indexInfo(db: Kysely<any>, name: string) {
-  const { rows } = await sql<{ valid: boolean; constraint: string | null }>`
+  const { rows } = await sql<{ valid: boolean; constraint: string | null; table: string; empty: boolean }>`
     select i.indisvalid as valid,
-      (select conname from pg_constraint where conindid = i.indexrelid limit 1) as constraint
+      (select conname from pg_constraint where conindid = i.indexrelid limit 1) as constraint,
+      i.indrelid::regclass::text as table,
+      coalesce(pg_catalog.pg_get_expr(i.indpred, i.indrelid) = 'false', false) as empty
     from pg_index i where i.indexrelid = pg_catalog.to_regclass(${name}::text)`.execute(db)
   return rows[0]
 }

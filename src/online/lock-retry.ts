@@ -23,9 +23,10 @@ export async function withLockRetry<T>(
 ): Promise<T> {
   const settings = run()
   // appSafe: the lock taken (SHARE UPDATE EXCLUSIVE, e.g. VALIDATE) never blocks the app's reads
-  // and writes, so it may wait as long as it must — behind autovacuum, say — without a timeout.
-  const lockTimeout = appSafe ? 0 : settings.lockTimeoutMs
+  // and writes, so it waits in one go, behind autovacuum say, for up to the whole retry budget:
+  // not forever, or a session that never ends its transaction would hold the run for good.
   const deadline = Date.now() + settings.lockRetryBudgetMs
+  const lockTimeout = appSafe ? settings.lockRetryBudgetMs : settings.lockTimeoutMs
   for (let attempt = 0; ; attempt++) {
     try {
       // The migrator's session already runs with the lock timeout (it says so in the run), which
@@ -38,9 +39,9 @@ export async function withLockRetry<T>(
       // lock_not_available (our timeout), or deadlock_detected should the server pick us as the victim.
       const code = (error as { code?: string }).code
       if (code !== '55P03' && code !== '40P01') throw error
-      if (Date.now() > deadline) {
+      if (appSafe || Date.now() > deadline) {
         throw new LockRetryExhausted(
-          `gave up waiting for a lock on table ${table}: held by ${await lockHolders(db, table)}; end that session or rerun the migration later (it resumes where it stopped)`,
+          `gave up waiting for a lock on table ${table}${await lockedWith(db, table)}: held by ${await lockHolders(db, table)}; end that session or rerun the migration later (it resumes where it stopped)`,
         )
       }
       const backoff = Math.min(2000, lockTimeout * 2 ** Math.min(attempt, 6))
@@ -49,12 +50,42 @@ export async function withLockRetry<T>(
   }
 }
 
+/**
+ * The tables a step on `table` may lock with it: those a foreign key joins to it (adding or
+ * dropping one locks both sides), and the tenant context keys that lockInOrder takes first.
+ */
+const RELATED = (table: string) => sql`
+  select pg_catalog.to_regclass(${table}::text) as rel
+  union select c.confrelid from pg_catalog.pg_constraint c where c.contype = 'f' and c.conrelid = pg_catalog.to_regclass(${table}::text)
+  union select c.conrelid from pg_catalog.pg_constraint c where c.contype = 'f' and c.confrelid = pg_catalog.to_regclass(${table}::text)
+  union select pg_catalog.to_regclass('skills_db.tenant_context_keys')`
+
+/** ` (or a table it locks with it: users, …)`, or nothing when no other table is joined to it. */
+async function lockedWith(db: Kysely<any>, table: string): Promise<string> {
+  const { rows } = await sql<{ names: string | null }>`
+    select string_agg(r.rel::regclass::text, ', ' order by r.rel::regclass::text) as names
+    from (${RELATED(table)}) r where r.rel is not null and r.rel <> pg_catalog.to_regclass(${table}::text)`.execute(db)
+  return rows[0]?.names ? ` (or a table it locks with it: ${rows[0].names})` : ''
+}
+
+/**
+ * A session of pg_stat_activity `a`, as an error names it: its pid and who it is, which any role
+ * sees, then what only a role with pg_read_all_stats (or the session's own) sees, its state and query.
+ */
+export const sessionLabel = (holds: ReturnType<typeof sql>) => sql`'pid ' || a.pid || ' (' || coalesce(nullif(a.application_name, ''), a.usename::text, 'another role')
+  || coalesce(', ' || a.state, '') || ${holds} || coalesce(', ' || left(nullif(a.query, '<insufficient privilege>'), 60), '') || ')'`
+
+/**
+ * The other sessions holding a lock on `table` or a table locked with it (the server does not say
+ * which lock a statement timed out on), each with the table it holds: the session to end.
+ */
 async function lockHolders(db: Kysely<any>, table: string): Promise<string> {
-  const { rows } = await sql<{ who: string }>`
-    select string_agg(distinct 'pid ' || a.pid || ' (' || coalesce(nullif(a.application_name, ''), a.usename::text)
-      || ', ' || a.state || ', ' || left(a.query, 60) || ')', '; ') as who
-    from pg_locks l join pg_stat_activity a on a.pid = l.pid
-    where l.relation = pg_catalog.to_regclass(${table}::text) and l.granted and l.pid <> pg_catalog.pg_backend_pid()`.execute(db)
+  const { rows } = await sql<{ who: string | null }>`
+    select string_agg(h.who, '; ' order by h.who) as who from (
+      select ${sessionLabel(sql`', holds ' || string_agg(distinct l.relation::regclass::text, ', ')`)} as who
+      from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
+      where l.relation in (select rel from (${RELATED(table)}) r where r.rel is not null) and l.granted and l.pid <> pg_catalog.pg_backend_pid()
+      group by a.pid, a.application_name, a.usename, a.state, a.query) h`.execute(db)
   return rows[0]?.who ?? 'a session that has since finished'
 }
 

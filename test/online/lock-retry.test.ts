@@ -36,20 +36,33 @@ describe('online/lock-retry', () => {
       const attempt = inRun({ lockTimeoutMs: 20, lockRetryBudgetMs: 300 }, () =>
         withLockRetry(t.admin, 'toy', (trx) => sql`alter table toy add column w int`.execute(trx)))
       await expect(attempt).rejects.toThrow(LockRetryExhausted)
-      await expect(attempt).rejects.toThrow(/gave up waiting for a lock on table toy: held by pid \d+ \(the lock holder, idle in transaction, lock table toy/)
+      await expect(attempt).rejects.toThrow(/gave up waiting for a lock on table toy: held by pid \d+ \(the lock holder, idle in transaction, holds toy, lock table toy/)
     } finally {
       await holder.release()
     }
     expect((await sql<{ n: number }>`select count(*)::int as n from pg_attribute where attrelid = 'toy'::regclass and attname = 'w'`.execute(t.admin)).rows[0]!.n).toBe(0)
   })
 
-  it('appSafe steps wait without a timeout; other errors are not retried', async () => {
+  it('appSafe steps wait in one go, for up to the retry budget, then name the holder; other errors are not retried', async () => {
     const holder = await holdLock('share update exclusive')
     setTimeout(() => void holder.release(), 300)
     const started = Date.now()
-    await inRun({ lockTimeoutMs: 20, lockRetryBudgetMs: 50 }, () =>
-      withLockRetry(t.admin, 'toy', (trx) => sql`analyze toy`.execute(trx), { appSafe: true }))
+    let tries = 0
+    await inRun({ lockTimeoutMs: 20, lockRetryBudgetMs: 5_000 }, () =>
+      withLockRetry(t.admin, 'toy', (trx) => { tries++; return sql`analyze toy`.execute(trx) }, { appSafe: true }))
     expect(Date.now() - started).toBeGreaterThanOrEqual(250)
+    expect(tries).toBe(1)
+    // A session that never lets go (an app role's transaction left open) no longer holds the run for good.
+    const squatter = await holdLock('share update exclusive')
+    try {
+      const waited = Date.now()
+      await expect(inRun({ lockTimeoutMs: 20, lockRetryBudgetMs: 500 }, () =>
+        withLockRetry(t.admin, 'toy', (trx) => sql`analyze toy`.execute(trx), { appSafe: true })))
+        .rejects.toThrow(/gave up waiting for a lock on table toy: held by pid \d+ \(the lock holder, idle in transaction, holds toy/)
+      expect(Date.now() - waited).toBeGreaterThanOrEqual(450)
+    } finally {
+      await squatter.release()
+    }
     let calls = 0
     await expect(withLockRetry(t.admin, 'toy', async (trx) => {
       calls++
