@@ -130,15 +130,15 @@ describe('the history: each migration leaves the catalog recorded when it was wr
     expect(await migrateContract(asWritten.admin, { ...options, migrationsDir: upTo(first) })).toMatchObject({ status: 'applied', steps: [{ name: first }] })
     expectRecorded(first, await historySnapshot(asWritten.admin, appRole), 'as written')
     // Each later one in the order written, by its phase's command, on the database as it stood then
-    // (0016, an open-phase migration written after 0015, lands on a contracted database).
+    // (0016 and 0017, open-phase migrations written after 0015, land on a contracted database).
     for (const name of GATED_MIGRATION_NAMES.filter((n) => n !== first)) {
       const migrate = OPEN_MIGRATION_NAMES.includes(name) ? migrateOpen : migrateContract
       const outcome = await migrate(plain.admin, { ...options, migrationsDir: upTo(name) })
       expect(outcome.status === 'applied' && outcome.steps.at(-1)?.name, name).toBe(name)
       expectRecorded(name, await historySnapshot(plain.admin, appRole), 'as written')
     }
-    // Contracted without opening first (every gated migration in name order), with a tenth tenant
-    // table: the same catalog as the fresh install's path.
+    // Contracted without opening first (every gated migration in name order: a database never
+    // opened has one tenant), with a tenth tenant table: the same catalog as the fresh install's path.
     expect(await migrateContract(extended.admin, { ...options, migrationsDir: dir })).toMatchObject({ status: 'applied', steps: [...GATED_MIGRATION_NAMES, tenth].map((name) => ({ name })) })
     const { skill_tags: tags, ...rest } = await takeSchemaSnapshot(extended.admin)
     expect(rest).toEqual(await takeSchemaSnapshot(plain.admin))

@@ -1,9 +1,12 @@
+import { cpSync, mkdtempSync, rmSync } from 'node:fs'
+import path from 'node:path'
 import { sql, type Kysely } from 'kysely'
 import { describe, expect, inject, it } from 'vitest'
 import { takeSchemaSnapshot } from '../src/catalog/schema-snapshot.ts'
 import { connectClient } from '../src/connection/pg-client.ts'
 import { createDb } from '../src/connection/create-db.ts'
-import { migrateOpen, migrateToLatest } from '../src/migrator/migrate.ts'
+import { migrateContract, migrateOpen, migrateToLatest } from '../src/migrator/migrate.ts'
+import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { runScript } from './support/cli.ts'
 import { useLegacyDatabases, type TestDatabase } from './support/database.ts'
@@ -99,6 +102,40 @@ describe('the open phase (skills-db open), before a second tenant', () => {
     } finally {
       await app.destroy()
       await sql.raw(`drop owned by "${old}"; drop role "${old}"`).execute(t.admin)
+    }
+  })
+
+  it('a contract run that stopped after 0010 built its global key-hash index, before 0017 was written: the open phase drops it, and the next contract builds none', { timeout: 120_000 }, async () => {
+    const old = `${inject('runId')}_opold4`
+    const t = await expanded(old)
+    const without0017 = mkdtempSync(path.join(MIGRATIONS_DIR, '..', '.test-migrations-'))
+    cpSync(MIGRATIONS_DIR, without0017, { recursive: true, filter: (f) => path.basename(f) !== '0017_reserve_key_hash_index_name.ts' })
+    const violations = async () => (await sql<{ v: string }>`select v from skills_db.side_channel_violations() v`.execute(t.admin)).rows.map((r) => r.v)
+    const holder = await connectClient({ connectionString: t.url, application_name: 'holding users' })
+    try {
+      expect(await migrateOpen(t.admin, { appRole, allowOldAppSessions: true, migrationsDir: without0017 })).toMatchObject({ status: 'applied' })
+      await newTenant(t.admin, 'tb')
+      await sql.raw(`drop owned by "${old}"`).execute(t.admin)
+      await holder.query('begin; lock table users in access share mode')
+      const stopped = await migrateContract(t.admin, { appRole, allowOldAppSessions: true, timestampsAreUtc: true, lockRetryBudgetMs: 500, migrationsDir: without0017 })
+      expect(stopped).toMatchObject({ status: 'error', error: { migration: '0010_contract_tenant_keys' } })
+      await holder.query('rollback')
+      expect(await violations()).toEqual([expect.stringMatching(/^index api_keys_key_hash_idx on api_keys neither leads with tenant_id/)])
+
+      const opened = await migrateOpen(t.admin, { appRole, allowOldAppSessions: true })
+      expect(opened).toMatchObject({ status: 'applied', steps: [{ name: '0017_reserve_key_hash_index_name' }] })
+      expect(await violations()).toEqual([])
+      expect((await sql<{ def: string }>`select pg_get_indexdef('api_keys_key_hash_idx'::regclass) as def`.execute(t.admin)).rows[0]!.def)
+        .toMatch(/\(key_hash COLLATE skills_db.internal\) WHERE false$/)
+      const checked: Promise<string[]>[] = []
+      const contracted = await migrateContract(t.admin, { appRole, allowOldAppSessions: true, timestampsAreUtc: true, logger: { info: () => void checked.push(violations()) } })
+      expect(contracted).toMatchObject({ status: 'applied', steps: CONTRACT_MIGRATION_NAMES.map((name) => ({ name })) })
+      expect((await Promise.all(checked)).flat()).toEqual([])
+      expect((await sql<{ t: string | null }>`select to_regclass('api_keys_key_hash_idx')::text as t`.execute(t.admin)).rows[0]!.t).toBeNull()
+    } finally {
+      await holder.end()
+      rmSync(without0017, { recursive: true, force: true })
+      await sql.raw(`drop owned by "${old}"; drop role if exists "${old}"`).execute(t.admin)
     }
   })
 })

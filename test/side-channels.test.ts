@@ -1,6 +1,7 @@
 import { sql } from 'kysely'
 import { beforeAll, describe, expect, inject, it } from 'vitest'
 import { migrateContract } from '../src/migrator/migrate.ts'
+import { connectClient } from '../src/connection/pg-client.ts'
 import { useTestDatabase, type TestDatabase } from './support/database.ts'
 import { ATTACK_CONTEXTS, attack, probeColumns, seedSecrets, TENANT_B, type ProbeColumn } from './support/side-channel-probes.ts'
 
@@ -71,5 +72,48 @@ describe('the attack finds a side channel where there is one', () => {
     expect(found).toContain('users.email')
     expect(found).toContain('skills.slug')
     expect(leaks.find((l) => l.probe.startsWith('users.email') && /Rows Removed by Filter: 1/.test(l.held))).toBeDefined()
+  })
+})
+
+/**
+ * The outside review's finding on the contract phase: 0010 (written before the open phase) built a
+ * global index on api_keys.key_hash that only 0015 dropped, and the app role recovered every other
+ * tenant's key hash through it, for as long as a lock kept the run stopped in between.
+ */
+describe('the contract phase opens no side channel on the way, finished or stopped halfway', () => {
+  const t = useTestDatabase('migrated')
+  const violations = async () => (await sql<{ v: string }>`select coalesce(string_agg(v, '; '), '') as v from skills_db.side_channel_violations() v`.execute(t.admin)).rows[0]!.v
+  beforeAll(async () => {
+    await sql.raw(`alter database "${t.name}" set timezone to 'UTC'; alter database "${t.name}" owner to "${inject('ownerRole')}"`).execute(t.admin)
+    await seedSecrets(t.admin)
+  })
+
+  it('stopped by a lock the app role holds after 0010 built its keys: nothing the app role can count through, and EXPLAIN tells nothing of B\'s key hashes', { timeout: 300_000 }, async () => {
+    const app = await connectClient({ connectionString: appUrl(t), application_name: 'the app holding users' })
+    await app.query('begin; lock table users in access share mode')
+    try {
+      const stopped = await migrateContract(t.connectAs(inject('ownerRole'), 'test', 1), { appRole: inject('appRole'), allowOldAppSessions: true, lockRetryBudgetMs: 1000 })
+      expect(stopped).toMatchObject({ status: 'error', error: { migration: '0010_contract_tenant_keys' } })
+      // The step it stopped at names the lock the app holds, on users, and the session holding it
+      // (its state and query are the owner's to see only with pg_read_all_stats).
+      expect(stopped.status === 'error' && stopped.error.message).toMatch(/gave up waiting for a lock on table \S+ \(or a table it locks with it: [^)]*users[^)]*\): held by pid \d+ \(the app holding users(, idle in transaction)?, holds users/)
+      expect(await violations()).toBe('')
+      const columns = (await probeColumns(t.admin, inject('appRole'))).filter((c) => c.table === 'api_keys')
+      expect(columns.map((c) => c.column)).toContain('key_hash')
+      expect(await attack(appUrl(t), columns, 'tenant A entered')).toEqual([])
+    } finally {
+      await app.query('rollback').catch(() => {})
+      await app.end()
+    }
+  })
+
+  it('run to the end, checked after every step it reports: never an index or statistics the app role could observe B through', { timeout: 300_000 }, async () => {
+    const checks: Promise<{ line: string; v: string }>[] = []
+    const logger = { info: (line: string) => void checks.push(violations().then((v) => ({ line, v }))) }
+    const outcome = await migrateContract(t.connectAs(inject('ownerRole'), 'test', 1), { appRole: inject('appRole'), allowOldAppSessions: true, logger })
+    expect(outcome.status === 'error' ? outcome.error.message : outcome.status).toBe('applied')
+    const seen = await Promise.all(checks)
+    expect(seen.length).toBeGreaterThan(50)
+    expect(seen.filter((s) => s.v !== '')).toEqual([])
   })
 })

@@ -218,9 +218,9 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
   const applied = new Set(recorded.map((m) => m.name))
   const furthestPhase = reach(target, reachedPhase([...applied], phaseOf))
   const mayApply = (name: string) => phaseRank(phaseOf.get(name) ?? 'expand') <= phaseRank(furthestPhase)
-  const migrator = new Migrator({
+  const migratorOf = (may: (name: string) => boolean) => new Migrator({
     db: conn,
-    provider: provider.only((name) => applied.has(name) || mayApply(name)),
+    provider: provider.only((name) => applied.has(name) || may(name)),
     migrationTableSchema: MIGRATION_SCHEMA,
     migrationTableName: MIGRATION_TABLE,
     allowUnorderedMigrations: true,
@@ -228,13 +228,19 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
     // hold locks on every table at once, and CREATE INDEX CONCURRENTLY cannot run inside one.
     disableTransactions: true,
   })
+  const migrator = migratorOf(mayApply)
   const waiting = Object.keys(known).sort().filter((name) => !applied.has(name) && !mayApply(name))
   let resultSet: MigrationResultSet
   switch (target.kind) {
     case 'latest':
     case 'open':
-    case 'contract':
       resultSet = await migrator.migrateToLatest()
+      break
+    case 'contract':
+      // On a database never opened (one tenant: 0013), in name order, as before the open phase existed.
+      resultSet = reachedPhase([...applied], phaseOf) === 'expand'
+        ? await migrator.migrateToLatest()
+        : await openPhaseFirst(migratorOf((name) => phaseRank(phaseOf.get(name) ?? 'expand') <= phaseRank('open')), migrator)
       break
     case 'up':
       resultSet = await migrator.migrateUp()
@@ -277,6 +283,19 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
   }
   // After a down, `status` says what waits; the outcome reports what it undid.
   return { status: 'applied', steps, adopted, waiting: upward(target) ? waiting : [] }
+}
+
+/**
+ * The contract phase on a database opened to more tenants applies what is pending of the expand and
+ * open phases first, then the rest: in name order, 0010 (a contract migration written before the
+ * open phase) would run before an open-phase migration written later, such as 0017, which makes
+ * 0010 safe beside other tenants.
+ */
+async function openPhaseFirst(open: Migrator, all: Migrator): Promise<MigrationResultSet> {
+  const first = await open.migrateToLatest()
+  if (first.error) return first
+  const rest = await all.migrateToLatest()
+  return { ...rest, results: [...(first.results ?? []), ...(rest.results ?? [])] }
 }
 
 function fail(kind: MigrationError['kind'], message: string): MigrationOutcome {

@@ -10,7 +10,9 @@
  * A migration file says its phase with `export const phase = 'open' | 'contract'` (none: expand).
  * Later files may belong to an earlier phase than earlier ones (0011 is expand, 0010 contract), so
  * a run applies, in name order, the pending migrations of every phase it may reach: a database
- * reaches a phase once the operator runs that phase's command, and stays there.
+ * reaches a phase once the operator runs that phase's command, and stays there. The one exception:
+ * `contract` on a database that was opened applies what the open phase has pending first (0010,
+ * written before the open phase, is safe beside other tenants only after 0017).
  */
 export type Phase = 'expand' | 'open' | 'contract'
 

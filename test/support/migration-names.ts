@@ -10,7 +10,7 @@ export const OPEN_MIGRATION_NAMES = ALL_MIGRATION_NAMES.filter((n) => phaseOf(n)
 export const CONTRACT_MIGRATION_NAMES = ALL_MIGRATION_NAMES.filter((n) => phaseOf(n) === 'contract')
 /** What `latest` applies on a fresh install: the expand phase's migrations, in name order. */
 export const MIGRATION_NAMES = ALL_MIGRATION_NAMES.filter((n) => phaseOf(n) === 'expand')
-/** What waits for the operator after `latest`, in the (name) order `contract` applies it on an expand database. */
+/** What waits for the operator after `latest`, in the (name) order `contract` applies it on a database never opened. */
 export const GATED_MIGRATION_NAMES = ALL_MIGRATION_NAMES.filter((n) => phaseOf(n) !== 'expand')
 /** The order a fresh install applies everything in: latest, then open, then contract. */
 export const FRESH_INSTALL_ORDER = [...MIGRATION_NAMES, ...OPEN_MIGRATION_NAMES, ...CONTRACT_MIGRATION_NAMES]
