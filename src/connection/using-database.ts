@@ -10,8 +10,8 @@ export const EMBEDDED_DATABASE = 'skills'
 
 export interface DatabaseSource {
   url: string
-  /** Set when no DATABASE_URL was given and an embedded server was started for this call. */
-  embedded?: { port: number; dataDir: string }
+  /** Set when no DATABASE_URL was given: the embedded server, started for this call or already running (`attached`). */
+  embedded?: { port: number; dataDir: string; attached?: true }
 }
 
 /**
@@ -39,7 +39,7 @@ export async function usingDatabase<T>(
   if (running) {
     const adminUrl = `postgres://postgres:postgres@127.0.0.1:${running.port}/postgres`
     await ensureDatabase(adminUrl)
-    return cb({ url: withDatabase(adminUrl, EMBEDDED_DATABASE), embedded: { port: running.port, dataDir } })
+    return cb({ url: withDatabase(adminUrl, EMBEDDED_DATABASE), embedded: { port: running.port, dataDir, attached: true } })
   }
   const server = await startEmbeddedPostgres({ dataDir, port })
   const ownerFile = `${dataDir}.owner`

@@ -40,5 +40,5 @@ export async function refuseDataLoss(
  * refused `down` leaves the schema exactly as it was.
  */
 export function guardDown(name: string, check: (db: Kysely<any>) => Promise<void>): Step {
-  return { name, up: async () => {}, down: check }
+  return { name, up: async () => {}, down: check, quietUp: true }
 }

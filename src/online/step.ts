@@ -9,6 +9,8 @@ export interface Step {
   name: string
   up(db: Kysely<any>): Promise<void>
   down(db: Kysely<any>): Promise<void>
+  /** Nothing to do or say on the way up (a guard of `down`): the run's progress does not list it then. */
+  quietUp?: true
 }
 
 /** The step that undoes `step`: dropping something is the reverse of creating it. */
@@ -17,7 +19,7 @@ export function reverse(step: Step): Step {
 }
 
 export async function applySteps(db: Kysely<any>, steps: readonly Step[]): Promise<void> {
-  for (const step of steps) await timed(step.name, () => step.up(db))
+  for (const step of steps) await (step.quietUp ? step.up(db) : timed(step.name, () => step.up(db)))
 }
 
 export async function revertSteps(db: Kysely<any>, steps: readonly Step[]): Promise<void> {

@@ -21,8 +21,11 @@ export const audit: Command = {
     const expectedHeads = typeof values.heads === 'string' ? readHeads(values.heads) : undefined
     return usingTarget(values, async (db) => {
       const report = await verifyAuditTrail(db, { keys, ...(typeof values.tenant === 'string' ? { tenantId: values.tenant } : {}), ...(expectedHeads ? { expectedHeads } : {}) })
+      const failed = new Set(report.problems.map((p) => p.tenantId))
       for (const t of report.tenants) {
-        console.log(`  tenant ${t.tenantId}: ${t.rows} chained row(s)${t.legacyRows ? `, ${t.legacyRows} from before the chain` : ''}${t.head ? `, head seq ${t.head.seq} ${t.head.rowHash.slice(0, 16)}…` : ''}`)
+        // A chain that fails is counted up to its first problem, not through it.
+        const counted = failed.has(t.tenantId) ? `${t.rows} row(s) in order before its first problem (below)` : `${t.rows} chained row(s)`
+        console.log(`  tenant ${t.tenantId}: ${counted}${t.legacyRows ? `, ${t.legacyRows} from before the chain` : ''}${t.head ? `, head seq ${t.head.seq} ${t.head.rowHash.slice(0, 16)}…` : ''}`)
       }
       if (typeof values['save-heads'] === 'string') {
         writeFileSync(values['save-heads'], `${JSON.stringify(report.tenants.flatMap((t) => (t.head ? [t.head] : [])), null, 2)}\n`)

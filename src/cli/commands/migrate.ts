@@ -65,6 +65,8 @@ async function report(outcome: MigrationOutcome): Promise<number> {
 }
 
 function printConnectHelp(source: DatabaseSource): void {
+  // Attached to the server npm run db:embedded keeps: it is still running, and that one says how to connect.
+  if (source.embedded?.attached) return
   console.log(`the embedded server is stopped again; to use it, run  npm run db:embedded  and connect to ${redactUrl(source.url)} (password: postgres)`)
 }
 
