@@ -39,7 +39,7 @@ export async function withLockRetry<T>(
       // lock_not_available (our timeout), or deadlock_detected should the server pick us as the victim.
       const code = (error as { code?: string }).code
       if (code !== '55P03' && code !== '40P01') throw error
-      if (appSafe || Date.now() > deadline) {
+      if ((appSafe && code === '55P03') || Date.now() > deadline) {
         throw new LockRetryExhausted(
           `gave up waiting for a lock on table ${table}${await lockedWith(db, table)}: held by ${await lockHolders(db, table)}; end that session or rerun the migration later (it resumes where it stopped)`,
         )
