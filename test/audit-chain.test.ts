@@ -196,6 +196,23 @@ describe('the audit hash chain', () => {
     void owner
   })
 
+  it('SQL of the app role in A that signs its own row with a time no clock gives (infinity): that row is named, and B is still verified (its changed row named)', async () => {
+    const { t, app } = await trail()
+    await withTenant(app, A, async (trx) => {
+      const { rows } = await sql<{ seq: string }>`insert into audit_logs (action) values ('x') returning seq::text as seq`.execute(trx)
+      await sql`insert into audit_signatures (seq, key_id, signature, signed_at) values (${rows[0]!.seq}::bigint, 'audit', 'x', 'infinity')`.execute(trx)
+    })
+    await sql.raw(`alter table audit_logs disable trigger no_update_or_delete; update audit_logs set ip_address = '10.0.0.66' where tenant_id = '${B}' and seq = 2;
+      alter table audit_logs enable always trigger no_update_or_delete`).execute(t.admin)
+    const report = await verify(t)
+    expect(report.problems.map((p) => [p.tenantId, p.kind, p.seq])).toEqual([[A, 'bad-signature', '4'], [B, 'changed', '2']])
+    expect(first(report, 'bad-signature')!.message).toMatch(/its signature is dated .*which no app clock gives: forged/)
+    const cli = await runScript(['audit', 'verify'], { DATABASE_URL: t.url, SKILLS_DB_AUDIT_KEYS: TEST_AUDIT_KEY })
+    expect(cli.code).toBe(1)
+    expect(cli.stderr).toMatch(/bad-signature: tenant .* \(seq 4\)/)
+    expect(cli.stderr).toMatch(new RegExp(`changed: tenant ${B}: row ${await rowOfB(t, 2)} \\(seq 2\\)`))
+  })
+
   it('the CLI: exit 1, the first bad row named; a key it was not given, no key at all, and an unknown tenant are said so', async () => {
     const { t } = await trail()
     await sql.raw(`alter table audit_logs disable trigger no_update_or_delete; update audit_logs set ip_address = '10.0.0.66' where tenant_id = '${B}' and seq = 1;

@@ -12,7 +12,7 @@ export interface AuditHead {
 
 export type AuditProblemKind =
   | 'changed' | 'deleted' | 'out-of-order' | 'backdated' | 'outside-chain'
-  | 'unsigned' | 'bad-signature' | 'unknown-key' | 'truncated' | 'rewritten' | 'schema'
+  | 'unsigned' | 'bad-signature' | 'unknown-key' | 'truncated' | 'rewritten' | 'schema' | 'unverifiable'
 
 /** One thing that shows the trail was tampered with: the first found per tenant, or a change of the tables themselves. */
 export interface AuditProblem {
@@ -68,7 +68,12 @@ export async function verifyAuditTrail(db: Kysely<any>, options: VerifyAuditOpti
         union select tenant_id from skills_db.audit_chain_heads) t
       where ${options.tenantId === undefined ? sql`true` : sql`tenant_id = ${options.tenantId}`} order by 1`.execute(conn)
     for (const { tenant_id: tenantId } of rows) {
-      const chain = await verifyChain(conn, tenantId, keys, options.clockToleranceMs ?? 5 * 60_000)
+      // One tenant's chain that cannot even be read (what SQL of the app role wrote into its own
+      // tenant's rows, say) is that tenant's problem: every other tenant is still verified.
+      const chain = await verifyChain(conn, tenantId, keys, options.clockToleranceMs ?? 5 * 60_000).catch((error: unknown): ChainResult => {
+        if ((error as { code?: string }).code !== undefined) throw error // the server's: the run cannot go on
+        return { rows: 0, legacyRows: 0, head: null, problem: { kind: 'unverifiable', message: `tenant ${tenantId}: its chain could not be verified: ${(error as Error).message}` } }
+      })
       tenants.push({ tenantId, rows: chain.rows, legacyRows: chain.legacyRows, head: chain.head })
       if (chain.problem) problems.push({ tenantId, ...chain.problem })
     }
@@ -146,6 +151,10 @@ async function verifyChain(conn: Kysely<any>, tenantId: string, keys: Map<string
       const key = keys.get(r.key_id!)
       if (!key) return result({ kind: 'unknown-key', message: `tenant ${tenantId}: row ${row.id} (seq ${seq}) is signed with audit key "${r.key_id}", which was not given to the verification` })
       const signedAt = new Date(r.signed_at as unknown as Date)
+      // recordAudit signs with the app's clock: 'infinity' or a time JavaScript cannot hold is no such time.
+      if (Number.isNaN(signedAt.getTime())) {
+        return result({ kind: 'bad-signature', message: `tenant ${tenantId}: row ${row.id} (seq ${seq}): its signature is dated ${String(r.signed_at)}, which no app clock gives: forged` })
+      }
       if (signatureOf(key.secret, tenantId, row.seq!, hash.toString('hex'), signedAt) !== r.signature) {
         return result({ kind: 'bad-signature', message: `tenant ${tenantId}: row ${row.id} (seq ${seq}): its signature does not match: the row, or its signature, was changed` })
       }
