@@ -46,7 +46,8 @@ describe('the embedded server', () => {
       expect(started, server.stderr).toBe(true)
       expect(status?.code, status?.stderr).toBe(0)
       expect(status?.stdout).toMatch(/^done: \d+ migration\(s\) applied$/m)
-      // It used the running server and left it running: it does not say it stopped it.
+      // It used the running server and left it running, and says so: it does not say it stopped it.
+      expect(status?.stdout).toMatch(/^embedded PostgreSQL on port \d+ \(data in .*, the server npm run db:embedded runs\)$/m)
       expect(status?.stdout).not.toMatch(/stopped again/)
       expect(answers, 'db:embedded still served after the command').toBe(true)
     } finally {

@@ -17,7 +17,8 @@ export async function usingTarget<T>(values: OptionValues, cb: (db: Kysely<any>,
     throw error
   }
   return usingDatabase({ ...process.env, DATABASE_URL: url ?? '' }, async (source) => {
-    console.log(source.embedded ? `embedded PostgreSQL on port ${source.embedded.port} (data in ${source.embedded.dataDir})` : `database ${redactUrl(source.url)}`)
+    console.log(!source.embedded ? `database ${redactUrl(source.url)}`
+      : `embedded PostgreSQL on port ${source.embedded.port} (data in ${source.embedded.dataDir}${source.embedded.attached ? ', the server npm run db:embedded runs' : ', started for this command'})`)
     const db = await openDb(source.url, { max: 1, applicationName: 'skills-db migrator' })
     try {
       return await cb(db, source)

@@ -14,13 +14,13 @@ export function where(key: string, applies: (db: Kysely<any>) => Promise<boolean
     name: steps.map((s) => s.name).join('; '),
     async up(db) {
       if (!(await taken(db))) {
-        if (!(await applies(db))) return
+        if (!(await applies(db))) return 'not needed'
         await record(db, key, 'taken', { replace: true })
       }
       for (const step of steps) await step.up(db)
     },
     async down(db) {
-      if (!(await taken(db))) return
+      if (!(await taken(db))) return 'not needed'
       for (const step of [...steps].reverse()) await step.down(db)
       await forget(db, key)
     },

@@ -7,8 +7,9 @@ import { progress } from './run-context.ts'
  */
 export interface Step {
   name: string
-  up(db: Kysely<any>): Promise<void>
-  down(db: Kysely<any>): Promise<void>
+  /** 'not needed': it found nothing to do on this database (a conditional step), and the run says so. */
+  up(db: Kysely<any>): Promise<void | 'not needed'>
+  down(db: Kysely<any>): Promise<void | 'not needed'>
   /** Nothing to do or say on the way up (a guard of `down`): the run's progress does not list it then. */
   quietUp?: true
 }
@@ -26,8 +27,8 @@ export async function revertSteps(db: Kysely<any>, steps: readonly Step[]): Prom
   for (const step of [...steps].reverse()) await timed(`undo ${step.name}`, () => step.down(db))
 }
 
-async function timed(name: string, fn: () => Promise<void>): Promise<void> {
+async function timed(name: string, fn: () => Promise<void | 'not needed'>): Promise<void> {
   const started = performance.now()
-  await fn()
-  progress(`  ${name} (${Math.round(performance.now() - started)} ms)`)
+  const outcome = await fn()
+  progress(`  ${name}${outcome === 'not needed' ? ': not needed here' : ''} (${Math.round(performance.now() - started)} ms)`)
 }
