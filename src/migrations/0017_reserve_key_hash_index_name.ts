@@ -1,4 +1,5 @@
 import { sql, type Kysely } from 'kysely'
+import { indexInfo } from '../online/catalog.ts'
 import { dropIndexConcurrently, index } from '../online/concurrent-index.ts'
 import { where } from '../online/conditional-step.ts'
 import { DownBlocked, guardDown } from '../online/data-loss-guard.ts'
@@ -18,13 +19,6 @@ export const phase = 'open'
 // (see README.md in this folder).
 const NAME = 'api_keys_key_hash_idx'
 
-async function existing(db: Kysely<any>): Promise<{ empty: boolean } | undefined> {
-  const { rows } = await sql<{ empty: boolean }>`
-    select coalesce(pg_catalog.pg_get_expr(x.indpred, x.indrelid) = 'false', false) as empty
-    from pg_catalog.pg_index x where x.indexrelid = pg_catalog.to_regclass(${`public.${NAME}`}::text)`.execute(db)
-  return rows[0]
-}
-
 /** 0015 is still to come (it drops 0014's internal key on key_hash, which only an opened, uncontracted database has). */
 async function contractStillToCome(db: Kysely<any>): Promise<boolean> {
   const { rows } = await sql`select 1 from pg_catalog.pg_class where oid = pg_catalog.to_regclass('public.api_keys_key_hash_any_tenant')`.execute(db)
@@ -41,13 +35,13 @@ const oneTenant = guardDown('a single tenant', async (db) => {
 
 // The guard last: down runs the steps in reverse, so it is checked before anything is undone.
 const steps: Step[] = [
-  where('0017 drop the usable api_keys_key_hash_idx', async (db) => (await existing(db))?.empty === false, [{
+  where('0017 drop the usable api_keys_key_hash_idx', async (db) => (await indexInfo(db, NAME))?.empty === false, [{
     name: `drop index ${NAME} (a contract run that stopped after 0010 built it)`,
     up: (db) => dropIndexConcurrently(db, NAME),
     // 0010 builds it again should the contract phase run without this migration.
     async down() {},
   }]),
-  where('0017 reserve api_keys_key_hash_idx', async (db) => !(await existing(db)) && (await contractStillToCome(db)), [
+  where('0017 reserve api_keys_key_hash_idx', async (db) => !(await indexInfo(db, NAME)) && (await contractStillToCome(db)), [
     index({ table: 'api_keys', name: NAME, columns: ['key_hash'], collate: 'skills_db.internal', empty: true }),
   ]),
   oneTenant,

@@ -216,7 +216,8 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
   // Kysely applies the pending ones it is given in name order, and rolls back in the order applied.
   const phaseOf = await provider.phases()
   const applied = new Set(recorded.map((m) => m.name))
-  const furthestPhase = reach(target, reachedPhase([...applied], phaseOf))
+  const reached = reachedPhase([...applied], phaseOf)
+  const furthestPhase = reach(target, reached)
   const mayApply = (name: string) => phaseRank(phaseOf.get(name) ?? 'expand') <= phaseRank(furthestPhase)
   const migratorOf = (may: (name: string) => boolean) => new Migrator({
     db: conn,
@@ -238,7 +239,7 @@ async function runLocked(conn: Kysely<any>, target: Target, options: MigrateOpti
       break
     case 'contract':
       // On a database never opened (one tenant: 0013), in name order, as before the open phase existed.
-      resultSet = reachedPhase([...applied], phaseOf) === 'expand'
+      resultSet = reached === 'expand'
         ? await migrator.migrateToLatest()
         : await openPhaseFirst(migratorOf((name) => phaseRank(phaseOf.get(name) ?? 'expand') <= phaseRank('open')), migrator)
       break
