@@ -57,7 +57,9 @@ export async function recordAudit(trx: Transaction<DB>, event: AuditEvent): Prom
     .returning(['id', 'tenant_id', 'actor_id', 'action', 'resource_type', 'resource_id', 'ip_address', 'prev_hash', 'row_hash'])
     .returning([
       sql<string | null>`seq::text`.as('seq_text'),
-      sql<string>`((extract(epoch from created_at) * 1000000)::bigint)::text`.as('created_us'),
+      // The same µs as extract(epoch from created_at), from an interval: Citus takes only IMMUTABLE
+      // expressions in RETURNING, and timestamptz - timestamptz is one where date_part is not.
+      sql<string>`((extract(epoch from (created_at - '1970-01-01 00:00:00+00'::timestamptz)) * 1000000)::bigint)::text`.as('created_us'),
       sql<string | null>`metadata::text`.as('metadata_text'),
     ])
     .executeTakeFirst()

@@ -11,6 +11,11 @@ export class DistributeRefused extends Error {
   override name = 'DistributeRefused'
 }
 
+/** A statement of distribute failed on the server; the message carries Citus's DETAIL and HINT. */
+export class DistributeFailed extends Error {
+  override name = 'DistributeFailed'
+}
+
 export interface DistributeOptions {
   logger?: MigrationLogger
   /** Shards per distributed table (Citus' citus.shard_count; default: Citus's own, 32). */
@@ -64,38 +69,64 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
           order by 1`.execute(conn)).rows.map((r) => r.fn)
         const onEveryNode = async (fns: string[]) => {
           // (create_distributed_function takes a regprocedure, and text has no implicit cast to it.)
-          for (const fn of fns) await sql`select create_distributed_function(${fn}::regprocedure)`.execute(conn)
-          progress(`  on every node: ${fns.join(', ') || 'no function'}`)
+          await step(`on every node: ${fns.join(', ') || 'no function'}`, async () => {
+            for (const fn of fns) await sql`select create_distributed_function(${fn}::regprocedure)`.execute(conn)
+          })
         }
         await onEveryNode(await functions(false))
 
         for (const table of ['public.tenants', 'skills_db.tenant_context_keys']) {
-          if (!(await isCitusTable(conn, table))) {
-            await sql`select create_reference_table(${table}::regclass)`.execute(conn)
-            progress(`  ${table}: a reference table`)
+          if (!(await isReference(conn, table))) {
+            await step(`${table}: a reference table`, () => withoutTriggers(conn, table, (trx) => sql`select create_reference_table(${table}::regclass)`.execute(trx)))
           }
         }
 
         await onEveryNode(await functions(true))
 
-        const keys = recorded ? JSON.parse(recorded) as { table: string; name: string; definition: string }[] : await foreignKeysBetween(conn, tables)
+        // The keys between tables not yet both distributed (none, on a rerun after a completed run).
+        const keys = recorded ? JSON.parse(recorded) as { table: string; name: string; definition: string }[]
+          : await foreignKeysBetween(conn, await asyncFilter(tables, async (t) => !(await isDistributed(conn, `public.${t}`))))
         if (!recorded) await record(conn, FOREIGN_KEYS, JSON.stringify(keys), { replace: true })
-        for (const k of keys) await sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(conn)
+        for (const k of keys) await step(`drop foreign key ${k.table}.${k.name} (added back below)`, () => sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(conn))
         const distributed: string[] = []
         // One colocation group, anchored on the table a killed run already distributed, else the first.
-        const anchor = (await firstDistributed(conn, tables)) ?? tables[0]!
-        for (const table of tables) {
-          if (await isCitusTable(conn, `public.${table}`)) continue
-          // One colocation group: a tenant's rows of every table on the same node.
-          await sql`select create_distributed_table(${`public.${table}`}::regclass, 'tenant_id', colocate_with => ${table === anchor ? 'default' : anchor}::text)`.execute(conn)
-          distributed.push(table)
-          progress(`  ${table}: distributed by tenant_id`)
+        // (Hash-distributed only: with the coordinator in the metadata, create_reference_table('tenants')
+        // has made the tables that reference it Citus local tables, which are in pg_dist_partition too.)
+        // The audit chain's heads go with the tenant's audit rows: the stamp trigger, run on the shard
+        // of audit_logs, takes the tenant's head in the colocated shard on the same node.
+        const qualified = [...(await exists(conn, CHAIN_HEADS) ? [CHAIN_HEADS] : []), ...tables.map((t) => `public.${t}`)]
+        const anchor = (await firstDistributed(conn, qualified)) ?? qualified[0]!
+        for (const table of qualified) {
+          if (await isDistributed(conn, table)) continue
+          await step(`${table.replace(/^public\./, '')}: distribute by tenant_id`, () => withoutTriggers(conn, table, (trx) =>
+            sql`select create_distributed_table(${table}::regclass, 'tenant_id', colocate_with => ${table === anchor ? 'default' : anchor}::text)`.execute(trx)))
+          distributed.push(table.replace(/^public\./, ''))
         }
         for (const k of keys) {
           const { rows: present } = await sql`select 1 from pg_catalog.pg_constraint where conname = ${k.name} and conrelid = ${`public.${k.table}`}::regclass`.execute(conn)
-          if (present.length === 0) await sql`alter table ${sql.table(k.table)} add constraint ${sql.id(k.name)} ${sql.raw(k.definition)}`.execute(conn)
+          if (present.length === 0) await step(`add foreign key ${k.table}.${k.name} back`, () => sql`alter table ${sql.table(k.table)} add constraint ${sql.id(k.name)} ${sql.raw(k.definition)}`.execute(conn))
         }
         await forget(conn, FOREIGN_KEYS)
+
+        // The rows were copied into the shards; the coordinator's own copy is dead weight (and a
+        // second copy of every tenant's data on a node that does not serve it).
+        let freed = 0
+        const guarded = (await sql<{ t: string }>`select tgrelid::regclass::text as t from pg_catalog.pg_trigger
+          where tgname = 'no_truncate' and tgrelid = any(${qualified}::regclass[]) order by 1`.execute(conn)).rows.map((r) => `public.${r.t}`)
+        for (const table of qualified) {
+          const before = await localSize(conn, table)
+          if (before === 0) continue
+          // audit_logs and audit_signatures refuse TRUNCATE to everyone: held off for this one (which
+          // cascades from audit_logs to audit_signatures), in one transaction. It empties the
+          // coordinator's shells only: the shards keep every row.
+          await step(`${table.replace(/^public\./, '')}: truncate the coordinator's copy of the rows`, () => conn.transaction().execute(async (trx) => {
+            for (const t of guarded) await sql`alter table ${sql.table(t)} disable trigger no_truncate`.execute(trx)
+            await sql`select truncate_local_data_after_distributing_table(${table}::regclass)`.execute(trx)
+            for (const t of guarded) await sql`alter table ${sql.table(t)} enable always trigger no_truncate`.execute(trx)
+          }))
+          freed += before - await localSize(conn, table)
+        }
+        progress(`  the coordinator's copies of the rows removed: ${prettyBytes(freed)} freed`)
 
         // The workers check the tenant context themselves; the functions the policies call exist on every node.
         await CITUS_CHALLENGE.execute(conn)
@@ -117,14 +148,83 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
   }))
 }
 
+/**
+ * Runs `fn` (a create_*_table, which copies the table's rows into its new shards) in one
+ * transaction with the table's own triggers off, each put back as it was. The shards get the
+ * triggers, and Citus's copy fires them there: audit_logs' stamp gave every copied row a new seq
+ * and hash (the chain no longer verified), tenants' guard refused the copy of its rows. The
+ * ALTER TABLE's lock keeps the app's writes out until the commit, so none is written unstamped.
+ */
+async function withoutTriggers<T>(conn: Kysely<any>, table: string, fn: (trx: Kysely<any>) => Promise<T>): Promise<T> {
+  return conn.transaction().execute(async (trx) => {
+    const { rows } = await sql<{ name: string; enabled: string }>`select tgname as name, tgenabled as enabled from pg_catalog.pg_trigger
+      where tgrelid = ${table}::regclass and not tgisinternal and tgenabled <> 'D' order by 1`.execute(trx)
+    for (const t of rows) await sql`alter table ${sql.table(table)} disable trigger ${sql.id(t.name)}`.execute(trx)
+    const result = await fn(trx)
+    for (const t of rows) {
+      const mode = t.enabled === 'A' ? sql`enable always` : t.enabled === 'R' ? sql`enable replica` : sql`enable`
+      await sql`alter table ${sql.table(table)} ${mode} trigger ${sql.id(t.name)}`.execute(trx)
+    }
+    return result
+  })
+}
+
+async function asyncFilter<T>(items: T[], keep: (item: T) => Promise<boolean>): Promise<T[]> {
+  const kept: T[] = []
+  for (const item of items) if (await keep(item)) kept.push(item)
+  return kept
+}
+
+const CHAIN_HEADS = 'skills_db.audit_chain_heads'
+
+async function exists(db: Kysely<any>, table: string): Promise<boolean> {
+  const { rows } = await sql<{ t: string | null }>`select pg_catalog.to_regclass(${table})::text as t`.execute(db)
+  return rows[0]?.t != null
+}
+
 async function firstDistributed(db: Kysely<any>, tables: string[]): Promise<string | undefined> {
-  for (const table of tables) if (await isCitusTable(db, `public.${table}`)) return table
+  for (const table of tables) if (await isDistributed(db, table)) return table
   return undefined
 }
 
-async function isCitusTable(db: Kysely<any>, table: string): Promise<boolean> {
-  const { rows } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass`.execute(db)
+/** Distributed by hash (a Citus local table, which Citus makes of a table referencing a reference table, is not). */
+async function isDistributed(db: Kysely<any>, table: string): Promise<boolean> {
+  const { rows } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass and partmethod = 'h'`.execute(db)
   return rows.length > 0
+}
+
+/** A reference table: a copy on every node. */
+async function isReference(db: Kysely<any>, table: string): Promise<boolean> {
+  const { rows } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass and partmethod = 'n' and repmodel = 't'`.execute(db)
+  return rows.length > 0
+}
+
+/** The bytes the coordinator's own copy of `table` takes (0 when its heap is empty: only its indexes' first pages). */
+async function localSize(db: Kysely<any>, table: string): Promise<number> {
+  const { rows } = await sql<{ heap: string; total: string }>`select pg_catalog.pg_relation_size(${table}::regclass) as heap,
+    pg_catalog.pg_total_relation_size(${table}::regclass) as total`.execute(db)
+  return Number(rows[0]!.heap) === 0 ? 0 : Number(rows[0]!.total)
+}
+
+function prettyBytes(n: number): string {
+  return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MB` : n >= 1024 ? `${Math.round(n / 1024)} kB` : `${n} bytes`
+}
+
+/**
+ * Runs one statement of distribute, announced first (a run killed there is known by its last
+ * line). An error of the server keeps what Citus said besides its message (its DETAIL and HINT
+ * name the cause), and says that a rerun takes it from there.
+ */
+async function step<T>(what: string, run: () => Promise<T>): Promise<T> {
+  progress(`  ${what}`)
+  try {
+    return await run()
+  } catch (error) {
+    const e = error as Error & { detail?: string; hint?: string; code?: string }
+    if (!e.code) throw error
+    const said = [e.message, e.detail, e.hint && `hint: ${e.hint}`].filter(Boolean).join('; ')
+    throw new DistributeFailed(`${what}: ${said.replace(/\s*\n\s*/g, ' ')} (what was done before it stays; run distribute again once this is fixed, and it goes on from there)`, { cause: error })
+  }
 }
 
 /**

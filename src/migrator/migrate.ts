@@ -1,7 +1,9 @@
 import { sql, type Kysely } from 'kysely'
 import { Migrator, NO_MIGRATIONS, type MigrationResultSet } from 'kysely/migration'
+import { onlyCitusOwnSessions } from '../citus/own-sessions.ts'
 import { targetOf } from '../connection/create-db.ts'
 import type { DatabaseTarget } from '../connection/database-url.ts'
+import { oldAppRoles } from '../online/old-app-roles.ts'
 import { DEFAULT_RUN, inRun, progress, type RunContext } from '../online/run-context.ts'
 import { adoptLegacySchema } from './legacy-adoption.ts'
 import { MigrationError, toMigrationError } from './migration-error.ts'
@@ -178,7 +180,10 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
                        pg_catalog.set_config('statement_timeout', '0', false)`.execute(conn)
       try {
         return await withMigrationLock(conn, async () => {
-          const outcome = await runLocked(conn, target, options, journal, targetOf(db))
+          // The phases that refuse beside the single-tenant app's sessions would always find Citus's own on a coordinator.
+          const citusOnly = (target.kind === 'open' || target.kind === 'contract') && !context.allowOldAppSessions && await onlyCitusOwnSessions(conn, await oldAppRoles(conn))
+          if (citusOnly) progress('the superuser sessions connected here are Citus\'s own (its maintenance daemon, other nodes\' citus_internal connections): not the single-tenant app')
+          const outcome = await inRun(citusOnly ? { allowOldAppSessions: true } : {}, () => runLocked(conn, target, options, journal, targetOf(db)))
           if (outcome.status !== 'error' && upward(target)) {
             if (keys) await storeTenantKeys(conn, keys)
             else if ((await storedTenantKeyIds(conn))?.length === 0) {

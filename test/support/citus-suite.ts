@@ -1,0 +1,214 @@
+import { sql, type Kysely } from 'kysely'
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
+import type { CitusTopology } from '../../fixtures/citus-cluster.ts'
+import { LEGACY_ROWS, LEGACY_SQL } from '../../fixtures/legacy.ts'
+import { recordAudit } from '../../src/audit/record-audit.ts'
+import { verifyAuditTrail, type AuditReport } from '../../src/audit/verify-audit.ts'
+import { citusReadiness } from '../../src/citus/readiness.ts'
+import { distribute } from '../../src/citus/distribute.ts'
+import { onlyCitusOwnSessions } from '../../src/citus/own-sessions.ts'
+import { createDb } from '../../src/connection/create-db.ts'
+import type { DB } from '../../src/db-types.ts'
+import { migrateContract, migrateOpen, migrateToLatest } from '../../src/migrator/migrate.ts'
+import { withTenant } from '../../src/tenancy/with-tenant.ts'
+import { startCitusServer, type CitusServer } from './citus-server.ts'
+import { describeInjectionSuite } from './injection-suite.ts'
+import { describeIsolationMatrix } from './isolation-matrix.ts'
+import { TEST_AUDIT_KEY, TEST_TENANT_KEY } from './tenant-key.ts'
+import { A, B, seedTwoTenants } from './tenants.ts'
+
+/** The tables distribute spreads by tenant_id, in one colocation group: the ten of public, and the audit chain's heads. */
+const DISTRIBUTED = ['api_keys', 'audit_logs', 'audit_signatures', 'ratings', 'site_settings', 'skill_embeddings', 'skill_reviews',
+  'skill_versions', 'skills', 'skills_db.audit_chain_heads', 'usage_events', 'users']
+
+/**
+ * The distribute path and the runtime on a real Citus cluster of `topology`: latest, open,
+ * contract, distribute on the legacy database, then the isolation matrix and the injection suite
+ * on the distributed tables. Not run without Citus (test/support/citus-server.ts says why).
+ */
+export async function describeOnCitus(topology: CitusTopology): Promise<void> {
+  const citus = await startCitusServer(topology)
+  const notRun = 'notRun' in citus ? `not run: ${citus.notRun}` : undefined
+  // The default reporter counts skipped tests without their names: say why these are not run.
+  if (notRun) console.log(`Citus (${topology}): ${notRun}`)
+
+  describe.skipIf(notRun !== undefined)(`on Citus, ${topology}${notRun ? ` (${notRun})` : ''}`, () => {
+    const server = citus as CitusServer
+    const appRole = `${inject('runId')}_cz_app`
+    let admin: Kysely<any>
+    let app: Kysely<DB>
+    let appUrl: string
+    let auditBefore: AuditReport
+    let auditRowsBefore: Awaited<ReturnType<typeof auditRows>>
+    const auditRows = async () => (await sql<{ id: string; tenant_id: string; seq: string; prev_hash: string; row_hash: string; created_us: string; action: string; signed: boolean }>`
+      select a.id::text as id, a.tenant_id, a.seq::text as seq, encode(a.prev_hash, 'hex') as prev_hash, encode(a.row_hash, 'hex') as row_hash,
+        ((extract(epoch from a.created_at) * 1000000)::bigint)::text as created_us, a.action,
+        exists (select 1 from audit_signatures s where s.tenant_id = a.tenant_id and s.seq = a.seq) as signed
+      from audit_logs a order by a.tenant_id, a.seq`.execute(admin)).rows
+    const sessions: Kysely<DB>[] = []
+    const foreignKeys = async () => (await sql<{ k: string }>`select conrelid::regclass || '.' || conname || ' ' || pg_get_constraintdef(oid) as k
+      from pg_constraint where contype = 'f' and connamespace = 'public'::regnamespace order by 1`.execute(admin)).rows.map((r) => r.k)
+    let keysBefore: string[]
+    const contractLines: string[] = []
+
+    beforeAll(async () => {
+      admin = createDb<any>(server.url, { max: 1 })
+      if (server.shared) await emptied(admin)
+      await sql.raw(LEGACY_SQL + LEGACY_ROWS).execute(admin)
+      for (const migrate of [migrateToLatest, migrateOpen]) {
+        expect(await migrate(admin, { appRole, tenantKeys: [TEST_TENANT_KEY] })).toMatchObject({ status: 'applied' })
+      }
+      await seedTwoTenants(admin)
+      expect(await migrateContract(admin, { appRole, logger: { info: (m) => contractLines.push(m) } })).toMatchObject({ status: 'applied' })
+      await sql.raw(`alter role "${appRole}" password 'test'`).execute(admin)
+      const u = new URL(server.url)
+      u.username = appRole
+      u.password = 'test'
+      appUrl = u.toString()
+      app = createDb<DB>(appUrl, { max: 1, tenantKey: TEST_TENANT_KEY })
+      // Signed audit rows of both tenants on the single-node tables, to be carried over intact.
+      for (const tenant of [A, B]) await withTenant(app, tenant, (trx) => recordAudit(trx, { actorId: null, action: 'before distribute' }))
+      auditBefore = await verifyAuditTrail(admin, { keys: [TEST_AUDIT_KEY] })
+      auditRowsBefore = await auditRows()
+      expect(auditRowsBefore.filter((r) => r.signed).map((r) => r.tenant_id).sort()).toEqual([A, B])
+      keysBefore = await foreignKeys()
+    }, 600_000)
+    afterAll(async () => {
+      await Promise.all(sessions.map((s) => s.destroy()))
+      await app?.destroy()
+      if (server.shared && admin) {
+        await emptied(admin).catch(() => {})
+        await sql.raw(`drop owned by "${appRole}"; drop role if exists "${appRole}"`).execute(admin).catch(() => {})
+      }
+      await admin?.destroy()
+      await server.stop()
+    })
+
+    it('contract (run above, without allowOldAppSessions) takes Citus\'s own sessions for what they are, and still refuses beside an app\'s', async () => {
+      expect(contractLines).toContain('the superuser sessions connected here are Citus\'s own (its maintenance daemon, other nodes\' citus_internal connections): not the single-tenant app')
+      const { rows } = await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity where datname = current_database() and backend_type <> 'client backend'`.execute(admin)
+      expect(rows[0]!.n, 'the maintenance daemon is connected').toBeGreaterThan(0)
+      // A superuser session of anyone else's is still taken for the old app.
+      const other = createDb<any>(server.url, { max: 1 })
+      try {
+        await sql`select 1`.execute(other)
+        expect(await onlyCitusOwnSessions(admin, [])).toBe(false)
+      } finally {
+        await other.destroy()
+      }
+      expect(await onlyCitusOwnSessions(admin, [])).toBe(true)
+    })
+
+    it('distributes the tenant tables by tenant_id in one colocation group beside two reference tables, every key kept; a rerun has nothing to do', async () => {
+      expect(await citusReadiness(admin)).toEqual([])
+      const lines: string[] = []
+      const { distributed } = await distribute(admin, { logger: { info: (m) => lines.push(m) } })
+      expect([...distributed].sort()).toEqual(DISTRIBUTED)
+      const { rows } = await sql<{ t: string; type: string; group: number }>`select table_name::text as t, citus_table_type as type, colocation_id as group
+        from citus_tables order by 1`.execute(admin)
+      expect(rows.filter((r) => r.type === 'distributed').map((r) => r.t).sort()).toEqual(DISTRIBUTED)
+      expect(new Set(rows.filter((r) => r.type === 'distributed').map((r) => r.group)).size).toBe(1)
+      expect(rows.filter((r) => r.type === 'reference').map((r) => r.t).sort()).toEqual(['skills_db.tenant_context_keys', 'tenants'])
+      expect(rows.filter((r) => !['distributed', 'reference'].includes(r.type))).toEqual([])
+      // Every foreign key as it was (distribute drops those between tables it has yet to distribute, and adds them back).
+      expect(await foreignKeys()).toEqual(keysBefore)
+      // The coordinator keeps no copy of the rows: each table's own heap there is empty, and the run said what it freed.
+      const { rows: local } = await sql<{ t: string; bytes: string }>`select logicalrelid::text as t, pg_relation_size(logicalrelid)::text as bytes
+        from pg_dist_partition where partmethod = 'h' order by 1`.execute(admin)
+      expect(local.filter((r) => r.bytes !== '0')).toEqual([])
+      expect(lines.join('\n')).toMatch(/the coordinator's copies of the rows removed: [\d.]+ (kB|MB|bytes) freed/)
+      expect(await distribute(admin)).toEqual({ distributed: [] })
+      expect(await foreignKeys()).toEqual(keysBefore)
+    })
+
+    it('the audit chain is carried over row for row, verifies as before, and a tenant appends to it on the workers', async () => {
+      expect(await auditRows()).toEqual(auditRowsBefore)
+      expect(await verifyAuditTrail(admin, { keys: [TEST_AUDIT_KEY] })).toEqual(auditBefore)
+      await withTenant(app, A, (trx) => recordAudit(trx, { actorId: null, action: 'after distribute' }))
+      const after = await auditRows()
+      const lastOfA = auditRowsBefore.filter((r) => r.tenant_id === A).at(-1)!
+      expect(after.filter((r) => r.tenant_id !== A)).toEqual(auditRowsBefore.filter((r) => r.tenant_id !== A))
+      const added = after.filter((r) => r.tenant_id === A && !auditRowsBefore.some((b) => b.id === r.id))
+      expect(added).toMatchObject([{ seq: String(Number(lastOfA.seq) + 1), prev_hash: lastOfA.row_hash, action: 'after distribute', signed: true }])
+      expect((await verifyAuditTrail(admin, { keys: [TEST_AUDIT_KEY] })).problems).toEqual(auditBefore.problems)
+    })
+
+    it('withTenant reaches the workers: a tenant sees its rows, a query naming the tenant goes to one shard', async () => {
+      const seen = await withTenant(app, A, async (trx) => (await trx.selectFrom('skills').select('tenant_id').execute()).map((r) => r.tenant_id))
+      expect([...new Set(seen)]).toEqual([A])
+      const plan = (await sql<{ 'QUERY PLAN': string }>`explain select * from skills where tenant_id = ${A} and slug = 'lint'`.execute(admin)).rows.map((r) => r['QUERY PLAN']).join('\n')
+      expect(plan).toMatch(/Task Count: 1/)
+    })
+
+    it('SQL of the app role cannot switch tenant or replay a context on the workers', async () => {
+      const stolen = await withTenant(app, A, async (trx) =>
+        (await sql<{ s: string }>`select current_setting('tenant_context.signature') as s`.execute(trx)).rows[0]!.s)
+      const reached = await withTenant(app, A, async (trx) => {
+        await sql`set local app.current_tenant_id = ${sql.raw(`'${B}'`)}`.execute(trx)
+        return (await sql<{ n: number }>`select count(*)::int as n from skills where tenant_id = ${B}`.execute(trx)).rows[0]!.n
+      })
+      expect(reached).toBe(0)
+      const replayed = await app.transaction().execute(async (trx) => {
+        await sql.raw(`set local app.current_tenant_id = '${A}'; set local tenant_context.entered = 'on'; set local tenant_context.signature = '${stolen}'`).execute(trx)
+        return (await sql<{ n: number }>`select count(*)::int as n from skills`.execute(trx)).rows[0]!.n
+      })
+      expect(replayed).toBe(0)
+    })
+
+    // Once distributed, the same proofs as on one server: the policies now run on the workers, against
+    // shards, with a tenant context that must have reached them.
+    describe('on the distributed tables', () => {
+      // Run after distribute (the first test above), and only then: with it failed or filtered out,
+      // the same proofs on tables still local would pass and prove nothing about Citus.
+      beforeAll(async () => {
+        const { rows } = await sql<{ n: number }>`select count(*)::int as n from pg_dist_partition where partmethod = 'h'`.execute(admin)
+        expect(rows[0]!.n, 'the tables are distributed (run the whole file, not one test of it)').toBe(DISTRIBUTED.length)
+      })
+
+      describe('tenant isolation, as the application role', () => {
+        describeIsolationMatrix(() => app, { role: () => appRole, shardNames: true, citus: true })
+      })
+
+      describeInjectionSuite({
+        app: () => app,
+        admin: () => admin,
+        connect: () => {
+          const session = createDb<DB>(appUrl, { max: 1, tenantKey: TEST_TENANT_KEY })
+          sessions.push(session)
+          return session
+        },
+        ownerRole: () => new URL(server.url).username,
+        appRole: () => appRole,
+        shardNames: true,
+        moreAttacks: [
+          ['citus: setting the distributed transaction id', `select assign_distributed_transaction_id(0, 1, now())`],
+          ['citus: the whole worker context by SET LOCAL, signature made up', `set local tenant_context.entered = 'on'; set local app.current_tenant_id = '${B}'; set local tenant_context.signature = 'test:${'0'.repeat(64)}'`],
+          ['citus: naming B on the workers directly', `select run_command_on_workers($$select set_config('app.current_tenant_id', '${B}', false)$$)`],
+          ['citus: reading the shards themselves', `create temp table loot (tenant_id text); do $$ declare s text; begin
+              for s in select shard_name(logicalrelid, shardid) from pg_dist_shard where logicalrelid = 'public.skills'::regclass loop
+                begin execute format('insert into loot select tenant_id from %s', s); exception when others then null; end;
+              end loop; end $$; select * from loot`],
+        ],
+      })
+    })
+  })
+}
+
+/**
+ * Empties a database of CITUS_URL for the suite: what public, skills_db and tenant_context hold,
+ * except what an extension owns (dropping schema public would cascade to the citus extension,
+ * whose views live there).
+ */
+async function emptied(admin: Kysely<any>): Promise<void> {
+  await sql.raw(`drop schema if exists skills_db cascade; drop schema if exists tenant_context cascade;
+    do $$ declare r record; begin
+      for r in select c.oid::regclass as t from pg_class c where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p', 'v', 'm')
+        and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e') loop
+        execute format('drop %s if exists %s cascade', case (select relkind from pg_class where oid = r.t) when 'v' then 'view' when 'm' then 'materialized view' else 'table' end, r.t);
+      end loop;
+      for r in select p.oid::regprocedure as f from pg_proc p where p.pronamespace = 'public'::regnamespace
+        and not exists (select 1 from pg_depend d where d.classid = 'pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e') loop
+        execute format('drop function if exists %s cascade', r.f);
+      end loop;
+    end $$`).execute(admin)
+}
