@@ -1,5 +1,5 @@
 // The runtime: what the multi-tenant app calls.
-export { createDb, openDb, type CreateDbOptions } from './connection/create-db.ts'
+export { createDb, openDb, type CreateDbOptions, type ServerNotice } from './connection/create-db.ts'
 export { ConnectionError } from './connection/connection-error.ts'
 export { withTenant, TenantError, type TenantScope } from './tenancy/with-tenant.ts'
 export { TenantKeyError } from './tenancy/tenant-key.ts'

@@ -5,7 +5,7 @@ import { withMigrationLock } from '../migrator/migration-lock.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { inRun, progress } from '../online/run-context.ts'
 import { citusReadiness, DISTRIBUTED } from './readiness.ts'
-import { CITUS_CHALLENGE, CITUS_CURRENT_TENANT, CITUS_ENTER } from './worker-tenant-context.ts'
+import { CITUS_CHALLENGE, CITUS_COPY_KEYS, CITUS_CURRENT_TENANT, CITUS_ENTER, CITUS_NODE_KEYS } from './worker-tenant-context.ts'
 
 export class DistributeRefused extends Error {
   override name = 'DistributeRefused'
@@ -128,7 +128,17 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         }
         progress(`  the coordinator's copies of the rows removed: ${prettyBytes(freed)} freed`)
 
-        // The workers check the tenant context themselves; the functions the policies call exist on every node.
+        // The workers check the tenant context themselves, with the keys in a table of their own; the
+        // functions the policies call exist on every node.
+        await step('the tenant keys on every node', async () => {
+          await sql`select pg_catalog.set_config('citus.enable_ddl_propagation', 'off', false)`.execute(conn)
+          await CITUS_NODE_KEYS.execute(conn)
+          await sql`revoke all on tenant_context.node_keys from public`.execute(conn)
+          await sql`select pg_catalog.set_config('citus.enable_ddl_propagation', 'on', false)`.execute(conn)
+          await CITUS_COPY_KEYS.execute(conn)
+          await sql`revoke all on function tenant_context.copy_keys_to_nodes() from public`.execute(conn)
+          await sql`select tenant_context.copy_keys_to_nodes()`.execute(conn)
+        })
         await CITUS_CHALLENGE.execute(conn)
         await CITUS_ENTER.execute(conn)
         await CITUS_CURRENT_TENANT.execute(conn)

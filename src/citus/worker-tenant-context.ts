@@ -41,6 +41,14 @@ export const CITUS_CHALLENGE = sql`
   declare
     tx record;
   begin
+    -- With the coordinator in the metadata it holds placements (of the reference tables, here read
+    -- by enter()), which Citus reads by local execution; EXPLAIN later in the transaction then needs
+    -- a connection to this node, which Citus refuses once local execution has been used ("cannot
+    -- execute command because a local execution has accessed a placement in the transaction").
+    -- Connections throughout, for this transaction, on this node only: set_config(), which Citus
+    -- does not propagate (on the workers, triggers on shards reach colocated shards by local
+    -- execution, and only so).
+    perform set_config('citus.enable_local_execution', 'off', true);
     -- Reading a distributed table in a transaction block opens remote transactions, which assigns
     -- this transaction its distributed id.
     perform 1 from public.site_settings s where s.tenant_id = '' limit 1;
@@ -60,12 +68,12 @@ export const CITUS_ENTER = sql`
     active boolean;
     tx record;
   begin
-    if not exists (select 1 from skills_db.tenant_context_keys) then
+    if not exists (select 1 from tenant_context.node_keys) then
       raise exception 'the database holds no tenant context key'
         using errcode = 'insufficient_privilege',
           hint = 'run the migrator with SKILLS_DB_TENANT_KEYS (or tenantKeys) listing the key the app signs with';
     end if;
-    select k.inner_pad, k.outer_pad into pads from skills_db.tenant_context_keys k where k.key_id = signed_with;
+    select k.inner_pad, k.outer_pad into pads from tenant_context.node_keys k where k.key_id = signed_with;
     if not found then
       raise exception 'the tenant context is signed with key "%", which the database does not hold', left(signed_with, 64)
         using errcode = 'insufficient_privilege',
@@ -94,7 +102,6 @@ export const CITUS_CURRENT_TENANT = sql`
   create or replace function tenant_context.current_tenant() returns text
   language plpgsql immutable parallel safe security definer
   set search_path = pg_catalog, pg_temp
-  set citus.allow_nested_distributed_execution = on
   as $$
   declare
     tenant text := current_setting('app.current_tenant_id', true);
@@ -107,10 +114,51 @@ export const CITUS_CURRENT_TENANT = sql`
       return '';
     end if;
     select * into tx from get_current_transaction_id();
-    if exists (select 1 from skills_db.tenant_context_keys k where k.key_id = signed_with
+    if exists (select 1 from tenant_context.node_keys k where k.key_id = signed_with
         and encode(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(tenant || ':' || citus_backend_gpid() || ':'
           || tx.initiator_node_identifier || '.' || tx.transaction_number, 'UTF8'))), 'hex') = substr(signature, length(signed_with) + 2)) then
       return tenant;
     end if;
     return '';
+  end $$`
+
+
+/**
+ * The tenant keys as every node reads them: a plain table of each node's own, out of Citus's
+ * metadata, copied from skills_db.tenant_context_keys (the reference table the migrator writes).
+ * current_tenant() runs inside queries on shards, and EXPLAIN plans them on the workers: a read of
+ * the reference table from there is a distributed read, which Citus ran over a new connection to
+ * the same node inside the same distributed transaction ("the backend has already been assigned a
+ * transaction id"): EXPLAIN printed "Could not get remote plan" and COMMIT failed. A local table
+ * is read like any other.
+ */
+export const CITUS_NODE_KEYS = sql`
+  create table if not exists tenant_context.node_keys (key_id text primary key, inner_pad bytea not null, outer_pad bytea not null)`
+
+/**
+ * Copies the keys onto every node: the coordinator's own table here, each worker's from its own
+ * placement of the reference table (so no key travels in a statement a worker might log). The
+ * migrator calls it after storing keys; until it has, a key just added is refused.
+ */
+export const CITUS_COPY_KEYS = sql`
+  create or replace function tenant_context.copy_keys_to_nodes() returns void
+  language plpgsql volatile security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+  declare
+    failed text;
+  begin
+    delete from tenant_context.node_keys;
+    insert into tenant_context.node_keys select key_id, inner_pad, outer_pad from skills_db.tenant_context_keys;
+    select string_agg(format('%s:%s: %s', nodename, nodeport, result), '; ') into failed
+    from run_command_on_workers($c$
+      create table if not exists tenant_context.node_keys (key_id text primary key, inner_pad bytea not null, outer_pad bytea not null);
+      revoke all on tenant_context.node_keys from public;
+      delete from tenant_context.node_keys;
+      insert into tenant_context.node_keys select key_id, inner_pad, outer_pad from skills_db.tenant_context_keys$c$)
+    where not success;
+    if failed is not null then
+      raise exception 'could not copy the tenant keys onto every worker: %', failed
+        using hint = 'run select tenant_context.copy_keys_to_nodes() as the owner once every worker answers';
+    end if;
   end $$`

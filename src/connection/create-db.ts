@@ -29,6 +29,21 @@ export interface CreateDbOptions {
    * waiting for the other's transaction to end. Default: the server's (none, on most).
    */
   lockTimeoutMs?: number
+  /**
+   * Called with each NOTICE (or WARNING) the server sends on the pool's connections: a RAISE
+   * NOTICE of a function, or Citus's `citus.log_remote_commands`, which says where each statement
+   * of a distributed query went.
+   */
+  onNotice?: (notice: ServerNotice) => void
+}
+
+/** A NOTICE or WARNING of the server, as pg hands it over. */
+export interface ServerNotice {
+  severity?: string
+  code?: string
+  message?: string
+  detail?: string
+  hint?: string
 }
 
 /**
@@ -50,7 +65,10 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
   // A client dying (server restart, pg_terminate_backend) must not crash the process: the query
   // in flight fails with the error anyway, and the pool replaces the client.
   pool.on('error', () => {})
-  pool.on('connect', (client) => client.on('error', () => {}))
+  pool.on('connect', (client) => {
+    client.on('error', () => {})
+    if (options.onNotice) client.on('notice', options.onNotice)
+  })
   const condemn = condemnableSessions(pool)
   const db = new Kysely<T>({ dialect: new PostgresDialect({ pool }) })
   targets.set(db, target)

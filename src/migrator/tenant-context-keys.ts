@@ -33,6 +33,9 @@ export async function storeTenantKeys(db: Kysely<any>, keys: readonly TenantKey[
     }
     progress(`tenant keys stored: ${wanted.map((w) => w.id).join(', ')}`)
   })
+  // Distributed on Citus: every node checks the context with a copy of its own (src/citus/worker-tenant-context.ts).
+  const { rows } = await sql<{ f: string | null }>`select pg_catalog.to_regprocedure('tenant_context.copy_keys_to_nodes()')::text as f`.execute(db)
+  if (rows[0]?.f) await sql`select tenant_context.copy_keys_to_nodes()`.execute(db)
 }
 
 /** The ids of the keys the database holds (never the keys), or undefined before 0008. */

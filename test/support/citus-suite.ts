@@ -90,12 +90,15 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
       expect(rows[0]!.n, 'the maintenance daemon is connected').toBeGreaterThan(0)
       // A superuser session of anyone else's is still taken for the old app.
       const other = createDb<any>(server.url, { max: 1 })
+      let pid = 0
       try {
-        await sql`select 1`.execute(other)
+        pid = (await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(other)).rows[0]!.pid
         expect(await onlyCitusOwnSessions(admin, [])).toBe(false)
       } finally {
         await other.destroy()
       }
+      // Its backend ends a moment after the client leaves.
+      for (let i = 0; i < 100 && (await sql`select 1 from pg_stat_activity where pid = ${pid}`.execute(admin)).rows.length > 0; i++) await new Promise((r) => setTimeout(r, 50))
       expect(await onlyCitusOwnSessions(admin, [])).toBe(true)
     })
 
@@ -138,6 +141,68 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
       expect([...new Set(seen)]).toEqual([A])
       const plan = (await sql<{ 'QUERY PLAN': string }>`explain select * from skills where tenant_id = ${A} and slug = 'lint'`.execute(admin)).rows.map((r) => r['QUERY PLAN']).join('\n')
       expect(plan).toMatch(/Task Count: 1/)
+    })
+
+    it('EXPLAIN and EXPLAIN ANALYZE work inside withTenant, with the remote plans, and its transaction commits', async () => {
+      const id = `explained-${topology}`
+      const plans = await withTenant(app, A, async (trx, { tenantId }) => {
+        const plan = async (q: ReturnType<typeof sql>) => (await q.execute(trx)).rows.map((r: any) => r['QUERY PLAN']).join('\n')
+        const out = [
+          await plan(sql`explain select * from skills where slug = 'lint'`),
+          await plan(sql`explain select * from skills where tenant_id = ${tenantId} and slug = 'lint'`),
+          await plan(sql`explain analyze select count(*) from skills`),
+          await plan(sql`explain (analyze, buffers) select * from skills where tenant_id = ${tenantId} and slug = 'lint'`),
+        ]
+        await trx.insertInto('site_settings').values({ id }).execute()
+        return out
+      })
+      for (const plan of plans) {
+        expect(plan).toMatch(/Task Count: 1/)
+        expect(plan).not.toMatch(/Error|Could not/)
+        expect(plan).toMatch(/Scan .* on skills_\d+/)
+      }
+      expect(plans[2]).toMatch(/actual time=/)
+      const { rows } = await sql<{ n: number }>`select count(*)::int as n from site_settings where id = ${id} and tenant_id = ${A}`.execute(admin)
+      expect(rows[0]!.n).toBe(1)
+    })
+
+    it('each statement of the new app\'s requests goes to one shard: counted in Citus\'s remote commands', async () => {
+      const notices: { message: string; detail: string }[] = []
+      const watched = createDb<DB>(appUrl, { max: 1, tenantKey: TEST_TENANT_KEY, onNotice: (n) => notices.push({ message: n.message ?? '', detail: n.detail ?? '' }) })
+      sessions.push(watched)
+      // The requests of fixtures/new-app.ts, a slug-only lookup and a count with no tenant filter (the
+      // policy's constant prunes them too), and an audit append.
+      const statements: [string, (trx: any, tenantId: string) => Promise<unknown>][] = [
+        ['insert a usage event', (trx) => trx.insertInto('usage_events').values({ id: `ue-${topology}`, tool_name: 'cli', skill_id: 'sA1', user_id: 'uA1', metadata: '{}' }).execute()],
+        ['bump a skill\'s uses', (trx, t) => trx.updateTable('skills').set((eb: any) => ({ total_uses: eb('total_uses', '+', 1) })).where('tenant_id', '=', t).where('id', '=', 'sA1').execute()],
+        ['update a rating, no tenant filter', (trx) => trx.updateTable('ratings').set({ rating: 3 }).where('skill_id', '=', 'sA1').where('user_id', '=', 'uA1').execute()],
+        ['insert a rating', (trx) => sql`insert into ratings (skill_id, user_id, rating) values ('sA2', 'uA1', 4) on conflict do nothing`.execute(trx)],
+        ['look a skill up by tenant and slug', (trx, t) => trx.selectFrom('skills').selectAll().where('tenant_id', '=', t).where('slug', '=', 'lint').execute()],
+        ['look a skill up by slug alone', (trx) => trx.selectFrom('skills').selectAll().where('slug', '=', 'lint').execute()],
+        ['count skills, no filter', (trx) => trx.selectFrom('skills').select((eb: any) => eb.fn.countAll().as('n')).execute()],
+        ['append to the audit trail', (trx) => recordAudit(trx, { actorId: 'uA1', action: 'routing' })],
+      ]
+      const shardsOf: Record<string, string[]> = {}
+      for (const [name, run] of statements) {
+        await withTenant(watched, A, async (trx, { tenantId }) => {
+          await sql`set local citus.log_remote_commands = on`.execute(trx)
+          notices.length = 0
+          await run(trx, tenantId)
+          // The statement's own commands name a shard (table_102008); BEGIN, the propagated SET LOCALs and COMMIT do not.
+          shardsOf[name] = [...new Set(notices.filter((n) => /^issuing /.test(n.message)).flatMap((n) => [...n.message.matchAll(/\b([a-z_]+_\d{6,})\b/g)].map((m) => `${m[1]!.replace(/_\d+$/, '')}@${/:(\d+)/.exec(n.detail)?.[1] ?? '?'}`)))]
+          await sql`set local citus.log_remote_commands = off`.execute(trx)
+        })
+      }
+      for (const [name] of statements) {
+        const nodes = new Set((shardsOf[name] ?? []).map((s) => s.split('@')[1]))
+        expect(shardsOf[name]!.length, `${name}: ${JSON.stringify(shardsOf[name])}`).toBeGreaterThan(0)
+        expect([...nodes], `${name}: one node, ${JSON.stringify(shardsOf[name])}`).toHaveLength(1)
+      }
+      // Every statement of A's went to the node that holds A's shards.
+      expect(new Set(Object.values(shardsOf).flat().map((s) => s.split('@')[1])).size).toBe(1)
+      // The rows the isolation matrix writes itself go again (the audit row cannot: append-only).
+      await sql`delete from ratings where tenant_id = ${A} and skill_id = 'sA2' and user_id = 'uA1'`.execute(admin)
+      await sql`delete from usage_events where tenant_id = ${A} and id = ${`ue-${topology}`}`.execute(admin)
     })
 
     it('SQL of the app role cannot switch tenant or replay a context on the workers', async () => {
