@@ -5,15 +5,12 @@ import { withMigrationLock } from '../migrator/migration-lock.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { inRun, progress } from '../online/run-context.ts'
 import { citusReadiness, DISTRIBUTED } from './readiness.ts'
+import { exists, isDistributed, isReference, step, withoutTriggers } from './steps.ts'
+export { DistributeFailed } from './steps.ts'
 import { CITUS_CHALLENGE, CITUS_COPY_KEYS, CITUS_CURRENT_TENANT, CITUS_ENTER, CITUS_NODE_KEYS } from './worker-tenant-context.ts'
 
 export class DistributeRefused extends Error {
   override name = 'DistributeRefused'
-}
-
-/** A statement of distribute failed on the server; the message carries Citus's DETAIL and HINT. */
-export class DistributeFailed extends Error {
-  override name = 'DistributeFailed'
 }
 
 export interface DistributeOptions {
@@ -23,6 +20,9 @@ export interface DistributeOptions {
 }
 
 const FOREIGN_KEYS = 'citus_foreign_keys'
+/** The single-node tenant-context functions distribute replaced, as `[{ fn, def }]`: what undistribute puts back. */
+export const REPLACED_FUNCTIONS = 'citus_replaced_functions'
+export const TENANT_CONTEXT_FUNCTIONS = ['tenant_context.current_tenant()', 'tenant_context.challenge()', 'tenant_context.enter(text, text)']
 
 /**
  * Scales the contracted schema out on Citus: `tenants` and the tenant keys become reference tables
@@ -139,10 +139,16 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
           await sql`revoke all on function tenant_context.copy_keys_to_nodes() from public`.execute(conn)
           await sql`select tenant_context.copy_keys_to_nodes()`.execute(conn)
         })
+        // The single-node versions, for undistribute to put back (recorded once: a rerun finds Citus's).
+        if (!(await readRecorded(conn, REPLACED_FUNCTIONS))) {
+          const { rows: defs } = await sql<{ fn: string; def: string }>`select p.oid::regprocedure::text as fn, pg_catalog.pg_get_functiondef(p.oid) as def
+            from pg_catalog.pg_proc p where p.oid = any(array[${sql.join(TENANT_CONTEXT_FUNCTIONS.map((f) => sql`pg_catalog.to_regprocedure(${f})`))}]) order by 1`.execute(conn)
+          await record(conn, REPLACED_FUNCTIONS, JSON.stringify(defs), { replace: true })
+        }
         await CITUS_CHALLENGE.execute(conn)
         await CITUS_ENTER.execute(conn)
         await CITUS_CURRENT_TENANT.execute(conn)
-        for (const fn of ['tenant_context.current_tenant()', 'tenant_context.challenge()', 'tenant_context.enter(text, text)']) {
+        for (const fn of TENANT_CONTEXT_FUNCTIONS) {
           await sql`select create_distributed_function(${fn}::regprocedure)`.execute(conn)
         }
         await sql`revoke all on function tenant_context.challenge() from public`.execute(conn)
@@ -158,27 +164,6 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
   }))
 }
 
-/**
- * Runs `fn` (a create_*_table, which copies the table's rows into its new shards) in one
- * transaction with the table's own triggers off, each put back as it was. The shards get the
- * triggers, and Citus's copy fires them there: audit_logs' stamp gave every copied row a new seq
- * and hash (the chain no longer verified), tenants' guard refused the copy of its rows. The
- * ALTER TABLE's lock keeps the app's writes out until the commit, so none is written unstamped.
- */
-async function withoutTriggers<T>(conn: Kysely<any>, table: string, fn: (trx: Kysely<any>) => Promise<T>): Promise<T> {
-  return conn.transaction().execute(async (trx) => {
-    const { rows } = await sql<{ name: string; enabled: string }>`select tgname as name, tgenabled as enabled from pg_catalog.pg_trigger
-      where tgrelid = ${table}::regclass and not tgisinternal and tgenabled <> 'D' order by 1`.execute(trx)
-    for (const t of rows) await sql`alter table ${sql.table(table)} disable trigger ${sql.id(t.name)}`.execute(trx)
-    const result = await fn(trx)
-    for (const t of rows) {
-      const mode = t.enabled === 'A' ? sql`enable always` : t.enabled === 'R' ? sql`enable replica` : sql`enable`
-      await sql`alter table ${sql.table(table)} ${mode} trigger ${sql.id(t.name)}`.execute(trx)
-    }
-    return result
-  })
-}
-
 async function asyncFilter<T>(items: T[], keep: (item: T) => Promise<boolean>): Promise<T[]> {
   const kept: T[] = []
   for (const item of items) if (await keep(item)) kept.push(item)
@@ -187,26 +172,9 @@ async function asyncFilter<T>(items: T[], keep: (item: T) => Promise<boolean>): 
 
 const CHAIN_HEADS = 'skills_db.audit_chain_heads'
 
-async function exists(db: Kysely<any>, table: string): Promise<boolean> {
-  const { rows } = await sql<{ t: string | null }>`select pg_catalog.to_regclass(${table})::text as t`.execute(db)
-  return rows[0]?.t != null
-}
-
 async function firstDistributed(db: Kysely<any>, tables: string[]): Promise<string | undefined> {
   for (const table of tables) if (await isDistributed(db, table)) return table
   return undefined
-}
-
-/** Distributed by hash (a Citus local table, which Citus makes of a table referencing a reference table, is not). */
-async function isDistributed(db: Kysely<any>, table: string): Promise<boolean> {
-  const { rows } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass and partmethod = 'h'`.execute(db)
-  return rows.length > 0
-}
-
-/** A reference table: a copy on every node. */
-async function isReference(db: Kysely<any>, table: string): Promise<boolean> {
-  const { rows } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass and partmethod = 'n' and repmodel = 't'`.execute(db)
-  return rows.length > 0
 }
 
 /** The bytes the coordinator's own copy of `table` takes (0 when its heap is empty: only its indexes' first pages). */
@@ -218,23 +186,6 @@ async function localSize(db: Kysely<any>, table: string): Promise<number> {
 
 function prettyBytes(n: number): string {
   return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MB` : n >= 1024 ? `${Math.round(n / 1024)} kB` : `${n} bytes`
-}
-
-/**
- * Runs one statement of distribute, announced first (a run killed there is known by its last
- * line). An error of the server keeps what Citus said besides its message (its DETAIL and HINT
- * name the cause), and says that a rerun takes it from there.
- */
-async function step<T>(what: string, run: () => Promise<T>): Promise<T> {
-  progress(`  ${what}`)
-  try {
-    return await run()
-  } catch (error) {
-    const e = error as Error & { detail?: string; hint?: string; code?: string }
-    if (!e.code) throw error
-    const said = [e.message, e.detail, e.hint && `hint: ${e.hint}`].filter(Boolean).join('; ')
-    throw new DistributeFailed(`${what}: ${said.replace(/\s*\n\s*/g, ' ')} (what was done before it stays; run distribute again once this is fixed, and it goes on from there)`, { cause: error })
-  }
 }
 
 /**

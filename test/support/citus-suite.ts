@@ -6,11 +6,15 @@ import { recordAudit } from '../../src/audit/record-audit.ts'
 import { verifyAuditTrail, type AuditReport } from '../../src/audit/verify-audit.ts'
 import { citusReadiness } from '../../src/citus/readiness.ts'
 import { distribute } from '../../src/citus/distribute.ts'
+import { undistribute } from '../../src/citus/undistribute.ts'
+import { rowDigests } from '../../fixtures/legacy.ts'
+import { runScript } from './cli.ts'
 import { onlyCitusOwnSessions } from '../../src/citus/own-sessions.ts'
 import { createDb } from '../../src/connection/create-db.ts'
 import type { DB } from '../../src/db-types.ts'
 import { migrateContract, migrateOpen, migrateToLatest } from '../../src/migrator/migrate.ts'
 import { withTenant } from '../../src/tenancy/with-tenant.ts'
+import { takeCatalogSnapshot, type CatalogSnapshot } from './catalog-snapshot.ts'
 import { startCitusServer, type CitusServer } from './citus-server.ts'
 import { describeInjectionSuite } from './injection-suite.ts'
 import { describeIsolationMatrix } from './isolation-matrix.ts'
@@ -49,6 +53,7 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
     const foreignKeys = async () => (await sql<{ k: string }>`select conrelid::regclass || '.' || conname || ' ' || pg_get_constraintdef(oid) as k
       from pg_constraint where contype = 'f' and connamespace = 'public'::regnamespace order by 1`.execute(admin)).rows.map((r) => r.k)
     let keysBefore: string[]
+    let contracted: CatalogSnapshot
     const contractLines: string[] = []
 
     beforeAll(async () => {
@@ -72,6 +77,7 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
       auditRowsBefore = await auditRows()
       expect(auditRowsBefore.filter((r) => r.signed).map((r) => r.tenant_id).sort()).toEqual([A, B])
       keysBefore = await foreignKeys()
+      contracted = await takeCatalogSnapshot(admin, { appRole })
     }, 600_000)
     afterAll(async () => {
       await Promise.all(sessions.map((s) => s.destroy()))
@@ -254,6 +260,36 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
                 begin execute format('insert into loot select tenant_id from %s', s); exception when others then null; end;
               end loop; end $$; select * from loot`],
         ],
+      })
+    })
+
+    // Last: it takes the tables off Citus.
+    describe('undistribute, then distribute again', () => {
+      it('undistribute returns to the contracted schema (the whole catalog compared) with every row, and says so; a rerun has nothing to do', async () => {
+        const tables = [...DISTRIBUTED, 'tenants', 'skills_db.tenant_context_keys']
+        const rowsBefore = await rowDigests(admin, tables)
+        const cli = await runScript(['undistribute'], { DATABASE_URL: server.url })
+        expect(cli.code, cli.stderr).toBe(0)
+        expect(cli.stdout).toMatch(/^back on this node: /m)
+        const { rows } = await sql<{ n: number }>`select count(*)::int as n from pg_dist_partition`.execute(admin)
+        expect(rows[0]!.n).toBe(0)
+        const now = await takeCatalogSnapshot(admin, { appRole })
+        expect(now.policies.length).toBeGreaterThan(10)
+        expect(now).toEqual(contracted)
+        expect(await rowDigests(admin, tables)).toEqual(rowsBefore)
+        expect(await undistribute(admin)).toEqual({ undistributed: [] })
+        // The single-node tenant context works again.
+        const seen = await withTenant(app, A, async (trx) => (await trx.selectFrom('skills').select('tenant_id').execute()).map((r) => r.tenant_id))
+        expect([...new Set(seen)]).toEqual([A])
+      })
+
+      it('distribute again: the same tables, one colocation group, the tenant context on the workers', async () => {
+        expect([...(await distribute(admin)).distributed].sort()).toEqual(DISTRIBUTED)
+        const { rows } = await sql<{ n: number }>`select count(distinct colocation_id)::int as n from citus_tables where citus_table_type = 'distributed'`.execute(admin)
+        expect(rows[0]!.n).toBe(1)
+        const seen = await withTenant(app, B, async (trx) => (await trx.selectFrom('skills').select('tenant_id').execute()).map((r) => r.tenant_id))
+        expect([...new Set(seen)]).toEqual([B])
+        expect(await foreignKeys()).toEqual(keysBefore)
       })
     })
   })

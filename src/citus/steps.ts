@@ -1,0 +1,62 @@
+import { sql, type Kysely } from 'kysely'
+import { progress } from '../online/run-context.ts'
+
+/** A statement of distribute or undistribute failed on the server; the message carries Citus's DETAIL and HINT. */
+export class DistributeFailed extends Error {
+  override name = 'DistributeFailed'
+}
+
+/**
+ * Runs one statement of distribute or undistribute, announced first (a run killed there is known by its last
+ * line). An error of the server keeps what Citus said besides its message (its DETAIL and HINT
+ * name the cause), and says that a rerun takes it from there.
+ */
+export async function step<T>(what: string, run: () => Promise<T>): Promise<T> {
+  progress(`  ${what}`)
+  try {
+    return await run()
+  } catch (error) {
+    const e = error as Error & { detail?: string; hint?: string; code?: string }
+    if (!e.code) throw error
+    const said = [e.message, e.detail, e.hint && `hint: ${e.hint}`].filter(Boolean).join('; ')
+    throw new DistributeFailed(`${what}: ${said.replace(/\s*\n\s*/g, ' ')} (what was done before it stays; run the command again once this is fixed, and it goes on from there)`, { cause: error })
+  }
+}
+
+/**
+ * Runs `fn` (a create_*_table, which copies the table's rows into its new shards) in one
+ * transaction with the table's own triggers off, each put back as it was. The shards get the
+ * triggers, and Citus's copy fires them there: audit_logs' stamp gave every copied row a new seq
+ * and hash (the chain no longer verified), tenants' guard refused the copy of its rows. The
+ * ALTER TABLE's lock keeps the app's writes out until the commit, so none is written unstamped.
+ */
+export async function withoutTriggers<T>(conn: Kysely<any>, table: string, fn: (trx: Kysely<any>) => Promise<T>): Promise<T> {
+  return conn.transaction().execute(async (trx) => {
+    const { rows } = await sql<{ name: string; enabled: string }>`select tgname as name, tgenabled as enabled from pg_catalog.pg_trigger
+      where tgrelid = ${table}::regclass and not tgisinternal and tgenabled <> 'D' order by 1`.execute(trx)
+    for (const t of rows) await sql`alter table ${sql.table(table)} disable trigger ${sql.id(t.name)}`.execute(trx)
+    const result = await fn(trx)
+    for (const t of rows) {
+      const mode = t.enabled === 'A' ? sql`enable always` : t.enabled === 'R' ? sql`enable replica` : sql`enable`
+      await sql`alter table ${sql.table(table)} ${mode} trigger ${sql.id(t.name)}`.execute(trx)
+    }
+    return result
+  })
+}
+
+export async function exists(db: Kysely<any>, table: string): Promise<boolean> {
+  const { rows } = await sql<{ t: string | null }>`select pg_catalog.to_regclass(${table})::text as t`.execute(db)
+  return rows[0]?.t != null
+}
+
+/** Distributed by hash (a Citus local table, which Citus makes of a table referencing a reference table, is not). */
+export async function isDistributed(db: Kysely<any>, table: string): Promise<boolean> {
+  const { rows } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass and partmethod = 'h'`.execute(db)
+  return rows.length > 0
+}
+
+/** A reference table: a copy on every node. */
+export async function isReference(db: Kysely<any>, table: string): Promise<boolean> {
+  const { rows } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass and partmethod = 'n' and repmodel = 't'`.execute(db)
+  return rows.length > 0
+}

@@ -1,0 +1,95 @@
+import { sql, type Kysely } from 'kysely'
+import { withMigrationLock } from '../migrator/migration-lock.ts'
+import type { MigrationLogger } from '../migrator/migration-logger.ts'
+import { appRoleName } from '../online/app-role.ts'
+import { forget, readRecorded } from '../online/recorded-settings.ts'
+import { inRun, progress } from '../online/run-context.ts'
+import { DistributeRefused, REPLACED_FUNCTIONS } from './distribute.ts'
+import { step, withoutTriggers } from './steps.ts'
+
+export interface UndistributeOptions {
+  logger?: MigrationLogger
+}
+
+/** skills-db's schemas: the tables distribute put into Citus's metadata are all in them. */
+const OURS = ['public', 'skills_db', 'tenant_context']
+
+/**
+ * Undoes `distribute`: every table back to a plain table of this node with all its rows, keys,
+ * policies, triggers and grants (Citus's undistribute_table, with the connected tables), the
+ * columns' statistics targets as they were, the single-node tenant context functions distribute
+ * recorded, the keys' per-node copies and the app role's Citus setting gone. The schema is then
+ * the contracted one again (test/support/citus-suite.ts compares the catalog), and `distribute`
+ * can run again. The citus extension stays.
+ *
+ * Idempotent: a rerun after a kill does what is left. Each table moves in one transaction of its
+ * own, with its triggers off (the copy would fire the audit stamp on every row again), and the
+ * tenant context goes back last, once no table is distributed.
+ */
+export async function undistribute(db: Kysely<any>, options: UndistributeOptions = {}): Promise<{ undistributed: string[] }> {
+  return inRun(options.logger ? { logger: options.logger } : {}, () => db.connection().execute(async (conn) => {
+    const { rows } = await sql<{ v: string | null }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
+    if (!rows[0]?.v) throw new DistributeRefused('this database has no citus extension, so nothing is distributed: nothing was changed')
+    await sql`select pg_catalog.set_config('skills_db.all_tenants', 'on', false), pg_catalog.set_config('search_path', 'public', false),
+      pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', false)`.execute(conn)
+    try {
+      return await withMigrationLock(conn, async () => {
+        // The statistics targets as distribute left them (0015 turned statistics off on the columns the
+        // app role reads); undistribute_table makes new tables, which would keep statistics again.
+        const { rows: targets } = await sql<{ table: string; column: string; target: number }>`
+          select c.oid::regclass::text as table, a.attname as column, a.attstattarget as target
+          from pg_catalog.pg_dist_partition p join pg_catalog.pg_class c on c.oid = p.logicalrelid
+            join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+          where c.relnamespace::regnamespace::text = any(${OURS}) and a.attstattarget >= 0
+          order by 1, 2`.execute(conn)
+        const undistributed: string[] = []
+        for (;;) {
+          // One table at a time, with those it is joined to by foreign keys (Citus moves them together).
+          const { rows: left } = await sql<{ table: string }>`select p.logicalrelid::regclass::text as table from pg_catalog.pg_dist_partition p
+            join pg_catalog.pg_class c on c.oid = p.logicalrelid
+            where c.relnamespace::regnamespace::text = any(${OURS}) order by (p.partmethod = 'n') desc, 1 limit 1`.execute(conn)
+          const table = left[0]?.table
+          if (!table) break
+          const before = await citusTables(conn)
+          await step(`${table}: back to a table of this node, with the tables its foreign keys join it to`, () =>
+            withoutTriggers(conn, table, (trx) => sql`select undistribute_table(${table}::regclass, cascade_via_foreign_keys => true)`.execute(trx)))
+          const after = new Set(await citusTables(conn))
+          undistributed.push(...before.filter((t) => !after.has(t)))
+        }
+        for (const t of targets) {
+          const { rows: now } = await sql<{ target: number }>`select attstattarget as target from pg_catalog.pg_attribute
+            where attrelid = ${t.table}::regclass and attname = ${t.column}`.execute(conn)
+          if (now[0] && now[0].target !== t.target) {
+            await sql`alter table ${sql.raw(t.table)} alter column ${sql.id(t.column)} set statistics ${sql.lit(t.target)}`.execute(conn)
+          }
+        }
+        if (targets.length > 0) progress(`  statistics targets as they were on ${new Set(targets.map((t) => t.table)).size} table(s)`)
+
+        const recorded = await readRecorded(conn, REPLACED_FUNCTIONS)
+        if (recorded) {
+          await step('the single-node tenant context functions back', async () => {
+            for (const { def } of JSON.parse(recorded) as { fn: string; def: string }[]) await sql.raw(def).execute(conn)
+          })
+        }
+        await step('the per-node copies of the tenant keys dropped', async () => {
+          await sql`select run_command_on_workers('drop table if exists tenant_context.node_keys')`.execute(conn)
+          await sql`drop function if exists tenant_context.copy_keys_to_nodes()`.execute(conn)
+          await sql`drop table if exists tenant_context.node_keys`.execute(conn)
+        })
+        const app = await appRoleName(conn)
+        await sql`alter role ${sql.id(app)} reset citus.propagate_set_commands`.execute(conn)
+        await forget(conn, REPLACED_FUNCTIONS)
+        progress(`  tenant context: the single-node one; ${app}'s Citus setting reset`)
+        return { undistributed }
+      })
+    } finally {
+      await sql`rollback`.execute(conn).catch(() => {})
+      await sql`reset all`.execute(conn).catch(() => {})
+    }
+  }))
+}
+
+async function citusTables(db: Kysely<any>): Promise<string[]> {
+  const { rows } = await sql<{ t: string }>`select logicalrelid::regclass::text as t from pg_catalog.pg_dist_partition order by 1`.execute(db)
+  return rows.map((r) => r.t)
+}
