@@ -4,13 +4,14 @@ import { check } from './commands/check.ts'
 import { codegen } from './commands/codegen.ts'
 import { distributeCommand } from './commands/distribute.ts'
 import { undistributeCommand } from './commands/undistribute.ts'
+import { isolateTenantCommand } from './commands/isolate-tenant.ts'
 import { make } from './commands/make.ts'
 import { contract, down, latest, open, up } from './commands/migrate.ts'
 import { status } from './commands/status.ts'
 import { verify } from './commands/verify.ts'
 import { commandHelp, parseCommandLine, UsageError, type Command } from './command.ts'
 
-const COMMANDS: Command[] = [latest, up, down, open, contract, status, check, audit, distributeCommand, undistributeCommand, make, codegen, verify]
+const COMMANDS: Command[] = [latest, up, down, open, contract, status, check, audit, distributeCommand, undistributeCommand, isolateTenantCommand, make, codegen, verify]
 
 const VERSION = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 

@@ -50,6 +50,11 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         exists (select 1 from audit_signatures s where s.tenant_id = a.tenant_id and s.seq = a.seq) as signed
       from audit_logs a order by a.tenant_id, a.seq`.execute(admin)).rows
     const sessions: Kysely<DB>[] = []
+    const rowCounts = async () => {
+      const out: Record<string, number> = {}
+      for (const t of [...DISTRIBUTED, 'tenants']) out[t.replace(/^public\./, '')] = (await sql<{ n: number }>`select count(*)::int as n from ${sql.table(t)}`.execute(admin)).rows[0]!.n
+      return out
+    }
     const foreignKeys = async () => (await sql<{ k: string }>`select conrelid::regclass || '.' || conname || ' ' || pg_get_constraintdef(oid) as k
       from pg_constraint where contype = 'f' and connamespace = 'public'::regnamespace order by 1`.execute(admin)).rows.map((r) => r.k)
     let keysBefore: string[]
@@ -261,6 +266,72 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
               end loop; end $$; select * from loot`],
         ],
       })
+    })
+
+    describe('a tenant isolated onto shards of its own, under the new app\'s load', () => {
+      it('isolate-tenant moves A, with the load of both tenants running: 0 errors, every row, the chain intact, A alone on its shards, still one shard per query', async () => {
+        const countsBefore = await rowCounts()
+        const auditBeforeRows = await auditRows()
+        const problemsBefore = (await verifyAuditTrail(admin, { keys: [TEST_AUDIT_KEY] })).problems
+        const loadDb = createDb<DB>(appUrl, { max: 4, tenantKey: TEST_TENANT_KEY })
+        sessions.push(loadDb)
+        let stop = false
+        const done = { requests: 0, inserted: 0, audited: 0 }
+        const errors: string[] = []
+        const worker = async (tenant: string, n: number) => {
+          for (let i = 0; !stop; i++) {
+            try {
+              await withTenant(loadDb, tenant, async (trx, { tenantId }) => {
+                const skill = tenant === A ? 'sA1' : 'sB1'
+                const user = tenant === A ? 'uA1' : 'uB1'
+                await trx.selectFrom('skills').selectAll().where('tenant_id', '=', tenantId).where('slug', '=', 'lint').execute()
+                await trx.insertInto('usage_events').values({ id: `load-${topology}-${tenant}-${n}-${i}`, tool_name: 'cli', skill_id: skill, user_id: user, metadata: '{}' }).execute()
+                await trx.updateTable('skills').set((eb) => ({ total_uses: eb('total_uses', '+', 1) })).where('tenant_id', '=', tenantId).where('id', '=', skill).execute()
+                if (i % 5 === 0) await recordAudit(trx, { actorId: user, action: 'under load' })
+              })
+              done.requests++
+              done.inserted++
+              if (i % 5 === 0) done.audited++
+            } catch (error) {
+              errors.push(`${tenant}: ${(error as Error).message}`)
+            }
+          }
+        }
+        const load = Promise.all([worker(A, 1), worker(B, 1), worker(A, 2), worker(B, 2)])
+        await new Promise((r) => setTimeout(r, 300))
+        const cli = await runScript(['isolate-tenant', A], { DATABASE_URL: server.url })
+        await new Promise((r) => setTimeout(r, 300))
+        stop = true
+        await load
+        expect(cli.code, cli.stderr).toBe(0)
+        expect(cli.stdout).toMatch(new RegExp(`^isolated: tenant ${A}, ${DISTRIBUTED.length} shard\\(s\\) of its own on `, 'm'))
+        expect(errors).toEqual([])
+        expect(done.requests).toBeGreaterThan(10)
+        // Every row: those before, and each the load wrote.
+        const countsAfter = await rowCounts()
+        expect(countsAfter).toEqual({ ...countsBefore, usage_events: countsBefore.usage_events! + done.inserted, audit_logs: countsBefore.audit_logs! + done.audited, audit_signatures: countsBefore.audit_signatures! + done.audited })
+        // The chain: the rows before unchanged (the split's copy fired no stamp), the load's appended, nothing new wrong.
+        const after = await auditRows()
+        expect(after.filter((r) => auditBeforeRows.some((b) => b.id === r.id))).toEqual(auditBeforeRows)
+        expect((await verifyAuditTrail(admin, { keys: [TEST_AUDIT_KEY] })).problems).toEqual(problemsBefore)
+        // A's shard of every colocated table holds A's hash value alone, and A's rows only.
+        const { rows: own } = await sql<{ t: string; own: boolean }>`select p.logicalrelid::regclass::text as t, s.shardminvalue = s.shardmaxvalue as own
+          from pg_dist_partition p join pg_dist_shard s on s.shardid = get_shard_id_for_distribution_column(p.logicalrelid, ${A}::text)
+          where p.partmethod = 'h' order by 1`.execute(admin)
+        expect(own).toEqual(DISTRIBUTED.map((t) => ({ t, own: true })))
+        // Isolation and routing as before.
+        const seen = await withTenant(app, A, async (trx) => (await trx.selectFrom('usage_events').select('tenant_id').execute()).map((r) => r.tenant_id))
+        expect([...new Set(seen)]).toEqual([A])
+        const plan = await withTenant(app, A, async (trx) => (await sql<{ 'QUERY PLAN': string }>`explain select * from skills where slug = 'lint'`.execute(trx)).rows.map((r) => r['QUERY PLAN']).join('\n'))
+        expect(plan).toMatch(/Task Count: 1/)
+        // A rerun has nothing to do.
+        const again = await runScript(['isolate-tenant', A], { DATABASE_URL: server.url })
+        expect(again.stdout).toMatch(/^already isolated: /m)
+        // Bad input: one line, exit 1, nothing changed.
+        const unknown = await runScript(['isolate-tenant', 'no-such-tenant'], { DATABASE_URL: server.url })
+        expect(unknown.code).toBe(1)
+        expect(unknown.stderr.trim()).toBe('error: there is no tenant "no-such-tenant": nothing was changed')
+      }, 180_000)
     })
 
     // Last: it takes the tables off Citus.

@@ -1,0 +1,76 @@
+import { sql, type Kysely } from 'kysely'
+import { withMigrationLock } from '../migrator/migration-lock.ts'
+import type { MigrationLogger } from '../migrator/migration-logger.ts'
+import { inRun, progress } from '../online/run-context.ts'
+import { DistributeRefused } from './distribute.ts'
+import { step } from './steps.ts'
+
+export interface IsolateTenantOptions {
+  logger?: MigrationLogger
+}
+
+export interface IsolatedTenant {
+  tenantId: string
+  /** The tenant's shard of each colocated table: it holds that tenant's rows only. */
+  shards: { table: string; shardId: string; node: string }[]
+  /** It already had shards of its own: nothing was moved. */
+  already: boolean
+}
+
+/**
+ * Gives one tenant shards of its own in every colocated table (Citus's isolate_tenant_to_new_shard
+ * with CASCADE: the shard that holds its hash value is split in three, its own in the middle), on
+ * the node that held it; move them with citus_move_shard_placement or let the rebalancer
+ * (citus_rebalance_start) spread them. Writes to the shards it splits wait while it copies them
+ * (Citus's block_writes); reads go on. Its queries still go to one shard.
+ * Idempotent: a tenant with shards of its own is left as it is.
+ */
+export async function isolateTenant(db: Kysely<any>, tenantId: string, options: IsolateTenantOptions = {}): Promise<IsolatedTenant> {
+  return inRun(options.logger ? { logger: options.logger } : {}, () => db.connection().execute(async (conn) => {
+    const { rows: ext } = await sql<{ v: string | null }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
+    if (!ext[0]?.v) throw new DistributeRefused('this database has no citus extension: isolate-tenant moves a tenant between shards of a distributed database (skills-db distribute first)')
+    await sql`select pg_catalog.set_config('skills_db.all_tenants', 'on', false), pg_catalog.set_config('search_path', 'public', false)`.execute(conn)
+    try {
+      return await withMigrationLock(conn, async () => {
+        const { rows: anchor } = await sql<{ t: string }>`select p.logicalrelid::regclass::text as t from pg_catalog.pg_dist_partition p
+          where p.partmethod = 'h' and p.logicalrelid = 'public.users'::regclass`.execute(conn)
+        if (!anchor[0]) throw new DistributeRefused('the tables are not distributed: run skills-db distribute first')
+        const { rows: known } = await sql`select 1 from public.tenants where id = ${tenantId}`.execute(conn)
+        if (known.length === 0) throw new DistributeRefused(`there is no tenant "${tenantId.slice(0, 64)}": nothing was changed`)
+        const already = await ownShard(conn, tenantId)
+        if (!already) {
+          // block_writes: the writes to the shards it splits (the tenant's and its hash neighbours') wait for
+          // the copy of one shard in each table. The logical mode ('auto') hung here under the app's load:
+          // its replication slot waits for the transactions open at its start to end, and the load's
+          // did not (test/support/citus-suite.ts); not offered until that is understood.
+          await step(`tenant ${tenantId}: shards of its own in every colocated table (writes to the shards split wait for the copy)`, () =>
+            sql`select isolate_tenant_to_new_shard('public.users'::regclass, ${tenantId}::text, 'CASCADE', shard_transfer_mode => 'block_writes')`.execute(conn))
+        }
+        const shards = await shardsOf(conn, tenantId)
+        progress(`  tenant ${tenantId}${already ? ' already had' : ' has'} shards of its own on ${[...new Set(shards.map((s) => s.node))].join(', ')}: ${shards.map((s) => `${s.table} ${s.shardId}`).join(', ')}`)
+        return { tenantId, shards, already }
+      })
+    } finally {
+      await sql`rollback`.execute(conn).catch(() => {})
+      await sql`reset all`.execute(conn).catch(() => {})
+    }
+  }))
+}
+
+/** Whether the tenant's shard of users covers its hash value alone. */
+async function ownShard(db: Kysely<any>, tenantId: string): Promise<boolean> {
+  const { rows } = await sql<{ own: boolean }>`select s.shardminvalue = s.shardmaxvalue as own from pg_catalog.pg_dist_shard s
+    where s.shardid = get_shard_id_for_distribution_column('public.users'::regclass, ${tenantId}::text)`.execute(db)
+  return rows[0]?.own === true
+}
+
+async function shardsOf(db: Kysely<any>, tenantId: string): Promise<IsolatedTenant['shards']> {
+  const { rows } = await sql<{ table: string; shard_id: string; node: string }>`
+    select p.logicalrelid::regclass::text as table, s.shardid::text as shard_id, n.nodename || ':' || n.nodeport as node
+    from pg_catalog.pg_dist_partition p
+      join pg_catalog.pg_dist_shard s on s.shardid = get_shard_id_for_distribution_column(p.logicalrelid, ${tenantId}::text)
+      join pg_catalog.pg_dist_placement pl on pl.shardid = s.shardid join pg_catalog.pg_dist_node n on n.groupid = pl.groupid
+    where p.partmethod = 'h' and p.colocationid = (select colocationid from pg_catalog.pg_dist_partition where logicalrelid = 'public.users'::regclass)
+    order by 1`.execute(db)
+  return rows.map((r) => ({ table: r.table, shardId: r.shard_id, node: r.node }))
+}
