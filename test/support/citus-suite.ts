@@ -62,20 +62,7 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
     const contractLines: string[] = []
 
     beforeAll(async () => {
-      admin = createDb<any>(server.url, { max: 1 })
-      if (server.shared) await emptied(admin)
-      await sql.raw(LEGACY_SQL + LEGACY_ROWS).execute(admin)
-      for (const migrate of [migrateToLatest, migrateOpen]) {
-        expect(await migrate(admin, { appRole, tenantKeys: [TEST_TENANT_KEY] })).toMatchObject({ status: 'applied' })
-      }
-      await seedTwoTenants(admin)
-      expect(await migrateContract(admin, { appRole, logger: { info: (m) => contractLines.push(m) } })).toMatchObject({ status: 'applied' })
-      await sql.raw(`alter role "${appRole}" password 'test'`).execute(admin)
-      const u = new URL(server.url)
-      u.username = appRole
-      u.password = 'test'
-      appUrl = u.toString()
-      app = createDb<DB>(appUrl, { max: 1, tenantKey: TEST_TENANT_KEY })
+      ;({ admin, app, appUrl } = await contractedOnCitus(server, appRole, contractLines))
       // Signed audit rows of both tenants on the single-node tables, to be carried over intact.
       for (const tenant of [A, B]) await withTenant(app, tenant, (trx) => recordAudit(trx, { actorId: null, action: 'before distribute' }))
       auditBefore = await verifyAuditTrail(admin, { keys: [TEST_AUDIT_KEY] })
@@ -367,11 +354,32 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
 }
 
 /**
+ * The legacy database on the Citus coordinator, migrated as a user would (latest, open, two
+ * tenants, contract without allowOldAppSessions), with the app role's pool (password 'test').
+ */
+export async function contractedOnCitus(server: CitusServer, appRole: string, contractLines: string[] = []): Promise<{ admin: Kysely<any>; app: Kysely<DB>; appUrl: string }> {
+  const admin = createDb<any>(server.url, { max: 1 })
+  if (server.shared) await emptied(admin)
+  await sql.raw(LEGACY_SQL + LEGACY_ROWS).execute(admin)
+  for (const migrate of [migrateToLatest, migrateOpen]) {
+    expect(await migrate(admin, { appRole, tenantKeys: [TEST_TENANT_KEY] })).toMatchObject({ status: 'applied' })
+  }
+  await seedTwoTenants(admin)
+  expect(await migrateContract(admin, { appRole, logger: { info: (m) => contractLines.push(m) } })).toMatchObject({ status: 'applied' })
+  await sql.raw(`alter role "${appRole}" password 'test'`).execute(admin)
+  const u = new URL(server.url)
+  u.username = appRole
+  u.password = 'test'
+  const appUrl = u.toString()
+  return { admin, app: createDb<DB>(appUrl, { max: 1, tenantKey: TEST_TENANT_KEY }), appUrl }
+}
+
+/**
  * Empties a database of CITUS_URL for the suite: what public, skills_db and tenant_context hold,
  * except what an extension owns (dropping schema public would cascade to the citus extension,
  * whose views live there).
  */
-async function emptied(admin: Kysely<any>): Promise<void> {
+export async function emptied(admin: Kysely<any>): Promise<void> {
   await sql.raw(`drop schema if exists skills_db cascade; drop schema if exists tenant_context cascade;
     do $$ declare r record; begin
       for r in select c.oid::regclass as t from pg_class c where c.relnamespace = 'public'::regnamespace and c.relkind in ('r', 'p', 'v', 'm')

@@ -1,0 +1,109 @@
+import { readFileSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { sql, type Kysely } from 'kysely'
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
+import { rowDigests } from '../../fixtures/legacy.ts'
+import { undistribute } from '../../src/citus/undistribute.ts'
+import { withTenant } from '../../src/tenancy/with-tenant.ts'
+import { A } from '../support/tenants.ts'
+import type { DB } from '../../src/db-types.ts'
+import { takeCatalogSnapshot, type CatalogSnapshot } from '../support/catalog-snapshot.ts'
+import { startCitusServer, type CitusServer } from '../support/citus-server.ts'
+import { contractedOnCitus } from '../support/citus-suite.ts'
+import { runScript, type CliResult } from '../support/cli.ts'
+
+/**
+ * distribute killed with SIGKILL right before one of its statements (it prints each before running
+ * it; the CLI stops itself right after printing, test/faults/freeze-at-line.ts, so the statement
+ * never reaches the server), then run again: it completes, to the same schema as an uninterrupted
+ * run, with every row and the audit chain as it was. One statement of each kind, on the topology
+ * where Citus does the most (the coordinator in the metadata: create_reference_table makes the
+ * other tables Citus local tables first). Then undistribute returns to the contracted catalog.
+ */
+const POINTS: [string, RegExp][] = [
+  ['the first function sent to every node', /^ {2}on every node: audit_logs_append_only/m],
+  ['the first reference table', /^ {2}public\.tenants: a reference table/m],
+  ['a foreign key dropped for the run', /^ {2}drop foreign key skills\./m],
+  ['the first table distributed', /^ {2}users: distribute by tenant_id/m],
+  ['audit_logs distributed', /^ {2}audit_logs: distribute by tenant_id/m],
+  ['a foreign key added back', /^ {2}add foreign key ratings\./m],
+  ['the coordinator\'s copy of audit_logs truncated', /^ {2}audit_logs: truncate the coordinator's copy/m],
+  ['the tenant keys copied onto every node', /^ {2}the tenant keys on every node/m],
+]
+
+const citus = await startCitusServer('coordinator-in-metadata')
+const notRun = 'notRun' in citus ? `not run: ${citus.notRun}` : undefined
+if (notRun) console.log(`distribute killed mid-run: ${notRun}`)
+
+describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a statement, then run again${notRun ? ` (${notRun})` : ''}`, () => {
+  const server = citus as CitusServer
+  const appRole = `${inject('runId')}_kd_app`
+  let admin: Kysely<any>
+  let app: Kysely<DB>
+  let contracted: CatalogSnapshot
+  let distributedOnce: CatalogSnapshot
+  const TABLES = ['tenants', 'users', 'skills', 'ratings', 'usage_events', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'api_keys',
+    'site_settings', 'audit_logs', 'audit_signatures', 'skills_db.audit_chain_heads', 'skills_db.tenant_context_keys']
+  let rows: Record<string, string>
+
+  beforeAll(async () => {
+    ;({ admin, app } = await contractedOnCitus(server, appRole))
+    contracted = await takeCatalogSnapshot(admin, { appRole })
+    rows = await rowDigests(admin, TABLES)
+    // An uninterrupted run: what each rerun must reach.
+    expect((await runScript(['distribute'], { DATABASE_URL: server.url })).code).toBe(0)
+    distributedOnce = await takeCatalogSnapshot(admin, { appRole })
+    await undistribute(admin)
+    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(contracted)
+  }, 600_000)
+  afterAll(async () => {
+    await app?.destroy()
+    await admin?.destroy()
+    await server.stop()
+  })
+
+  it.for(POINTS)('%s: the rerun completes, the same schema, every row; undistribute returns to the contracted one', { timeout: 300_000 }, async ([, at]) => {
+    const cut = await killedAt(server.url, at, admin)
+    expect(cut.signal, `the CLI was not killed there: ${cut.stdout.slice(-300)}${cut.stderr}`).toBe('SIGKILL')
+    const rerun = await runScript(['distribute'], { DATABASE_URL: server.url })
+    expect(rerun.code, rerun.stderr).toBe(0)
+    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(distributedOnce)
+    expect(await rowDigests(admin, TABLES)).toEqual(rows)
+    const seen = await withTenant(app, A, async (trx) => (await trx.selectFrom('skills').select('tenant_id').execute()).map((r) => r.tenant_id))
+    expect([...new Set(seen)]).toEqual([A])
+    await undistribute(admin)
+    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(contracted)
+    expect(await rowDigests(admin, TABLES)).toEqual(rows)
+  })
+})
+
+/** Runs `skills-db distribute`, SIGKILLs it right after it prints a line matching `at`, and waits until its session is gone. */
+async function killedAt(url: string, at: RegExp, watcher: Kysely<any>): Promise<CliResult> {
+  let killing: Promise<void> | undefined
+  const result = await runScript(['distribute'], { DATABASE_URL: url, SKILLS_DB_TEST_FREEZE_AT: at.source }, {
+    preload: 'test/faults/freeze-at-line.ts',
+    onStdout(stdout, child) {
+      if (killing || !at.test(stdout)) return
+      killing = (async () => {
+        for (let i = 0; i < 5000 && !stopped(child.pid!); i++) await sleep(1)
+        child.kill('SIGKILL')
+      })()
+    },
+  })
+  await killing
+  // The killed session ends once the server notices; its advisory lock (the migration lock) goes with it.
+  for (let i = 0; i < 6000; i++) {
+    const { rows } = await sql`select 1 from pg_locks where locktype = 'advisory' and pid <> pg_backend_pid()`.execute(watcher)
+    if (rows.length === 0) break
+    await sleep(20)
+  }
+  return result
+}
+
+function stopped(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').startsWith('T')
+  } catch {
+    return false
+  }
+}
