@@ -3,9 +3,10 @@ import { appRoleName } from '../online/app-role.ts'
 import { forget, readRecorded, record } from '../online/recorded-settings.ts'
 import { withMigrationLock } from '../migrator/migration-lock.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
+import { withLockRetry } from '../online/lock-retry.ts'
 import { inRun, progress } from '../online/run-context.ts'
 import { citusReadiness, DISTRIBUTED } from './readiness.ts'
-import { exists, isDistributed, isReference, step, withoutTriggers } from './steps.ts'
+import { exists, isDistributed, isReference, runContextOf, step, withoutTriggers } from './steps.ts'
 export { DistributeFailed } from './steps.ts'
 import { CITUS_CHALLENGE, CITUS_COPY_KEYS, CITUS_CURRENT_TENANT, CITUS_ENTER, CITUS_NODE_KEYS } from './worker-tenant-context.ts'
 
@@ -15,6 +16,10 @@ export class DistributeRefused extends Error {
 
 export interface DistributeOptions {
   logger?: MigrationLogger
+  /** How long one statement waits for a lock before it is retried, in ms (default 50): the app's requests queue behind it no longer. */
+  lockTimeoutMs?: number
+  /** How long a step retries a busy lock before the run stops and names the sessions holding it, in ms (default 120000). */
+  lockRetryBudgetMs?: number
   /** Shards per distributed table (Citus' citus.shard_count; default: Citus's own, 32). */
   shardCount?: number
 }
@@ -36,7 +41,7 @@ export const TENANT_CONTEXT_FUNCTIONS = ['tenant_context.current_tenant()', 'ten
  * are recorded before they are dropped and added back after.
  */
 export async function distribute(db: Kysely<any>, options: DistributeOptions = {}): Promise<{ distributed: string[] }> {
-  return inRun(options.logger ? { logger: options.logger } : {}, () => db.connection().execute(async (conn) => {
+  return inRun(runContextOf(options), () => db.connection().execute(async (conn) => {
     const { rows } = await sql<{ v: string | null }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
     if (!rows[0]?.v) {
       throw new DistributeRefused('this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see the README, "Scale-out on Citus"')
@@ -87,24 +92,29 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         const keys = recorded ? JSON.parse(recorded) as { table: string; name: string; definition: string }[]
           : await foreignKeysBetween(conn, await asyncFilter(tables, async (t) => !(await isDistributed(conn, `public.${t}`))))
         if (!recorded) await record(conn, FOREIGN_KEYS, JSON.stringify(keys), { replace: true })
-        for (const k of keys) await step(`drop foreign key ${k.table}.${k.name} (added back below)`, () => sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(conn))
+        for (const k of keys) await step(`drop foreign key ${k.table}.${k.name} (added back below)`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(trx)))
         const distributed: string[] = []
         // One colocation group, anchored on the table a killed run already distributed, else the first.
         // (Hash-distributed only: with the coordinator in the metadata, create_reference_table('tenants')
         // has made the tables that reference it Citus local tables, which are in pg_dist_partition too.)
         // The audit chain's heads go with the tenant's audit rows: the stamp trigger, run on the shard
         // of audit_logs, takes the tenant's head in the colocated shard on the same node.
-        const qualified = [...(await exists(conn, CHAIN_HEADS) ? [CHAIN_HEADS] : []), ...tables.map((t) => `public.${t}`)]
+        // site_settings first: once it is distributed the tenant context every node checks can take
+        // over, and the app's requests go on working while the others follow (tenantContextOnEveryNode).
+        const qualified = ['public.site_settings', ...(await exists(conn, CHAIN_HEADS) ? [CHAIN_HEADS] : []),
+          ...tables.filter((t) => t !== 'site_settings').map((t) => `public.${t}`)]
         const anchor = (await firstDistributed(conn, qualified)) ?? qualified[0]!
         for (const table of qualified) {
-          if (await isDistributed(conn, table)) continue
-          await step(`${table.replace(/^public\./, '')}: distribute by tenant_id`, () => withoutTriggers(conn, table, (trx) =>
-            sql`select create_distributed_table(${table}::regclass, 'tenant_id', colocate_with => ${table === anchor ? 'default' : anchor}::text)`.execute(trx)))
-          distributed.push(table.replace(/^public\./, ''))
+          if (!(await isDistributed(conn, table))) {
+            await step(`${table.replace(/^public\./, '')}: distribute by tenant_id`, () => withoutTriggers(conn, table, (trx) =>
+              sql`select create_distributed_table(${table}::regclass, 'tenant_id', colocate_with => ${table === anchor ? 'default' : anchor}::text)`.execute(trx)))
+            distributed.push(table.replace(/^public\./, ''))
+          }
+          if (table === 'public.site_settings') await tenantContextOnEveryNode(conn, app)
         }
         for (const k of keys) {
           const { rows: present } = await sql`select 1 from pg_catalog.pg_constraint where conname = ${k.name} and conrelid = ${`public.${k.table}`}::regclass`.execute(conn)
-          if (present.length === 0) await step(`add foreign key ${k.table}.${k.name} back`, () => sql`alter table ${sql.table(k.table)} add constraint ${sql.id(k.name)} ${sql.raw(k.definition)}`.execute(conn))
+          if (present.length === 0) await step(`add foreign key ${k.table}.${k.name} back`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} add constraint ${sql.id(k.name)} ${sql.raw(k.definition)}`.execute(trx)))
         }
         await forget(conn, FOREIGN_KEYS)
 
@@ -119,7 +129,7 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
           // audit_logs and audit_signatures refuse TRUNCATE to everyone: held off for this one (which
           // cascades from audit_logs to audit_signatures), in one transaction. It empties the
           // coordinator's shells only: the shards keep every row.
-          await step(`${table.replace(/^public\./, '')}: truncate the coordinator's copy of the rows`, () => conn.transaction().execute(async (trx) => {
+          await step(`${table.replace(/^public\./, '')}: truncate the coordinator's copy of the rows`, () => withLockRetry(conn, table, async (trx) => {
             for (const t of guarded) await sql`alter table ${sql.table(t)} disable trigger no_truncate`.execute(trx)
             await sql`select truncate_local_data_after_distributing_table(${table}::regclass)`.execute(trx)
             for (const t of guarded) await sql`alter table ${sql.table(t)} enable always trigger no_truncate`.execute(trx)
@@ -128,33 +138,6 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         }
         progress(`  the coordinator's copies of the rows removed: ${prettyBytes(freed)} freed`)
 
-        // The workers check the tenant context themselves, with the keys in a table of their own; the
-        // functions the policies call exist on every node.
-        await step('the tenant keys on every node', async () => {
-          await sql`select pg_catalog.set_config('citus.enable_ddl_propagation', 'off', false)`.execute(conn)
-          await CITUS_NODE_KEYS.execute(conn)
-          await sql`revoke all on tenant_context.node_keys from public`.execute(conn)
-          await sql`select pg_catalog.set_config('citus.enable_ddl_propagation', 'on', false)`.execute(conn)
-          await CITUS_COPY_KEYS.execute(conn)
-          await sql`revoke all on function tenant_context.copy_keys_to_nodes() from public`.execute(conn)
-          await sql`select tenant_context.copy_keys_to_nodes()`.execute(conn)
-        })
-        // The single-node versions, for undistribute to put back (recorded once: a rerun finds Citus's).
-        if (!(await readRecorded(conn, REPLACED_FUNCTIONS))) {
-          const { rows: defs } = await sql<{ fn: string; def: string }>`select p.oid::regprocedure::text as fn, pg_catalog.pg_get_functiondef(p.oid) as def
-            from pg_catalog.pg_proc p where p.oid = any(array[${sql.join(TENANT_CONTEXT_FUNCTIONS.map((f) => sql`pg_catalog.to_regprocedure(${f})`))}]) order by 1`.execute(conn)
-          await record(conn, REPLACED_FUNCTIONS, JSON.stringify(defs), { replace: true })
-        }
-        await CITUS_CHALLENGE.execute(conn)
-        await CITUS_ENTER.execute(conn)
-        await CITUS_CURRENT_TENANT.execute(conn)
-        for (const fn of TENANT_CONTEXT_FUNCTIONS) {
-          await sql`select create_distributed_function(${fn}::regprocedure)`.execute(conn)
-        }
-        await sql`revoke all on function tenant_context.challenge() from public`.execute(conn)
-        await sql`grant execute on function tenant_context.challenge() to ${sql.id(app)}`.execute(conn)
-        await sql`alter role ${sql.id(app)} set citus.propagate_set_commands = 'local'`.execute(conn)
-        progress(`  tenant context: checked on every node; ${app}'s SET LOCAL commands reach the workers`)
         return { distributed }
       })
     } finally {
@@ -168,6 +151,43 @@ async function asyncFilter<T>(items: T[], keep: (item: T) => Promise<boolean>): 
   const kept: T[] = []
   for (const item of items) if (await keep(item)) kept.push(item)
   return kept
+}
+
+
+/**
+ * The tenant context every node checks (worker-tenant-context.ts), in place of the single-node one
+ * (recorded first, for undistribute): done as soon as site_settings, the table challenge() reads to
+ * make its transaction a distributed one, is distributed, so the app's requests keep working while
+ * the other tables are distributed after it. Idempotent.
+ */
+async function tenantContextOnEveryNode(db: Kysely<any>, app: string): Promise<void> {
+  // The workers check the tenant context themselves, with the keys in a table of their own; the
+  // functions the policies call exist on every node.
+  await step('the tenant keys on every node', async () => {
+    await sql`select pg_catalog.set_config('citus.enable_ddl_propagation', 'off', false)`.execute(db)
+    await CITUS_NODE_KEYS.execute(db)
+    await sql`revoke all on tenant_context.node_keys from public`.execute(db)
+    await sql`select pg_catalog.set_config('citus.enable_ddl_propagation', 'on', false)`.execute(db)
+    await CITUS_COPY_KEYS.execute(db)
+    await sql`revoke all on function tenant_context.copy_keys_to_nodes() from public`.execute(db)
+    await sql`select tenant_context.copy_keys_to_nodes()`.execute(db)
+  })
+  // The single-node versions, for undistribute to put back (recorded once: a rerun finds Citus's).
+  if (!(await readRecorded(db, REPLACED_FUNCTIONS))) {
+    const { rows: defs } = await sql<{ fn: string; def: string }>`select p.oid::regprocedure::text as fn, pg_catalog.pg_get_functiondef(p.oid) as def
+      from pg_catalog.pg_proc p where p.oid = any(array[${sql.join(TENANT_CONTEXT_FUNCTIONS.map((f) => sql`pg_catalog.to_regprocedure(${f})`))}]) order by 1`.execute(db)
+    await record(db, REPLACED_FUNCTIONS, JSON.stringify(defs), { replace: true })
+  }
+  await CITUS_CHALLENGE.execute(db)
+  await CITUS_ENTER.execute(db)
+  await CITUS_CURRENT_TENANT.execute(db)
+  for (const fn of TENANT_CONTEXT_FUNCTIONS) {
+    await sql`select create_distributed_function(${fn}::regprocedure)`.execute(db)
+  }
+  await sql`revoke all on function tenant_context.challenge() from public`.execute(db)
+  await sql`grant execute on function tenant_context.challenge() to ${sql.id(app)}`.execute(db)
+  await sql`alter role ${sql.id(app)} set citus.propagate_set_commands = 'local'`.execute(db)
+  progress(`  tenant context: checked on every node; ${app}'s SET LOCAL commands reach the workers`)
 }
 
 const CHAIN_HEADS = 'skills_db.audit_chain_heads'

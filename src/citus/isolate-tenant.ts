@@ -1,12 +1,17 @@
 import { sql, type Kysely } from 'kysely'
 import { withMigrationLock } from '../migrator/migration-lock.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
+import { withLockRetry } from '../online/lock-retry.ts'
 import { inRun, progress } from '../online/run-context.ts'
 import { DistributeRefused } from './distribute.ts'
-import { step } from './steps.ts'
+import { runContextOf, step } from './steps.ts'
 
 export interface IsolateTenantOptions {
   logger?: MigrationLogger
+  /** How long one statement waits for a lock before it is retried, in ms (default 50): the app's requests queue behind it no longer. */
+  lockTimeoutMs?: number
+  /** How long a step retries a busy lock before the run stops and names the sessions holding it, in ms (default 120000). */
+  lockRetryBudgetMs?: number
 }
 
 export interface IsolatedTenant {
@@ -26,7 +31,7 @@ export interface IsolatedTenant {
  * Idempotent: a tenant with shards of its own is left as it is.
  */
 export async function isolateTenant(db: Kysely<any>, tenantId: string, options: IsolateTenantOptions = {}): Promise<IsolatedTenant> {
-  return inRun(options.logger ? { logger: options.logger } : {}, () => db.connection().execute(async (conn) => {
+  return inRun(runContextOf(options), () => db.connection().execute(async (conn) => {
     const { rows: ext } = await sql<{ v: string | null }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
     if (!ext[0]?.v) throw new DistributeRefused('this database has no citus extension: isolate-tenant moves a tenant between shards of a distributed database (skills-db distribute first)')
     await sql`select pg_catalog.set_config('skills_db.all_tenants', 'on', false), pg_catalog.set_config('search_path', 'public', false)`.execute(conn)
@@ -44,7 +49,7 @@ export async function isolateTenant(db: Kysely<any>, tenantId: string, options: 
           // its replication slot waits for the transactions open at its start to end, and the load's
           // did not (test/support/citus-suite.ts); not offered until that is understood.
           await step(`tenant ${tenantId}: shards of its own in every colocated table (writes to the shards split wait for the copy)`, () =>
-            sql`select isolate_tenant_to_new_shard('public.users'::regclass, ${tenantId}::text, 'CASCADE', shard_transfer_mode => 'block_writes')`.execute(conn))
+            withLockRetry(conn, 'users', (trx) => sql`select isolate_tenant_to_new_shard('public.users'::regclass, ${tenantId}::text, 'CASCADE', shard_transfer_mode => 'block_writes')`.execute(trx)))
         }
         const shards = await shardsOf(conn, tenantId)
         progress(`  tenant ${tenantId}${already ? ' already had' : ' has'} shards of its own on ${[...new Set(shards.map((s) => s.node))].join(', ')}: ${shards.map((s) => `${s.table} ${s.shardId}`).join(', ')}`)

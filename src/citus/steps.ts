@@ -1,5 +1,7 @@
 import { sql, type Kysely } from 'kysely'
-import { progress } from '../online/run-context.ts'
+import { withLockRetry } from '../online/lock-retry.ts'
+import { progress, type RunContext } from '../online/run-context.ts'
+import type { MigrationLogger } from '../migrator/migration-logger.ts'
 
 /** A statement of distribute or undistribute failed on the server; the message carries Citus's DETAIL and HINT. */
 export class DistributeFailed extends Error {
@@ -29,9 +31,12 @@ export async function step<T>(what: string, run: () => Promise<T>): Promise<T> {
  * triggers, and Citus's copy fires them there: audit_logs' stamp gave every copied row a new seq
  * and hash (the chain no longer verified), tenants' guard refused the copy of its rows. The
  * ALTER TABLE's lock keeps the app's writes out until the commit, so none is written unstamped.
+ * The lock is asked for with the run's short lock timeout and retried (withLockRetry): the app's
+ * requests queue behind it for at most that long, and a session that holds the table for good
+ * ends the run with an error naming it instead of hanging it and every tenant's requests with it.
  */
 export async function withoutTriggers<T>(conn: Kysely<any>, table: string, fn: (trx: Kysely<any>) => Promise<T>): Promise<T> {
-  return conn.transaction().execute(async (trx) => {
+  return withLockRetry(conn, table, async (trx) => {
     const { rows } = await sql<{ name: string; enabled: string }>`select tgname as name, tgenabled as enabled from pg_catalog.pg_trigger
       where tgrelid = ${table}::regclass and not tgisinternal and tgenabled <> 'D' order by 1`.execute(trx)
     for (const t of rows) await sql`alter table ${sql.table(table)} disable trigger ${sql.id(t.name)}`.execute(trx)
@@ -59,4 +64,13 @@ export async function isDistributed(db: Kysely<any>, table: string): Promise<boo
 export async function isReference(db: Kysely<any>, table: string): Promise<boolean> {
   const { rows } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass and partmethod = 'n' and repmodel = 't'`.execute(db)
   return rows.length > 0
+}
+
+/** The run context of a Citus command: its logger and lock tuning (withLockRetry reads them). */
+export function runContextOf(options: { logger?: MigrationLogger; lockTimeoutMs?: number; lockRetryBudgetMs?: number }): Partial<RunContext> {
+  return {
+    ...(options.logger ? { logger: options.logger } : {}),
+    ...(options.lockTimeoutMs ? { lockTimeoutMs: options.lockTimeoutMs } : {}),
+    ...(options.lockRetryBudgetMs ? { lockRetryBudgetMs: options.lockRetryBudgetMs } : {}),
+  }
 }

@@ -5,10 +5,14 @@ import { appRoleName } from '../online/app-role.ts'
 import { forget, readRecorded } from '../online/recorded-settings.ts'
 import { inRun, progress } from '../online/run-context.ts'
 import { DistributeRefused, REPLACED_FUNCTIONS } from './distribute.ts'
-import { step, withoutTriggers } from './steps.ts'
+import { runContextOf, step, withoutTriggers } from './steps.ts'
 
 export interface UndistributeOptions {
   logger?: MigrationLogger
+  /** How long one statement waits for a lock before it is retried, in ms (default 50): the app's requests queue behind it no longer. */
+  lockTimeoutMs?: number
+  /** How long a step retries a busy lock before the run stops and names the sessions holding it, in ms (default 120000). */
+  lockRetryBudgetMs?: number
 }
 
 /** skills-db's schemas: the tables distribute put into Citus's metadata are all in them. */
@@ -27,7 +31,7 @@ const OURS = ['public', 'skills_db', 'tenant_context']
  * tenant context goes back last, once no table is distributed.
  */
 export async function undistribute(db: Kysely<any>, options: UndistributeOptions = {}): Promise<{ undistributed: string[] }> {
-  return inRun(options.logger ? { logger: options.logger } : {}, () => db.connection().execute(async (conn) => {
+  return inRun(runContextOf(options), () => db.connection().execute(async (conn) => {
     const { rows } = await sql<{ v: string | null }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
     if (!rows[0]?.v) throw new DistributeRefused('this database has no citus extension, so nothing is distributed: nothing was changed')
     await sql`select pg_catalog.set_config('skills_db.all_tenants', 'on', false), pg_catalog.set_config('search_path', 'public', false),

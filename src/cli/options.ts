@@ -12,9 +12,14 @@ export const ROLES: Record<string, OptionSpec> = {
   'old-app-role': { type: 'string', value: '<name>', multiple: true, help: 'a role the single-tenant app connects as, confined to the default tenant' },
 }
 
-export const TUNING: Record<string, OptionSpec> = {
+/** How long a statement may wait for a lock, and for how long a step retries one. */
+export const LOCKS: Record<string, OptionSpec> = {
   'lock-timeout-ms': { type: 'string', value: '<ms>', help: 'how long one DDL statement may wait for its lock (default 50)' },
   'lock-retry-budget-ms': { type: 'string', value: '<ms>', help: 'how long a step retries a busy lock before it stops and names the blocker (default 120000)' },
+}
+
+export const TUNING: Record<string, OptionSpec> = {
+  ...LOCKS,
   'batch-size': { type: 'string', value: '<rows>', help: 'rows per backfill transaction (default 5000)' },
 }
 
@@ -35,6 +40,11 @@ export function migrateOptions(values: OptionValues, env: NodeJS.ProcessEnv): Mi
     // Secrets come from the environment, never from a flag (flags show in ps and shell history).
     ...(env.SKILLS_DB_TENANT_KEYS ? { tenantKeys: env.SKILLS_DB_TENANT_KEYS.split(',') } : {}),
   }
+}
+
+/** The lock tuning a Citus command's flags ask for. */
+export function lockOptions(values: OptionValues): { lockTimeoutMs?: number; lockRetryBudgetMs?: number } {
+  return { ...positiveInt(values, 'lock-timeout-ms', 'lockTimeoutMs'), ...positiveInt(values, 'lock-retry-budget-ms', 'lockRetryBudgetMs') } as { lockTimeoutMs?: number; lockRetryBudgetMs?: number }
 }
 
 function positiveInt(values: OptionValues, flag: string, key: keyof MigrateOptions): Partial<MigrateOptions> {

@@ -1,19 +1,19 @@
 import { distribute } from '../../citus/distribute.ts'
 import type { Command } from '../command.ts'
 import { UsageError } from '../command.ts'
-import { TARGET } from '../options.ts'
+import { lockOptions, LOCKS, TARGET } from '../options.ts'
 import { usingTarget } from '../target.ts'
 
 export const distributeCommand: Command = {
   name: 'distribute',
   summary: 'On a database with the citus extension, after the contract phase: tenants (and the tenant keys) become reference tables, the ten tenant tables and audit_signatures distributed by tenant_id in one colocation group, and the tenant context one the workers check. Idempotent; a rerun after a kill completes.',
-  options: { ...TARGET, 'shard-count': { type: 'string', value: '<n>', help: 'shards per distributed table (default: Citus\'s citus.shard_count)' } },
+  options: { ...TARGET, ...LOCKS, 'shard-count': { type: 'string', value: '<n>', help: 'shards per distributed table (default: Citus\'s citus.shard_count)' } },
   run(values) {
     const shards = values['shard-count']
     const shardCount = typeof shards === 'string' ? Number(shards) : undefined
     if (shardCount !== undefined && (!Number.isInteger(shardCount) || shardCount <= 0)) throw new UsageError(`--shard-count must be a positive whole number, not "${shards}"`)
     return usingTarget(values, async (db) => {
-      const { distributed } = await distribute(db, { logger: { info: (m) => console.log(m) }, ...(shardCount ? { shardCount } : {}) })
+      const { distributed } = await distribute(db, { logger: { info: (m) => console.log(m) }, ...lockOptions(values), ...(shardCount ? { shardCount } : {}) })
       console.log(distributed.length ? `distributed: ${distributed.join(', ')}` : 'already distributed')
       return 0
     })
