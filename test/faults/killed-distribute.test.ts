@@ -24,7 +24,6 @@ const POINTS: [string, RegExp][] = [
   ['the first function sent to every node', /^ {2}on every node: audit_logs_append_only/m],
   ['the first reference table', /^ {2}public\.tenants: a reference table/m],
   ['a foreign key dropped for the run', /^ {2}drop foreign key skills\./m],
-  ['the first table distributed', /^ {2}users: distribute by tenant_id/m],
   ['audit_logs distributed', /^ {2}audit_logs: distribute by tenant_id/m],
   ['a foreign key added back', /^ {2}add foreign key ratings\./m],
   ['the coordinator\'s copy of audit_logs truncated', /^ {2}audit_logs: truncate the coordinator's copy/m],
