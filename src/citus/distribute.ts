@@ -188,6 +188,18 @@ async function tenantContextOnEveryNode(db: Kysely<any>, app: string): Promise<v
   await sql`grant execute on function tenant_context.challenge() to ${sql.id(app)}`.execute(db)
   await sql`alter role ${sql.id(app)} set citus.propagate_set_commands = 'local'`.execute(db)
   progress(`  tenant context: checked on every node; ${app}'s SET LOCAL commands reach the workers`)
+  // Citus sends enter()'s SET LOCALs, the signature among them, to the nodes as query text, over
+  // connections that log in as the app role: pg_stat_activity shows that text to every session of
+  // the role, and an outside review replayed another tenant's context from it. The role's sessions
+  // are not tracked (a superuser's setting: the role cannot turn it back on); operators lose their
+  // query text in pg_stat_activity, and see it in the logs instead.
+  const { rows: su } = await sql<{ su: boolean }>`select rolsuper as su from pg_catalog.pg_roles where rolname = current_user`.execute(db)
+  if (su[0]?.su) {
+    await sql`alter role ${sql.id(app)} set track_activities = off`.execute(db)
+    progress(`  ${app}'s sessions are not tracked in pg_stat_activity on any node (their query text would show other tenants' signatures)`)
+  } else {
+    progress(`  warning: ${app}'s sessions show their query text, other tenants' signatures among it, in pg_stat_activity on the workers: as a superuser, ALTER ROLE ${app} SET track_activities = off (README, "Open on Citus")`)
+  }
 }
 
 const CHAIN_HEADS = 'skills_db.audit_chain_heads'

@@ -82,6 +82,8 @@ export async function undistribute(db: Kysely<any>, options: UndistributeOptions
         })
         const app = await appRoleName(conn)
         await sql`alter role ${sql.id(app)} reset citus.propagate_set_commands`.execute(conn)
+        const { rows: su } = await sql<{ su: boolean }>`select rolsuper as su from pg_catalog.pg_roles where rolname = current_user`.execute(conn)
+        if (su[0]?.su) await sql`alter role ${sql.id(app)} reset track_activities`.execute(conn)
         await forget(conn, REPLACED_FUNCTIONS)
         progress(`  tenant context: the single-node one; ${app}'s Citus setting reset`)
         return { undistributed }

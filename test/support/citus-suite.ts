@@ -197,6 +197,37 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
       await sql`delete from usage_events where tenant_id = ${A} and id = ${`ue-${topology}`}`.execute(admin)
     })
 
+    it('the signatures enter() sends to the nodes as query text are not shown to the app role in pg_stat_activity, on the coordinator or a worker, while both tenants\' requests run', async () => {
+      const load = newAppLoad(appUrl, sessions, `watch-${topology}`)
+      const { rows: nodes } = await sql<{ host: string; port: number }>`select nodename as host, nodeport as port from pg_dist_node where isactive`.execute(admin)
+      const urls = new Set([appUrl, ...nodes.map((n) => {
+        const u = new URL(appUrl)
+        u.hostname = n.host
+        u.port = String(n.port)
+        return u.toString()
+      })])
+      let seen = 0
+      let looked = 0
+      try {
+        for (const url of urls) {
+          const spy = createDb<any>(url, { max: 1 })
+          sessions.push(spy)
+          for (let i = 0; i < 300; i++) {
+            const { rows } = await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity
+              where query like ${'%tenant_context.signature%'} and pid <> pg_backend_pid()`.execute(spy)
+            seen += rows[0]!.n
+            looked++
+          }
+        }
+      } finally {
+        const done = await load.stop()
+        expect(done.requests).toBeGreaterThan(10)
+      }
+      expect(looked).toBe(300 * urls.size)
+      expect(urls.size).toBeGreaterThan(2)
+      expect(seen).toBe(0)
+    })
+
     it('SQL of the app role cannot switch tenant or replay a context on the workers', async () => {
       const stolen = await withTenant(app, A, async (trx) =>
         (await sql<{ s: string }>`select current_setting('tenant_context.signature') as s`.execute(trx)).rows[0]!.s)
