@@ -1,18 +1,14 @@
 import { sql, type Kysely } from 'kysely'
 import { appRoleName } from '../online/app-role.ts'
 import { forget, readRecorded, record } from '../online/recorded-settings.ts'
-import { withMigrationLock } from '../migrator/migration-lock.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { withLockRetry } from '../online/lock-retry.ts'
-import { inRun, progress } from '../online/run-context.ts'
+import { progress } from '../online/run-context.ts'
 import { citusReadiness, DISTRIBUTED } from './readiness.ts'
-import { exists, isDistributed, isReference, runContextOf, step, withoutTriggers } from './steps.ts'
-export { DistributeFailed } from './steps.ts'
+import { DistributeRefused, exists, isDistributed, isReference, isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
+export { DistributeFailed, DistributeRefused } from './steps.ts'
 import { CITUS_CHALLENGE, CITUS_COPY_KEYS, CITUS_CURRENT_TENANT, CITUS_ENTER, CITUS_NODE_KEYS } from './worker-tenant-context.ts'
 
-export class DistributeRefused extends Error {
-  override name = 'DistributeRefused'
-}
 
 export interface DistributeOptions {
   logger?: MigrationLogger
@@ -41,110 +37,100 @@ export const TENANT_CONTEXT_FUNCTIONS = ['tenant_context.current_tenant()', 'ten
  * are recorded before they are dropped and added back after.
  */
 export async function distribute(db: Kysely<any>, options: DistributeOptions = {}): Promise<{ distributed: string[] }> {
-  return inRun(runContextOf(options), () => db.connection().execute(async (conn) => {
-    const { rows } = await sql<{ v: string | null }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
-    if (!rows[0]?.v) {
-      throw new DistributeRefused('this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see the README, "Scale-out on Citus"')
+  return onCoordinator(db, options, {
+    noCitus: 'this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see the README, "Scale-out on Citus"',
+    unsafeTriggers: true,
+    ...(options.shardCount ? { settings: { 'citus.shard_count': String(options.shardCount) } } : {}),
+  }, async (conn) => {
+    const recorded = await readRecorded(conn, FOREIGN_KEYS)
+    // A run killed after dropping the foreign keys has no longer a schema that passes: finish it first.
+    if (!recorded) {
+      const violations = await citusReadiness(conn)
+      if (violations.length > 0) {
+        throw new DistributeRefused(`the schema is not ready for Citus (${violations.length} finding(s), first: ${violations[0]!.object}: ${violations[0]!.message}): nothing was changed; run the contract phase (skills-db contract), then skills-db check --citus`)
+      }
     }
-    await sql`select pg_catalog.set_config('skills_db.all_tenants', 'on', false), pg_catalog.set_config('search_path', 'public', false),
-      pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', false)`.execute(conn)
-    if (options.shardCount) await sql`select pg_catalog.set_config('citus.shard_count', ${String(options.shardCount)}::text, false)`.execute(conn)
-    try {
-      return await withMigrationLock(conn, async () => {
-        const recorded = await readRecorded(conn, FOREIGN_KEYS)
-        // A run killed after dropping the foreign keys has no longer a schema that passes: finish it first.
-        if (!recorded) {
-          const violations = await citusReadiness(conn)
-          if (violations.length > 0) {
-            throw new DistributeRefused(`the schema is not ready for Citus (${violations.length} finding(s), first: ${violations[0]!.object}: ${violations[0]!.message}): nothing was changed; run the contract phase (skills-db contract), then skills-db check --citus`)
-          }
-        }
-        const tables = await distributionOrder(conn)
-        const app = await appRoleName(conn)
+    const tables = await distributionOrder(conn)
+    const app = await appRoleName(conn)
 
-        // Every function the policies, triggers and defaults call must exist where they run: on every
-        // node, before a table that calls it is. PL/pgSQL bodies are not resolved until they run, so
-        // those go first; SQL bodies are checked when created, so those go once the reference tables
-        // (which they may read) are there too, before the distributed tables.
-        const functions = async (sqlLanguage: boolean) => (await sql<{ fn: string }>`
-          select p.oid::regprocedure::text as fn from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
-          where n.nspname in ('public', 'skills_db', 'tenant_context') and p.prokind = 'f'
-            and (p.prolang = (select oid from pg_catalog.pg_language where lanname = 'sql')) = ${sqlLanguage}
-            and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e')
-          order by 1`.execute(conn)).rows.map((r) => r.fn)
-        const onEveryNode = async (fns: string[]) => {
-          // (create_distributed_function takes a regprocedure, and text has no implicit cast to it.)
-          await step(`on every node: ${fns.join(', ') || 'no function'}`, async () => {
-            for (const fn of fns) await sql`select create_distributed_function(${fn}::regprocedure)`.execute(conn)
-          })
-        }
-        await onEveryNode(await functions(false))
-
-        for (const table of ['public.tenants', 'skills_db.tenant_context_keys']) {
-          if (!(await isReference(conn, table))) {
-            await step(`${table}: a reference table`, () => withoutTriggers(conn, table, (trx) => sql`select create_reference_table(${table}::regclass)`.execute(trx)))
-          }
-        }
-
-        await onEveryNode(await functions(true))
-
-        // The keys between tables not yet both distributed (none, on a rerun after a completed run).
-        const keys = recorded ? JSON.parse(recorded) as { table: string; name: string; definition: string }[]
-          : await foreignKeysBetween(conn, await asyncFilter(tables, async (t) => !(await isDistributed(conn, `public.${t}`))))
-        if (!recorded) await record(conn, FOREIGN_KEYS, JSON.stringify(keys), { replace: true })
-        for (const k of keys) await step(`drop foreign key ${k.table}.${k.name} (added back below)`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(trx)))
-        const distributed: string[] = []
-        // One colocation group, anchored on the table a killed run already distributed, else the first.
-        // (Hash-distributed only: with the coordinator in the metadata, create_reference_table('tenants')
-        // has made the tables that reference it Citus local tables, which are in pg_dist_partition too.)
-        // The audit chain's heads go with the tenant's audit rows: the stamp trigger, run on the shard
-        // of audit_logs, takes the tenant's head in the colocated shard on the same node.
-        // site_settings first: once it is distributed the tenant context every node checks can take
-        // over, and the app's requests go on working while the others follow (tenantContextOnEveryNode).
-        const qualified = ['public.site_settings', ...(await exists(conn, CHAIN_HEADS) ? [CHAIN_HEADS] : []),
-          ...tables.filter((t) => t !== 'site_settings').map((t) => `public.${t}`)]
-        const anchor = (await firstDistributed(conn, qualified)) ?? qualified[0]!
-        for (const table of qualified) {
-          if (!(await isDistributed(conn, table))) {
-            await step(`${table.replace(/^public\./, '')}: distribute by tenant_id`, () => withoutTriggers(conn, table, (trx) =>
-              sql`select create_distributed_table(${table}::regclass, 'tenant_id', colocate_with => ${table === anchor ? 'default' : anchor}::text)`.execute(trx)))
-            distributed.push(table.replace(/^public\./, ''))
-          }
-          if (table === 'public.site_settings') await tenantContextOnEveryNode(conn, app)
-        }
-        for (const k of keys) {
-          const { rows: present } = await sql`select 1 from pg_catalog.pg_constraint where conname = ${k.name} and conrelid = ${`public.${k.table}`}::regclass`.execute(conn)
-          if (present.length === 0) await step(`add foreign key ${k.table}.${k.name} back`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} add constraint ${sql.id(k.name)} ${sql.raw(k.definition)}`.execute(trx)))
-        }
-        await forget(conn, FOREIGN_KEYS)
-
-        // The rows were copied into the shards; the coordinator's own copy is dead weight (and a
-        // second copy of every tenant's data on a node that does not serve it).
-        let freed = 0
-        const guarded = (await sql<{ t: string }>`select tgrelid::regclass::text as t from pg_catalog.pg_trigger
-          where tgname = 'no_truncate' and tgrelid = any(${qualified}::regclass[]) order by 1`.execute(conn)).rows.map((r) => `public.${r.t}`)
-        for (const table of qualified) {
-          const before = await localSize(conn, table)
-          if (before === 0) continue
-          // audit_logs and audit_signatures refuse TRUNCATE to everyone: held off for this one (which
-          // cascades from audit_logs to audit_signatures), in one transaction. It empties the
-          // coordinator's shells only: the shards keep every row.
-          await step(`${table.replace(/^public\./, '')}: truncate the coordinator's copy of the rows`, () => withLockRetry(conn, table, async (trx) => {
-            for (const t of guarded) await sql`alter table ${sql.table(t)} disable trigger no_truncate`.execute(trx)
-            await sql`select truncate_local_data_after_distributing_table(${table}::regclass)`.execute(trx)
-            for (const t of guarded) await sql`alter table ${sql.table(t)} enable always trigger no_truncate`.execute(trx)
-          }))
-          freed += before - await localSize(conn, table)
-        }
-        progress(`  the coordinator's copies of the rows removed: ${prettyBytes(freed)} freed`)
-
-        return { distributed }
+    // Every function the policies, triggers and defaults call must exist where they run: on every
+    // node, before a table that calls it is. PL/pgSQL bodies are not resolved until they run, so
+    // those go first; SQL bodies are checked when created, so those go once the reference tables
+    // (which they may read) are there too, before the distributed tables.
+    const functions = async (sqlLanguage: boolean) => (await sql<{ fn: string }>`
+      select p.oid::regprocedure::text as fn from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+      where n.nspname in ('public', 'skills_db', 'tenant_context') and p.prokind = 'f'
+        and (p.prolang = (select oid from pg_catalog.pg_language where lanname = 'sql')) = ${sqlLanguage}
+        and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_proc'::regclass and d.objid = p.oid and d.deptype = 'e')
+      order by 1`.execute(conn)).rows.map((r) => r.fn)
+    const onEveryNode = async (fns: string[]) => {
+      // (create_distributed_function takes a regprocedure, and text has no implicit cast to it.)
+      await step(`on every node: ${fns.join(', ') || 'no function'}`, async () => {
+        for (const fn of fns) await sql`select create_distributed_function(${fn}::regprocedure)`.execute(conn)
       })
-    } finally {
-      await sql`rollback`.execute(conn).catch(() => {})
-      await sql`reset all`.execute(conn).catch(() => {})
     }
-  }))
+    await onEveryNode(await functions(false))
+
+    for (const table of ['public.tenants', 'skills_db.tenant_context_keys']) {
+      if (!(await isReference(conn, table))) {
+        await step(`${table}: a reference table`, () => withoutTriggers(conn, table, (trx) => sql`select create_reference_table(${table}::regclass)`.execute(trx)))
+      }
+    }
+
+    await onEveryNode(await functions(true))
+
+    // The keys between tables not yet both distributed (none, on a rerun after a completed run).
+    const keys = recorded ? JSON.parse(recorded) as { table: string; name: string; definition: string }[]
+      : await foreignKeysBetween(conn, await asyncFilter(tables, async (t) => !(await isDistributed(conn, `public.${t}`))))
+    if (!recorded) await record(conn, FOREIGN_KEYS, JSON.stringify(keys), { replace: true })
+    for (const k of keys) await step(`drop foreign key ${k.table}.${k.name} (added back below)`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(trx)))
+    const distributed: string[] = []
+    // One colocation group, anchored on the table a killed run already distributed, else the first.
+    // (Hash-distributed only: with the coordinator in the metadata, create_reference_table('tenants')
+    // has made the tables that reference it Citus local tables, which are in pg_dist_partition too.)
+    // The audit chain's heads go with the tenant's audit rows: the stamp trigger, run on the shard
+    // of audit_logs, takes the tenant's head in the colocated shard on the same node.
+    // site_settings first: once it is distributed the tenant context every node checks can take
+    // over, and the app's requests go on working while the others follow (tenantContextOnEveryNode).
+    const qualified = ['public.site_settings', ...(await exists(conn, CHAIN_HEADS) ? [CHAIN_HEADS] : []),
+      ...tables.filter((t) => t !== 'site_settings').map((t) => `public.${t}`)]
+    const anchor = (await firstDistributed(conn, qualified)) ?? qualified[0]!
+    for (const table of qualified) {
+      if (!(await isDistributed(conn, table))) {
+        await step(`${table.replace(/^public\./, '')}: distribute by tenant_id`, () => withoutTriggers(conn, table, (trx) =>
+          sql`select create_distributed_table(${table}::regclass, 'tenant_id', colocate_with => ${table === anchor ? 'default' : anchor}::text)`.execute(trx)))
+        distributed.push(table.replace(/^public\./, ''))
+      }
+      if (table === 'public.site_settings') await tenantContextOnEveryNode(conn, app)
+    }
+    for (const k of keys) {
+      const { rows: present } = await sql`select 1 from pg_catalog.pg_constraint where conname = ${k.name} and conrelid = ${`public.${k.table}`}::regclass`.execute(conn)
+      if (present.length === 0) await step(`add foreign key ${k.table}.${k.name} back`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} add constraint ${sql.id(k.name)} ${sql.raw(k.definition)}`.execute(trx)))
+    }
+    await forget(conn, FOREIGN_KEYS)
+
+    // The rows were copied into the shards; the coordinator's own copy is dead weight (and a
+    // second copy of every tenant's data on a node that does not serve it).
+    let freed = 0
+    const guarded = (await sql<{ t: string }>`select tgrelid::regclass::text as t from pg_catalog.pg_trigger
+      where tgname = 'no_truncate' and tgrelid = any(${qualified}::regclass[]) order by 1`.execute(conn)).rows.map((r) => `public.${r.t}`)
+    for (const table of qualified) {
+      const before = await localSize(conn, table)
+      if (before === 0) continue
+      // audit_logs and audit_signatures refuse TRUNCATE to everyone: held off for this one (which
+      // cascades from audit_logs to audit_signatures), in one transaction. It empties the
+      // coordinator's shells only: the shards keep every row.
+      await step(`${table.replace(/^public\./, '')}: truncate the coordinator's copy of the rows`, () => withLockRetry(conn, table, async (trx) => {
+        for (const t of guarded) await sql`alter table ${sql.table(t)} disable trigger no_truncate`.execute(trx)
+        await sql`select truncate_local_data_after_distributing_table(${table}::regclass)`.execute(trx)
+        for (const t of guarded) await sql`alter table ${sql.table(t)} enable always trigger no_truncate`.execute(trx)
+      }))
+      freed += before - await localSize(conn, table)
+    }
+    progress(`  the coordinator's copies of the rows removed: ${prettyBytes(freed)} freed`)
+
+    return { distributed }
+  })
 }
 
 async function asyncFilter<T>(items: T[], keep: (item: T) => Promise<boolean>): Promise<T[]> {
@@ -193,8 +179,7 @@ async function tenantContextOnEveryNode(db: Kysely<any>, app: string): Promise<v
   // the role, and an outside review replayed another tenant's context from it. The role's sessions
   // are not tracked (a superuser's setting: the role cannot turn it back on); operators lose their
   // query text in pg_stat_activity, and see it in the logs instead.
-  const { rows: su } = await sql<{ su: boolean }>`select rolsuper as su from pg_catalog.pg_roles where rolname = current_user`.execute(db)
-  if (su[0]?.su) {
+  if (await isSuperuser(db)) {
     await sql`alter role ${sql.id(app)} set track_activities = off`.execute(db)
     progress(`  ${app}'s sessions are not tracked in pg_stat_activity on any node (their query text would show other tenants' signatures)`)
   } else {

@@ -1,10 +1,8 @@
 import { sql, type Kysely } from 'kysely'
-import { withMigrationLock } from '../migrator/migration-lock.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { withLockRetry } from '../online/lock-retry.ts'
-import { inRun, progress } from '../online/run-context.ts'
-import { DistributeRefused } from './distribute.ts'
-import { runContextOf, step } from './steps.ts'
+import { progress } from '../online/run-context.ts'
+import { DistributeRefused, onCoordinator, step } from './steps.ts'
 
 export interface IsolateTenantOptions {
   logger?: MigrationLogger
@@ -31,35 +29,25 @@ export interface IsolatedTenant {
  * Idempotent: a tenant with shards of its own is left as it is.
  */
 export async function isolateTenant(db: Kysely<any>, tenantId: string, options: IsolateTenantOptions = {}): Promise<IsolatedTenant> {
-  return inRun(runContextOf(options), () => db.connection().execute(async (conn) => {
-    const { rows: ext } = await sql<{ v: string | null }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
-    if (!ext[0]?.v) throw new DistributeRefused('this database has no citus extension: isolate-tenant moves a tenant between shards of a distributed database (skills-db distribute first)')
-    await sql`select pg_catalog.set_config('skills_db.all_tenants', 'on', false), pg_catalog.set_config('search_path', 'public', false)`.execute(conn)
-    try {
-      return await withMigrationLock(conn, async () => {
-        const { rows: anchor } = await sql<{ t: string }>`select p.logicalrelid::regclass::text as t from pg_catalog.pg_dist_partition p
-          where p.partmethod = 'h' and p.logicalrelid = 'public.users'::regclass`.execute(conn)
-        if (!anchor[0]) throw new DistributeRefused('the tables are not distributed: run skills-db distribute first')
-        const { rows: known } = await sql`select 1 from public.tenants where id = ${tenantId}`.execute(conn)
-        if (known.length === 0) throw new DistributeRefused(`there is no tenant "${tenantId.slice(0, 64)}": nothing was changed`)
-        const already = await ownShard(conn, tenantId)
-        if (!already) {
-          // block_writes: the writes to the shards it splits (the tenant's and its hash neighbours') wait for
-          // the copy of one shard in each table. The logical mode ('auto') hung here under the app's load:
-          // its replication slot waits for the transactions open at its start to end, and the load's
-          // did not (test/support/citus-suite.ts); not offered until that is understood.
-          await step(`tenant ${tenantId}: shards of its own in every colocated table (writes to the shards split wait for the copy)`, () =>
-            withLockRetry(conn, 'users', (trx) => sql`select isolate_tenant_to_new_shard('public.users'::regclass, ${tenantId}::text, 'CASCADE', shard_transfer_mode => 'block_writes')`.execute(trx)))
-        }
-        const shards = await shardsOf(conn, tenantId)
-        progress(`  tenant ${tenantId}${already ? ' already had' : ' has'} shards of its own on ${[...new Set(shards.map((s) => s.node))].join(', ')}: ${shards.map((s) => `${s.table} ${s.shardId}`).join(', ')}`)
-        return { tenantId, shards, already }
-      })
-    } finally {
-      await sql`rollback`.execute(conn).catch(() => {})
-      await sql`reset all`.execute(conn).catch(() => {})
+  return onCoordinator(db, options, { noCitus: 'this database has no citus extension: isolate-tenant moves a tenant between shards of a distributed database (skills-db distribute first)' }, async (conn) => {
+    const { rows: anchor } = await sql<{ t: string }>`select p.logicalrelid::regclass::text as t from pg_catalog.pg_dist_partition p
+      where p.partmethod = 'h' and p.logicalrelid = 'public.users'::regclass`.execute(conn)
+    if (!anchor[0]) throw new DistributeRefused('the tables are not distributed: run skills-db distribute first')
+    const { rows: known } = await sql`select 1 from public.tenants where id = ${tenantId}`.execute(conn)
+    if (known.length === 0) throw new DistributeRefused(`there is no tenant "${tenantId.slice(0, 64)}": nothing was changed`)
+    const already = await ownShard(conn, tenantId)
+    if (!already) {
+      // block_writes: the writes to the shards it splits (the tenant's and its hash neighbours') wait for
+      // the copy of one shard in each table. The logical mode ('auto') hung here under the app's load:
+      // its replication slot waits for the transactions open at its start to end, and the load's
+      // did not (test/support/citus-suite.ts); not offered until that is understood.
+      await step(`tenant ${tenantId}: shards of its own in every colocated table (writes to the shards split wait for the copy)`, () =>
+        withLockRetry(conn, 'users', (trx) => sql`select isolate_tenant_to_new_shard('public.users'::regclass, ${tenantId}::text, 'CASCADE', shard_transfer_mode => 'block_writes')`.execute(trx)))
     }
-  }))
+    const shards = await shardsOf(conn, tenantId)
+    progress(`  tenant ${tenantId}${already ? ' already had' : ' has'} shards of its own on ${[...new Set(shards.map((s) => s.node))].join(', ')}: ${shards.map((s) => `${s.table} ${s.shardId}`).join(', ')}`)
+    return { tenantId, shards, already }
+  })
 }
 
 /** Whether the tenant's shard of users covers its hash value alone. */

@@ -1,7 +1,13 @@
 import { sql, type Kysely } from 'kysely'
 import { withLockRetry } from '../online/lock-retry.ts'
-import { progress, type RunContext } from '../online/run-context.ts'
+import { inRun, progress, type RunContext } from '../online/run-context.ts'
+import { withMigrationLock } from '../migrator/migration-lock.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
+
+/** A Citus command refused before changing anything: no citus extension, a schema not ready, an unknown tenant. */
+export class DistributeRefused extends Error {
+  override name = 'DistributeRefused'
+}
 
 /** A statement of distribute or undistribute failed on the server; the message carries Citus's DETAIL and HINT. */
 export class DistributeFailed extends Error {
@@ -73,4 +79,33 @@ export function runContextOf(options: { logger?: MigrationLogger; lockTimeoutMs?
     ...(options.lockTimeoutMs ? { lockTimeoutMs: options.lockTimeoutMs } : {}),
     ...(options.lockRetryBudgetMs ? { lockRetryBudgetMs: options.lockRetryBudgetMs } : {}),
   }
+}
+
+/**
+ * Runs one Citus command of skills-db on one connection: refused with `noCitus` (nothing changed)
+ * without the citus extension; else with the owner's all-tenants view, search_path public, Citus's
+ * triggers on shards when asked and any other `settings`, holding the migration lock (never beside
+ * a migration or another of these), and leaving the connection as it found it.
+ */
+export async function onCoordinator<T>(db: Kysely<any>, options: { logger?: MigrationLogger; lockTimeoutMs?: number; lockRetryBudgetMs?: number },
+  { noCitus, unsafeTriggers = false, settings = {} }: { noCitus: string; unsafeTriggers?: boolean; settings?: Record<string, string> },
+  fn: (conn: Kysely<any>) => Promise<T>): Promise<T> {
+  return inRun(runContextOf(options), () => db.connection().execute(async (conn) => {
+    const { rows } = await sql<{ v: string | null }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
+    if (!rows[0]?.v) throw new DistributeRefused(noCitus)
+    const all = { 'skills_db.all_tenants': 'on', search_path: 'public', ...(unsafeTriggers ? { 'citus.enable_unsafe_triggers': 'on' } : {}), ...settings }
+    for (const [name, value] of Object.entries(all)) await sql`select pg_catalog.set_config(${name}, ${value}, false)`.execute(conn)
+    try {
+      return await withMigrationLock(conn, () => fn(conn))
+    } finally {
+      await sql`rollback`.execute(conn).catch(() => {})
+      await sql`reset all`.execute(conn).catch(() => {})
+    }
+  }))
+}
+
+/** Whether this session's role is a superuser (some of what the Citus commands set needs one). */
+export async function isSuperuser(db: Kysely<any>): Promise<boolean> {
+  const { rows } = await sql<{ su: boolean }>`select rolsuper as su from pg_catalog.pg_roles where rolname = current_user`.execute(db)
+  return rows[0]?.su === true
 }

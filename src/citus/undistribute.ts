@@ -1,11 +1,10 @@
 import { sql, type Kysely } from 'kysely'
-import { withMigrationLock } from '../migrator/migration-lock.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { appRoleName } from '../online/app-role.ts'
 import { forget, readRecorded } from '../online/recorded-settings.ts'
-import { inRun, progress } from '../online/run-context.ts'
-import { DistributeRefused, REPLACED_FUNCTIONS } from './distribute.ts'
-import { runContextOf, step, withoutTriggers } from './steps.ts'
+import { progress } from '../online/run-context.ts'
+import { REPLACED_FUNCTIONS } from './distribute.ts'
+import { isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
 
 export interface UndistributeOptions {
   logger?: MigrationLogger
@@ -31,68 +30,56 @@ const OURS = ['public', 'skills_db', 'tenant_context']
  * tenant context goes back last, once no table is distributed.
  */
 export async function undistribute(db: Kysely<any>, options: UndistributeOptions = {}): Promise<{ undistributed: string[] }> {
-  return inRun(runContextOf(options), () => db.connection().execute(async (conn) => {
-    const { rows } = await sql<{ v: string | null }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
-    if (!rows[0]?.v) throw new DistributeRefused('this database has no citus extension, so nothing is distributed: nothing was changed')
-    await sql`select pg_catalog.set_config('skills_db.all_tenants', 'on', false), pg_catalog.set_config('search_path', 'public', false),
-      pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', false)`.execute(conn)
-    try {
-      return await withMigrationLock(conn, async () => {
-        // The statistics targets as distribute left them (0015 turned statistics off on the columns the
-        // app role reads); undistribute_table makes new tables, which would keep statistics again.
-        const { rows: targets } = await sql<{ table: string; column: string; target: number }>`
-          select c.oid::regclass::text as table, a.attname as column, a.attstattarget as target
-          from pg_catalog.pg_dist_partition p join pg_catalog.pg_class c on c.oid = p.logicalrelid
-            join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
-          where c.relnamespace::regnamespace::text = any(${OURS}) and a.attstattarget >= 0
-          order by 1, 2`.execute(conn)
-        const undistributed: string[] = []
-        for (;;) {
-          // One table at a time, with those it is joined to by foreign keys (Citus moves them together).
-          const { rows: left } = await sql<{ table: string }>`select p.logicalrelid::regclass::text as table from pg_catalog.pg_dist_partition p
-            join pg_catalog.pg_class c on c.oid = p.logicalrelid
-            where c.relnamespace::regnamespace::text = any(${OURS}) order by (p.partmethod = 'n') desc, 1 limit 1`.execute(conn)
-          const table = left[0]?.table
-          if (!table) break
-          const before = await citusTables(conn)
-          await step(`${table}: back to a table of this node, with the tables its foreign keys join it to`, () =>
-            withoutTriggers(conn, table, (trx) => sql`select undistribute_table(${table}::regclass, cascade_via_foreign_keys => true)`.execute(trx)))
-          const after = new Set(await citusTables(conn))
-          undistributed.push(...before.filter((t) => !after.has(t)))
-        }
-        for (const t of targets) {
-          const { rows: now } = await sql<{ target: number }>`select attstattarget as target from pg_catalog.pg_attribute
-            where attrelid = ${t.table}::regclass and attname = ${t.column}`.execute(conn)
-          if (now[0] && now[0].target !== t.target) {
-            await sql`alter table ${sql.raw(t.table)} alter column ${sql.id(t.column)} set statistics ${sql.lit(t.target)}`.execute(conn)
-          }
-        }
-        if (targets.length > 0) progress(`  statistics targets as they were on ${new Set(targets.map((t) => t.table)).size} table(s)`)
-
-        const recorded = await readRecorded(conn, REPLACED_FUNCTIONS)
-        if (recorded) {
-          await step('the single-node tenant context functions back', async () => {
-            for (const { def } of JSON.parse(recorded) as { fn: string; def: string }[]) await sql.raw(def).execute(conn)
-          })
-        }
-        await step('the per-node copies of the tenant keys dropped', async () => {
-          await sql`select run_command_on_workers('drop table if exists tenant_context.node_keys')`.execute(conn)
-          await sql`drop function if exists tenant_context.copy_keys_to_nodes()`.execute(conn)
-          await sql`drop table if exists tenant_context.node_keys`.execute(conn)
-        })
-        const app = await appRoleName(conn)
-        await sql`alter role ${sql.id(app)} reset citus.propagate_set_commands`.execute(conn)
-        const { rows: su } = await sql<{ su: boolean }>`select rolsuper as su from pg_catalog.pg_roles where rolname = current_user`.execute(conn)
-        if (su[0]?.su) await sql`alter role ${sql.id(app)} reset track_activities`.execute(conn)
-        await forget(conn, REPLACED_FUNCTIONS)
-        progress(`  tenant context: the single-node one; ${app}'s Citus setting reset`)
-        return { undistributed }
-      })
-    } finally {
-      await sql`rollback`.execute(conn).catch(() => {})
-      await sql`reset all`.execute(conn).catch(() => {})
+  return onCoordinator(db, options, { noCitus: 'this database has no citus extension, so nothing is distributed: nothing was changed', unsafeTriggers: true }, async (conn) => {
+    // The statistics targets as distribute left them (0015 turned statistics off on the columns the
+    // app role reads); undistribute_table makes new tables, which would keep statistics again.
+    const { rows: targets } = await sql<{ table: string; column: string; target: number }>`
+      select c.oid::regclass::text as table, a.attname as column, a.attstattarget as target
+      from pg_catalog.pg_dist_partition p join pg_catalog.pg_class c on c.oid = p.logicalrelid
+        join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+      where c.relnamespace::regnamespace::text = any(${OURS}) and a.attstattarget >= 0
+      order by 1, 2`.execute(conn)
+    const undistributed: string[] = []
+    for (;;) {
+      // One table at a time, with those it is joined to by foreign keys (Citus moves them together).
+      const { rows: left } = await sql<{ table: string }>`select p.logicalrelid::regclass::text as table from pg_catalog.pg_dist_partition p
+        join pg_catalog.pg_class c on c.oid = p.logicalrelid
+        where c.relnamespace::regnamespace::text = any(${OURS}) order by (p.partmethod = 'n') desc, 1 limit 1`.execute(conn)
+      const table = left[0]?.table
+      if (!table) break
+      const before = await citusTables(conn)
+      await step(`${table}: back to a table of this node, with the tables its foreign keys join it to`, () =>
+        withoutTriggers(conn, table, (trx) => sql`select undistribute_table(${table}::regclass, cascade_via_foreign_keys => true)`.execute(trx)))
+      const after = new Set(await citusTables(conn))
+      undistributed.push(...before.filter((t) => !after.has(t)))
     }
-  }))
+    for (const t of targets) {
+      const { rows: now } = await sql<{ target: number }>`select attstattarget as target from pg_catalog.pg_attribute
+        where attrelid = ${t.table}::regclass and attname = ${t.column}`.execute(conn)
+      if (now[0] && now[0].target !== t.target) {
+        await sql`alter table ${sql.raw(t.table)} alter column ${sql.id(t.column)} set statistics ${sql.lit(t.target)}`.execute(conn)
+      }
+    }
+    if (targets.length > 0) progress(`  statistics targets as they were on ${new Set(targets.map((t) => t.table)).size} table(s)`)
+
+    const recorded = await readRecorded(conn, REPLACED_FUNCTIONS)
+    if (recorded) {
+      await step('the single-node tenant context functions back', async () => {
+        for (const { def } of JSON.parse(recorded) as { fn: string; def: string }[]) await sql.raw(def).execute(conn)
+      })
+    }
+    await step('the per-node copies of the tenant keys dropped', async () => {
+      await sql`select run_command_on_workers('drop table if exists tenant_context.node_keys')`.execute(conn)
+      await sql`drop function if exists tenant_context.copy_keys_to_nodes()`.execute(conn)
+      await sql`drop table if exists tenant_context.node_keys`.execute(conn)
+    })
+    const app = await appRoleName(conn)
+    await sql`alter role ${sql.id(app)} reset citus.propagate_set_commands`.execute(conn)
+    if (await isSuperuser(conn)) await sql`alter role ${sql.id(app)} reset track_activities`.execute(conn)
+    await forget(conn, REPLACED_FUNCTIONS)
+    progress(`  tenant context: the single-node one; ${app}'s Citus setting reset`)
+    return { undistributed }
+  })
 }
 
 async function citusTables(db: Kysely<any>): Promise<string[]> {
