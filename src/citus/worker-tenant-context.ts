@@ -4,35 +4,45 @@ import { sql } from 'kysely'
  * The tenant context as Citus needs it. The policies run on the workers, against each shard, in
  * sessions of their own: they have no `currval` of the coordinator's session (0008's mark) and see
  * only settings that `SET LOCAL` propagated (citus.propagate_set_commands = 'local'; set_config()
- * is not propagated). So on a distributed database:
+ * is not propagated).
  *
- * - challenge() first makes this transaction a distributed one (a statement that needs remote
- *   transaction blocks), then returns `<gpid>:<distributed transaction number>`: the coordinator
- *   backend's global pid and its distributed transaction, which every worker sees for this
- *   transaction (citus_backend_gpid(), get_current_transaction_id()).
- * - enter() checks the app's signature of that challenge as 0008's does, then SET LOCALs the
- *   tenant, the mark that it entered, and the signature itself, which reach the workers.
- * - current_tenant(), on every node, accepts the tenant only when the signature is the HMAC, under
- *   a key of skills_db.tenant_context_keys (a reference table: a copy on every node), of the tenant
- *   and of the gpid and distributed transaction it runs in. A signature replayed in another
- *   transaction, or from another coordinator session, does not match.
+ * What the app role can forge on any node, and so proves nothing by itself (an outside review
+ * replayed another tenant's leaked context with it): the settings (any SQL can SET them, and Citus
+ * pushes functions in a query down to the shards); the Citus identity of a transaction (its
+ * `citus_backend_gpid()` comes from `application_name = 'citus_internal gpid=…'`, and
+ * `assign_distributed_transaction_id()` is callable by anyone, since the coordinator calls it as the
+ * session's role). What it cannot forge: its own backend's pid and transaction start, the sequence
+ * value only enter() sets (0008's mark), and the role a backend logged in as.
  *
- * Read from Citus's source, not yet run (no Citus on this project's machines; test/citus.test.ts):
- * - enter() propagates its SET LOCALs itself (citus.propagate_set_commands in its own SET clause),
- *   at once to the remote transactions open and to those opened later in the transaction, so a
- *   pooled session opened before distribute set the role's default needs no reconnect.
- * - current_tenant() reads the key table, a reference table, from inside a query on a shard, which
- *   Citus refuses ("cannot execute a distributed query from a query on a shard") unless
- *   citus.allow_nested_distributed_execution is on: its own SET clause turns it on for that read.
- * - What remains of replay: app_user may call assign_distributed_transaction_id (the coordinator
- *   calls it on the workers as app_user, so it cannot be revoked), and the transaction number starts
- *   again after a restart. A leaked signature could be replayed in a later transaction of the same
- *   coordinator backend that was given the same number; signatures are never logged by skills-db
- *   (bound parameters), but a worker's log_statement would log the propagated SET LOCAL.
+ * - challenge(), on the coordinator only, makes this transaction a distributed one (a read that
+ *   needs remote transaction blocks), then returns `<pid>:<transaction start, µs>:<gpid>:<node>.<number>`:
+ *   this backend, this transaction, and the Citus identity every node sees for it.
+ * - enter(), on the coordinator only, checks the app's HMAC of `<tenant>:<challenge>` against the
+ *   live values, so a signature is good in the backend and transaction it was made for and nowhere
+ *   else. It then leaves 0008's mark (the sequence value) for this backend, SET LOCALs the tenant,
+ *   the challenge and the signature for the nodes, and leaves a witness on the node that holds the
+ *   tenant's shards and on the node the transaction reads `tenants` (a reference table) from: a
+ *   connection of the owner's (enter() runs as the owner, and Citus connects as the current user)
+ *   in this distributed transaction, holding a shared advisory lock on (WITNESS, hashtext(tenant))
+ *   until it ends.
+ * - current_tenant(): in the backend enter() ran in, the tenant when the mark is there (as on one
+ *   server). In a node's connection of a distributed transaction, the tenant when the signature is
+ *   the HMAC of the tenant and the challenge, the challenge names this transaction's Citus identity,
+ *   and this node has a live witness: a backend of the owner's role in the same transaction holding
+ *   the tenant's lock. The app role cannot make one: its own backends are not the owner's, and the
+ *   owner's are opened only by functions whose SQL it does not choose, and the witness only by
+ *   enter() after its check. So a context that leaked (a worker's statement log shows it) is dead
+ *   once its transaction ends, however its identity is forged.
  *
- * It costs an HMAC and a key lookup per shard statement, which a distributed query's network hop
- * dwarfs.
+ * What is left: the replay of a context while its own transaction still runs, on the node of the
+ * tenant's shards (the leak would have to be read and replayed within the request's milliseconds).
+ *
+ * It costs, per request, the witness's read on the tenant's node (one shard, in the transaction's
+ * first round trip there), and per statement on a shard, an HMAC and a look at the node's backends.
  */
+/** The advisory lock class of the witness enter() leaves on the tenant's node: hashtext('skills_db tenant_context witness'). */
+export const WITNESS_LOCK = 1477696139
+
 export const CITUS_CHALLENGE = sql`
   create or replace function tenant_context.challenge() returns text
   language plpgsql volatile security definer
@@ -41,19 +51,25 @@ export const CITUS_CHALLENGE = sql`
   declare
     tx record;
   begin
+    if not citus_is_coordinator() then
+      raise exception 'the tenant context is entered on the coordinator only'
+        using errcode = 'insufficient_privilege', hint = 'connect the app to the Citus coordinator';
+    end if;
     -- With the coordinator in the metadata it holds placements (of the reference tables, here read
     -- by enter()), which Citus reads by local execution; EXPLAIN later in the transaction then needs
     -- a connection to this node, which Citus refuses once local execution has been used ("cannot
     -- execute command because a local execution has accessed a placement in the transaction").
     -- Connections throughout, for this transaction, on this node only: set_config(), which Citus
     -- does not propagate (on the workers, triggers on shards reach colocated shards by local
-    -- execution, and only so).
+    -- execution, and only so). The witness on this node, when it holds the tenant's shards, is
+    -- such a connection too.
     perform set_config('citus.enable_local_execution', 'off', true);
     -- Reading a distributed table in a transaction block opens remote transactions, which assigns
     -- this transaction its distributed id.
     perform 1 from public.site_settings s where s.tenant_id = '' limit 1;
     select * into tx from get_current_transaction_id();
-    return citus_backend_gpid() || ':' || tx.initiator_node_identifier || '.' || tx.transaction_number;
+    return pg_backend_pid() || ':' || (date_part('epoch', now()) * 1000000)::bigint || ':'
+      || citus_backend_gpid() || ':' || tx.initiator_node_identifier || '.' || tx.transaction_number;
   end $$`
 
 export const CITUS_ENTER = sql`
@@ -63,11 +79,18 @@ export const CITUS_ENTER = sql`
   set citus.propagate_set_commands = 'local'
   as $$
   declare
+    started bigint := (date_part('epoch', now()) * 1000000)::bigint;
     signed_with text := split_part(signature, ':', 1);
     pads record;
     active boolean;
     tx record;
+    challenge text;
+    checked record;
   begin
+    if not citus_is_coordinator() then
+      raise exception 'the tenant context is entered on the coordinator only'
+        using errcode = 'insufficient_privilege', hint = 'connect the app to the Citus coordinator';
+    end if;
     if not exists (select 1 from tenant_context.node_keys) then
       raise exception 'the database holds no tenant context key'
         using errcode = 'insufficient_privilege',
@@ -80,22 +103,37 @@ export const CITUS_ENTER = sql`
           hint = 'add it to the migrator''s SKILLS_DB_TENANT_KEYS (or tenantKeys), or give the app a key listed there';
     end if;
     select * into tx from get_current_transaction_id();
+    challenge := pg_backend_pid() || ':' || started || ':' || citus_backend_gpid() || ':'
+      || tx.initiator_node_identifier || '.' || tx.transaction_number;
     if tx.transaction_number is null or tx.transaction_number = 0
-       or encode(sha256(pads.outer_pad || sha256(pads.inner_pad || convert_to(tenant || ':' || citus_backend_gpid() || ':'
-           || tx.initiator_node_identifier || '.' || tx.transaction_number, 'UTF8'))), 'hex')
+       or encode(sha256(pads.outer_pad || sha256(pads.inner_pad || convert_to(tenant || ':' || challenge, 'UTF8'))), 'hex')
          is distinct from substr(signature, length(signed_with) + 2) then
       raise exception 'the tenant context signature is not valid for this transaction'
         using errcode = 'insufficient_privilege',
           hint = 'the app''s key and the database''s copy of it differ, or the context was signed for another transaction';
     end if;
-    select t.is_active into active from public.tenants t where t.id = tenant;
+    -- The witness, also on the node this transaction reads the reference tables from (which
+    -- need not hold the tenant's shards): Citus picks the same placement of tenants for the app
+    -- role's reads later in the transaction. An inactive tenant's is released with the transaction
+    -- the error below ends.
+    select t.is_active as active, pg_advisory_xact_lock_shared(${sql.lit(WITNESS_LOCK)}, hashtext(tenant)) as witnessed
+      into checked from public.tenants t where t.id = tenant;
+    active := checked.active;
     if active is not true then
       raise exception 'unknown or inactive tenant "%"', left(tenant, 64) using errcode = 'insufficient_privilege';
     end if;
-    -- SET LOCAL, not set_config(): Citus propagates these statements to the workers.
+    -- This backend's mark, as on one server: what current_tenant() trusts here.
+    perform setval('tenant_context.session_tenant', hashtextextended(tenant, started));
+    -- SET LOCAL, not set_config(): Citus propagates these statements to the nodes.
     execute format('set local app.current_tenant_id = %L', tenant);
     execute format('set local tenant_context.entered = %L', 'on');
+    execute format('set local tenant_context.challenge = %L', challenge);
     execute format('set local tenant_context.signature = %L', signature);
+    -- The witness, on the node of the tenant's shards: the read goes to that shard alone, over a
+    -- connection of the owner's in this distributed transaction, which takes the lock there and
+    -- holds it until the transaction ends.
+    perform pg_advisory_xact_lock_shared(${sql.lit(WITNESS_LOCK)}, hashtext(tenant))
+      from (select count(*) from public.site_settings s where s.tenant_id = tenant) shard;
   end $$`
 
 export const CITUS_CURRENT_TENANT = sql`
@@ -105,21 +143,38 @@ export const CITUS_CURRENT_TENANT = sql`
   as $$
   declare
     tenant text := current_setting('app.current_tenant_id', true);
+    challenge text := current_setting('tenant_context.challenge', true);
     signature text := current_setting('tenant_context.signature', true);
     signed_with text := split_part(signature, ':', 1);
+    gpid bigint := citus_backend_gpid();
     tx record;
   begin
     -- '' with no tenant entered, as 0014's: no tenant has that id, and it stays an index condition.
-    if current_setting('tenant_context.entered', true) is distinct from 'on' or tenant is null or signature is null then
+    if current_setting('tenant_context.entered', true) is distinct from 'on' or tenant is null or signature is null or challenge is null then
       return '';
     end if;
-    select * into tx from get_current_transaction_id();
-    if exists (select 1 from tenant_context.node_keys k where k.key_id = signed_with
-        and encode(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(tenant || ':' || citus_backend_gpid() || ':'
-          || tx.initiator_node_identifier || '.' || tx.transaction_number, 'UTF8'))), 'hex') = substr(signature, length(signed_with) + 2)) then
-      return tenant;
+    -- The backend enter() ran in (the coordinator's, whose global pid is its own): its mark, as on
+    -- one server. currval() fails in a session that never entered, which only forged settings reach.
+    if citus_is_coordinator() and citus_pid_for_gpid(gpid) = pg_backend_pid() then
+      if currval('tenant_context.session_tenant') = hashtextextended(tenant, (date_part('epoch', now()) * 1000000)::bigint) then
+        return tenant;
+      end if;
+      return '';
     end if;
-    return '';
+    -- A node's connection: the signature, for this transaction, and the witness enter() left here.
+    select * into tx from get_current_transaction_id();
+    if split_part(challenge, ':', 3) is distinct from gpid::text
+       or split_part(challenge, ':', 4) is distinct from tx.initiator_node_identifier || '.' || tx.transaction_number
+       or not exists (select 1 from tenant_context.node_keys k where k.key_id = signed_with
+         and encode(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(tenant || ':' || challenge, 'UTF8'))), 'hex') = substr(signature, length(signed_with) + 2))
+       or not exists (select 1 from get_all_active_transactions() w
+         join pg_locks l on l.pid = w.process_id and l.locktype = 'advisory' and l.granted
+           and l.classid = ${sql.lit(WITNESS_LOCK)}::oid and l.objid = hashtext(tenant)::oid and l.objsubid = 2
+         where w.global_pid = gpid and w.transaction_number = tx.transaction_number and w.process_id <> pg_backend_pid()
+           and (select a.usesysid from pg_stat_get_activity(w.process_id) a) = (select r.oid from pg_roles r where r.rolname = current_user)) then
+      return '';
+    end if;
+    return tenant;
   end $$`
 
 

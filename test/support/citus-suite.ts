@@ -11,6 +11,7 @@ import { rowDigests } from '../../fixtures/legacy.ts'
 import { runScript } from './cli.ts'
 import { onlyCitusOwnSessions } from '../../src/citus/own-sessions.ts'
 import { createDb } from '../../src/connection/create-db.ts'
+import { connectClient } from '../../src/connection/pg-client.ts'
 import type { DB } from '../../src/db-types.ts'
 import { migrateContract, migrateOpen, migrateToLatest } from '../../src/migrator/migrate.ts'
 import { withTenant } from '../../src/tenancy/with-tenant.ts'
@@ -241,6 +242,58 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         return (await sql<{ n: number }>`select count(*)::int as n from skills`.execute(trx)).rows[0]!.n
       })
       expect(replayed).toBe(0)
+    })
+
+    it('a context that leaked (as a worker\'s statement log shows it) cannot be replayed once its transaction ended: not on the coordinator, not on any node, not through enter()', async () => {
+      // Everything a node sees of one of B's requests: its settings, which Citus sends as SET LOCAL
+      // text, and the transaction's Citus identity (the application_name and the
+      // assign_distributed_transaction_id() of the coordinator's connections).
+      const leaked = await withTenant(app, B, async (trx) => ({
+        id: (await sql<{ gpid: string; node: number; n: string; stamp: string }>`select citus_backend_gpid()::text as gpid,
+          t.initiator_node_identifier as node, t.transaction_number::text as n, t.transaction_stamp::text as stamp
+          from get_current_transaction_id() t`.execute(trx)).rows[0]!,
+        // (Placeholders are not in pg_settings: every setting a version of enter() has set, by name.)
+        settings: (await sql<{ name: string; setting: string }>`select name, current_setting(name, true) as setting
+          from unnest(array['app.current_tenant_id', 'tenant_context.entered', 'tenant_context.signature', 'tenant_context.challenge']) name
+          where current_setting(name, true) is not null order by 1`.execute(trx)).rows,
+      }))
+      expect(leaked.settings.find((s) => s.name === 'tenant_context.signature')?.setting).toMatch(/:[0-9a-f]{64}$/)
+      const forged = (client: { query(q: string): Promise<unknown> }) => client.query(`begin;
+        select assign_distributed_transaction_id(${leaked.id.node}, ${leaked.id.n}, '${leaked.id.stamp}');
+        ${leaked.settings.map((s) => `set local ${s.name} = '${s.setting}';`).join('\n')}`)
+      const shard = (table: string) => sql<{ s: string }>`select shard_name(${table}::regclass, get_shard_id_for_distribution_column(${table}::regclass, ${B}::text)) as s`.execute(admin).then((r) => r.rows[0]!.s)
+      const { rows: nodes } = await sql<{ host: string; port: number }>`select distinct nodename as host, nodeport as port from pg_dist_node where isactive and noderole = 'primary'`.execute(admin)
+      const urlOf = (port: number) => { const u = new URL(appUrl); u.port = String(port); return u.toString() }
+      const coordinatorPort = Number(new URL(appUrl).port)
+      const shardOfB = await shard('skills')
+      const attempts: [string, string, string][] = [
+        ['the coordinator, the distributed table', urlOf(coordinatorPort), `select count(*)::int as n from skills where tenant_id = '${B}'`],
+        ['the coordinator, no tenant filter', urlOf(coordinatorPort), `select count(*)::int as n from skills`],
+        ['the coordinator, through enter()', urlOf(coordinatorPort), `select tenant_context.enter('${B}', current_setting('tenant_context.signature')); select count(*)::int as n from skills where tenant_id = '${B}'`],
+        ...nodes.flatMap((node): [string, string, string][] => [
+          [`node ${node.port}, B's shard of skills`, urlOf(node.port), `select count(*)::int as n from ${shardOfB}`],
+          [`node ${node.port}, the distributed table`, urlOf(node.port), `select count(*)::int as n from skills where tenant_id = '${B}'`],
+        ]),
+      ]
+      const outcomes: string[] = []
+      for (const [where, url, query, asCitus] of attempts.flatMap(([w, u, q]) => [[w, u, q, true], [`${w}, own application_name`, u, q, false]] as const)) {
+        const client = await connectClient({ connectionString: url, ...(asCitus ? { application_name: `citus_internal gpid=${leaked.id.gpid}` } : {}) })
+        try {
+          await forged(client)
+          const result = await client.query(query) as unknown as { rows: { n: number }[] } | { rows: { n: number }[] }[]
+          const last = Array.isArray(result) ? result.at(-1)! : result
+          outcomes.push(`${where}: ${last.rows[0]!.n} of B's skills`)
+        } catch (error) {
+          outcomes.push(`${where}: refused (${(error as Error).message.slice(0, 80)})`)
+        } finally {
+          await client.end()
+        }
+      }
+      console.log(`replay of B's leaked context (${topology}):\n  ${outcomes.join('\n  ')}`)
+      expect(outcomes.length).toBeGreaterThan(8)
+      // The attack works: B's own withTenant reads the rows the replay must not.
+      expect(await withTenant(app, B, async (trx) => (await sql<{ n: number }>`select count(*)::int as n from skills`.execute(trx)).rows[0]!.n)).toBe(2)
+      expect(outcomes.filter((o) => !/: (0 of B's skills|refused)/.test(o)), outcomes.join('\n')).toEqual([])
     })
 
     // Once distributed, the same proofs as on one server: the policies now run on the workers, against
