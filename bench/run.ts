@@ -1,10 +1,12 @@
 /**
- * npm run bench -- [--scale 1] [--connections 4] [--load-seconds 3] [--out bench-results] [--keep-snapshot]
+ * npm run bench -- [--scale 1] [--connections 4] [--load-seconds 3] [--out bench-results] [--keep-snapshot] [--only citus]
  *
  * Builds a copy of the production database, runs the single-tenant app against it, and migrates
  * it twice on fresh copies while the app runs: (a) skills-db's migrateToLatest, (b) the plan's SQL
  * in one transaction; then on managed-hosting copies (c, d: d through the open phase), and the
- * open and contract phases under the new app's load (e, f) with the audit trail's cost per append.
+ * open and contract phases under the new app's load (e, f) with the audit trail's cost per append,
+ * and distribute on a Citus cluster of its own under the same load (g; not run without Citus).
+ * `--only citus` runs g alone.
  * Prints side-by-side tables, writes results.json and chart.svg.
  * Uses TEST_DATABASE_URL's server (an admin URL, never production) or an embedded PostgreSQL.
  */
@@ -25,6 +27,7 @@ import { BENCH_TENANT_KEY, formatRlsOverhead, measureNoopBoot, measureRlsOverhea
 import { runPlan, runSkillsDb, type MigrationRun } from './lib/variants.ts'
 import { formatAuditCost, measureAuditCost } from './lib/audit-cost.ts'
 import { formatLockStall, measureLockStall } from './lib/lock-stall.ts'
+import { formatDistributeUnderLoad, measureDistributeUnderLoad } from './lib/citus-distribute.ts'
 
 const { values: args } = parseArgs({
   options: {
@@ -33,6 +36,7 @@ const { values: args } = parseArgs({
     'load-seconds': { type: 'string', default: '3' },
     out: { type: 'string', default: 'bench-results' },
     'keep-snapshot': { type: 'boolean', default: false },
+    only: { type: 'string' },
   },
 })
 const scale = Number(args.scale)
@@ -40,6 +44,10 @@ const connections = Number(args.connections)
 const leadMs = Number(args['load-seconds']) * 1000
 if (!(scale > 0) || !(connections > 0) || !(leadMs >= 0)) {
   console.error('error: --scale, --connections and --load-seconds must be positive numbers')
+  process.exit(1)
+}
+if (args.only !== undefined && args.only !== 'citus') {
+  console.error(`error: --only takes "citus" (distribute on Citus under load), not "${args.only}"`)
   process.exit(1)
 }
 
@@ -94,6 +102,19 @@ process.once('uncaughtException', (error) => {
 
 try {
   const counts = countsAt(scale)
+  if (args.only === 'citus') {
+    const citus = await measureDistributeUnderLoad(counts, { connections, leadMs, appRole })
+    console.log(`\ndistribute on Citus under the new app's load, scale ${scale}:\n${formatDistributeUnderLoad(citus)}`)
+    mkdirSync(args.out!, { recursive: true })
+    writeFileSync(`${args.out}/citus.json`, JSON.stringify({ scale, connections, counts, citusDistribute: citus }, null, 2))
+  } else {
+    await everything(counts)
+  }
+} finally {
+  await cleanup()
+}
+
+async function everything(counts: Counts): Promise<void> {
   await ensureSnapshot(counts)
   console.log(`server: ${server.source}; scale ${scale} (${counts.usage_events} usage_events); ${connections} app connections`)
   const a = await untilSuccess('a: skills-db', (url) => runSkillsDb(url, appRole), counts)
@@ -110,15 +131,15 @@ try {
   const managedRls = await measureRlsOverhead(c.url, as(c.url, appRole), await defaultTenant(c.url), counts.skills)
   // The open and contract phases, once the old app is retired, under the new app's load.
   const phases = await measureOpenAndContract(counts)
+  const citus = await measureDistributeUnderLoad(counts, { connections, leadMs, appRole })
   report([a.result, b.result], extra)
   reportManaged([c.result, d.result], managedRls)
   reportPhases(phases)
+  console.log(`\ndistribute on Citus (g) under the new app's load:\n${formatDistributeUnderLoad(citus)}`)
   mkdirSync(args.out!, { recursive: true })
-  writeFileSync(`${args.out}/results.json`, JSON.stringify({ scale, connections, counts, server: server.source, variants: [a.result, b.result], managed: [c.result, d.result], managedRlsOverhead: managedRls, ...phases, ...extra }, null, 2))
+  writeFileSync(`${args.out}/results.json`, JSON.stringify({ scale, connections, counts, server: server.source, variants: [a.result, b.result], managed: [c.result, d.result], managedRlsOverhead: managedRls, ...phases, ...extra, citusDistribute: citus }, null, 2))
   writeFileSync(`${args.out}/chart.svg`, await renderChart([a.chart, b.chart]))
   console.log(`\nwrote ${args.out}/results.json and ${args.out}/chart.svg`)
-} finally {
-  await cleanup()
 }
 
 async function ensureSnapshot(counts: Counts): Promise<void> {

@@ -71,6 +71,19 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
     }
     await onEveryNode(await functions(false))
 
+    // The foreign keys between tables not yet both distributed, and those to tenants while it is not
+    // yet a reference table (none, on a rerun after a completed run): dropped before tenants becomes
+    // one, added back once every table is distributed. With them in place, the app's requests
+    // deadlocked while distribute ran: a local table's key check locks the reference table's shard
+    // in Share mode, a distributed table's write in Row Exclusive, and two requests each holding the
+    // one waited for the other; and with the coordinator in the metadata, Citus made every table
+    // referencing tenants a Citus local table, whose shard on the coordinator saw no tenant context.
+    const keys = recorded ? JSON.parse(recorded) as { table: string; name: string; definition: string }[]
+      : await foreignKeysBetween(conn, await asyncFilter(tables, async (t) => !(await isDistributed(conn, `public.${t}`))),
+        (await isReference(conn, 'public.tenants')) ? [] : ['tenants'])
+    if (!recorded) await record(conn, FOREIGN_KEYS, JSON.stringify(keys), { replace: true })
+    for (const k of keys) await step(`drop foreign key ${k.table}.${k.name} (added back below)`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(trx)))
+
     for (const table of ['public.tenants', 'skills_db.tenant_context_keys']) {
       if (!(await isReference(conn, table))) {
         await step(`${table}: a reference table`, () => withoutTriggers(conn, table, (trx) => sql`select create_reference_table(${table}::regclass)`.execute(trx)))
@@ -78,12 +91,6 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
     }
 
     await onEveryNode(await functions(true))
-
-    // The keys between tables not yet both distributed (none, on a rerun after a completed run).
-    const keys = recorded ? JSON.parse(recorded) as { table: string; name: string; definition: string }[]
-      : await foreignKeysBetween(conn, await asyncFilter(tables, async (t) => !(await isDistributed(conn, `public.${t}`))))
-    if (!recorded) await record(conn, FOREIGN_KEYS, JSON.stringify(keys), { replace: true })
-    for (const k of keys) await step(`drop foreign key ${k.table}.${k.name} (added back below)`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(trx)))
     const distributed: string[] = []
     // One colocation group, anchored on the table a killed run already distributed, else the first.
     // (Hash-distributed only: with the coordinator in the metadata, create_reference_table('tenants')
@@ -103,9 +110,12 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
       }
       if (table === 'public.site_settings') await tenantContextOnEveryNode(conn, app)
     }
+    // Added NOT VALID (a moment's lock), then validated, which reads the rows without blocking the
+    // app's writes; a rerun validates one a kill left unvalidated.
     for (const k of keys) {
-      const { rows: present } = await sql`select 1 from pg_catalog.pg_constraint where conname = ${k.name} and conrelid = ${`public.${k.table}`}::regclass`.execute(conn)
-      if (present.length === 0) await step(`add foreign key ${k.table}.${k.name} back`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} add constraint ${sql.id(k.name)} ${sql.raw(k.definition)}`.execute(trx)))
+      const { rows: present } = await sql<{ valid: boolean }>`select convalidated as valid from pg_catalog.pg_constraint where conname = ${k.name} and conrelid = ${`public.${k.table}`}::regclass`.execute(conn)
+      if (present.length === 0) await step(`add foreign key ${k.table}.${k.name} back`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} add constraint ${sql.id(k.name)} ${sql.raw(k.definition)} not valid`.execute(trx)))
+      if (!present[0]?.valid) await step(`validate foreign key ${k.table}.${k.name}`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} validate constraint ${sql.id(k.name)}`.execute(trx)))
     }
     await forget(conn, FOREIGN_KEYS)
 
@@ -230,13 +240,13 @@ export async function distributionOrder(db: Kysely<any>): Promise<string[]> {
   return ordered
 }
 
-/** Every foreign key from one of `tables` to another, as `ALTER TABLE … ADD CONSTRAINT` takes it. */
-async function foreignKeysBetween(db: Kysely<any>, tables: string[]) {
+/** Every foreign key from one of `tables` to another or to one of `alsoTo`, as `ALTER TABLE … ADD CONSTRAINT` takes it. */
+async function foreignKeysBetween(db: Kysely<any>, tables: string[], alsoTo: string[] = []) {
   const { rows } = await sql<{ table: string; name: string; definition: string }>`
     select c.relname as table, k.conname as name, pg_catalog.pg_get_constraintdef(k.oid) as definition
     from pg_catalog.pg_constraint k join pg_catalog.pg_class c on c.oid = k.conrelid join pg_catalog.pg_class p on p.oid = k.confrelid
     where k.contype = 'f' and c.relnamespace = 'public'::regnamespace and p.relnamespace = 'public'::regnamespace
-      and not c.relispartition and c.relname = any(${tables}) and p.relname = any(${tables})
+      and not c.relispartition and c.relname = any(${tables}) and p.relname = any(${[...tables, ...alsoTo]})
     order by 1, 2`.execute(db)
   return rows
 }

@@ -85,6 +85,7 @@ export const CITUS_ENTER = sql`
     active boolean;
     tx record;
     challenge text;
+    nodes_signature text;
     checked record;
   begin
     if not citus_is_coordinator() then
@@ -103,11 +104,22 @@ export const CITUS_ENTER = sql`
           hint = 'add it to the migrator''s SKILLS_DB_TENANT_KEYS (or tenantKeys), or give the app a key listed there';
     end if;
     select * into tx from get_current_transaction_id();
+    if tx.transaction_number is null or tx.transaction_number = 0 then
+      -- A challenge of the single-node form (below): this transaction is not yet a distributed one.
+      perform set_config('citus.enable_local_execution', 'off', true);
+      perform 1 from public.site_settings s where s.tenant_id = '' limit 1;
+      select * into tx from get_current_transaction_id();
+    end if;
     challenge := pg_backend_pid() || ':' || started || ':' || citus_backend_gpid() || ':'
       || tx.initiator_node_identifier || '.' || tx.transaction_number;
+    -- The nodes check a signature of this challenge: the app's, or, when the app signed the
+    -- single-node challenge (<pid>:<start>, of a request that began while distribute replaced these
+    -- functions), one made here under the same key. Either binds this backend and this
+    -- transaction, which is all the app's signature proves; the nodes' check adds the witness.
+    nodes_signature := encode(sha256(pads.outer_pad || sha256(pads.inner_pad || convert_to(tenant || ':' || challenge, 'UTF8'))), 'hex');
     if tx.transaction_number is null or tx.transaction_number = 0
-       or encode(sha256(pads.outer_pad || sha256(pads.inner_pad || convert_to(tenant || ':' || challenge, 'UTF8'))), 'hex')
-         is distinct from substr(signature, length(signed_with) + 2) then
+       or substr(signature, length(signed_with) + 2) not in (nodes_signature,
+         encode(sha256(pads.outer_pad || sha256(pads.inner_pad || convert_to(tenant || ':' || pg_backend_pid() || ':' || started, 'UTF8'))), 'hex')) then
       raise exception 'the tenant context signature is not valid for this transaction'
         using errcode = 'insufficient_privilege',
           hint = 'the app''s key and the database''s copy of it differ, or the context was signed for another transaction';
@@ -128,7 +140,7 @@ export const CITUS_ENTER = sql`
     execute format('set local app.current_tenant_id = %L', tenant);
     execute format('set local tenant_context.entered = %L', 'on');
     execute format('set local tenant_context.challenge = %L', challenge);
-    execute format('set local tenant_context.signature = %L', signature);
+    execute format('set local tenant_context.signature = %L', signed_with || ':' || nodes_signature);
     -- The witness, on the node of the tenant's shards: the read goes to that shard alone, over a
     -- connection of the owner's in this distributed transaction, which takes the lock there and
     -- holds it until the transaction ends.

@@ -16,15 +16,16 @@ import { runScript, type CliResult } from '../support/cli.ts'
  * distribute killed with SIGKILL right before one of its statements (it prints each before running
  * it; the CLI stops itself right after printing, test/faults/freeze-at-line.ts, so the statement
  * never reaches the server), then run again: it completes, to the same schema as an uninterrupted
- * run, with every row and the audit chain as it was. Five statements, each of another kind (the
-functions sent to every node and the foreign keys dropped are like those shown), on the topology
- * where Citus does the most (the coordinator in the metadata: create_reference_table makes the
- * other tables Citus local tables first). Then undistribute returns to the contracted catalog.
+ * run, with every row and the audit chain as it was. Six statements, each of another kind (the
+ * functions sent to every node and the foreign keys dropped are like those shown), on the topology
+ * where Citus does the most (the coordinator in the metadata, which holds shards too). Then
+ * undistribute returns to the contracted catalog.
  */
 const POINTS: [string, RegExp][] = [
   ['the first reference table', /^ {2}public\.tenants: a reference table/m],
   ['audit_logs distributed', /^ {2}audit_logs: distribute by tenant_id/m],
   ['a foreign key added back', /^ {2}add foreign key ratings\./m],
+  ['a foreign key added back, not yet validated', /^ {2}validate foreign key ratings\./m],
   ['the coordinator\'s copy of audit_logs truncated', /^ {2}audit_logs: truncate the coordinator's copy/m],
   ['the tenant keys copied onto every node', /^ {2}the tenant keys on every node/m],
 ]

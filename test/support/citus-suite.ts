@@ -428,8 +428,24 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         expect([...new Set(seen)]).toEqual([A])
       })
 
-      it('distribute again: the same tables, one colocation group, the tenant context on the workers', async () => {
-        expect([...(await distribute(admin)).distributed].sort()).toEqual(DISTRIBUTED)
+      it('distribute again, under the new app\'s load: the same tables, one colocation group, the tenant context on the workers; no request fails, every row', async () => {
+        const countsBefore = await rowCounts()
+        const load = newAppLoad(appUrl, sessions, `dist-${topology}`)
+        await new Promise((r) => setTimeout(r, 300))
+        let distributed: string[] = []
+        let done: Awaited<ReturnType<typeof load.stop>> | undefined
+        try {
+          distributed = (await distribute(admin)).distributed
+          await new Promise((r) => setTimeout(r, 300))
+        } finally {
+          done = await load.stop()
+        }
+        if (!done) throw new Error('the load did not stop')
+        console.log(`distribute (${topology}) under load: ${done.requests} requests, ${done.errors.length} failed, longest ${Math.round(done.longestMs)} ms${done.errors.length ? `; first: ${done.errors[0]}` : ''}`)
+        expect([...distributed].sort()).toEqual(DISTRIBUTED)
+        expect(done.errors).toEqual([])
+        expect(done.requests).toBeGreaterThan(10)
+        expect(await rowCounts()).toEqual({ ...countsBefore, usage_events: countsBefore.usage_events! + done.inserted, audit_logs: countsBefore.audit_logs! + done.audited, audit_signatures: countsBefore.audit_signatures! + done.audited })
         const { rows } = await sql<{ n: number }>`select count(distinct colocation_id)::int as n from citus_tables where citus_table_type = 'distributed'`.execute(admin)
         expect(rows[0]!.n).toBe(1)
         const seen = await withTenant(app, B, async (trx) => (await trx.selectFrom('skills').select('tenant_id').execute()).map((r) => r.tenant_id))
@@ -466,7 +482,10 @@ export function newAppLoad(appUrl: string, sessions: Kysely<DB>[], label: string
         done.inserted++
         if (i % 5 === 0) done.audited++
       } catch (error) {
-        done.errors.push(`${tenant}: ${(error as Error).message}`)
+        done.errors.push(`${tenant}: ${(error as Error).message}${(error as { detail?: string }).detail ? ` (${(error as { detail?: string }).detail})` : ''}`)
+        // A request that fails without a round trip must not starve the event loop (and with it the
+        // command under test) of its turn.
+        await new Promise((r) => setTimeout(r, 5))
       }
       done.longestMs = Math.max(done.longestMs, performance.now() - started)
     }

@@ -1,0 +1,83 @@
+import { sql } from 'kysely'
+import { citusInstallation, startCitusCluster } from '../../fixtures/citus-cluster.ts'
+import { now } from '../../fixtures/clock.ts'
+import { LEGACY_SQL } from '../../fixtures/legacy.ts'
+import { startNewAppWorker } from '../../fixtures/load-worker.ts'
+import { fillProductionCopy, type Counts } from '../../fixtures/production-copy.ts'
+import { distribute } from '../../src/citus/distribute.ts'
+import { createDb } from '../../src/connection/create-db.ts'
+import { migrateContract, migrateOpen, migrateToLatest } from '../../src/migrator/migrate.ts'
+import { errorsByMessage, latencyStats, longestStall, type LatencyStats } from './metrics.ts'
+import { BENCH_TENANT_KEY } from './rls-overhead.ts'
+
+export interface DistributeUnderLoad {
+  topology: string
+  wallMs: number
+  longestStallMs: number
+  appErrors: Record<string, number>
+  acknowledged: number
+  missingRows: number
+  latency: { before: LatencyStats; during: LatencyStats; after: LatencyStats }
+}
+
+/**
+ * `skills-db distribute` on a Citus cluster of its own (a coordinator in the metadata and two
+ * workers, fixtures/citus-cluster.ts), on the production copy at the bench's scale migrated to the
+ * contracted schema, while the new app's requests run: the longest stall, errors, rows lost. Not
+ * run without Citus installed into the machine's PostgreSQL (DEVELOPERS.md says how to build it).
+ */
+export async function measureDistributeUnderLoad(counts: Counts, { connections, leadMs, appRole }: { connections: number; leadMs: number; appRole: string }): Promise<DistributeUnderLoad | { notRun: string }> {
+  const installed = citusInstallation()
+  if ('notInstalled' in installed) return { notRun: installed.notInstalled }
+  const cluster = await startCitusCluster('coordinator-in-metadata')
+  const admin = createDb<any>(cluster.url, { max: 1, applicationName: 'skills-db migrator' })
+  try {
+    await sql.raw(LEGACY_SQL).execute(admin)
+    await fillProductionCopy(admin, counts)
+    for (const migrate of [migrateToLatest, migrateOpen, migrateContract]) {
+      const outcome = await migrate(admin, { appRole, tenantKeys: [BENCH_TENANT_KEY], allowOldAppSessions: true })
+      if (outcome.status === 'error') throw new Error(`(g) migrating the Citus copy failed: ${outcome.error.message}`)
+    }
+    await sql.raw(`alter role "${appRole}" password 'bench'`).execute(admin)
+    const tenant = (await sql<{ id: string }>`select id from tenants where slug = 'default'`.execute(admin)).rows[0]!.id
+    const u = new URL(cluster.url)
+    u.username = appRole
+    u.password = 'bench'
+    process.stdout.write('g: distribute on Citus, new app: load starts … ')
+    const load = startNewAppWorker(u.toString(), { connections, skills: counts.skills, users: counts.users, tenantId: tenant, tenantKey: BENCH_TENANT_KEY, maxMs: 30 * 60_000 })
+    const origin = now()
+    await new Promise((r) => setTimeout(r, leadMs))
+    const start = now()
+    await distribute(admin, { logger: { info: () => {} } })
+    const end = now()
+    await new Promise((r) => setTimeout(r, leadMs))
+    const app = await load.stop()
+    process.stdout.write(`done in ${Math.round(end - start)} ms\n`)
+    const { rows } = await sql<{ n: number }>`select count(*)::int as n from usage_events where id = any(${app.acknowledged})`.execute(admin)
+    return {
+      topology: cluster.topology,
+      wallMs: end - start,
+      longestStallMs: longestStall(app.samples, start, end),
+      appErrors: errorsByMessage(app.samples),
+      acknowledged: app.acknowledged.length,
+      missingRows: app.acknowledged.length - rows[0]!.n,
+      latency: { before: latencyStats(app.samples, origin, start), during: latencyStats(app.samples, start, end), after: latencyStats(app.samples, end, Infinity) },
+    }
+  } finally {
+    await admin.destroy()
+    await cluster.stop()
+  }
+}
+
+export function formatDistributeUnderLoad(r: DistributeUnderLoad | { notRun: string }): string {
+  if ('notRun' in r) return `  not run: ${r.notRun}`
+  const f = (n: number, d = 1) => (Number.isFinite(n) ? n.toFixed(d) : '–')
+  const errors = Object.values(r.appErrors).reduce((x, y) => x + y, 0)
+  return [
+    `  topology: ${r.topology}, 2 workers; distribute took ${f(r.wallMs, 0)} ms`,
+    ...(['before', 'during', 'after'] as const).map((w) => `  request p50 / p99 / max ${w}: ${f(r.latency[w].p50)} / ${f(r.latency[w].p99)} / ${f(r.latency[w].max, 0)} ms`),
+    `  longest app stall during distribute: ${f(r.longestStallMs, 0)} ms (goal ≤ 1000 ms)`,
+    `  app errors: ${errors} (goal 0)${Object.entries(r.appErrors).map(([m, n]) => `\n    ×${n}: ${m}`).join('')}`,
+    `  acknowledged rows missing after: ${r.missingRows} of ${r.acknowledged} (goal 0)`,
+  ].join('\n')
+}
