@@ -1,3 +1,4 @@
+import { sql } from 'kysely'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { createDb } from '../connection/create-db.ts'
@@ -21,7 +22,8 @@ async function loadCodegen(): Promise<Codegen> {
 
 /**
  * The TypeScript kysely-codegen makes of the database's `public` schema: the app's tables, not the
- * migrator's bookkeeping or the tenant context, which live in schemas of their own.
+ * migrator's bookkeeping or the tenant context, which live in schemas of their own, nor what an
+ * extension keeps in public.
  */
 export async function renderTypes(url: string): Promise<string> {
   const { generate, PostgresDialect } = await loadCodegen()
@@ -33,7 +35,12 @@ export async function renderTypes(url: string): Promise<string> {
   try {
     // bytea as Uint8Array, not kysely-codegen's Buffer: the types then need no @types/node in an app
     // that typechecks without Node's globals (pg hands back a Buffer, which is a Uint8Array).
-    return await generate({ db, dialect, includePattern: 'public.*', outFile: null, typeMapping: { bytea: 'Uint8Array' } })
+    // Not what an extension put in public (Citus's citus_tables and citus_schemas views): not the app's.
+    const { rows } = await sql<{ name: string }>`select c.relname as name from pg_catalog.pg_class c
+      where c.relnamespace = 'public'::regnamespace and exists (select 1 from pg_catalog.pg_depend d
+        where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid and d.deptype = 'e') order by 1`.execute(db)
+    const excludePattern = rows.length === 0 ? null : `public.${rows.length === 1 ? rows[0]!.name : `{${rows.map((r) => r.name).join(',')}}`}`
+    return await generate({ db, dialect, includePattern: 'public.*', excludePattern, outFile: null, typeMapping: { bytea: 'Uint8Array' } })
   } finally {
     await db.destroy()
   }

@@ -29,7 +29,9 @@ export async function adoptLegacySchema(db: Kysely<any>): Promise<boolean> {
   const strays = await emptyKyselyBookkeeping(db)
   const { rows } = await sql<{ n: number }>`
     select count(*)::int as n from pg_class c join pg_namespace n on n.oid = c.relnamespace
-    where n.nspname = 'public' and c.relkind in ('r', 'p', 'v', 'm') and c.relname <> all(${strays}::text[])`.execute(db)
+    where n.nspname = 'public' and c.relkind in ('r', 'p', 'v', 'm') and c.relname <> all(${strays}::text[])
+      -- What an extension keeps in public (Citus's citus_tables and citus_schemas) is not the app's.
+      and not exists (select 1 from pg_depend d where d.classid = 'pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')`.execute(db)
   if (strays.length > 0) {
     progress(`left ${strays.join(' and ')} in public alone: Kysely's own bookkeeping, made by a migrator that applied nothing there (drop them when you like)`)
   }

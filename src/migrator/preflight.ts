@@ -37,7 +37,8 @@ export async function preflight(conn: Kysely<any>, { upward = true }: { upward?:
       r.rolsuper as super, r.rolcreaterole as createrole,
       (select pg_catalog.string_agg(distinct pg_catalog.pg_get_userbyid(c.relowner), ', ') from pg_catalog.pg_class c
         where c.relnamespace = n.oid and c.relkind in ('r', 'p', 'v', 'm', 'S', 'f')
-          and not pg_catalog.pg_has_role(c.relowner, 'USAGE')) as "foreignOwners",
+          and not pg_catalog.pg_has_role(c.relowner, 'USAGE')
+          and not exists (select 1 from pg_catalog.pg_depend d where d.classid = 'pg_catalog.pg_class'::regclass and d.objid = c.oid and d.deptype = 'e')) as "foreignOwners",
       (select pg_catalog.count(*)::int from pg_catalog.pg_class c where c.relnamespace = n.oid and c.relkind in ('r', 'p')) as tables,
       pg_catalog.to_regnamespace('skills_db') is null as "needsSchema",
       pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE') as "canCreateSchema",

@@ -17,6 +17,7 @@ import { migrateContract, migrateOpen, migrateToLatest } from '../../src/migrato
 import { withTenant } from '../../src/tenancy/with-tenant.ts'
 import { takeCatalogSnapshot, type CatalogSnapshot } from './catalog-snapshot.ts'
 import { startCitusServer, type CitusServer } from './citus-server.ts'
+import { renderTypes } from '../../src/codegen/generate-types.ts'
 import { describeInjectionSuite } from './injection-suite.ts'
 import { describeIsolationMatrix } from './isolation-matrix.ts'
 import { TEST_AUDIT_KEY, TEST_TENANT_KEY } from './tenant-key.ts'
@@ -99,6 +100,28 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
       // Its backend ends a moment after the client leaves.
       for (let i = 0; i < 100 && (await sql`select 1 from pg_stat_activity where pid = ${pid}`.execute(admin)).rows.length > 0; i++) await new Promise((r) => setTimeout(r, 50))
       expect(await onlyCitusOwnSessions(admin, [])).toBe(true)
+    })
+
+    it('a new database where create extension citus came first: latest installs (Citus\'s views in public are not a schema of the app\'s), and the types leave them out', async () => {
+      const name = `${inject('runId')}_cz_ext_${topology.replace(/-/g, '_')}`
+      await sql.raw(`create database "${name}"`).execute(admin)
+      const u = new URL(server.url)
+      u.pathname = `/${name}`
+      const fresh = createDb<any>(u.toString(), { max: 1 })
+      try {
+        await sql`create extension citus`.execute(fresh)
+        const { rows: views } = await sql<{ v: string }>`select relname as v from pg_class where relnamespace = 'public'::regnamespace order by 1`.execute(fresh)
+        expect(views.map((r) => r.v)).toEqual(['citus_schemas', 'citus_tables'])
+        // (13be881 through e7baddd: "the database has tables but no skills-db migration history, and its schema is not the legacy schema".)
+        expect(await migrateToLatest(fresh, { appRole: `${appRole}_ext`, tenantKeys: [TEST_TENANT_KEY] })).toMatchObject({ status: 'applied' })
+        const types = await renderTypes(u.toString())
+        expect(types).toMatch(/\bskills: Skills\b/)
+        expect(types).not.toMatch(/citus/i)
+      } finally {
+        await fresh.destroy()
+        await sql.raw(`drop database if exists "${name}" with (force)`).execute(admin)
+        await sql.raw(`drop role if exists "${appRole}_ext"`).execute(admin).catch(() => {})
+      }
     })
 
     it('distributes the tenant tables by tenant_id in one colocation group beside two reference tables, every key kept; a rerun has nothing to do', async () => {
