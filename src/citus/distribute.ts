@@ -174,9 +174,14 @@ async function tenantContextOnEveryNode(db: Kysely<any>, app: string): Promise<v
       from pg_catalog.pg_proc p where p.oid = any(array[${sql.join(TENANT_CONTEXT_FUNCTIONS.map((f) => sql`pg_catalog.to_regprocedure(${f})`))}]) order by 1`.execute(db)
     await record(db, REPLACED_FUNCTIONS, JSON.stringify(defs), { replace: true })
   }
-  await CITUS_CHALLENGE.execute(db)
-  await CITUS_ENTER.execute(db)
-  await CITUS_CURRENT_TENANT.execute(db)
+  // In one transaction: a request that got the new challenge gets the new enter() too, and the new
+  // enter() takes the old challenge's signature (a request that asked for it just before); a
+  // request that entered by the old enter() is known by its mark (current_tenant()).
+  await db.transaction().execute(async (trx) => {
+    await CITUS_CHALLENGE.execute(trx)
+    await CITUS_ENTER.execute(trx)
+    await CITUS_CURRENT_TENANT.execute(trx)
+  })
   for (const fn of TENANT_CONTEXT_FUNCTIONS) {
     await sql`select create_distributed_function(${fn}::regprocedure)`.execute(db)
   }

@@ -87,6 +87,7 @@ export const CITUS_ENTER = sql`
     challenge text;
     nodes_signature text;
     checked record;
+    witnessed boolean;
   begin
     if not citus_is_coordinator() then
       raise exception 'the tenant context is entered on the coordinator only'
@@ -124,15 +125,27 @@ export const CITUS_ENTER = sql`
         using errcode = 'insufficient_privilege',
           hint = 'the app''s key and the database''s copy of it differ, or the context was signed for another transaction';
     end if;
-    -- The witness, also on the node this transaction reads the reference tables from (which
-    -- need not hold the tenant's shards): Citus picks the same placement of tenants for the app
-    -- role's reads later in the transaction. An inactive tenant's is released with the transaction
-    -- the error below ends.
-    select t.is_active as active, pg_advisory_xact_lock_shared(${sql.lit(WITNESS_LOCK)}, hashtext(tenant)) as witnessed
+    -- The witness: on the node this transaction reads the reference tables from (Citus picks the
+    -- same placement of tenants for the app role's reads later in the transaction), and on the node
+    -- of the tenant's shards (the read of site_settings goes to that shard alone), each over a
+    -- connection of the owner's in this distributed transaction, which takes the lock there and
+    -- holds it until the transaction ends (an inactive tenant's ends with the error below).
+    --
+    -- Tried, never waited on: any role may take advisory locks, and SQL of the app role pushed down
+    -- to a node once held this one in a session of its own, which hung every later request of the
+    -- tenant (outside review); now they fail at once, saying why.
+    select t.is_active as active, pg_try_advisory_xact_lock_shared(${sql.lit(WITNESS_LOCK)}, hashtext(tenant)) as witnessed
       into checked from public.tenants t where t.id = tenant;
     active := checked.active;
     if active is not true then
       raise exception 'unknown or inactive tenant "%"', left(tenant, 64) using errcode = 'insufficient_privilege';
+    end if;
+    select bool_and(pg_try_advisory_xact_lock_shared(${sql.lit(WITNESS_LOCK)}, hashtext(tenant))) into witnessed
+      from (select count(*) from public.site_settings s where s.tenant_id = tenant) shard;
+    if checked.witnessed is not true or witnessed is not true then
+      raise exception 'another session holds the tenant context lock of tenant "%" on a node', left(tenant, 64)
+        using errcode = 'lock_not_available',
+          hint = 'a session of the app role took advisory lock (${sql.raw(String(WITNESS_LOCK))}, hashtext(tenant)) on a worker: find it in pg_locks there and end it';
     end if;
     -- This backend's mark, as on one server: what current_tenant() trusts here.
     perform setval('tenant_context.session_tenant', hashtextextended(tenant, started));
@@ -141,11 +154,6 @@ export const CITUS_ENTER = sql`
     execute format('set local tenant_context.entered = %L', 'on');
     execute format('set local tenant_context.challenge = %L', challenge);
     execute format('set local tenant_context.signature = %L', signed_with || ':' || nodes_signature);
-    -- The witness, on the node of the tenant's shards: the read goes to that shard alone, over a
-    -- connection of the owner's in this distributed transaction, which takes the lock there and
-    -- holds it until the transaction ends.
-    perform pg_advisory_xact_lock_shared(${sql.lit(WITNESS_LOCK)}, hashtext(tenant))
-      from (select count(*) from public.site_settings s where s.tenant_id = tenant) shard;
   end $$`
 
 export const CITUS_CURRENT_TENANT = sql`
@@ -162,27 +170,33 @@ export const CITUS_CURRENT_TENANT = sql`
     tx record;
   begin
     -- '' with no tenant entered, as 0014's: no tenant has that id, and it stays an index condition.
-    if current_setting('tenant_context.entered', true) is distinct from 'on' or tenant is null or signature is null or challenge is null then
+    if current_setting('tenant_context.entered', true) is distinct from 'on' or tenant is null then
       return '';
     end if;
     -- The backend enter() ran in (the coordinator's, whose global pid is its own): its mark, as on
-    -- one server. currval() fails in a session that never entered, which only forged settings reach.
+    -- one server (also a request that entered by the single-node enter() while distribute replaced
+    -- it, which set no challenge). currval() fails in a session that never entered, which only
+    -- forged settings reach.
     if citus_is_coordinator() and citus_pid_for_gpid(gpid) = pg_backend_pid() then
       if currval('tenant_context.session_tenant') = hashtextextended(tenant, (date_part('epoch', now()) * 1000000)::bigint) then
         return tenant;
       end if;
       return '';
     end if;
+    if signature is null or challenge is null then
+      return '';
+    end if;
     -- A node's connection: the signature, for this transaction, and the witness enter() left here.
     select * into tx from get_current_transaction_id();
-    if split_part(challenge, ':', 3) is distinct from gpid::text
-       or split_part(challenge, ':', 4) is distinct from tx.initiator_node_identifier || '.' || tx.transaction_number
+    -- (This connection's own global pid is not compared: SQL of the app role pushed down to a cached
+    -- connection could change it for the session, and so empty every later request that used it.)
+    if split_part(challenge, ':', 4) is distinct from tx.initiator_node_identifier || '.' || tx.transaction_number
        or not exists (select 1 from tenant_context.node_keys k where k.key_id = signed_with
          and encode(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(tenant || ':' || challenge, 'UTF8'))), 'hex') = substr(signature, length(signed_with) + 2))
        or not exists (select 1 from get_all_active_transactions() w
          join pg_locks l on l.pid = w.process_id and l.locktype = 'advisory' and l.granted
            and l.classid = ${sql.lit(WITNESS_LOCK)}::oid and l.objid = hashtext(tenant)::oid and l.objsubid = 2
-         where w.global_pid = gpid and w.transaction_number = tx.transaction_number and w.process_id <> pg_backend_pid()
+         where w.global_pid::text = split_part(challenge, ':', 3) and w.transaction_number = tx.transaction_number and w.process_id <> pg_backend_pid()
            and (select a.usesysid from pg_stat_get_activity(w.process_id) a) = (select r.oid from pg_roles r where r.rolname = current_user)) then
       return '';
     end if;

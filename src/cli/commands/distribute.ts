@@ -6,7 +6,7 @@ import { usingTarget } from '../target.ts'
 
 export const distributeCommand: Command = {
   name: 'distribute',
-  summary: 'On a database with the citus extension, after the contract phase: tenants (and the tenant keys) become reference tables, the ten tenant tables and audit_signatures distributed by tenant_id in one colocation group, and the tenant context one the workers check. Idempotent; a rerun after a kill completes.',
+  summary: 'On a database with the citus extension, after the contract phase: tenants (and the tenant keys) become reference tables, the ten tenant tables, audit_signatures and the audit chain\'s heads (twelve) distributed by tenant_id in one colocation group, and the tenant context one the workers check. Idempotent; a rerun after a kill completes.',
   options: { ...TARGET, ...LOCKS, 'shard-count': { type: 'string', value: '<n>', help: 'shards per distributed table (default: Citus\'s citus.shard_count)' } },
   run(values) {
     const shards = values['shard-count']
