@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, chmodSync } from 'node:fs'
+import { mkdtempSync, rmSync, chmodSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { sql, type Kysely } from 'kysely'
@@ -201,6 +201,7 @@ describe('PostgreSQL 14', () => {
   it('is refused with one line naming the version found and the version needed, and nothing changes', { timeout: 240_000 }, async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'skills-db-test-pg14-'))
     chmodSync(dir, 0o755)
+    writeFileSync(path.join(dir, 'owner.pid'), String(process.pid)) // spared by other tests' sweeps
     const server = await startEmbeddedPostgres({ dataDir: path.join(dir, 'pg'), port: await freePort(), persistent: false, module: embeddedModuleFor(14)! })
     try {
       const admin = await connectClient({ connectionString: server.adminUrl })

@@ -1,4 +1,4 @@
-import { chmodSync, mkdtempSync, rmSync } from 'node:fs'
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { sql, type Kysely } from 'kysely'
@@ -30,6 +30,8 @@ describe('when withTenant\'s clean-up fails, the session does not serve the next
   beforeAll(async () => {
     dir = mkdtempSync(path.join(tmpdir(), 'skills-db-test-locks-'))
     chmodSync(dir, 0o755)
+    // Whose it is: another test file's sweep of orphaned embedded servers spares it while this runs.
+    writeFileSync(path.join(dir, 'owner.pid'), String(process.pid))
     const module = embeddedModuleFor(process.env.EMBEDDED_PG_MAJOR ? Number(process.env.EMBEDDED_PG_MAJOR) : undefined)
     server = await startEmbeddedPostgres({
       dataDir: path.join(dir, 'pg'), port: await freePort(), persistent: false,
