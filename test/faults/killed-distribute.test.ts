@@ -84,15 +84,23 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
 
   // Before every line distribute prints (each statement it runs is announced by one), when asked:
   // about 20 s a line, so not in CI, which runs the six kinds above.
-  it.runIf(process.env.SKILLS_DB_KILL_EVERY_STEP === '1')('before every line distribute prints, one after another: each rerun completes, the same schema, every row', { timeout: 7_200_000 }, async () => {
-    expect(everyLine.length).toBeGreaterThan(20)
-    const seen = new Set<string>()
-    for (const line of everyLine) {
-      if (seen.has(line)) continue
-      seen.add(line)
-      await killedThenRerun(new RegExp(`^${line.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'))
+  const everyStep = process.env.SKILLS_DB_KILL_EVERY_STEP === '1'
+  it.runIf(everyStep)(`before every line distribute prints, one after another: each rerun completes, the same schema, every row${everyStep ? '' : ' (not run: SKILLS_DB_KILL_EVERY_STEP=1 runs it, about 20 s a line)'}`, { timeout: 7_200_000 }, async () => {
+    // (Not the last line, whose byte count varies: nothing runs after it.)
+    const lines = [...new Set(everyLine.filter((l) => !/ freed$/.test(l)))]
+    expect(lines.length).toBeGreaterThan(20)
+    const failed: string[] = []
+    for (const line of lines) {
+      // The freeze instrument matches each chunk printed ("  <line>\n") with the source alone; the
+      // trial, all that was printed, line by line.
+      try {
+        await killedThenRerun(new RegExp(`^${line.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\n`, 'm'))
+      } catch (error) {
+        failed.push(`${line.trim()}: ${(error as Error).message.split('\n')[0]}`)
+      }
     }
-    console.log(`killed before each of ${seen.size} lines distribute printed: every rerun completed`)
+    console.log(`killed before each of ${lines.length} lines distribute printed: ${lines.length - failed.length} reruns completed as an uninterrupted run${failed.length ? `; not:\n${failed.join('\n')}` : ''}`)
+    expect(failed).toEqual([])
   })
 })
 
