@@ -21,13 +21,14 @@ import { startTestServer } from '../fixtures/test-server.ts'
 import { now } from '../fixtures/clock.ts'
 import { renderChart, type ChartSeries } from './lib/chart.ts'
 import { bins, errorsByMessage, latencyStats, longestStall, type LatencyStats } from './lib/metrics.ts'
-import { startNewAppWorker, startOldAppWorker } from '../fixtures/load-worker.ts'
+import { startOldAppWorker } from '../fixtures/load-worker.ts'
 import { countsAt, fillProductionCopy, type Counts } from '../fixtures/production-copy.ts'
-import { BENCH_TENANT_KEY, formatRlsOverhead, measureNoopBoot, measureRlsOverhead } from './lib/rls-overhead.ts'
+import { formatRlsOverhead, measureNoopBoot, measureRlsOverhead } from './lib/rls-overhead.ts'
 import { runPlan, runSkillsDb, type MigrationRun } from './lib/variants.ts'
 import { formatAuditCost, measureAuditCost } from './lib/audit-cost.ts'
 import { formatLockStall, measureLockStall } from './lib/lock-stall.ts'
 import { formatDistributeUnderLoad, measureDistributeUnderLoad } from './lib/citus-distribute.ts'
+import { underNewAppLoad } from './lib/under-new-app-load.ts'
 
 const { values: args } = parseArgs({
   options: {
@@ -294,9 +295,9 @@ async function measureOpenAndContract(counts: Counts) {
   const db = createDb<any>(url, { max: 1, applicationName: 'skills-db migrator' })
   try {
     // The bench's own superuser sessions are not an old app.
-    const open = await underNewAppLoad('e: open, new app', url, tenant, counts, () => migrateOpen(db, { appRole, allowOldAppSessions: true }))
+    const open = await phaseUnderLoad('e: open, new app', url, tenant, counts, () => migrateOpen(db, { appRole, allowOldAppSessions: true }))
     const openRls = await measureRlsOverhead(url, as(url, appRole), tenant, counts.skills)
-    const contract = await underNewAppLoad('f: contract, new app', url, tenant, counts, () => migrateContract(db, { appRole, allowOldAppSessions: true }))
+    const contract = await phaseUnderLoad('f: contract, new app', url, tenant, counts, () => migrateContract(db, { appRole, allowOldAppSessions: true }))
     const rls = await measureRlsOverhead(url, as(url, appRole), tenant, counts.skills)
     const audit = await measureAuditCost(url, as(url, appRole), tenant, { connections })
     // A second tenant, for what one tenant's table lock costs another's request.
@@ -309,30 +310,17 @@ async function measureOpenAndContract(counts: Counts) {
   }
 }
 
-async function underNewAppLoad(variant: string, url: string, tenant: string, counts: Counts, migrate: () => Promise<MigrationOutcome>) {
+async function phaseUnderLoad(variant: string, url: string, tenant: string, counts: Counts, migrate: () => Promise<MigrationOutcome>) {
   const db = createDb<any>(url, { max: 1 })
   try {
     process.stdout.write(`${variant} (try 1): load starts … `)
-    const load = startNewAppWorker(as(url, appRole), { connections, skills: counts.skills, users: counts.users, tenantId: tenant, tenantKey: BENCH_TENANT_KEY, maxMs: 30 * 60_000 })
-    const origin = now()
-    await new Promise((r) => setTimeout(r, leadMs))
-    const migStart = now()
-    const outcome = await migrate()
-    const migEnd = now()
-    await new Promise((r) => setTimeout(r, leadMs))
-    const app = await load.stop()
-    process.stdout.write(`${outcome.status === 'error' ? `FAILED: ${outcome.error.message}` : 'done'} in ${Math.round(migEnd - migStart)} ms\n`)
-    const { rows } = await sql<{ n: number }>`select count(*)::int as n from usage_events where id = any(${app.acknowledged})`.execute(db)
+    const { result: outcome, ...measured } = await underNewAppLoad(db, as(url, appRole), tenant, counts, { connections, leadMs }, migrate)
+    process.stdout.write(`${outcome.status === 'error' ? `FAILED: ${outcome.error.message}` : 'done'} in ${Math.round(measured.wallMs)} ms\n`)
     return {
       variant,
       ok: outcome.status !== 'error',
       ...(outcome.status === 'error' ? { error: outcome.error.message } : {}),
-      wallMs: migEnd - migStart,
-      longestStallMs: longestStall(app.samples, migStart, migEnd),
-      appErrors: errorsByMessage(app.samples),
-      acknowledged: app.acknowledged.length,
-      missingRows: app.acknowledged.length - rows[0]!.n,
-      latency: { before: latencyStats(app.samples, origin, migStart), during: latencyStats(app.samples, migStart, migEnd), after: latencyStats(app.samples, migEnd, Infinity) },
+      ...measured,
     }
   } finally {
     await db.destroy()

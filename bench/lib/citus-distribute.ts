@@ -1,23 +1,15 @@
 import { sql } from 'kysely'
 import { citusInstallation, startCitusCluster } from '../../fixtures/citus-cluster.ts'
-import { now } from '../../fixtures/clock.ts'
 import { LEGACY_SQL } from '../../fixtures/legacy.ts'
-import { startNewAppWorker } from '../../fixtures/load-worker.ts'
 import { fillProductionCopy, type Counts } from '../../fixtures/production-copy.ts'
 import { distribute } from '../../src/citus/distribute.ts'
 import { createDb } from '../../src/connection/create-db.ts'
 import { migrateContract, migrateOpen, migrateToLatest } from '../../src/migrator/migrate.ts'
-import { errorsByMessage, latencyStats, longestStall, type LatencyStats } from './metrics.ts'
+import { underNewAppLoad, type UnderLoad } from './under-new-app-load.ts'
 import { BENCH_TENANT_KEY } from './rls-overhead.ts'
 
-export interface DistributeUnderLoad {
+export interface DistributeUnderLoad extends UnderLoad {
   topology: string
-  wallMs: number
-  longestStallMs: number
-  appErrors: Record<string, number>
-  acknowledged: number
-  missingRows: number
-  latency: { before: LatencyStats; during: LatencyStats; after: LatencyStats }
 }
 
 /**
@@ -46,25 +38,10 @@ export async function measureDistributeUnderLoad(counts: Counts, { connections, 
     u.username = appRole
     u.password = 'bench'
     process.stdout.write('g: distribute on Citus, new app: load starts … ')
-    const load = startNewAppWorker(u.toString(), { connections, skills: counts.skills, users: counts.users, tenantId: tenant, tenantKey: BENCH_TENANT_KEY, maxMs: 30 * 60_000 })
-    const origin = now()
-    await new Promise((r) => setTimeout(r, leadMs))
-    const start = now()
-    await distribute(admin, { logger: { info: () => {} } })
-    const end = now()
-    await new Promise((r) => setTimeout(r, leadMs))
-    const app = await load.stop()
-    process.stdout.write(`done in ${Math.round(end - start)} ms\n`)
-    const { rows } = await sql<{ n: number }>`select count(*)::int as n from usage_events where id = any(${app.acknowledged})`.execute(admin)
-    return {
-      topology: cluster.topology,
-      wallMs: end - start,
-      longestStallMs: longestStall(app.samples, start, end),
-      appErrors: errorsByMessage(app.samples),
-      acknowledged: app.acknowledged.length,
-      missingRows: app.acknowledged.length - rows[0]!.n,
-      latency: { before: latencyStats(app.samples, origin, start), during: latencyStats(app.samples, start, end), after: latencyStats(app.samples, end, Infinity) },
-    }
+    const { result: _, ...measured } = await underNewAppLoad(admin, u.toString(), tenant, counts, { connections, leadMs },
+      () => distribute(admin, { logger: { info: () => {} } }))
+    process.stdout.write(`done in ${Math.round(measured.wallMs)} ms\n`)
+    return { topology: cluster.topology, ...measured }
   } finally {
     await admin.destroy()
     await cluster.stop()

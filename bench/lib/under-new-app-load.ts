@@ -1,0 +1,43 @@
+import { sql, type Kysely } from 'kysely'
+import { now } from '../../fixtures/clock.ts'
+import { startNewAppWorker } from '../../fixtures/load-worker.ts'
+import type { Counts } from '../../fixtures/production-copy.ts'
+import { errorsByMessage, latencyStats, longestStall, type LatencyStats } from './metrics.ts'
+import { BENCH_TENANT_KEY } from './rls-overhead.ts'
+
+export interface UnderLoad {
+  wallMs: number
+  longestStallMs: number
+  appErrors: Record<string, number>
+  acknowledged: number
+  missingRows: number
+  latency: { before: LatencyStats; during: LatencyStats; after: LatencyStats }
+}
+
+/**
+ * Runs `action` while the new app's requests (fixtures/new-app.ts, as the app role at `appUrl`, in
+ * one tenant) run, with `leadMs` of load before and after it: what `action` returned, how long it
+ * took, the longest stall, the app's errors and the acknowledged rows missing afterwards (counted
+ * through `db`).
+ */
+export async function underNewAppLoad<T>(db: Kysely<any>, appUrl: string, tenantId: string, counts: Counts,
+  { connections, leadMs }: { connections: number; leadMs: number }, action: () => Promise<T>): Promise<{ result: T } & UnderLoad> {
+  const load = startNewAppWorker(appUrl, { connections, skills: counts.skills, users: counts.users, tenantId, tenantKey: BENCH_TENANT_KEY, maxMs: 30 * 60_000 })
+  const origin = now()
+  await new Promise((r) => setTimeout(r, leadMs))
+  const start = now()
+  const result = await action()
+  const end = now()
+  await new Promise((r) => setTimeout(r, leadMs))
+  const app = await load.stop()
+  const { rows } = await sql<{ n: number }>`select count(*)::int as n from usage_events where id = any(${app.acknowledged})`.execute(db)
+  return {
+    result,
+    wallMs: end - start,
+    longestStallMs: longestStall(app.samples, start, end),
+    appErrors: errorsByMessage(app.samples),
+    acknowledged: app.acknowledged.length,
+    missingRows: app.acknowledged.length - rows[0]!.n,
+    latency: { before: latencyStats(app.samples, origin, start), during: latencyStats(app.samples, start, end), after: latencyStats(app.samples, end, Infinity) },
+  }
+}
