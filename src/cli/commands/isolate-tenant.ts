@@ -5,7 +5,7 @@ import { usingTarget } from '../target.ts'
 
 export const isolateTenantCommand: Command = {
   name: 'isolate-tenant',
-  summary: 'On a distributed database: gives one tenant shards of its own in every colocated table (isolate_tenant_to_new_shard … CASCADE), writes to the shards it splits wait for the copy; then move them (citus_move_shard_placement) or let the rebalancer spread them.',
+  summary: 'On a distributed database: gives one tenant shards of its own in every colocated table (isolate_tenant_to_new_shard … CASCADE); every request waits while one shard of each table is copied; then move them (citus_move_shard_placement) or let the rebalancer spread them.',
   positionals: [{ name: '<tenant id>', required: true, help: 'the tenant (tenants.id) to isolate' }],
   options: { ...TARGET, ...LOCKS },
   run(values, positionals) {
