@@ -29,7 +29,7 @@ export interface IsolatedTenant {
  * Idempotent: a tenant with shards of its own is left as it is.
  */
 export async function isolateTenant(db: Kysely<any>, tenantId: string, options: IsolateTenantOptions = {}): Promise<IsolatedTenant> {
-  return onCoordinator(db, options, { noCitus: 'this database has no citus extension: isolate-tenant moves a tenant between shards of a distributed database (skills-db distribute first)' }, async (conn) => {
+  return onCoordinator(db, options, { noCitus: 'this database has no citus extension: isolate-tenant moves a tenant between shards of a distributed database (skills-db distribute first)', watchWorkers: true }, async (conn) => {
     const { rows: anchor } = await sql<{ t: string }>`select p.logicalrelid::regclass::text as t from pg_catalog.pg_dist_partition p
       where p.partmethod = 'h' and p.logicalrelid = 'public.users'::regclass`.execute(conn)
     if (!anchor[0]) throw new DistributeRefused('the tables are not distributed: run skills-db distribute first')

@@ -1,7 +1,9 @@
 import { sql, type Kysely } from 'kysely'
 import { withLockRetry } from '../online/lock-retry.ts'
+import { remoteLockWait } from '../online/remote-lock-wait.ts'
 import { inRun, progress, type RunContext } from '../online/run-context.ts'
 import { withMigrationLock } from '../migrator/migration-lock.ts'
+import { watchingRemoteWaits } from './remote-waits.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 
 /** A Citus command refused before changing anything: no citus extension, a schema not ready, an unknown tenant. */
@@ -23,7 +25,8 @@ export async function step<T>(what: string, run: () => Promise<T>): Promise<T> {
   progress(`  ${what}`)
   try {
     return await run()
-  } catch (error) {
+  } catch (caught) {
+    const error = remoteLockWait(caught) ?? caught
     const e = error as Error & { detail?: string; hint?: string; code?: string }
     if (!e.code) throw error
     const said = [e.message, e.detail, e.hint && `hint: ${e.hint}`].filter(Boolean).join('; ')
@@ -88,7 +91,7 @@ export function runContextOf(options: { logger?: MigrationLogger; lockTimeoutMs?
  * a migration or another of these), and leaving the connection as it found it.
  */
 export async function onCoordinator<T>(db: Kysely<any>, options: { logger?: MigrationLogger; lockTimeoutMs?: number; lockRetryBudgetMs?: number },
-  { noCitus, unsafeTriggers = false, settings = {} }: { noCitus: string; unsafeTriggers?: boolean; settings?: Record<string, string> },
+  { noCitus, unsafeTriggers = false, settings = {}, watchWorkers = false }: { noCitus: string; unsafeTriggers?: boolean; settings?: Record<string, string>; watchWorkers?: boolean },
   fn: (conn: Kysely<any>) => Promise<T>): Promise<T> {
   return inRun(runContextOf(options), () => db.connection().execute(async (conn) => {
     const { rows } = await sql<{ v: string | null }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
@@ -96,7 +99,8 @@ export async function onCoordinator<T>(db: Kysely<any>, options: { logger?: Migr
     const all = { 'skills_db.all_tenants': 'on', search_path: 'public', ...(unsafeTriggers ? { 'citus.enable_unsafe_triggers': 'on' } : {}), ...settings }
     for (const [name, value] of Object.entries(all)) await sql`select pg_catalog.set_config(${name}, ${value}, false)`.execute(conn)
     try {
-      return await withMigrationLock(conn, () => fn(conn))
+      // watchWorkers: a wait of its statements on a worker ends like a lock timeout here (remote-waits.ts).
+      return await withMigrationLock(conn, () => watchWorkers ? watchingRemoteWaits(db, conn, () => fn(conn)) : fn(conn))
     } finally {
       await sql`rollback`.execute(conn).catch(() => {})
       await sql`reset all`.execute(conn).catch(() => {})

@@ -30,7 +30,7 @@ const OURS = ['public', 'skills_db', 'tenant_context']
  * tenant context goes back last, once no table is distributed.
  */
 export async function undistribute(db: Kysely<any>, options: UndistributeOptions = {}): Promise<{ undistributed: string[] }> {
-  return onCoordinator(db, options, { noCitus: 'this database has no citus extension, so nothing is distributed: nothing was changed', unsafeTriggers: true }, async (conn) => {
+  return onCoordinator(db, options, { noCitus: 'this database has no citus extension, so nothing is distributed: nothing was changed', unsafeTriggers: true, watchWorkers: true }, async (conn) => {
     // The statistics targets as distribute left them (0015 turned statistics off on the columns the
     // app role reads); undistribute_table makes new tables, which would keep statistics again.
     const { rows: targets } = await sql<{ table: string; column: string; target: number }>`

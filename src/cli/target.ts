@@ -8,7 +8,8 @@ import type { OptionValues } from './command.ts'
  * Opens the database the command is pointed at (--url, else DATABASE_URL, else an embedded server),
  * says which one, hands it to `cb`, and always closes it (and stops an embedded server).
  */
-export async function usingTarget<T>(values: OptionValues, cb: (db: Kysely<any>, source: DatabaseSource) => Promise<T>): Promise<T> {
+export async function usingTarget<T>(values: OptionValues, cb: (db: Kysely<any>, source: DatabaseSource) => Promise<T>,
+  { connections = 1 }: { connections?: number } = {}): Promise<T> {
   const url = typeof values.url === 'string' ? values.url : process.env.DATABASE_URL
   try {
     if (url) parseDatabaseUrl(url)
@@ -19,7 +20,8 @@ export async function usingTarget<T>(values: OptionValues, cb: (db: Kysely<any>,
   return usingDatabase({ ...process.env, DATABASE_URL: url ?? '' }, async (source) => {
     console.log(!source.embedded ? `database ${redactUrl(source.url)}`
       : `embedded PostgreSQL on port ${source.embedded.port} (data in ${source.embedded.dataDir}${source.embedded.attached ? ', the server npm run db:embedded runs' : ', started for this command'})`)
-    const db = await openDb(source.url, { max: 1, applicationName: 'skills-db migrator' })
+    // connections: 2 for the Citus commands that watch their own waits on the workers (src/citus/remote-waits.ts).
+    const db = await openDb(source.url, { max: connections, applicationName: 'skills-db migrator' })
     try {
       return await cb(db, source)
     } finally {

@@ -1,5 +1,6 @@
 import { sql, type Kysely, type Transaction } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { RemoteLockWait, remoteLockWait } from './remote-lock-wait.ts'
 import { run } from './run-context.ts'
 
 export class LockRetryExhausted extends Error {
@@ -35,14 +36,17 @@ export async function withLockRetry<T>(
         if (lockTimeout !== settings.sessionLockTimeoutMs) await sql`select pg_catalog.set_config('lock_timeout', ${`${lockTimeout}ms`}::text, true)`.execute(trx)
         return fn(trx)
       })
-    } catch (error) {
-      // lock_not_available (our timeout), or deadlock_detected should the server pick us as the victim.
+    } catch (caught) {
+      // lock_not_available (our timeout, or a wait on a Citus worker that outlasted it), or
+      // deadlock_detected should the server pick us as the victim.
+      const remote = remoteLockWait(caught)
+      const error = remote ?? caught
       const code = (error as { code?: string }).code
       if (code !== '55P03' && code !== '40P01') throw error
       if ((appSafe && code === '55P03') || Date.now() > deadline) {
-        throw new LockRetryExhausted(
-          `gave up waiting for a lock on table ${table}${await lockedWith(db, table)}: held by ${await lockHolders(db, table)}; end that session or rerun the migration later (it resumes where it stopped)`,
-        )
+        throw new LockRetryExhausted(error instanceof RemoteLockWait
+          ? `gave up waiting for a lock on a worker, for table ${table}: held there by the statement of ${error.holders}; end that session or rerun the migration later (it resumes where it stopped)`
+          : `gave up waiting for a lock on table ${table}${await lockedWith(db, table)}: held by ${await lockHolders(db, table)}; end that session or rerun the migration later (it resumes where it stopped)`)
       }
       const backoff = Math.min(2000, lockTimeout * 2 ** Math.min(attempt, 6))
       await sleep(backoff / 2 + Math.random() * backoff)

@@ -433,6 +433,35 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         expect(unknown.code).toBe(1)
         expect(unknown.stderr.trim()).toBe('error: there is no tenant "no-such-tenant": nothing was changed')
       }, 180_000)
+      it('isolate-tenant beside the app role holding a shard on a worker (run_command_on_workers): stops within its lock budget in one line naming that session on the worker, every tenant served meanwhile; run again once it is gone, it completes', async () => {
+        const { rows } = await sql<{ v: string }>`select v from (select ${`nh-${topology}-`} || g as v from generate_series(1, 100000) g) c
+          where get_shard_id_for_distribution_column('public.users', c.v) = get_shard_id_for_distribution_column('public.users', ${B}::text) limit 1`.execute(admin)
+        const tenant = rows[0]!.v
+        await sql.raw(`${NOT_THE_OLD_APP} insert into tenants (id, name, slug) values ('${tenant}', 'N', '${tenant}')`).execute(admin)
+        // bbeea81 (the split holding the app's tables meanwhile): it ran until the holder let go, and
+        // every tenant's requests waited with it.
+        const held = await holdShardOnWorker(admin, appUrl, sessions, 'users', tenant, 'perform set_config(\'citus.enable_manual_changes_to_shards\', \'on\', true); lock table %s in access exclusive mode', 30)
+        let answeredWhileHeld = false
+        try {
+          const started = performance.now()
+          const cli = runScript(['isolate-tenant', tenant, '--lock-retry-budget-ms', '3000'], { DATABASE_URL: server.url })
+          await new Promise((r) => setTimeout(r, 1500))
+          const seen = await withTenant(app, A, async (trx) => (await trx.selectFrom('skills').select('tenant_id').execute()).map((r) => r.tenant_id))
+          answeredWhileHeld = true
+          expect([...new Set(seen)]).toEqual([A])
+          const result = await cli
+          expect(performance.now() - started).toBeLessThan(15_000)
+          expect(result.code).toBe(1)
+          expect(result.stderr.trim().split('\n')).toHaveLength(1)
+          console.log(`isolate-tenant (${topology}) beside a worker's holder, ${Math.round(performance.now() - started)} ms: ${result.stderr.trim()}`)
+          expect(result.stderr).toMatch(/^error: gave up waiting for a lock on a worker, for table \S+: held there by the statement of pid \d+ on (the coordinator|[^ ]+:\d+) \(atk-shard-holder\b.*\); /)
+        } finally {
+          await held.end()
+        }
+        expect(answeredWhileHeld).toBe(true)
+        const again = await runScript(['isolate-tenant', tenant], { DATABASE_URL: server.url })
+        expect(again.code, again.stderr).toBe(0)
+      })
     })
 
     // Last: it takes the tables off Citus.
@@ -464,6 +493,24 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
           await holding
         }
         expect(answeredWhileHeld).toBe(true)
+      })
+
+      it('undistribute beside the app role reading a shard on a worker (a SELECT through run_command_on_workers, then a sleep): stops within its lock budget in one line naming that session on the worker', async () => {
+        // bbeea81: it waited on the worker until the holder let go, past its budget, every tenant's requests with it.
+        const held = await holdShardOnWorker(admin, appUrl, sessions, 'skills', B, 'perform count(*) from %s', 30)
+        try {
+          const started = performance.now()
+          const result = await runScript(['undistribute', '--lock-retry-budget-ms', '3000'], { DATABASE_URL: server.url })
+          expect(performance.now() - started).toBeLessThan(15_000)
+          expect(result.code).toBe(1)
+          expect(result.stderr.trim().split('\n')).toHaveLength(1)
+          console.log(`undistribute (${topology}) beside a worker's holder, ${Math.round(performance.now() - started)} ms: ${result.stderr.trim()}`)
+          expect(result.stderr).toMatch(/^error: gave up waiting for a lock on a worker, for table \S+: held there by the statement of pid \d+ on (the coordinator|[^ ]+:\d+) \(atk-shard-holder\b.*\); /)
+        } finally {
+          await held.end()
+        }
+        const seen = await withTenant(app, B, async (trx) => (await trx.selectFrom('skills').select('tenant_id').execute()).map((r) => r.tenant_id))
+        expect([...new Set(seen)]).toEqual([B])
       })
 
       it('undistribute returns to the contracted schema (the whole catalog compared) with every row, and says so; a rerun has nothing to do', async () => {
@@ -563,11 +610,39 @@ export function newAppLoad(appUrl: string, sessions: Kysely<DB>[], label: string
 }
 
 /**
+ * The app role, on the coordinator, holding `table`'s shard for `tenant` on the worker that has it,
+ * through run_command_on_workers (EXECUTE is PUBLIC's): `hold` is the SQL run there on that shard
+ * (named as %s) before a sleep of `seconds`. Returns how to end it.
+ */
+async function holdShardOnWorker(admin: Kysely<any>, appUrl: string, sessions: Kysely<any>[], table: string, tenant: string, hold: string, seconds: number) {
+  const { rows } = await sql<{ shard: string }>`select shard_name(${`public.${table}`}::regclass, get_shard_id_for_distribution_column(${`public.${table}`}, ${tenant}::text)) as shard`.execute(admin)
+  const shard = `public.${rows[0]!.shard}`
+  const holder = createDb<any>(appUrl, { max: 1, applicationName: 'atk-shard-holder' })
+  sessions.push(holder)
+  const body = `do $x$ begin if to_regclass('${shard}') is null then return; end if; ${hold.replace('%s', shard)}; perform pg_sleep(${seconds}); end $x$`
+  const holding = sql`select * from run_command_on_workers(${body})`.execute(holder).catch((e: Error) => e)
+  // Held once the worker shows the lock.
+  for (let i = 0; i < 100; i++) {
+    const { rows: held } = await sql<{ n: number }>`select count(*)::int as n from run_command_on_workers(${`select count(*) from pg_locks l where l.relation = to_regclass('${shard}') and l.granted and l.pid <> pg_backend_pid()`}) r where r.success and r.result::int > 0`.execute(admin)
+    if (held[0]!.n > 0) break
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  return {
+    async end() {
+      await sql`select pg_cancel_backend(pid) from pg_stat_activity where application_name = 'atk-shard-holder'`.execute(admin)
+      await sql`select run_command_on_workers(${`select pg_cancel_backend(pid) from pg_locks where relation = to_regclass('${shard}') and granted and pid <> pg_backend_pid()`})`.execute(admin)
+      await holding
+    },
+  }
+}
+
+/**
  * The legacy database on the Citus coordinator, migrated as a user would (latest, open, two
  * tenants, contract without allowOldAppSessions), with the app role's pool (password 'test').
  */
 export async function contractedOnCitus(server: CitusServer, appRole: string, contractLines: string[] = []): Promise<{ admin: Kysely<any>; app: Kysely<DB>; appUrl: string }> {
-  const admin = createDb<any>(server.url, { max: 1 })
+  // Two connections: undistribute and isolateTenant watch their own waits on the workers from a second one.
+  const admin = createDb<any>(server.url, { max: 2 })
   if (server.shared) await emptied(admin)
   await sql.raw(LEGACY_SQL + LEGACY_ROWS).execute(admin)
   for (const migrate of [migrateToLatest, migrateOpen]) {

@@ -15,6 +15,6 @@ export const isolateTenantCommand: Command = {
       const { shards, already } = await isolateTenant(db, tenantId, { logger: { info: (m) => console.log(m) }, ...lockOptions(values) })
       console.log(`${already ? 'already isolated' : 'isolated'}: tenant ${tenantId}, ${shards.length} shard(s) of its own on ${[...new Set(shards.map((s) => s.node))].join(', ')}`)
       return 0
-    })
+    }, { connections: 2 })
   },
 }

@@ -12,6 +12,6 @@ export const undistributeCommand: Command = {
       const { undistributed } = await undistribute(db, { logger: { info: (m) => console.log(m) }, ...lockOptions(values) })
       console.log(undistributed.length ? `back on this node: ${undistributed.join(', ')}` : 'nothing was distributed')
       return 0
-    })
+    }, { connections: 2 })
   },
 }

@@ -1,0 +1,70 @@
+import { sql, type Kysely } from 'kysely'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { remoteLockWait } from '../online/remote-lock-wait.ts'
+import { inRun, run } from '../online/run-context.ts'
+import { DistributeRefused } from './steps.ts'
+
+/**
+ * Runs `fn`, whose statements run on `conn`, while a second connection of `db` watches the
+ * workers for a lock `conn`'s statements wait on there (Citus's citus_lock_waits, by the global
+ * pid its connections to the workers carry), and cancels the statement once such a wait has lasted
+ * the run's lock timeout, leaving the blocker in the run context (remoteLockWait turns the
+ * cancellation into a RemoteLockWait, which withLockRetry retries like a lock timeout here).
+ *
+ * Why: lock_timeout is this node's. A statement that Citus runs on a worker (a shard split's copy,
+ * a shard's drop) waits there for as long as another session holds the shard, and this node sees no
+ * lock wait, only a statement still running. An outside review held a shard on a worker through
+ * run_command_on_workers (EXECUTE is PUBLIC's) as the app role: isolate-tenant, which holds the
+ * app's tables on this node meanwhile, stalled every tenant's requests for as long as it liked,
+ * past the run's budget; undistribute did the same behind a plain SELECT on a shard.
+ */
+export async function watchingRemoteWaits<T>(db: Kysely<any>, conn: Kysely<any>, fn: () => Promise<T>): Promise<T> {
+  const { rows } = await sql<{ gpid: string; pid: number }>`select pg_catalog.citus_backend_gpid()::text as gpid, pg_catalog.pg_backend_pid() as pid`.execute(conn)
+  const { gpid, pid } = rows[0]!
+  const { lockTimeoutMs } = run()
+  const found: { blocker?: string } = {}
+  let done = false
+  let ready!: () => void
+  const watching = new Promise<void>((r) => (ready = r))
+  const watcher = db.connection().execute(async (w) => {
+    ready()
+    const since = new Map<string, number>()
+    while (!done) {
+      const { rows: waits } = await sql<{ blocking: string; who: string }>`
+        select w.blocking_gpid::text as blocking, 'pid ' || pg_catalog.citus_pid_for_gpid(w.blocking_gpid) || ' on '
+          || coalesce(n.nodename || ':' || n.nodeport, 'the coordinator') || ' ('
+          || coalesce(nullif(a.application_name, ''), a.usename::text, 'another role') || coalesce(', ' || nullif(a.state, 'disabled'), '')
+          || coalesce(', ' || left(nullif(nullif(w.current_statement_in_blocking_process, '<insufficient privilege>'), ''), 60), '') || ')' as who
+        -- The blocker by its global pid: the session that started it (on the coordinator, for the app's
+        -- statements), which is the one to end; its node is where that session runs.
+        from pg_catalog.citus_lock_waits w
+          left join pg_catalog.pg_dist_node n on n.nodeid = w.blocking_nodeid
+          left join pg_catalog.citus_dist_stat_activity a on a.global_pid = w.blocking_gpid
+        where w.waiting_gpid = ${gpid}::bigint and w.blocking_gpid <> ${gpid}::bigint`.execute(w)
+      const now = Date.now()
+      for (const key of [...since.keys()]) if (!waits.some((x) => x.blocking === key)) since.delete(key)
+      for (const x of waits) if (!since.has(x.blocking)) since.set(x.blocking, now)
+      if (!done && waits.some((x) => now - since.get(x.blocking)! >= lockTimeoutMs)) {
+        found.blocker = [...new Set(waits.map((x) => x.who))].join('; ')
+        await sql`select pg_catalog.pg_cancel_backend(${pid}::int)`.execute(w)
+        since.clear()
+      }
+      await sleep(Math.max(10, Math.min(lockTimeoutMs / 2, 250)))
+    }
+  })
+  // A pool of one connection would make the watcher wait for `conn` until the command ends.
+  const watched = await Promise.race([watching.then(() => true), sleep(5_000).then(() => false)])
+  if (!watched) {
+    done = true
+    void watcher.catch(() => {})
+    throw new DistributeRefused('this command needs a second connection of its pool, to watch its waits on the workers (createDb with max 2 or more): nothing was changed')
+  }
+  try {
+    return await inRun({ remoteWaits: found }, fn)
+  } catch (error) {
+    throw inRun({ remoteWaits: found }, () => remoteLockWait(error)) ?? error
+  } finally {
+    done = true
+    await watcher.catch(() => {})
+  }
+}
