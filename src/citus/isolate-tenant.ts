@@ -25,7 +25,7 @@ export interface IsolatedTenant {
  * with CASCADE: the shard that holds its hash value is split in three, its own in the middle), on
  * the node that held it; move them with citus_move_shard_placement or let the rebalancer
  * (citus_rebalance_start) spread them. Every request waits while it copies one shard of each
- * table (lockOutRequests says why; about 0.4 s on the test cluster). Its queries still go to one shard.
+ * table (lockOutRequests says why and when not; about 0.4 s on the test cluster). Its queries still go to one shard.
  * Idempotent: a tenant with shards of its own is left as it is.
  */
 export async function isolateTenant(db: Kysely<any>, tenantId: string, options: IsolateTenantOptions = {}): Promise<IsolatedTenant> {
@@ -38,9 +38,12 @@ export async function isolateTenant(db: Kysely<any>, tenantId: string, options: 
     const already = await ownShard(conn, tenantId)
     if (!already) {
       const tables = await colocatedTables(conn)
-      await step(`tenant ${tenantId}: shards of its own in every colocated table (every request waits while one shard of each table is copied)`, () =>
+      const onCoordinatorNode = await shardsOnCoordinator(conn, tenantId)
+      await step(onCoordinatorNode
+        ? `tenant ${tenantId}: shards of its own in every colocated table (its shards are on the coordinator, so requests are not held off: one of that shard's may fail once, as Citus's distributed deadlock detection cancels it; retry it)`
+        : `tenant ${tenantId}: shards of its own in every colocated table (every request waits while one shard of each table is copied)`, () =>
         withLockRetry(conn, 'site_settings', async (trx) => {
-          await lockOutRequests(trx, tables)
+          if (!onCoordinatorNode) await lockOutRequests(trx, tables)
           // block_writes: the copy of one shard in each table, in this transaction. The logical mode
           // ('auto') hung here under the app's load: its replication slot waits for the transactions
           // open at its start to end, and the load's did not (test/support/citus-suite.ts); not
@@ -62,8 +65,11 @@ export async function isolateTenant(db: Kysely<any>, tenantId: string, options: 
  * ACCESS EXCLUSIVE on the coordinator's tables (the app's way in: enter() runs there only), so a
  * request waits before it plans and plans on the new shards; site_settings first, which every
  * withTenant transaction reads in its first statement, so once it is granted no request is half
- * way. Not propagated to the workers: there the split's own connections lock the same tables, and
- * the run hung on itself.
+ * way (EXCLUSIVE, which lets reads by, was tried: requests then got half way, holding what the
+ * split needed, and the locks were never all had within the budget). Not propagated to the
+ * workers: there the split's own connections lock the same tables, and the run hung on itself.
+ * Not when the shards are on the coordinator: Citus's copy into them takes these tables' ACCESS
+ * SHARE there, and would wait on this lock for good (isolateTenant then leaves it to Citus).
  */
 async function lockOutRequests(trx: Kysely<any>, tables: string[]): Promise<void> {
   await sql`select pg_catalog.set_config('citus.enable_ddl_propagation', 'off', true)`.execute(trx)
@@ -77,6 +83,13 @@ async function colocatedTables(db: Kysely<any>): Promise<string[]> {
     where p.partmethod = 'h' and p.colocationid = (select colocationid from pg_catalog.pg_dist_partition where logicalrelid = 'public.users'::regclass)
     order by p.logicalrelid <> 'public.site_settings'::regclass, 1`.execute(db)
   return rows.map((r) => r.t)
+}
+
+/** Whether the tenant's shard of users (and so of every colocated table) has its placement on the coordinator. */
+async function shardsOnCoordinator(db: Kysely<any>, tenantId: string): Promise<boolean> {
+  const { rows } = await sql<{ here: boolean }>`select exists (select 1 from pg_catalog.pg_dist_placement p
+    where p.shardid = get_shard_id_for_distribution_column('public.users'::regclass, ${tenantId}::text) and p.groupid = 0) as here`.execute(db)
+  return rows[0]?.here === true
 }
 
 /** Whether the tenant's shard of users covers its hash value alone. */

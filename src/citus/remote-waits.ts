@@ -31,16 +31,20 @@ export async function watchingRemoteWaits<T>(db: Kysely<any>, conn: Kysely<any>,
     const since = new Map<string, number>()
     while (!done) {
       const { rows: waits } = await sql<{ blocking: string; who: string }>`
-        select w.blocking_gpid::text as blocking, 'pid ' || pg_catalog.citus_pid_for_gpid(w.blocking_gpid) || ' on '
+        select w.blocking_gpid::text as blocking, case when w.blocking_gpid = ${gpid}::bigint
+          then 'this command itself (a connection of Citus''s waits on a lock the command holds: pid ' || ${pid}::int || ')'
+          else 'pid ' || pg_catalog.citus_pid_for_gpid(w.blocking_gpid) || ' on '
           || coalesce(n.nodename || ':' || n.nodeport, 'the coordinator') || ' ('
           || coalesce(nullif(a.application_name, ''), a.usename::text, 'another role') || coalesce(', ' || nullif(a.state, 'disabled'), '')
-          || coalesce(', ' || left(nullif(nullif(w.current_statement_in_blocking_process, '<insufficient privilege>'), ''), 60), '') || ')' as who
+          || coalesce(', ' || left(nullif(nullif(w.current_statement_in_blocking_process, '<insufficient privilege>'), ''), 60), '') || ')' end as who
         -- The blocker by its global pid: the session that started it (on the coordinator, for the app's
         -- statements), which is the one to end; its node is where that session runs.
         from pg_catalog.citus_lock_waits w
           left join pg_catalog.pg_dist_node n on n.nodeid = w.blocking_nodeid
           left join pg_catalog.citus_dist_stat_activity a on a.global_pid = w.blocking_gpid
-        where w.waiting_gpid = ${gpid}::bigint and w.blocking_gpid <> ${gpid}::bigint`.execute(w)
+        -- A wait on its own global pid too: Citus's connections outside the command's transaction
+        -- (a split's copy) can wait on a lock the command holds, which no deadlock detector sees.
+        where w.waiting_gpid = ${gpid}::bigint`.execute(w)
       const now = Date.now()
       for (const key of [...since.keys()]) if (!waits.some((x) => x.blocking === key)) since.delete(key)
       for (const x of waits) if (!since.has(x.blocking)) since.set(x.blocking, now)
