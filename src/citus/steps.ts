@@ -96,7 +96,10 @@ export async function onCoordinator<T>(db: Kysely<any>, options: { logger?: Migr
   return inRun(runContextOf(options), () => db.connection().execute(async (conn) => {
     const { rows } = await sql<{ v: string | null }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
     if (!rows[0]?.v) throw new DistributeRefused(noCitus)
-    const all = { 'skills_db.all_tenants': 'on', search_path: 'public', ...(unsafeTriggers ? { 'citus.enable_unsafe_triggers': 'on' } : {}), ...settings }
+    // client_connection_check_interval: a command killed (Ctrl-C, kill -9) mid-statement ends its
+    // statement on the server within a second, and with it the locks it holds on the app's tables
+    // (a newcomer's Ctrl-C of a hung isolate-tenant left its session holding them).
+    const all = { 'skills_db.all_tenants': 'on', search_path: 'public', client_connection_check_interval: '1000', ...(unsafeTriggers ? { 'citus.enable_unsafe_triggers': 'on' } : {}), ...settings }
     for (const [name, value] of Object.entries(all)) await sql`select pg_catalog.set_config(${name}, ${value}, false)`.execute(conn)
     try {
       // watchWorkers: a wait of its statements on a worker ends like a lock timeout here (remote-waits.ts).
