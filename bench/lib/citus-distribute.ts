@@ -24,7 +24,8 @@ export async function measureDistributeUnderLoad(counts: Counts, { connections, 
   const installed = citusInstallation()
   if ('notInstalled' in installed) return { notRun: installed.notInstalled }
   const cluster = await startCitusCluster('coordinator-in-metadata')
-  const admin = createDb<any>(cluster.url, { max: 1, applicationName: 'skills-db migrator' })
+  // Two connections: distribute watches its own waits on the workers from a second one.
+  const admin = createDb<any>(cluster.url, { max: 2, applicationName: 'skills-db migrator' })
   try {
     await sql.raw(LEGACY_SQL).execute(admin)
     await fillProductionCopy(admin, counts)

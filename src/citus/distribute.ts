@@ -40,6 +40,7 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
   return onCoordinator(db, options, {
     noCitus: 'this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see the README, "Scale-out on Citus"',
     unsafeTriggers: true,
+    watchWorkers: true,
     ...(options.shardCount ? { settings: { 'citus.shard_count': String(options.shardCount) } } : {}),
   }, async (conn) => {
     const recorded = await readRecorded(conn, FOREIGN_KEYS)

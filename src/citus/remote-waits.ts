@@ -44,7 +44,9 @@ export async function watchingRemoteWaits<T>(db: Kysely<any>, conn: Kysely<any>,
           left join pg_catalog.citus_dist_stat_activity a on a.global_pid = w.blocking_gpid
         -- A wait on its own global pid too: Citus's connections outside the command's transaction
         -- (a split's copy) can wait on a lock the command holds, which no deadlock detector sees.
-        where w.waiting_gpid = ${gpid}::bigint`.execute(w)
+        -- Not behind Citus's own background workers (its maintenance daemon drops the shards a split
+        -- or a move left, a moment each): the command's statement waits that moment out.
+        where w.waiting_gpid = ${gpid}::bigint and coalesce(a.application_name, '') not like 'Citus %'`.execute(w)
       const now = Date.now()
       for (const key of [...since.keys()]) if (!waits.some((x) => x.blocking === key)) since.delete(key)
       for (const x of waits) if (!since.has(x.blocking)) since.set(x.blocking, now)

@@ -16,6 +16,6 @@ export const distributeCommand: Command = {
       const { distributed } = await distribute(db, { logger: { info: (m) => console.log(m) }, ...lockOptions(values), ...(shardCount ? { shardCount } : {}) })
       console.log(distributed.length ? `distributed: ${distributed.join(', ')}` : 'already distributed')
       return 0
-    })
+    }, { connections: 2 })
   },
 }
