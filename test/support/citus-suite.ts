@@ -468,6 +468,18 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         }, 120_000)
       }
 
+      it('isolateTenant and undistribute on a pool of one connection refuse within seconds, in one line, nothing changed (they watch their waits on the workers from a second)', async () => {
+        const one = createDb<any>(server.url, { max: 1 })
+        sessions.push(one)
+        const before = await sql<{ n: number }>`select count(*)::int as n from pg_dist_shard`.execute(admin)
+        const refusal = 'this command needs a second connection of its pool, to watch its waits on the workers (createDb with max 2 or more): nothing was changed'
+        await expect(isolateTenant(one, B)).rejects.toThrow(refusal)
+        await expect(undistribute(one)).rejects.toThrow(refusal)
+        expect((await sql<{ n: number }>`select count(*)::int as n from pg_dist_shard`.execute(admin)).rows).toEqual(before.rows)
+        // The connection is the pool's again, and a command with it runs.
+        expect((await sql<{ ok: number }>`select 1 as ok`.execute(one)).rows).toEqual([{ ok: 1 }])
+      }, 30_000)
+
       it('isolate-tenant beside the app role holding a shard on a worker (run_command_on_workers): stops within its lock budget in one line naming that session on the worker, every tenant served meanwhile; run again once it is gone, it completes', async () => {
         const { rows } = await sql<{ v: string }>`select v from (select ${`nh-${topology}-`} || g as v from generate_series(1, 100000) g) c
           where get_shard_id_for_distribution_column('public.users', c.v) = get_shard_id_for_distribution_column('public.users', ${B}::text) limit 1`.execute(admin)
