@@ -42,7 +42,7 @@ export async function isolateTenant(db: Kysely<any>, tenantId: string, options: 
       await step(onCoordinatorNode
         ? `tenant ${tenantId}: shards of its own in every colocated table (its shards are on the coordinator, so requests are not held off: one of that shard's may fail once, as Citus's distributed deadlock detection cancels it; retry it)`
         : `tenant ${tenantId}: shards of its own in every colocated table (every request waits while one shard of each table is copied)`, () =>
-        withLockRetry(conn, 'site_settings', async (trx) => {
+        withLockRetry(conn, 'users', async (trx) => {
           if (!onCoordinatorNode) await lockOutRequests(trx, tables)
           // block_writes: the copy of one shard in each table, in this transaction. The logical mode
           // ('auto') hung here under the app's load: its replication slot waits for the transactions

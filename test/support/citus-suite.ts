@@ -468,6 +468,45 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         }, 120_000)
       }
 
+      it('isolate-tenant beside a worker\'s holder that calls itself "Citus Maintenance Daemon", or a prepared transaction of the app role on a worker: stops within its budget naming it; run again once it is gone, it completes', async () => {
+        const neighbour = async (prefix: string) => {
+          const { rows } = await sql<{ v: string }>`select v from (select ${`${prefix}-${topology}-`} || g as v from generate_series(1, 100000) g) c
+            where get_shard_id_for_distribution_column('public.users', c.v) = get_shard_id_for_distribution_column('public.users', ${B}::text) limit 1`.execute(admin)
+          await sql.raw(`${NOT_THE_OLD_APP} insert into tenants (id, name, slug) values ('${rows[0]!.v}', 'N', '${rows[0]!.v}')`).execute(admin)
+          return rows[0]!.v
+        }
+        const shardOf = async (tenant: string) => `public.${(await sql<{ s: string }>`select shard_name('public.users'::regclass, get_shard_id_for_distribution_column('public.users', ${tenant}::text)) as s`.execute(admin)).rows[0]!.s}`
+        // A spoofed application name (1ba9f26: the watcher let "Citus …" by, and the run waited until the holder let go).
+        const spoofed = await neighbour('ns')
+        const held = await holdShardOnWorker(admin, appUrl, sessions, 'users', spoofed, 'perform set_config(\'citus.enable_manual_changes_to_shards\', \'on\', true); lock table %s in access exclusive mode', 30, 'Citus Maintenance Daemon')
+        try {
+          const started = performance.now()
+          const result = await runScript(['isolate-tenant', spoofed, '--lock-retry-budget-ms', '3000'], { DATABASE_URL: server.url })
+          expect(performance.now() - started).toBeLessThan(15_000)
+          expect(result.code).toBe(1)
+          expect(result.stderr).toMatch(/^error: gave up waiting for a lock on a worker, for table users: held there by the statement of pid \d+ on (the coordinator|[^ ]+:\d+) \(Citus Maintenance Daemon\b.*\); /)
+        } finally {
+          await held.end()
+        }
+        // A prepared transaction of the app role on the worker (1ba9f26: citus_lock_waits has no edge for it; no end).
+        const holder = createDb<any>(appUrl, { max: 1 })
+        sessions.push(holder)
+        const prepared = await neighbour('np')
+        const px = `atk_px_${topology.replace(/-/g, '_')}`
+        const prepare = (shard: string, mode: string) => sql`select * from run_command_on_workers(${`begin; set local citus.enable_manual_changes_to_shards = on; lock table ${shard} in ${mode} mode; prepare transaction '${px}'`})`.execute(holder)
+        await prepare(await shardOf(prepared), 'access exclusive')
+        try {
+          const started = performance.now()
+          const result = await runScript(['isolate-tenant', prepared, '--lock-retry-budget-ms', '3000'], { DATABASE_URL: server.url })
+          expect(performance.now() - started).toBeLessThan(15_000)
+          expect(result.code).toBe(1)
+          expect(result.stderr).toMatch(new RegExp(`^error: gave up waiting for a lock on a worker, for table users: held there by the statement of a prepared transaction on \\S+ \\(${px}; a superuser ends it with ROLLBACK PREPARED there\\); `))
+        } finally {
+          await sql`select run_command_on_workers(${`rollback prepared '${px}'`})`.execute(admin)
+        }
+        expect((await runScript(['isolate-tenant', await neighbour('ns2')], { DATABASE_URL: server.url })).code).toBe(0)
+      }, 120_000)
+
       it('isolateTenant and undistribute on a pool of one connection refuse within seconds, in one line, nothing changed (they watch their waits on the workers from a second)', async () => {
         const one = createDb<any>(server.url, { max: 1 })
         sessions.push(one)
@@ -661,10 +700,10 @@ export function newAppLoad(appUrl: string, sessions: Kysely<DB>[], label: string
  * through run_command_on_workers (EXECUTE is PUBLIC's): `hold` is the SQL run there on that shard
  * (named as %s) before a sleep of `seconds`. Returns how to end it.
  */
-async function holdShardOnWorker(admin: Kysely<any>, appUrl: string, sessions: Kysely<any>[], table: string, tenant: string, hold: string, seconds: number) {
+async function holdShardOnWorker(admin: Kysely<any>, appUrl: string, sessions: Kysely<any>[], table: string, tenant: string, hold: string, seconds: number, name = 'atk-shard-holder') {
   const { rows } = await sql<{ shard: string }>`select shard_name(${`public.${table}`}::regclass, get_shard_id_for_distribution_column(${`public.${table}`}, ${tenant}::text)) as shard`.execute(admin)
   const shard = `public.${rows[0]!.shard}`
-  const holder = createDb<any>(appUrl, { max: 1, applicationName: 'atk-shard-holder' })
+  const holder = createDb<any>(appUrl, { max: 1, applicationName: name })
   sessions.push(holder)
   const body = `do $x$ begin if to_regclass('${shard}') is null then return; end if; ${hold.replace('%s', shard)}; perform pg_sleep(${seconds}); end $x$`
   const holding = sql`select * from run_command_on_workers(${body})`.execute(holder).catch((e: Error) => e)
@@ -676,7 +715,7 @@ async function holdShardOnWorker(admin: Kysely<any>, appUrl: string, sessions: K
   }
   return {
     async end() {
-      await sql`select pg_cancel_backend(pid) from pg_stat_activity where application_name = 'atk-shard-holder'`.execute(admin)
+      await sql`select pg_cancel_backend(pid) from pg_stat_activity where application_name = ${name} and backend_type = 'client backend'`.execute(admin)
       await sql`select run_command_on_workers(${`select pg_cancel_backend(pid) from pg_locks where relation = to_regclass('${shard}') and granted and pid <> pg_backend_pid()`})`.execute(admin)
       await holding
     },
