@@ -1,7 +1,8 @@
 import { sql, type Kysely } from 'kysely'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { withLockRetry } from '../online/lock-retry.ts'
-import { progress } from '../online/run-context.ts'
+import { progress, run } from '../online/run-context.ts'
+import { watchedAfter } from './remote-waits.ts'
 import { DistributeRefused, onCoordinator, step } from './steps.ts'
 
 export interface IsolateTenantOptions {
@@ -39,17 +40,20 @@ export async function isolateTenant(db: Kysely<any>, tenantId: string, options: 
     if (!already) {
       const tables = await colocatedTables(conn)
       const onCoordinatorNode = await shardsOnCoordinator(conn, tenantId)
+      const split = () => withLockRetry(conn, 'users', async (trx) => {
+        if (!onCoordinatorNode) await lockOutRequests(trx, tables)
+        // block_writes: the copy of one shard in each table, in this transaction. The logical mode
+        // ('auto') hung here under the app's load: its replication slot waits for the transactions
+        // open at its start to end, and the load's did not (test/support/citus-suite.ts); not
+        // offered until that is understood.
+        await sql`select isolate_tenant_to_new_shard('public.users'::regclass, ${tenantId}::text, 'CASCADE', shard_transfer_mode => 'block_writes')`.execute(trx)
+      })
       await step(onCoordinatorNode
         ? `tenant ${tenantId}: shards of its own in every colocated table (its shards are on the coordinator, so requests are not held off: one of that shard's may fail once, as Citus's distributed deadlock detection cancels it; retry it)`
-        : `tenant ${tenantId}: shards of its own in every colocated table (every request waits while one shard of each table is copied)`, () =>
-        withLockRetry(conn, 'users', async (trx) => {
-          if (!onCoordinatorNode) await lockOutRequests(trx, tables)
-          // block_writes: the copy of one shard in each table, in this transaction. The logical mode
-          // ('auto') hung here under the app's load: its replication slot waits for the transactions
-          // open at its start to end, and the load's did not (test/support/citus-suite.ts); not
-          // offered until that is understood.
-          await sql`select isolate_tenant_to_new_shard('public.users'::regclass, ${tenantId}::text, 'CASCADE', shard_transfer_mode => 'block_writes')`.execute(trx)
-        }))
+        : `tenant ${tenantId}: shards of its own in every colocated table (every request waits while one shard of each table is copied)`,
+        // Not holding the requests off, the split waits behind the app's transactions on the
+        // workers as part of its work: only a wait of 5 s is taken for a blocker.
+        () => onCoordinatorNode ? watchedAfter(Math.max(5_000, run().lockTimeoutMs), split) : split())
     }
     const shards = await shardsOf(conn, tenantId)
     progress(`  tenant ${tenantId}${already ? ' already had' : ' has'} shards of its own on ${[...new Set(shards.map((s) => s.node))].join(', ')}: ${shards.map((s) => `${s.table} ${s.shardId}`).join(', ')}`)
