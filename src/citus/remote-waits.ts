@@ -73,7 +73,10 @@ export async function watchingRemoteWaits<T>(db: Kysely<any>, conn: Kysely<any>,
     }
   })
   // A pool of one connection would make the watcher wait for `conn` until the command ends.
-  const watched = await Promise.race([watching.then(() => true), sleep(5_000).then(() => false)])
+  // (The timer is cleared once the watcher is there, so that it holds no process open for 5 s.)
+  const timer = new AbortController()
+  const watched = await Promise.race([watching.then(() => true), sleep(5_000, undefined, { signal: timer.signal }).then(() => false, () => false)])
+  timer.abort()
   if (!watched) {
     done = true
     void watcher.catch(() => {})
