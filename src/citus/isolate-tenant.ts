@@ -81,10 +81,13 @@ async function lockOutRequests(trx: Kysely<any>, tables: string[]): Promise<void
   await sql`select pg_catalog.set_config('citus.enable_ddl_propagation', 'on', true)`.execute(trx)
 }
 
+/** `p` (pg_dist_partition) is a table distributed in users' colocation group. */
+const COLOCATED_WITH_USERS = sql`p.partmethod = 'h' and p.colocationid = (select colocationid from pg_catalog.pg_dist_partition where logicalrelid = 'public.users'::regclass)`
+
 /** The tables colocated with users, site_settings first (see lockOutRequests). */
 async function colocatedTables(db: Kysely<any>): Promise<string[]> {
   const { rows } = await sql<{ t: string }>`select p.logicalrelid::regclass::text as t from pg_catalog.pg_dist_partition p
-    where p.partmethod = 'h' and p.colocationid = (select colocationid from pg_catalog.pg_dist_partition where logicalrelid = 'public.users'::regclass)
+    where ${COLOCATED_WITH_USERS}
     order by p.logicalrelid <> 'public.site_settings'::regclass, 1`.execute(db)
   return rows.map((r) => r.t)
 }
@@ -109,7 +112,7 @@ async function shardsOf(db: Kysely<any>, tenantId: string): Promise<IsolatedTena
     from pg_catalog.pg_dist_partition p
       join pg_catalog.pg_dist_shard s on s.shardid = get_shard_id_for_distribution_column(p.logicalrelid, ${tenantId}::text)
       join pg_catalog.pg_dist_placement pl on pl.shardid = s.shardid join pg_catalog.pg_dist_node n on n.groupid = pl.groupid
-    where p.partmethod = 'h' and p.colocationid = (select colocationid from pg_catalog.pg_dist_partition where logicalrelid = 'public.users'::regclass)
+    where ${COLOCATED_WITH_USERS}
     order by 1`.execute(db)
   return rows.map((r) => ({ table: r.table, shardId: r.shard_id, node: r.node }))
 }

@@ -69,7 +69,8 @@ export async function watchingRemoteWaits<T>(db: Kysely<any>, conn: Kysely<any>,
         await sql`select pg_catalog.pg_cancel_backend(${pid}::int)`.execute(w)
         since.clear()
       }
-      await sleep(Math.max(10, Math.min(lockTimeoutMs / 2, 250)))
+      // Each poll asks every node: not more often than every 100 ms, for the whole command.
+      await sleep(Math.max(100, Math.min(lockTimeoutMs / 2, 250)))
     }
   })
   // A pool of one connection would make the watcher wait for `conn` until the command ends.

@@ -395,11 +395,8 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         // find valid entry for shard …".
         const neighbours: string[] = []
         for (let k = 0; k < 6; k++) {
-          const { rows } = await sql<{ v: string }>`select v from (select ${`nb-${topology}-`} || g as v from generate_series(1, 100000) g) c
-            where get_shard_id_for_distribution_column('public.users', c.v) = get_shard_id_for_distribution_column('public.users', ${B}::text) limit 1`.execute(admin)
-          neighbours.push(rows[0]!.v)
-          await sql.raw(`${NOT_THE_OLD_APP} insert into tenants (id, name, slug) values ('${rows[0]!.v}', 'N', '${rows[0]!.v}')`).execute(admin)
-          expect((await isolateTenant(admin, rows[0]!.v)).already).toBe(false)
+          neighbours.push(await tenantSharingShardWith(admin, B, `nb-${topology}`))
+          expect((await isolateTenant(admin, neighbours.at(-1)!)).already).toBe(false)
         }
         await new Promise((r) => setTimeout(r, 300))
         const done = await load.stop()
@@ -469,12 +466,7 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
       }
 
       it('isolate-tenant beside a worker\'s holder that calls itself "Citus Maintenance Daemon", or a prepared transaction of the app role on a worker: stops within its budget naming it; run again once it is gone, it completes', async () => {
-        const neighbour = async (prefix: string) => {
-          const { rows } = await sql<{ v: string }>`select v from (select ${`${prefix}-${topology}-`} || g as v from generate_series(1, 100000) g) c
-            where get_shard_id_for_distribution_column('public.users', c.v) = get_shard_id_for_distribution_column('public.users', ${B}::text) limit 1`.execute(admin)
-          await sql.raw(`${NOT_THE_OLD_APP} insert into tenants (id, name, slug) values ('${rows[0]!.v}', 'N', '${rows[0]!.v}')`).execute(admin)
-          return rows[0]!.v
-        }
+        const neighbour = (prefix: string) => tenantSharingShardWith(admin, B, `${prefix}-${topology}`)
         const shardOf = async (tenant: string) => `public.${(await sql<{ s: string }>`select shard_name('public.users'::regclass, get_shard_id_for_distribution_column('public.users', ${tenant}::text)) as s`.execute(admin)).rows[0]!.s}`
         // A spoofed application name (1ba9f26: the watcher let "Citus …" by, and the run waited until the holder let go).
         const spoofed = await neighbour('ns')
@@ -482,9 +474,7 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         try {
           const started = performance.now()
           const result = await runScript(['isolate-tenant', spoofed, '--lock-retry-budget-ms', '3000'], { DATABASE_URL: server.url })
-          expect(performance.now() - started).toBeLessThan(15_000)
-          expect(result.code).toBe(1)
-          expect(result.stderr).toMatch(/^error: gave up waiting for a lock on a worker, for table users: held there by the statement of pid \d+ on (the coordinator|[^ ]+:\d+) \(Citus Maintenance Daemon\b.*\); /)
+          expectStoppedByWorkerHolder(result, started, /^error: gave up waiting for a lock on a worker, for table users: held there by the statement of pid \d+ on (the coordinator|[^ ]+:\d+) \(Citus Maintenance Daemon\b.*\); /)
         } finally {
           await held.end()
         }
@@ -498,9 +488,7 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         try {
           const started = performance.now()
           const result = await runScript(['isolate-tenant', prepared, '--lock-retry-budget-ms', '3000'], { DATABASE_URL: server.url })
-          expect(performance.now() - started).toBeLessThan(15_000)
-          expect(result.code).toBe(1)
-          expect(result.stderr).toMatch(new RegExp(`^error: gave up waiting for a lock on a worker, for table users: held there by the statement of a prepared transaction on \\S+ \\(${px}; a superuser ends it with ROLLBACK PREPARED there\\); `))
+          expectStoppedByWorkerHolder(result, started, new RegExp(`^error: gave up waiting for a lock on a worker, for table users: held there by the statement of a prepared transaction on \\S+ \\(${px}; a superuser ends it with ROLLBACK PREPARED there\\); `))
         } finally {
           await sql`select run_command_on_workers(${`rollback prepared '${px}'`})`.execute(admin)
         }
@@ -520,10 +508,7 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
       }, 30_000)
 
       it('isolate-tenant beside the app role holding a shard on a worker (run_command_on_workers): stops within its lock budget in one line naming that session on the worker, every tenant served meanwhile; run again once it is gone, it completes', async () => {
-        const { rows } = await sql<{ v: string }>`select v from (select ${`nh-${topology}-`} || g as v from generate_series(1, 100000) g) c
-          where get_shard_id_for_distribution_column('public.users', c.v) = get_shard_id_for_distribution_column('public.users', ${B}::text) limit 1`.execute(admin)
-        const tenant = rows[0]!.v
-        await sql.raw(`${NOT_THE_OLD_APP} insert into tenants (id, name, slug) values ('${tenant}', 'N', '${tenant}')`).execute(admin)
+        const tenant = await tenantSharingShardWith(admin, B, `nh-${topology}`)
         // bbeea81 (the split holding the app's tables meanwhile): it ran until the holder let go, and
         // every tenant's requests waited with it.
         const held = await holdShardOnWorker(admin, appUrl, sessions, 'users', tenant, 'perform set_config(\'citus.enable_manual_changes_to_shards\', \'on\', true); lock table %s in access exclusive mode', 30)
@@ -536,11 +521,9 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
           answeredWhileHeld = true
           expect([...new Set(seen)]).toEqual([A])
           const result = await cli
-          expect(performance.now() - started).toBeLessThan(15_000)
-          expect(result.code).toBe(1)
           expect(result.stderr.trim().split('\n')).toHaveLength(1)
-          console.log(`isolate-tenant (${topology}) beside a worker's holder, ${Math.round(performance.now() - started)} ms: ${result.stderr.trim()}`)
-          expect(result.stderr).toMatch(/^error: gave up waiting for a lock on a worker, for table \S+: held there by the statement of pid \d+ on (the coordinator|[^ ]+:\d+) \(atk-shard-holder\b.*\); /)
+          expectStoppedByWorkerHolder(result, started, /^error: gave up waiting for a lock on a worker, for table \S+: held there by the statement of pid \d+ on (the coordinator|[^ ]+:\d+) \(atk-shard-holder\b.*\); /,
+            `isolate-tenant (${topology}) beside a worker's holder`)
         } finally {
           await held.end()
         }
@@ -587,11 +570,9 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         try {
           const started = performance.now()
           const result = await runScript(['undistribute', '--lock-retry-budget-ms', '3000'], { DATABASE_URL: server.url })
-          expect(performance.now() - started).toBeLessThan(15_000)
-          expect(result.code).toBe(1)
           expect(result.stderr.trim().split('\n')).toHaveLength(1)
-          console.log(`undistribute (${topology}) beside a worker's holder, ${Math.round(performance.now() - started)} ms: ${result.stderr.trim()}`)
-          expect(result.stderr).toMatch(/^error: gave up waiting for a lock on a worker, for table \S+: held there by the statement of pid \d+ on (the coordinator|[^ ]+:\d+) \(atk-shard-holder\b.*\); /)
+          expectStoppedByWorkerHolder(result, started, /^error: gave up waiting for a lock on a worker, for table \S+: held there by the statement of pid \d+ on (the coordinator|[^ ]+:\d+) \(atk-shard-holder\b.*\); /,
+            `undistribute (${topology}) beside a worker's holder`)
         } finally {
           await held.end()
         }
@@ -693,6 +674,29 @@ export function newAppLoad(appUrl: string, sessions: Kysely<DB>[], label: string
       return done
     },
   }
+}
+
+/**
+ * A new tenant (id `<prefix>-<n>`) whose rows would go to the shard that holds `of`'s now: a split
+ * for it splits that shard.
+ */
+async function tenantSharingShardWith(admin: Kysely<any>, of: string, prefix: string): Promise<string> {
+  const { rows } = await sql<{ v: string }>`select v from (select ${`${prefix}-`} || g as v from generate_series(1, 100000) g) c
+    where get_shard_id_for_distribution_column('public.users', c.v) = get_shard_id_for_distribution_column('public.users', ${of}::text) limit 1`.execute(admin)
+  const tenant = rows[0]!.v
+  await sql.raw(`${NOT_THE_OLD_APP} insert into tenants (id, name, slug) values ('${tenant}', 'N', '${tenant}')`).execute(admin)
+  return tenant
+}
+
+/**
+ * A command run beside a holder on a worker: stopped within its 3 s budget (15 s in all), exit 1,
+ * naming the holder as `pattern` says; `label`, when given, prints what it said.
+ */
+function expectStoppedByWorkerHolder(result: { code: number | null; stderr: string }, startedMs: number, pattern: RegExp, label?: string): void {
+  expect(performance.now() - startedMs).toBeLessThan(15_000)
+  expect(result.code).toBe(1)
+  if (label) console.log(`${label}, ${Math.round(performance.now() - startedMs)} ms: ${result.stderr.trim()}`)
+  expect(result.stderr).toMatch(pattern)
 }
 
 /**
