@@ -4,6 +4,7 @@ import { forget, readRecorded, record } from '../online/recorded-settings.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { withLockRetry } from '../online/lock-retry.ts'
 import { progress } from '../online/run-context.ts'
+import { distributeOnline, heldWhy, onlineDistribution, onlineWitnessOff, onlineWitnessOn, rowSecurityForcedAgain } from './online-distribution.ts'
 import { citusReadiness, DISTRIBUTED } from './readiness.ts'
 import { DistributeRefused, exists, isDistributed, isReference, isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
 export { DistributeFailed, DistributeRefused } from './steps.ts'
@@ -18,9 +19,17 @@ export interface DistributeOptions {
   lockRetryBudgetMs?: number
   /** Shards per distributed table (Citus' citus.shard_count; default: Citus's own, 32). */
   shardCount?: number
+  /**
+   * Tables this large or larger, in bytes, are distributed online where the cluster allows it
+   * (create_distributed_table_concurrently: the app's writes held only for its last catch-up);
+   * smaller ones by a blocking copy, which holds them for a few ms where Citus's replication takes
+   * seconds to set up per table (default 1 MB).
+   */
+  onlineFromBytes?: number
 }
 
 const FOREIGN_KEYS = 'citus_foreign_keys'
+const ONLINE_FROM_BYTES = 1 << 20
 /** The single-node tenant-context functions distribute replaced, as `[{ fn, def }]`: what undistribute puts back. */
 export const REPLACED_FUNCTIONS = 'citus_replaced_functions'
 export const TENANT_CONTEXT_FUNCTIONS = ['tenant_context.current_tenant()', 'tenant_context.challenge()', 'tenant_context.enter(text, text)']
@@ -103,14 +112,32 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
     const qualified = ['public.site_settings', ...(await exists(conn, CHAIN_HEADS) ? [CHAIN_HEADS] : []),
       ...tables.filter((t) => t !== 'site_settings').map((t) => `public.${t}`)]
     const anchor = (await firstDistributed(conn, qualified)) ?? qualified[0]!
+    const online = await onlineDistribution(conn)
+    let witnessing = false
+    await rowSecurityForcedAgain(conn)
     for (const table of qualified) {
       if (!(await isDistributed(conn, table))) {
-        await step(`${table.replace(/^public\./, '')}: distribute by tenant_id`, () => withoutTriggers(conn, table, (trx) =>
-          sql`select create_distributed_table(${table}::regclass, 'tenant_id', colocate_with => ${table === anchor ? 'default' : anchor}::text)`.execute(trx)))
-        distributed.push(table.replace(/^public\./, ''))
+        const name = table.replace(/^public\./, '')
+        const colocateWith = table === anchor ? 'default' : anchor
+        const why = table === anchor ? 'the first, with the app\'s writes held' : online === true ? await heldWhy(conn, table, options.onlineFromBytes ?? ONLINE_FROM_BYTES) : online
+        if (why === undefined) {
+          if (!witnessing) await step('the coordinator witnesses each request\'s tenant while tables move online', () => onlineWitnessOn(conn, app))
+          witnessing = true
+          await step(`${name}: distribute by tenant_id, the app's writes going on`, () => distributeOnline(conn, table, colocateWith))
+        } else {
+          await step(`${name}: distribute by tenant_id (${why})`, () => withoutTriggers(conn, table, (trx) =>
+            sql`select create_distributed_table(${table}::regclass, 'tenant_id', colocate_with => ${colocateWith}::text)`.execute(trx)))
+        }
+        distributed.push(name)
       }
       if (table === 'public.site_settings') await tenantContextOnEveryNode(conn, app)
     }
+    await onlineWitnessOff(conn, app)
+    // An online copy leaves its old shard to drop later, and one killed or failed its replication
+    // slots too (which keep WAL on the coordinator for good), publications and subscriptions:
+    // recorded for Citus to drop later, dropped now.
+    const { rows: orphans } = await sql<{ n: number }>`select count(*)::int as n from pg_dist_cleanup`.execute(conn)
+    if (orphans[0]!.n > 0) await step(`Citus's deferred clean-up: ${orphans[0]!.n} thing(s) online copies left (old shards; of an interrupted one, replication slots, publications, subscriptions) dropped`, () => sql`call citus_cleanup_orphaned_resources()`.execute(conn))
     // Added NOT VALID (a moment's lock), then validated, which reads the rows without blocking the
     // app's writes; a rerun validates one a kill left unvalidated.
     for (const k of keys) {
@@ -228,12 +255,21 @@ function prettyBytes(n: number): string {
  * cycle is simply broken.
  */
 export async function distributionOrder(db: Kysely<any>): Promise<string[]> {
-  const { rows } = await sql<{ table: string; parents: string[] }>`
+  let { rows } = await sql<{ table: string; parents: string[] }>`
     select c.relname as table,
       array(select distinct p.relname::text from pg_catalog.pg_constraint k join pg_catalog.pg_class p on p.oid = k.confrelid
         where k.contype = 'f' and k.conrelid = c.oid and k.confrelid <> c.oid and p.relnamespace = 'public'::regnamespace) as parents
     from pg_catalog.pg_class c where c.oid in ${DISTRIBUTED}
     order by 1`.execute(db)
+  // A shard on the coordinator (of a Citus local table, or one an online copy killed midway left
+  // for Citus's deferred clean-up) is a table of public too, named <table>_<shard id>: Citus's,
+  // not one to distribute.
+  const { rows: citus } = await sql<{ v: string }>`select extversion as v from pg_catalog.pg_extension where extname = 'citus'`.execute(db)
+  if (citus.length > 0) {
+    const { rows: tables } = await sql<{ t: string }>`select c.relname as t from pg_catalog.pg_dist_partition p
+      join pg_catalog.pg_class c on c.oid = p.logicalrelid where c.relnamespace = 'public'::regnamespace`.execute(db)
+    rows = rows.filter((r) => !tables.some((x) => new RegExp(`^${x.t}_\\d+$`).test(r.table)))
+  }
   const ordered: string[] = []
   const seen = new Set<string>()
   const visit = (table: string) => {

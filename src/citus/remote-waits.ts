@@ -1,7 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { remoteLockWait } from '../online/remote-lock-wait.ts'
-import { inRun, run } from '../online/run-context.ts'
+import { inRun, run, type RunContext } from '../online/run-context.ts'
 import { DistributeRefused } from './steps.ts'
 
 /**
@@ -23,7 +23,7 @@ export async function watchingRemoteWaits<T>(db: Kysely<any>, conn: Kysely<any>,
   const { gpid, pid } = rows[0]!
   if (!/^\d+$/.test(gpid)) throw new Error(`unexpected global pid ${JSON.stringify(gpid)}`)
   const { lockTimeoutMs } = run()
-  const found: { blocker?: string; thresholdMs?: number } = {}
+  const found: NonNullable<RunContext['remoteWaits']> = {}
   let done = false
   let ready!: () => void
   const watching = new Promise<void>((r) => (ready = r))
@@ -69,6 +69,8 @@ export async function watchingRemoteWaits<T>(db: Kysely<any>, conn: Kysely<any>,
         await sql`select pg_catalog.pg_cancel_backend(${pid}::int)`.execute(w)
         since.clear()
       }
+      // Wakes the command's session from a wait on its latch (online-distribution.ts).
+      if (found.wake) await sql`select pg_catalog.pg_notify(${found.wake}, '')`.execute(w)
       // Each poll asks every node: not more often than every 100 ms, for the whole command.
       await sleep(Math.max(100, Math.min(lockTimeoutMs / 2, 250)))
     }

@@ -4,6 +4,7 @@ import { appRoleName } from '../online/app-role.ts'
 import { forget, readRecorded } from '../online/recorded-settings.ts'
 import { progress } from '../online/run-context.ts'
 import { REPLACED_FUNCTIONS } from './distribute.ts'
+import { onlineWitnessOff, rowSecurityForcedAgain } from './online-distribution.ts'
 import { isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
 
 export interface UndistributeOptions {
@@ -39,6 +40,10 @@ export async function undistribute(db: Kysely<any>, options: UndistributeOptions
         join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
       where c.relnamespace::regnamespace::text = any(${OURS}) and a.attstattarget >= 0
       order by 1, 2`.execute(conn)
+    // A distribute killed while it moved a table online: its coordinator witness and un-FORCEd row security.
+    const app = await appRoleName(conn)
+    await rowSecurityForcedAgain(conn)
+    await onlineWitnessOff(conn, app)
     const undistributed: string[] = []
     for (;;) {
       // One table at a time, with those it is joined to by foreign keys (Citus moves them together).
@@ -73,7 +78,6 @@ export async function undistribute(db: Kysely<any>, options: UndistributeOptions
       await sql`drop function if exists tenant_context.copy_keys_to_nodes()`.execute(conn)
       await sql`drop table if exists tenant_context.node_keys`.execute(conn)
     })
-    const app = await appRoleName(conn)
     await sql`alter role ${sql.id(app)} reset citus.propagate_set_commands`.execute(conn)
     if (await isSuperuser(conn)) await sql`alter role ${sql.id(app)} reset track_activities`.execute(conn)
     await forget(conn, REPLACED_FUNCTIONS)

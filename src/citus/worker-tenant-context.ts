@@ -42,6 +42,10 @@ import { sql } from 'kysely'
  */
 /** The advisory lock class of the witness enter() leaves on the tenant's node: hashtext('skills_db tenant_context witness'). */
 export const WITNESS_LOCK = 1477696139
+/** Recorded (skills_db.settings) while distribute moves tables online: enter() then leaves a witness on the coordinator too. */
+export const ONLINE_MARKER = 'citus_online_distribution'
+/** The Citus local table (its one shard on the coordinator) enter() reads for that witness. */
+export const COORDINATOR_WITNESS = 'skills_db.coordinator_witness'
 
 export const CITUS_CHALLENGE = sql`
   create or replace function tenant_context.challenge() returns text
@@ -142,6 +146,13 @@ export const CITUS_ENTER = sql`
     end if;
     select bool_and(pg_try_advisory_xact_lock_shared(${sql.lit(WITNESS_LOCK)}, hashtext(tenant))) into witnessed
       from (select count(*) from public.site_settings s where s.tenant_id = tenant) shard;
+    -- While distribute moves tables online (online-distribution.ts), each is for a while a Citus
+    -- local table, its one shard on this node, which this transaction reads over a connection too
+    -- (local execution is off): a witness on this node as well, by a table of Citus's there.
+    if witnessed is true and exists (select 1 from skills_db.settings s where s.key = ${sql.lit(ONLINE_MARKER)}) then
+      select bool_and(pg_try_advisory_xact_lock_shared(${sql.lit(WITNESS_LOCK)}, hashtext(tenant))) into witnessed
+        from (select count(*) from ${sql.raw(COORDINATOR_WITNESS)}) w;
+    end if;
     if checked.witnessed is not true or witnessed is not true then
       raise exception 'another session holds the tenant context lock of tenant "%" on a node', left(tenant, 64)
         using errcode = 'lock_not_available',

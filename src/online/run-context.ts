@@ -32,7 +32,7 @@ export interface RunContext {
    * On Citus, what the watcher of the run's waits on the workers found (src/citus/remote-waits.ts):
    * the sessions a statement it cancelled waited behind, until an error handler takes them.
    */
-  remoteWaits?: { blocker?: string; thresholdMs?: number }
+  remoteWaits?: { blocker?: string; thresholdMs?: number; wake?: string }
   /** What the migrator does on its session before each migration (registers its view of every tenant). */
   beforeEachMigration?: (db: import('kysely').Kysely<any>) => Promise<void>
 }

@@ -82,6 +82,42 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
     await killedThenRerun(at)
   })
 
+  it('killed inside an online copy (create_distributed_table_concurrently running, its replication slot open, row security not FORCEd): the rerun completes, the same schema, every row, FORCE back, and nothing of the copy left on any node', { timeout: 300_000 }, async () => {
+    let killing: Promise<void> | undefined
+    let inside = false
+    const cut = await runScript(['distribute', '--online-from', '0'], { DATABASE_URL: server.url }, {
+      onStdout(stdout, child) {
+        if (killing || !/^ {2}users: distribute by tenant_id, the app's writes going on$/m.test(stdout)) return
+        killing = (async () => {
+          // Killed once Citus's copy has its replication slot: the middle of the statement.
+          for (let i = 0; i < 600 && !inside; i++) {
+            inside = (await sql<{ n: number }>`select count(*)::int as n from pg_replication_slots`.execute(admin)).rows[0]!.n > 0
+            if (!inside) await sleep(50)
+          }
+          child.kill('SIGKILL')
+        })()
+      },
+    })
+    await killing
+    expect(cut.signal).toBe('SIGKILL')
+    expect(inside, 'the copy never opened its replication slot').toBe(true)
+    for (let i = 0; i < 6000 && (await sql`select 1 from pg_locks where locktype = 'advisory' and pid <> pg_backend_pid()`.execute(admin)).rows.length > 0; i++) await sleep(20)
+    const { rows: mid } = await sql<{ forced: boolean }>`select relforcerowsecurity as forced from pg_class where oid = 'public.users'::regclass`.execute(admin)
+    expect(mid[0]!.forced, 'killed inside the window without FORCE').toBe(false)
+    const rerun = await runScript(['distribute'], { DATABASE_URL: server.url })
+    expect(rerun.code, rerun.stderr).toBe(0)
+    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(distributedOnce)
+    expect(await rowDigests(admin, TABLES)).toEqual(rows)
+    const { rows: replication } = await sql<{ result: string }>`select result from run_command_on_all_nodes($$select (select count(*) from pg_replication_slots)
+      || ':' || (select count(*) from pg_publication) || ':' || (select count(*) from pg_subscription)$$) order by nodeid`.execute(admin)
+    expect(replication.map((r) => r.result)).toEqual(replication.map(() => '0:0:0'))
+    const seen = await withTenant(app, A, async (trx) => (await trx.selectFrom('skills').select('tenant_id').execute()).map((r) => r.tenant_id))
+    expect([...new Set(seen)]).toEqual([A])
+    await undistribute(admin)
+    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(contracted)
+    expect(await rowDigests(admin, TABLES)).toEqual(rows)
+  })
+
   // Before every line distribute prints (each statement it runs is announced by one), when asked:
   // about 20 s a line, so not in CI, which runs the six kinds above.
   const everyStep = process.env.SKILLS_DB_KILL_EVERY_STEP === '1'

@@ -1,0 +1,156 @@
+import { sql, type Kysely } from 'kysely'
+import { withLockRetry } from '../online/lock-retry.ts'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { forget, readRecorded, record } from '../online/recorded-settings.ts'
+import { remoteLockWait } from '../online/remote-lock-wait.ts'
+import { run } from '../online/run-context.ts'
+import { LockRetryExhausted, sessionLabel } from '../online/lock-retry.ts'
+import { COORDINATOR_WITNESS, ONLINE_MARKER } from './worker-tenant-context.ts'
+
+/**
+ * Distributing a table with the app's writes going on: create_distributed_table_concurrently,
+ * which makes the table a Citus local table (its one shard on the coordinator), copies that shard
+ * into the new ones by logical replication, and holds writes only for its last catch-up.
+ */
+
+/** The table whose row security distributeOnline has un-FORCEd, while it has (a kill leaves it so). */
+const UNFORCED = 'citus_rls_unforced'
+/** The channel distributeOnline's session listens to, to be woken (see there). */
+const CATCH_UP = 'skills_db_online_catch_up'
+/** The audit chain's heads: written by audit_logs' stamp, which a replicated write would stamp again. */
+const CHAIN_HEADS = 'skills_db.audit_chain_heads'
+
+/**
+ * Whether this cluster can distribute tables online, or why not: it needs the coordinator in the
+ * metadata (the Citus local table's shard lives there), wal_level = logical on it, and one
+ * placement per shard.
+ */
+export async function onlineDistribution(db: Kysely<any>): Promise<true | string> {
+  const { rows } = await sql<{ coordinator: boolean; wal: string; factor: string }>`select
+    exists (select 1 from pg_dist_node where groupid = 0) as coordinator,
+    current_setting('wal_level') as wal, current_setting('citus.shard_replication_factor') as factor`.execute(db)
+  const held = 'with the app\'s writes held'
+  if (!rows[0]!.coordinator) return `${held}: the coordinator is not in the metadata (citus_set_coordinator_host) for an online copy`
+  if (rows[0]!.wal !== 'logical') return `${held}: an online copy needs wal_level = logical`
+  if (rows[0]!.factor !== '1') return `${held}: an online copy needs citus.shard_replication_factor = 1`
+  return true
+}
+
+/**
+ * Why `table` is distributed with the app's writes held where an online copy is possible, or
+ * undefined: a small table (Citus's replication takes seconds to set up, a blocking copy of it a
+ * few ms). The last catch-up replays the app's writes into the new shards after their triggers
+ * exist, and a replication worker fires those enabled ALWAYS: the audit stamp would stamp a row
+ * already stamped. The chain's heads go with audit_logs (a run that copied them online left every
+ * later audit append of both tenants failing on a duplicate seq).
+ */
+export async function heldWhy(db: Kysely<any>, table: string, onlineFromBytes: number): Promise<string | undefined> {
+  if (table === CHAIN_HEADS) return 'with the app\'s writes held: the audit stamp writes it, with audit_logs'
+  const { rows } = await sql<{ always: string | null; identity: boolean; bytes: string }>`select pg_catalog.pg_total_relation_size(${table}::regclass) as bytes,
+    (select string_agg(t.tgname, ', ' order by t.tgname) from pg_catalog.pg_trigger t where t.tgrelid = ${table}::regclass
+      and not t.tgisinternal and t.tgenabled in ('A', 'R') and (t.tgtype & 1) = 1) as always,
+    exists (select 1 from pg_catalog.pg_index i where i.indrelid = ${table}::regclass and (i.indisprimary or i.indisreplident)) as identity`.execute(db)
+  if (rows[0]!.always) return `with the app's writes held: its triggers ${rows[0]!.always} fire in replication too`
+  if (!rows[0]!.identity) return 'with the app\'s writes held: no primary key to replicate its updates by'
+  if (Number(rows[0]!.bytes) < onlineFromBytes) return `a blocking copy: ${Math.round(Number(rows[0]!.bytes) / 1024)} kB, under the ${Math.round(onlineFromBytes / 1024)} kB an online copy starts at`
+  return undefined
+}
+
+/**
+ * create_distributed_table_concurrently on `table`, with its row security not FORCEd meanwhile:
+ * Citus's subscription on each worker applies the replicated writes as a member of the owner's
+ * role, and PostgreSQL 15 refuses to replicate into a table whose row security applies to it (the
+ * apply worker retried for good, and distribute hung). FORCE is recorded and put back right after,
+ * and by the next run after a kill (rowSecurityForcedAgain). Meanwhile only the owner, whose
+ * sessions are the migrator's and the functions it defined (each filters by tenant itself), sees
+ * past the policies; the app's role does not.
+ *
+ * Outside a transaction (Citus refuses one), retried like withLockRetry when a lock is not granted
+ * within the run's lock timeout: the table stays a Citus local table, and the next try goes on.
+ */
+export async function distributeOnline(db: Kysely<any>, table: string, colocateWith: string): Promise<void> {
+  const { rows } = await sql<{ forced: boolean }>`select relforcerowsecurity as forced from pg_catalog.pg_class where oid = ${table}::regclass`.execute(db)
+  if (rows[0]!.forced) {
+    await record(db, UNFORCED, table, { replace: true })
+    await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} no force row level security`.execute(trx))
+  }
+  const settings = run()
+  const deadline = Date.now() + settings.lockRetryBudgetMs
+  // Citus waits for its subscriptions to catch up in a loop that checks, then sleeps 1 s on this
+  // session's latch; its last wait holds the app's writes, so every request that came meanwhile
+  // waited 1.0-1.2 s. A notification on a channel this session listens to sets the latch: the
+  // watcher (remote-waits.ts) sends one at each poll, and the loop checks again at once.
+  await sql`listen ${sql.id(CATCH_UP)}`.execute(db)
+  if (settings.remoteWaits) settings.remoteWaits.wake = CATCH_UP
+  try {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await sql`select create_distributed_table_concurrently(${table}::regclass, 'tenant_id', colocate_with => ${colocateWith}::text)`.execute(db)
+        break
+      } catch (caught) {
+        const error = remoteLockWait(caught) ?? caught
+        const code = (error as { code?: string }).code
+        if ((code !== '55P03' && code !== '40P01') || Date.now() > deadline) throw error
+        const backoff = Math.min(2000, settings.lockTimeoutMs * 2 ** Math.min(attempt, 6))
+        await sleep(backoff / 2 + Math.random() * backoff)
+      }
+    }
+  } finally {
+    if (settings.remoteWaits) settings.remoteWaits.wake = undefined
+    await sql`unlisten ${sql.id(CATCH_UP)}`.execute(db)
+  }
+  await rowSecurityForcedAgain(db)
+}
+
+/** FORCEs row security again on the table distributeOnline un-FORCEd, if any (a run killed meanwhile). */
+export async function rowSecurityForcedAgain(db: Kysely<any>): Promise<void> {
+  const table = await readRecorded(db, UNFORCED)
+  if (!table) return
+  await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} force row level security`.execute(trx))
+  await forget(db, UNFORCED)
+}
+
+/**
+ * Before the first table goes online: enter() leaves a witness on the coordinator from now on (the
+ * Citus local tables' shards are there), read from a Citus local table of its own. Requests that
+ * entered before could meet a Citus local table with no witness there (a run saw 4 of 24,000 refused
+ * by row security): they are waited for. Idempotent.
+ */
+export async function onlineWitnessOn(db: Kysely<any>, app: string): Promise<void> {
+  if (await readRecorded(db, ONLINE_MARKER)) return
+  await sql`create table if not exists ${sql.raw(COORDINATOR_WITNESS)} (one int)`.execute(db)
+  await sql`revoke all on ${sql.raw(COORDINATOR_WITNESS)} from public`.execute(db)
+  const { rows } = await sql<{ n: number }>`select count(*)::int as n from pg_dist_partition where logicalrelid = ${COORDINATOR_WITNESS}::regclass`.execute(db)
+  if (rows[0]!.n === 0) await sql`select citus_add_local_table_to_metadata(${COORDINATOR_WITNESS}::regclass)`.execute(db)
+  await record(db, ONLINE_MARKER, 'on', { replace: true })
+  await transactionsInFlightEnded(db, app, 'entered before the coordinator\'s witness')
+}
+
+/** After the last table went online (or at undistribute, after a kill): no witness on the coordinator any more. */
+export async function onlineWitnessOff(db: Kysely<any>, app: string): Promise<void> {
+  if (await readRecorded(db, ONLINE_MARKER)) {
+    await forget(db, ONLINE_MARKER)
+    // A request that saw the marker reads the table: it ends before the table goes.
+    await transactionsInFlightEnded(db, app, 'entered with the coordinator\'s witness')
+  }
+  await withLockRetry(db, COORDINATOR_WITNESS, (trx) => sql`drop table if exists ${sql.raw(COORDINATOR_WITNESS)}`.execute(trx))
+}
+
+/**
+ * Waits until every transaction of `app`'s sessions on this node that is open now has ended (by
+ * its own transaction lock, which every session holds), for up to the run's retry budget.
+ */
+async function transactionsInFlightEnded(db: Kysely<any>, app: string, what: string): Promise<void> {
+  const { rows } = await sql<{ vxids: string[] }>`select coalesce(array_agg(l.virtualxid), '{}') as vxids from pg_catalog.pg_locks l
+    join pg_catalog.pg_stat_activity a on a.pid = l.pid
+    where l.locktype = 'virtualxid' and l.granted and a.usename = ${app} and a.pid <> pg_catalog.pg_backend_pid()`.execute(db)
+  const deadline = Date.now() + run().lockRetryBudgetMs
+  for (;;) {
+    const { rows: open } = await sql<{ n: number; who: string | null }>`select count(*)::int as n,
+      string_agg(${sessionLabel(sql`''`)}, '; ') as who from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
+      where l.locktype = 'virtualxid' and l.virtualxid = any(${rows[0]!.vxids})`.execute(db)
+    if (open[0]!.n === 0) return
+    if (Date.now() > deadline) throw new LockRetryExhausted(`gave up waiting for the app's transactions ${what} to end: ${open[0]!.who}; end them or run the command again (it goes on from there)`)
+    await sleep(20)
+  }
+}
