@@ -1,10 +1,9 @@
 import { sql, type Kysely } from 'kysely'
-import { withLockRetry } from '../online/lock-retry.ts'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { LockRetryExhausted, sessionLabel, withLockRetry } from '../online/lock-retry.ts'
 import { forget, readRecorded, record } from '../online/recorded-settings.ts'
 import { remoteLockWait } from '../online/remote-lock-wait.ts'
 import { run } from '../online/run-context.ts'
-import { LockRetryExhausted, sessionLabel } from '../online/lock-retry.ts'
 import { COORDINATOR_WITNESS, ONLINE_MARKER } from './worker-tenant-context.ts'
 
 /**
@@ -60,8 +59,8 @@ export async function heldWhy(db: Kysely<any>, table: string, onlineFromBytes: n
  * create_distributed_table_concurrently on `table`, with its row security not FORCEd meanwhile:
  * Citus's subscription on each worker applies the replicated writes as a member of the owner's
  * role, and PostgreSQL 15 refuses to replicate into a table whose row security applies to it (the
- * apply worker retried for good, and distribute hung). FORCE is recorded and put back right after,
- * and by the next run after a kill (rowSecurityForcedAgain). Meanwhile only the owner, whose
+ * apply worker retried for good, and distribute hung). FORCE is recorded and put back right after
+ * (after an error too), and by the next run after a kill (rowSecurityForcedAgain). Meanwhile only the owner, whose
  * sessions are the migrator's and the functions it defined (each filters by tenant itself), sees
  * past the policies; the app's role does not.
  *
@@ -95,9 +94,13 @@ export async function distributeOnline(db: Kysely<any>, table: string, colocateW
         await sleep(backoff / 2 + Math.random() * backoff)
       }
     }
+  } catch (error) {
+    // Citus leaves the table a Citus local table, which a rerun distributes: FORCE goes back now.
+    await rowSecurityForcedAgain(db).catch(() => {})
+    throw error
   } finally {
     if (settings.remoteWaits) settings.remoteWaits.wake = undefined
-    await sql`unlisten ${sql.id(CATCH_UP)}`.execute(db)
+    await sql`unlisten ${sql.id(CATCH_UP)}`.execute(db).catch(() => {})
   }
   await rowSecurityForcedAgain(db)
 }
