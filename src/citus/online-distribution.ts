@@ -51,6 +51,10 @@ export async function heldWhy(db: Kysely<any>, table: string, onlineFromBytes: n
     exists (select 1 from pg_catalog.pg_index i where i.indrelid = ${table}::regclass and (i.indisprimary or i.indisreplident)) as identity`.execute(db)
   if (rows[0]!.always) return `with the app's writes held: its triggers ${rows[0]!.always} fire in replication too`
   if (!rows[0]!.identity) return 'with the app\'s writes held: no primary key to replicate its updates by'
+  // A Citus local table here is one an online copy that failed or was killed left: its rows are in
+  // its shard, and its shell measures nothing. It goes on online.
+  const { rows: local } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass and partmethod = 'n' and repmodel = 's' and colocationid = 0`.execute(db)
+  if (local.length > 0) return undefined
   if (Number(rows[0]!.bytes) < onlineFromBytes) return `a blocking copy: ${Math.round(Number(rows[0]!.bytes) / 1024)} kB, under the ${Math.round(onlineFromBytes / 1024)} kB an online copy starts at`
   return undefined
 }
