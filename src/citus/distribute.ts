@@ -20,16 +20,17 @@ export interface DistributeOptions {
   /** Shards per distributed table (Citus' citus.shard_count; default: Citus's own, 32). */
   shardCount?: number
   /**
-   * Tables this large or larger, in bytes, are distributed online where the cluster allows it
-   * (create_distributed_table_concurrently: the app's writes held only for its last catch-up);
-   * smaller ones by a blocking copy, which holds them for a few ms where Citus's replication takes
-   * seconds to set up per table (default 1 MB).
+   * Not safe yet, so off unless given: tables this large or larger, in bytes, are distributed
+   * online where the cluster allows it (create_distributed_table_concurrently: the app's writes
+   * held only for its last catch-up); smaller ones by a blocking copy, which holds them for a few
+   * ms where Citus's replication takes seconds to set up per table. An outside review saw a few
+   * of the app's updates match no row at a table's switch, and commit (README, "Open on Citus").
    */
   onlineFromBytes?: number
 }
 
-const FOREIGN_KEYS = 'citus_foreign_keys'
-const ONLINE_FROM_BYTES = 1 << 20
+/** The foreign keys a run dropped, as `[{ table, name, definition }]`, until they are back. */
+export const FOREIGN_KEYS = 'citus_foreign_keys'
 /** The single-node tenant-context functions distribute replaced, as `[{ fn, def }]`: what undistribute puts back. */
 export const REPLACED_FUNCTIONS = 'citus_replaced_functions'
 export const TENANT_CONTEXT_FUNCTIONS = ['tenant_context.current_tenant()', 'tenant_context.challenge()', 'tenant_context.enter(text, text)']
@@ -60,7 +61,10 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         throw new DistributeRefused(`the schema is not ready for Citus (${violations.length} finding(s), first: ${violations[0]!.object}: ${violations[0]!.message}): nothing was changed; run the contract phase (skills-db contract), then skills-db check --citus`)
       }
     }
-    const tables = await distributionOrder(conn)
+    // The order the foreign keys give, those a killed run dropped (recorded) included: audit_logs'
+    // actor check reads users, and distributed before it (alphabetically), it failed the app's
+    // audit appends (outside review: 2,052 errors in a rerun).
+    const tables = await distributionOrder(conn, recorded ? JSON.parse(recorded) as { table: string; definition: string }[] : [])
     const app = await appRoleName(conn)
 
     // Every function the policies, triggers and defaults call must exist where they run: on every
@@ -112,14 +116,14 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
     const qualified = ['public.site_settings', ...(await exists(conn, CHAIN_HEADS) ? [CHAIN_HEADS] : []),
       ...tables.filter((t) => t !== 'site_settings').map((t) => `public.${t}`)]
     const anchor = (await firstDistributed(conn, qualified)) ?? qualified[0]!
-    const online = await onlineDistribution(conn)
+    const online = options.onlineFromBytes === undefined ? 'with the app\'s writes held: online copies not asked for' : await onlineDistribution(conn)
     let witnessing = false
     await rowSecurityForcedAgain(conn)
     for (const table of qualified) {
       if (!(await isDistributed(conn, table))) {
         const name = table.replace(/^public\./, '')
         const colocateWith = table === anchor ? 'default' : anchor
-        const why = table === anchor ? 'the first, with the app\'s writes held' : online === true ? await heldWhy(conn, table, options.onlineFromBytes ?? ONLINE_FROM_BYTES) : online
+        const why = table === anchor ? 'the first, with the app\'s writes held' : online === true ? await heldWhy(conn, table, options.onlineFromBytes!) : online
         if (why === undefined) {
           if (!witnessing) await step('the coordinator witnesses each request\'s tenant while tables move online', () => onlineWitnessOn(conn, app))
           witnessing = true
@@ -140,12 +144,7 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
     if (orphans[0]!.n > 0) await step(`Citus's deferred clean-up: ${orphans[0]!.n} thing(s) online copies left (old shards; of an interrupted one, replication slots, publications, subscriptions) dropped`, () => sql`call citus_cleanup_orphaned_resources()`.execute(conn))
     // Added NOT VALID (a moment's lock), then validated, which reads the rows without blocking the
     // app's writes; a rerun validates one a kill left unvalidated.
-    for (const k of keys) {
-      const { rows: present } = await sql<{ valid: boolean }>`select convalidated as valid from pg_catalog.pg_constraint where conname = ${k.name} and conrelid = ${`public.${k.table}`}::regclass`.execute(conn)
-      if (present.length === 0) await step(`add foreign key ${k.table}.${k.name} back`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} add constraint ${sql.id(k.name)} ${sql.raw(k.definition)} not valid`.execute(trx)))
-      if (!present[0]?.valid) await step(`validate foreign key ${k.table}.${k.name}`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} validate constraint ${sql.id(k.name)}`.execute(trx)))
-    }
-    await forget(conn, FOREIGN_KEYS)
+    await foreignKeysBack(conn, keys)
 
     // The rows were copied into the shards; the coordinator's own copy is dead weight (and a
     // second copy of every tenant's data on a node that does not serve it).
@@ -169,6 +168,20 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
 
     return { distributed }
   })
+}
+
+/**
+ * The foreign keys a run recorded and dropped, added back NOT VALID (a moment's lock), then
+ * validated, which reads the rows without blocking the app's writes; one a kill left unvalidated
+ * is validated. Then the record goes. (undistribute does this too, after a killed run.)
+ */
+export async function foreignKeysBack(conn: Kysely<any>, keys: { table: string; name: string; definition: string }[]): Promise<void> {
+  for (const k of keys) {
+    const { rows: present } = await sql<{ valid: boolean }>`select convalidated as valid from pg_catalog.pg_constraint where conname = ${k.name} and conrelid = ${`public.${k.table}`}::regclass`.execute(conn)
+    if (present.length === 0) await step(`add foreign key ${k.table}.${k.name} back`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} add constraint ${sql.id(k.name)} ${sql.raw(k.definition)} not valid`.execute(trx)))
+    if (!present[0]?.valid) await step(`validate foreign key ${k.table}.${k.name}`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} validate constraint ${sql.id(k.name)}`.execute(trx)))
+  }
+  await forget(conn, FOREIGN_KEYS)
 }
 
 async function asyncFilter<T>(items: T[], keep: (item: T) => Promise<boolean>): Promise<T[]> {
@@ -254,7 +267,7 @@ function prettyBytes(n: number): string {
  * keys between them before the first is distributed, so the order is a courtesy, not a need: a
  * cycle is simply broken.
  */
-export async function distributionOrder(db: Kysely<any>): Promise<string[]> {
+export async function distributionOrder(db: Kysely<any>, droppedKeys: { table: string; definition: string }[] = []): Promise<string[]> {
   let { rows } = await sql<{ table: string; parents: string[] }>`
     select c.relname as table,
       array(select distinct p.relname::text from pg_catalog.pg_constraint k join pg_catalog.pg_class p on p.oid = k.confrelid
@@ -269,6 +282,11 @@ export async function distributionOrder(db: Kysely<any>): Promise<string[]> {
     const { rows: tables } = await sql<{ t: string }>`select c.relname as t from pg_catalog.pg_dist_partition p
       join pg_catalog.pg_class c on c.oid = p.logicalrelid where c.relnamespace = 'public'::regnamespace`.execute(db)
     rows = rows.filter((r) => !tables.some((x) => new RegExp(`^${x.t}_\\d+$`).test(r.table)))
+  }
+  for (const k of droppedKeys) {
+    const parent = /REFERENCES\s+(?:public\.)?"?(\w+)"?\s*\(/i.exec(k.definition)?.[1]
+    const row = rows.find((r) => r.table === k.table)
+    if (parent && row && parent !== k.table && !row.parents.includes(parent)) row.parents.push(parent)
   }
   const ordered: string[] = []
   const seen = new Set<string>()

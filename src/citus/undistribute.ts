@@ -3,7 +3,7 @@ import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { appRoleName } from '../online/app-role.ts'
 import { forget, readRecorded } from '../online/recorded-settings.ts'
 import { progress } from '../online/run-context.ts'
-import { REPLACED_FUNCTIONS } from './distribute.ts'
+import { FOREIGN_KEYS, foreignKeysBack, REPLACED_FUNCTIONS } from './distribute.ts'
 import { onlineWitnessOff, rowSecurityForcedAgain } from './online-distribution.ts'
 import { isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
 
@@ -40,10 +40,11 @@ export async function undistribute(db: Kysely<any>, options: UndistributeOptions
         join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
       where c.relnamespace::regnamespace::text = any(${OURS}) and a.attstattarget >= 0
       order by 1, 2`.execute(conn)
-    // A distribute killed while it moved a table online: its coordinator witness and un-FORCEd row security.
+    // A distribute killed while it moved a table online: its un-FORCEd row security now, its
+    // coordinator witness once no table is a Citus local table (before that, the app's requests
+    // need it: dropped first, an outside review saw every update of such a table match no row).
     const app = await appRoleName(conn)
     await rowSecurityForcedAgain(conn)
-    await onlineWitnessOff(conn, app)
     const undistributed: string[] = []
     for (;;) {
       // One table at a time, with those it is joined to by foreign keys (Citus moves them together).
@@ -58,6 +59,10 @@ export async function undistribute(db: Kysely<any>, options: UndistributeOptions
       const after = new Set(await citusTables(conn))
       undistributed.push(...before.filter((t) => !after.has(t)))
     }
+    await onlineWitnessOff(conn, app)
+    // The foreign keys a killed distribute dropped (without them, the app's writes were not checked).
+    const dropped = await readRecorded(conn, FOREIGN_KEYS)
+    if (dropped) await foreignKeysBack(conn, JSON.parse(dropped))
     for (const t of targets) {
       const { rows: now } = await sql<{ target: number }>`select attstattarget as target from pg_catalog.pg_attribute
         where attrelid = ${t.table}::regclass and attname = ${t.column}`.execute(conn)
