@@ -4,7 +4,7 @@ import { forget, readRecorded, record } from '../online/recorded-settings.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { withLockRetry } from '../online/lock-retry.ts'
 import { progress } from '../online/run-context.ts'
-import { distributeOnline, heldWhy, onlineDistribution, onlineWitnessOff, onlineWitnessOn, rowSecurityForcedAgain } from './online-distribution.ts'
+import { citusLeftoversDropped, distributeOnline, heldWhy, onlineDistribution, onlineWitnessOff, onlineWitnessOn, rowSecurityForcedAgain } from './online-distribution.ts'
 import { citusReadiness, DISTRIBUTED } from './readiness.ts'
 import { DistributeRefused, exists, isDistributed, isReference, isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
 export { DistributeFailed, DistributeRefused } from './steps.ts'
@@ -137,11 +137,7 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
       if (table === 'public.site_settings') await tenantContextOnEveryNode(conn, app)
     }
     await onlineWitnessOff(conn, app)
-    // An online copy leaves its old shard to drop later, and one killed or failed its replication
-    // slots too (which keep WAL on the coordinator for good), publications and subscriptions:
-    // recorded for Citus to drop later, dropped now.
-    const { rows: orphans } = await sql<{ n: number }>`select count(*)::int as n from pg_dist_cleanup`.execute(conn)
-    if (orphans[0]!.n > 0) await step(`Citus's deferred clean-up: ${orphans[0]!.n} thing(s) online copies left (old shards; of an interrupted one, replication slots, publications, subscriptions) dropped`, () => sql`call citus_cleanup_orphaned_resources()`.execute(conn))
+    await citusLeftoversDropped(conn)
     // Added NOT VALID (a moment's lock), then validated, which reads the rows without blocking the
     // app's writes; a rerun validates one a kill left unvalidated.
     await foreignKeysBack(conn, keys)

@@ -4,6 +4,7 @@ import { LockRetryExhausted, sessionLabel, withLockRetry } from '../online/lock-
 import { forget, readRecorded, record } from '../online/recorded-settings.ts'
 import { remoteLockWait } from '../online/remote-lock-wait.ts'
 import { run } from '../online/run-context.ts'
+import { step } from './steps.ts'
 import { COORDINATOR_WITNESS, ONLINE_MARKER } from './worker-tenant-context.ts'
 
 /**
@@ -159,5 +160,19 @@ async function transactionsInFlightEnded(db: Kysely<any>, app: string, what: str
     if (open[0]!.n === 0) return
     if (Date.now() > deadline) throw new LockRetryExhausted(`gave up waiting for the app's transactions ${what} to end: ${open[0]!.who}; end them or run the command again (it goes on from there)`)
     await sleep(20)
+  }
+}
+
+/**
+ * An online copy leaves its old shard to drop later, and one killed or failed its new shards,
+ * replication slots (which keep WAL on the coordinator for good), publications and subscriptions:
+ * recorded for Citus to drop later (pg_dist_cleanup), dropped now. distribute runs it at its end,
+ * undistribute first (a killed copy's shards were left as tables of public beside its own).
+ */
+export async function citusLeftoversDropped(conn: Kysely<any>): Promise<void> {
+  const { rows } = await sql<{ n: number }>`select count(*)::int as n from pg_dist_cleanup`.execute(conn)
+  if (rows[0]!.n > 0) {
+    await step(`Citus's deferred clean-up: ${rows[0]!.n} thing(s) online copies left (old shards; of an interrupted one, its new shards, replication slots, publications, subscriptions) dropped`,
+      () => sql`call citus_cleanup_orphaned_resources()`.execute(conn))
   }
 }

@@ -4,7 +4,7 @@ import { appRoleName } from '../online/app-role.ts'
 import { forget, readRecorded } from '../online/recorded-settings.ts'
 import { progress } from '../online/run-context.ts'
 import { FOREIGN_KEYS, foreignKeysBack, REPLACED_FUNCTIONS } from './distribute.ts'
-import { onlineWitnessOff, rowSecurityForcedAgain } from './online-distribution.ts'
+import { citusLeftoversDropped, onlineWitnessOff, rowSecurityForcedAgain } from './online-distribution.ts'
 import { isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
 
 export interface UndistributeOptions {
@@ -45,6 +45,7 @@ export async function undistribute(db: Kysely<any>, options: UndistributeOptions
     // need it: dropped first, an outside review saw every update of such a table match no row).
     const app = await appRoleName(conn)
     await rowSecurityForcedAgain(conn)
+    await citusLeftoversDropped(conn)
     const undistributed: string[] = []
     for (;;) {
       // One table at a time, with those it is joined to by foreign keys (Citus moves them together).
