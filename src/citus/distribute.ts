@@ -259,9 +259,10 @@ function prettyBytes(n: number): string {
 
 /**
  * The tables to distribute, as the readiness check sees them (every table of public with a
- * tenant_id column; partitions go with their parent), parents first. distribute drops the foreign
- * keys between them before the first is distributed, so the order is a courtesy, not a need: a
- * cycle is simply broken.
+ * tenant_id column; partitions go with their parent), parents first, by the foreign keys in place
+ * and those a run dropped (`droppedKeys`, recorded). Citus would take any order once the keys are
+ * dropped, but the app's writes would not: a trigger of a child may read its parent (audit_logs'
+ * actor check reads users), which must not be distributed after it. A cycle is simply broken.
  */
 export async function distributionOrder(db: Kysely<any>, droppedKeys: { table: string; definition: string }[] = []): Promise<string[]> {
   let { rows } = await sql<{ table: string; parents: string[] }>`
