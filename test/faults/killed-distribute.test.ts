@@ -79,18 +79,18 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
     expect(await rowDigests(admin, TABLES)).toEqual(rows)
   }
 
-  it.for(POINTS)('%s: the rerun completes, the same schema, every row; undistribute returns to the contracted one', { timeout: 300_000 }, async ([, at]) => {
-    await killedThenRerun(at)
-  })
-
-  it('killed inside an online copy (create_distributed_table_concurrently running, its replication slot open, row security not FORCEd): the rerun completes, the same schema, every row, FORCE back, and nothing of the copy left on any node', { timeout: 300_000 }, async () => {
+  /**
+   * `distribute --online-from 0`, SIGKILLed inside the online copy of `table`, once Citus's copy
+   * has its replication slot (the middle of the statement); returns once its session is gone.
+   */
+  const killedInsideOnlineCopy = async (table: string) => {
     let killing: Promise<void> | undefined
     let inside = false
+    const announced = new RegExp(`^ {2}${table}: distribute by tenant_id, the app's writes going on$`, 'm')
     const cut = await runScript(['distribute', '--online-from', '0'], { DATABASE_URL: server.url }, {
       onStdout(stdout, child) {
-        if (killing || !/^ {2}users: distribute by tenant_id, the app's writes going on$/m.test(stdout)) return
+        if (killing || !announced.test(stdout)) return
         killing = (async () => {
-          // Killed once Citus's copy has its replication slot: the middle of the statement.
           for (let i = 0; i < 600 && !inside; i++) {
             inside = (await sql<{ n: number }>`select count(*)::int as n from pg_replication_slots`.execute(admin)).rows[0]!.n > 0
             if (!inside) await sleep(50)
@@ -103,6 +103,14 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
     expect(cut.signal).toBe('SIGKILL')
     expect(inside, 'the copy never opened its replication slot').toBe(true)
     for (let i = 0; i < 6000 && (await sql`select 1 from pg_locks where locktype = 'advisory' and pid <> pg_backend_pid()`.execute(admin)).rows.length > 0; i++) await sleep(20)
+  }
+
+  it.for(POINTS)('%s: the rerun completes, the same schema, every row; undistribute returns to the contracted one', { timeout: 300_000 }, async ([, at]) => {
+    await killedThenRerun(at)
+  })
+
+  it('killed inside an online copy (create_distributed_table_concurrently running, its replication slot open, row security not FORCEd): the rerun completes, the same schema, every row, FORCE back, and nothing of the copy left on any node', { timeout: 300_000 }, async () => {
+    await killedInsideOnlineCopy('users')
     const { rows: mid } = await sql<{ forced: boolean }>`select relforcerowsecurity as forced from pg_class where oid = 'public.users'::regclass`.execute(admin)
     expect(mid[0]!.forced, 'killed inside the window without FORCE').toBe(false)
     const rerun = await runScript(['distribute', '--online-from', '1'], { DATABASE_URL: server.url })
@@ -131,24 +139,7 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
     const load = newAppLoad(appUrl, sessions, 'kd-online')
     let done: Awaited<ReturnType<typeof load.stop>> | undefined
     try {
-      let killing: Promise<void> | undefined
-      let inside = false
-      const cut = await runScript(['distribute', '--online-from', '0'], { DATABASE_URL: server.url }, {
-        onStdout(stdout, child) {
-          if (killing || !/^ {2}skills: distribute by tenant_id, the app's writes going on$/m.test(stdout)) return
-          killing = (async () => {
-            for (let i = 0; i < 600 && !inside; i++) {
-              inside = (await sql<{ n: number }>`select count(*)::int as n from pg_replication_slots`.execute(admin)).rows[0]!.n > 0
-              if (!inside) await sleep(50)
-            }
-            child.kill('SIGKILL')
-          })()
-        },
-      })
-      await killing
-      expect(cut.signal).toBe('SIGKILL')
-      expect(inside, 'the copy never opened its replication slot').toBe(true)
-      for (let i = 0; i < 6000 && (await sql`select 1 from pg_locks where locktype = 'advisory' and pid <> pg_backend_pid()`.execute(admin)).rows.length > 0; i++) await sleep(20)
+      await killedInsideOnlineCopy('skills')
       // The app goes on a while against the Citus local table the kill left.
       await sleep(3000)
     } finally {
