@@ -152,6 +152,13 @@ export const CITUS_ENTER = sql`
     if witnessed is true and exists (select 1 from skills_db.settings s where s.key = ${sql.lit(ONLINE_MARKER)}) then
       select bool_and(pg_try_advisory_xact_lock_shared(${sql.lit(WITNESS_LOCK)}, hashtext(tenant))) into witnessed
         from (select count(*) from ${sql.raw(COORDINATOR_WITNESS)}) w;
+      -- Citus plans a write, then waits for its shard's metadata lock, which the copy holds for its
+      -- last catch-up. A write planned against the Citus local table that runs after the switch is
+      -- rerouted by its WHERE, and a tenant_id there is a bound parameter, which Citus cannot read:
+      -- to no shard, so it matched no row and committed (a lost update). Planned the other way, the
+      -- same write fails instead, "shard for the given value does not exist" (40001), and
+      -- withTenant runs the request again. For this transaction only.
+      perform set_config('citus.enable_fast_path_router_planner', 'off', true);
     end if;
     if checked.witnessed is not true or witnessed is not true then
       raise exception 'another session holds the tenant context lock of tenant "%" on a node', left(tenant, 64)

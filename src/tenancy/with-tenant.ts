@@ -40,6 +40,11 @@ export function withTenantDb(): Kysely<DB> | undefined {
  * temporary table or function, a WITH HOLD cursor, a prepared statement, a LISTEN, an advisory
  * lock) is discarded after the transaction. Calling withTenant inside `fn` is an error: use `trx`.
  *
+ * On Citus, while `skills-db distribute` copies a table online, a statement caught at the table's
+ * switch fails with Citus's "shard for the given value does not exist" (40001): the transaction is
+ * rolled back and `fn` runs again, in a new one (up to 3 times in all). Keep what `fn` does
+ * outside the database (a message sent, a file written) for after withTenant returns.
+ *
  * @example
  * const skills = await withTenant(db, tenantId, (trx) =>
  *   trx.selectFrom('skills').select(['slug', 'name']).orderBy('total_uses', 'desc').limit(10).execute())
@@ -54,18 +59,37 @@ export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: 
     throw new TenantError(`withTenant called inside withTenant (tenant "${outer.tenantId.slice(0, 64)}"): use the transaction you were given`)
   }
   const key = keyFor(db)
-  return db.connection().execute(async (conn) => {
-    let session: number | undefined
+  for (let attempt = 1; ; attempt++) {
     try {
-      return await conn.transaction().execute(async (trx) => {
-        const lockTimeoutMs = lockTimeoutOf(db)
-        session = (await enterTenant(trx, tenantId, key, lockTimeoutMs === undefined ? {} : { lockTimeoutMs })).pid
-        return await inside.run({ tenantId, db }, () => fn(trx, { tenantId }))
+      return await db.connection().execute(async (conn) => {
+        let session: number | undefined
+        try {
+          return await conn.transaction().execute(async (trx) => {
+            const lockTimeoutMs = lockTimeoutOf(db)
+            session = (await enterTenant(trx, tenantId, key, lockTimeoutMs === undefined ? {} : { lockTimeoutMs })).pid
+            return await inside.run({ tenantId, db }, () => fn(trx, { tenantId }))
+          })
+        } finally {
+          await cleanUp(db, conn, session)
+        }
       })
-    } finally {
-      await cleanUp(db, conn, session)
+    } catch (error) {
+      if (attempt >= SHARD_MOVED_ATTEMPTS || !shardMoved(error)) throw error
     }
-  })
+  }
+}
+
+/** How many times withTenant runs a request that Citus failed because its table moved under it. */
+const SHARD_MOVED_ATTEMPTS = 3
+
+/**
+ * Citus's refusal of a statement planned before its table moved to other shards and run after
+ * (while `skills-db distribute` copies a table online, at the table's switch): the transaction
+ * rolled back, and the same request run again goes to the new shards.
+ */
+function shardMoved(error: unknown): boolean {
+  const e = error as { code?: string; message?: string }
+  return e?.code === '40001' && e.message === 'shard for the given value does not exist'
 }
 
 /**
