@@ -379,7 +379,7 @@ function reportManaged(results: VariantResult[], rls: Awaited<ReturnType<typeof 
   row('migration wall time', ...results.map((r) => `${Math.round(r.wallMs)} ms`), '')
   row('longest app stall during migration', ...results.map((r) => `${Math.round(r.longestStallMs)} ms`), '≤ 100 ms')
   row('app errors', ...results.map((r) => String(errors(r))), '0')
-  row('select-by-slug that found nothing', ...results.map((r) => String(r.emptyLookups)), '0')
+  row('a lookup or update that found no row', ...results.map((r) => String(r.emptyLookups)), '0')
   row('acknowledged rows missing after', ...results.map((r) => `${r.missingRows} of ${r.acknowledged}`), '0')
   console.log('RLS overhead for the app role on the owner-migrated database (old-app policies present; goal ≤ 1.10×):')
   for (const q of rls) console.log(formatRlsOverhead(q))

@@ -61,9 +61,9 @@ describe('CLI', () => {
       [['make', '0001_baseline'.slice(5)], {}, /a migration named "baseline" already exists: 0001_baseline\.ts/],
       [['latest', '--lock-timeout-ms', 'soon'], { DATABASE_URL: t.url }, /--lock-timeout-ms must be a positive whole number, not "soon"/],
       [['distribute', '--shard-count', '0'], { DATABASE_URL: t.url }, /--shard-count must be a positive whole number, not "0"/],
-      [['distribute', '--online-from', 'big'], { DATABASE_URL: t.url }, /--online-from must be a number of MB, 0 or more, not "big"/],
-      [['distribute', '--online-from=-1'], { DATABASE_URL: t.url }, /--online-from must be a number of MB, 0 or more, not "-1"/],
-      [['distribute', '--online-from', '0x10'], { DATABASE_URL: t.url }, /--online-from must be a number of MB, 0 or more, not "0x10"/],
+      [['distribute', '--online-from', 'big'], { DATABASE_URL: t.url }, /--online-from must be a number of MB, 0 or more, or off, not "big"/],
+      [['distribute', '--online-from=-1'], { DATABASE_URL: t.url }, /--online-from must be a number of MB, 0 or more, or off, not "-1"/],
+      [['distribute', '--online-from', '0x10'], { DATABASE_URL: t.url }, /--online-from must be a number of MB, 0 or more, or off, not "0x10"/],
       [['latest'], { DATABASE_URL: t.url, SKILLS_DB_TENANT_KEYS: 'k1:short' }, /SKILLS_DB_TENANT_KEYS\)?: the secret of key "k1" has 5 characters; use at least 32/],
     ]
     for (const [args, env, expected] of cases) {

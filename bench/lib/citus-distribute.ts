@@ -59,5 +59,6 @@ export function formatDistributeUnderLoad(r: DistributeUnderLoad | { notRun: str
     `  longest app stall during distribute: ${f(r.longestStallMs, 0)} ms (goal ≤ 1000 ms)`,
     `  app errors: ${errors} (goal 0)${Object.entries(r.appErrors).map(([m, n]) => `\n    ×${n}: ${m}`).join('')}`,
     `  acknowledged rows missing after: ${r.missingRows} of ${r.acknowledged} (goal 0)`,
+    `  acknowledged updates that matched no row: ${r.emptyUpdates} of ${r.bumps} (goal 0)`,
   ].join('\n')
 }

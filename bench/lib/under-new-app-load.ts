@@ -11,14 +11,17 @@ export interface UnderLoad {
   appErrors: Record<string, number>
   acknowledged: number
   missingRows: number
+  /** acknowledged updates (bump_uses), and those of them that matched no row (each a lost update) */
+  bumps: number
+  emptyUpdates: number
   latency: { before: LatencyStats; during: LatencyStats; after: LatencyStats }
 }
 
 /**
  * Runs `action` while the new app's requests (fixtures/new-app.ts, as the app role at `appUrl`, in
  * one tenant) run, with `leadMs` of load before and after it: what `action` returned, how long it
- * took, the longest stall, the app's errors and the acknowledged rows missing afterwards (counted
- * through `db`).
+ * took, the longest stall, the app's errors, the acknowledged rows missing afterwards (counted
+ * through `db`) and the updates that matched no row.
  */
 export async function underNewAppLoad<T>(db: Kysely<any>, appUrl: string, tenantId: string, counts: Counts,
   { connections, leadMs }: { connections: number; leadMs: number }, action: () => Promise<T>): Promise<{ result: T } & UnderLoad> {
@@ -38,6 +41,8 @@ export async function underNewAppLoad<T>(db: Kysely<any>, appUrl: string, tenant
     appErrors: errorsByMessage(app.samples),
     acknowledged: app.acknowledged.length,
     missingRows: app.acknowledged.length - rows[0]!.n,
+    bumps: app.samples.filter((x) => x.op === 'bump_uses' && x.error === undefined).length,
+    emptyUpdates: app.samples.filter((x) => x.op === 'bump_uses' && x.empty).length,
     latency: { before: latencyStats(app.samples, origin, start), during: latencyStats(app.samples, start, end), after: latencyStats(app.samples, end, Infinity) },
   }
 }

@@ -20,14 +20,19 @@ export interface DistributeOptions {
   /** Shards per distributed table (Citus' citus.shard_count; default: Citus's own, 32). */
   shardCount?: number
   /**
-   * Not safe yet, so off unless given: tables this large or larger, in bytes, are distributed
-   * online where the cluster allows it (create_distributed_table_concurrently: the app's writes
-   * held only for its last catch-up); smaller ones by a blocking copy, which holds them for a few
-   * ms where Citus's replication takes seconds to set up per table. An outside review saw a few
-   * of the app's updates match no row at a table's switch, and commit (README, "Open on Citus").
+   * Tables this large or larger, in bytes, are distributed online where the cluster allows it
+   * (create_distributed_table_concurrently: the app's writes held only for its last catch-up);
+   * smaller ones by a blocking copy, which holds them for a few ms where Citus's replication takes
+   * seconds to set up per table. Default ONLINE_FROM_BYTES; false: every table by a blocking copy.
    */
-  onlineFromBytes?: number
+  onlineFromBytes?: number | false
 }
+
+/**
+ * The default of onlineFromBytes, 1 MB: a blocking copy of less holds the table's writes for a few
+ * ms; at scale 1 (1M usage_events) the tables above it held them for up to 17.8 s.
+ */
+export const ONLINE_FROM_BYTES = 1 << 20
 
 /** The foreign keys a run dropped, as `[{ table, name, definition }]`, until they are back. */
 export const FOREIGN_KEYS = 'citus_foreign_keys'
@@ -116,14 +121,15 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
     const qualified = ['public.site_settings', ...(await exists(conn, CHAIN_HEADS) ? [CHAIN_HEADS] : []),
       ...tables.filter((t) => t !== 'site_settings').map((t) => `public.${t}`)]
     const anchor = (await firstDistributed(conn, qualified)) ?? qualified[0]!
-    const online = options.onlineFromBytes === undefined ? 'with the app\'s writes held: online copies not asked for' : await onlineDistribution(conn)
+    const onlineFrom = options.onlineFromBytes ?? ONLINE_FROM_BYTES
+    const online = onlineFrom === false ? 'with the app\'s writes held: online copies turned off' : await onlineDistribution(conn)
     let witnessing = false
     await rowSecurityForcedAgain(conn)
     for (const table of qualified) {
       if (!(await isDistributed(conn, table))) {
         const name = table.replace(/^public\./, '')
         const colocateWith = table === anchor ? 'default' : anchor
-        const why = table === anchor ? 'the first, with the app\'s writes held' : online === true ? await heldWhy(conn, table, options.onlineFromBytes!) : online
+        const why = table === anchor ? 'the first, with the app\'s writes held' : online === true && onlineFrom !== false ? await heldWhy(conn, table, onlineFrom) : online
         if (why === undefined) {
           if (!witnessing) await step('the coordinator witnesses each request\'s tenant while tables move online', () => onlineWitnessOn(conn, app))
           witnessing = true

@@ -599,7 +599,10 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         expect([...new Set(seen)]).toEqual([A])
       })
 
-      it('distribute again, under the new app\'s load (online copies not asked for: each table with its writes held): the same tables, one colocation group, the tenant context on the workers; no request fails but Citus\'s rare distributed-deadlock cancellation, none of its updates lost, every row; row security FORCEd, and nothing of an online copy', async () => {
+      // With the coordinator in the metadata, every table Citus can copy online goes online (tables
+      // of any size: onlineFromBytes 0); without, each with its writes held (no online path).
+      it(`distribute again, under the new app's load (${topology === 'coordinator-in-metadata' ? 'online copies of every table but four' : 'each table with its writes held'}): the same tables, one colocation group, the tenant context on the workers; no request fails but Citus's rare distributed-deadlock cancellation, none of its updates lost, every row; row security FORCEd, and nothing of an online copy`, async () => {
+        const online = topology === 'coordinator-in-metadata'
         const countsBefore = await rowCounts()
         const usesBefore = await totalUses()
         const load = newAppLoad(appUrl, sessions, `dist-${topology}`)
@@ -608,7 +611,7 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         let done: Awaited<ReturnType<typeof load.stop>> | undefined
         const lines: string[] = []
         try {
-          distributed = (await distribute(admin, { logger: { info: (m) => lines.push(m) } })).distributed
+          distributed = (await distribute(admin, { logger: { info: (m) => lines.push(m) }, ...(online ? { onlineFromBytes: 0 } : {}) })).distributed
           await new Promise((r) => setTimeout(r, 300))
         } finally {
           done = await load.stop()
@@ -616,8 +619,13 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         if (!done) throw new Error('the load did not stop')
         console.log(`distribute (${topology}) under load: ${done.requests} requests, ${done.errors.length} failed, longest ${Math.round(done.longestMs)} ms${done.errors.length ? `; first: ${done.errors[0]}` : ''}`)
         expect([...distributed].sort()).toEqual(DISTRIBUTED)
-        expect(lines.filter((l) => / distribute by tenant_id, the app's writes going on$/.test(l))).toEqual([])
-        expect(lines).toContain('  users: distribute by tenant_id (with the app\'s writes held: online copies not asked for)')
+        const wentOnline = lines.filter((l) => / distribute by tenant_id, the app's writes going on$/.test(l)).map((l) => l.trim().split(':')[0])
+        if (online) {
+          expect(wentOnline.sort()).toEqual(DISTRIBUTED.filter((t) => !['site_settings', 'audit_logs', 'audit_signatures', 'skills_db.audit_chain_heads'].includes(t)))
+        } else {
+          expect(wentOnline).toEqual([])
+          expect(lines).toContain('  users: distribute by tenant_id (with the app\'s writes held: the coordinator is not in the metadata (citus_set_coordinator_host) for an online copy)')
+        }
         // Each request that succeeded counted its use once (an update matching no row fails it, above).
         expect(await totalUses()).toBe(usesBefore + done.requests)
         // What an online copy changes for its while: row security FORCEd on every table again, the
