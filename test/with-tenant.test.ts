@@ -1,4 +1,4 @@
-import type { Kysely } from 'kysely'
+import { sql, type Kysely } from 'kysely'
 import { beforeAll, describe, expect, inject, it } from 'vitest'
 import { recordAudit } from '../src/audit/record-audit.ts'
 import type { DB } from '../src/db-types.ts'
@@ -34,6 +34,40 @@ describe('withTenant and recordAudit', () => {
       throw new Error('handler failed')
     })).rejects.toThrow('handler failed')
     expect(await t.admin.selectFrom('audit_logs').select('id').where('action', '=', 'doomed').execute()).toEqual([])
+  })
+
+  // Citus's two rollbacks withTenant runs a request again for (raised here by the server as Citus
+  // raises them: the online copy's switch, the distributed deadlock victim); the first try's
+  // writes are gone, the second's committed. Any other error, even of the same class, is not.
+  it.each([
+    ['40001', 'shard for the given value does not exist', 2],
+    ['40P01', 'canceling the transaction since it was involved in a distributed deadlock', 2],
+    ['40P01', 'deadlock detected', 1],
+    ['40001', 'could not serialize access due to concurrent update', 1],
+  ])('a request Citus rolled back with %s "%s" runs %i time(s)', async (code, message, runs) => {
+    const action = `retried ${code} ${message}`
+    let tries = 0
+    const outcome = await withTenant(app, A, async (trx) => {
+      tries++
+      await recordAudit(trx, { actorId: 'uA1', action })
+      if (tries === 1) await sql.raw(`do $$ begin raise exception using errcode = '${code}', message = '${message}'; end $$`).execute(trx)
+      return tries
+    }).catch((e: Error) => e)
+    expect(tries).toBe(runs)
+    if (runs === 1) expect(outcome).toMatchObject({ code, message })
+    else expect(outcome).toBe(2)
+    const rows = await t.admin.selectFrom('audit_logs').select('id').where('action', '=', action).execute()
+    expect(rows).toHaveLength(runs === 1 ? 0 : 1)
+  })
+
+  it('a request Citus rolls back each time is run 3 times in all, then fails with Citus\'s error', async () => {
+    let tries = 0
+    const outcome = await withTenant(app, A, async (trx) => {
+      tries++
+      await sql.raw(`do $$ begin raise exception using errcode = '40001', message = 'shard for the given value does not exist'; end $$`).execute(trx)
+    }).catch((e: Error) => e)
+    expect(tries).toBe(3)
+    expect(outcome).toMatchObject({ code: '40001', message: 'shard for the given value does not exist' })
   })
 
   it.each([

@@ -453,9 +453,9 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
             const done = await load.stop()
             expect(cli.code, cli.stderr).toBe(0)
             expect(cli.stdout).toMatch(/its shards are on the coordinator, so requests are not held off/)
-            // Not held off here: the load's tenants are on other shards, and a request of this shard
-            // may be cancelled by Citus's deadlock detection (the only error accepted).
-            expect(done.errors.filter((e) => !/: canceling the transaction since it was involved in a distributed deadlock$/.test(e))).toEqual([])
+            // Not held off here: the load's tenants are on other shards; a request of this shard
+            // that Citus's deadlock detection cancels, withTenant runs again.
+            expect(done.errors).toEqual([])
             const { rows: after } = await sql<{ own: boolean; group: number }>`select s.shardminvalue = s.shardmaxvalue as own, p.groupid as group
               from pg_dist_shard s join pg_dist_placement p on p.shardid = s.shardid
               where s.shardid = get_shard_id_for_distribution_column('public.users', ${tenant}::text)`.execute(admin)
@@ -638,13 +638,11 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         const { rows: replication } = await sql<{ result: string }>`select result from run_command_on_all_nodes($$select (select count(*) from pg_replication_slots)
           || ':' || (select count(*) from pg_publication) || ':' || (select count(*) from pg_subscription)$$) order by nodeid`.execute(admin)
         expect(replication.map((r) => r.result)).toEqual(replication.map(() => '0:0:0'))
-        // Not yet 0: a request now and then (1 in about 15,000, in one run of three) is cancelled by
-        // Citus's distributed deadlock detection while distribute adds or validates a key or
-        // distributes a table; it changed nothing (the counts below hold the requests that
-        // succeeded). Any other error fails here. (Before d3c379a: hundreds of deadlocks, row
-        // security refusals and signature errors.)
-        expect(done.errors.filter((e) => !/: canceling the transaction since it was involved in a distributed deadlock$/.test(e))).toEqual([])
-        expect(done.errors.length).toBeLessThan(Math.max(3, done.requests / 1000))
+        // None: a request now and then (1 in about 15,000) that Citus's distributed deadlock
+        // detection cancels while distribute adds or validates a key or distributes a table, or
+        // that an online copy's switch catches, withTenant runs again. (Before d3c379a: hundreds
+        // of deadlocks, row security refusals and signature errors.)
+        expect(done.errors).toEqual([])
         expect(done.requests).toBeGreaterThan(10)
         expect(await rowCounts()).toEqual({ ...countsBefore, usage_events: countsBefore.usage_events! + done.inserted, audit_logs: countsBefore.audit_logs! + done.audited, audit_signatures: countsBefore.audit_signatures! + done.audited })
         const { rows } = await sql<{ n: number }>`select count(distinct colocation_id)::int as n from citus_tables where citus_table_type = 'distributed'`.execute(admin)
