@@ -2,7 +2,6 @@ import { sql, type Kysely } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { LockRetryExhausted, sessionLabel, withLockRetry } from '../online/lock-retry.ts'
 import { forget, readRecorded, record } from '../online/recorded-settings.ts'
-import { remoteLockWait } from '../online/remote-lock-wait.ts'
 import { run } from '../online/run-context.ts'
 import { step } from './steps.ts'
 import { COORDINATOR_WITNESS, ONLINE_MARKER } from './worker-tenant-context.ts'
@@ -69,7 +68,7 @@ export async function heldWhy(db: Kysely<any>, table: string, onlineFromBytes: n
  * sessions are the migrator's and the functions it defined (each filters by tenant itself), sees
  * past the policies; the app's role does not.
  *
- * Outside a transaction (Citus refuses one), retried like withLockRetry when a lock is not granted
+ * Outside a transaction (Citus refuses one), retried by withLockRetry when a lock is not granted
  * within the run's lock timeout: the table stays a Citus local table, and the next try goes on.
  */
 export async function distributeOnline(db: Kysely<any>, table: string, colocateWith: string): Promise<void> {
@@ -79,7 +78,6 @@ export async function distributeOnline(db: Kysely<any>, table: string, colocateW
     await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} no force row level security`.execute(trx))
   }
   const settings = run()
-  const deadline = Date.now() + settings.lockRetryBudgetMs
   // Citus waits for its subscriptions to catch up in a loop that checks, then sleeps 1 s on this
   // session's latch; its last wait holds the app's writes, so every request that came meanwhile
   // waited 1.0-1.2 s. A notification on a channel this session listens to sets the latch: the
@@ -87,18 +85,8 @@ export async function distributeOnline(db: Kysely<any>, table: string, colocateW
   await sql`listen ${sql.id(CATCH_UP)}`.execute(db)
   if (settings.remoteWaits) settings.remoteWaits.wake = CATCH_UP
   try {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await sql`select create_distributed_table_concurrently(${table}::regclass, 'tenant_id', colocate_with => ${colocateWith}::text)`.execute(db)
-        break
-      } catch (caught) {
-        const error = remoteLockWait(caught) ?? caught
-        const code = (error as { code?: string }).code
-        if ((code !== '55P03' && code !== '40P01') || Date.now() > deadline) throw error
-        const backoff = Math.min(2000, settings.lockTimeoutMs * 2 ** Math.min(attempt, 6))
-        await sleep(backoff / 2 + Math.random() * backoff)
-      }
-    }
+    await withLockRetry(db, table, (conn) =>
+      sql`select create_distributed_table_concurrently(${table}::regclass, 'tenant_id', colocate_with => ${colocateWith}::text)`.execute(conn), { outsideTransaction: true })
   } catch (error) {
     // Citus leaves the table a Citus local table, which a rerun distributes: FORCE goes back now.
     await rowSecurityForcedAgain(db).catch(() => {})

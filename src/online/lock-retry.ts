@@ -20,7 +20,18 @@ export async function withLockRetry<T>(
   db: Kysely<any>,
   table: string,
   fn: (trx: Transaction<any>) => Promise<T>,
-  { appSafe = false }: { appSafe?: boolean } = {},
+  options?: { appSafe?: boolean },
+): Promise<T>
+/**
+ * outsideTransaction: `fn` runs on `db` itself, under the session's own lock timeout, for a
+ * statement that refuses a transaction block (Citus's create_distributed_table_concurrently).
+ */
+export async function withLockRetry<T>(db: Kysely<any>, table: string, fn: (db: Kysely<any>) => Promise<T>, options: { outsideTransaction: true }): Promise<T>
+export async function withLockRetry<T>(
+  db: Kysely<any>,
+  table: string,
+  fn: (trx: any) => Promise<T>,
+  { appSafe = false, outsideTransaction = false }: { appSafe?: boolean; outsideTransaction?: boolean } = {},
 ): Promise<T> {
   const settings = run()
   // appSafe: the lock taken (SHARE UPDATE EXCLUSIVE, e.g. VALIDATE) never blocks the app's reads
@@ -32,6 +43,7 @@ export async function withLockRetry<T>(
     try {
       // The migrator's session already runs with the lock timeout (it says so in the run), which
       // saves a round trip per DDL transaction; anything else sets it for this transaction.
+      if (outsideTransaction) return await fn(db)
       return await db.transaction().execute(async (trx) => {
         if (lockTimeout !== settings.sessionLockTimeoutMs) await sql`select pg_catalog.set_config('lock_timeout', ${`${lockTimeout}ms`}::text, true)`.execute(trx)
         return fn(trx)
