@@ -4,7 +4,7 @@ import { forget, readRecorded, record } from '../online/recorded-settings.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { withLockRetry } from '../online/lock-retry.ts'
 import { progress } from '../online/run-context.ts'
-import { citusLeftoversDropped, distributeOnline, heldWhy, onlineDistribution, onlineWitnessOff, onlineWitnessOn, rowSecurityForcedAgain } from './online-distribution.ts'
+import { citusLeftoversDropped, distributeOnline, heldWhy, onlineDistribution, onlineWhy, onlineWitnessOff, onlineWitnessOn, rowSecurityForcedAgain, sizeOf } from './online-distribution.ts'
 import { citusReadiness, DISTRIBUTED } from './readiness.ts'
 import { DistributeRefused, exists, isDistributed, isReference, isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
 export { DistributeFailed, DistributeRefused } from './steps.ts'
@@ -129,11 +129,12 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
       if (!(await isDistributed(conn, table))) {
         const name = table.replace(/^public\./, '')
         const colocateWith = table === anchor ? 'default' : anchor
-        const why = table === anchor ? 'the first, with the app\'s writes held' : online === true && onlineFrom !== false ? await heldWhy(conn, table, onlineFrom) : online
+        const why = table === anchor ? 'with the app\'s writes held: the first, the one the tenant context every node checks starts from'
+          : online === true && onlineFrom !== false ? await heldWhy(conn, table, onlineFrom) : online
         if (why === undefined) {
           if (!witnessing) await step('the coordinator witnesses each request\'s tenant while tables move online', () => onlineWitnessOn(conn, app))
           witnessing = true
-          await step(`${name}: distribute by tenant_id, the app's writes going on`, () => distributeOnline(conn, table, colocateWith))
+          await step(`${name}: distribute by tenant_id, the app's writes going on (${await onlineWhy(conn, table, onlineFrom as number)})`, () => distributeOnline(conn, table, colocateWith))
         } else {
           await step(`${name}: distribute by tenant_id (${why})`, () => withoutTriggers(conn, table, (trx) =>
             sql`select create_distributed_table(${table}::regclass, 'tenant_id', colocate_with => ${colocateWith}::text)`.execute(trx)))
@@ -143,14 +144,14 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
       if (table === 'public.site_settings') await tenantContextOnEveryNode(conn, app)
     }
     await onlineWitnessOff(conn, app)
-    await citusLeftoversDropped(conn)
+    // The old shards of the online copies are the coordinator's copies of their rows.
+    let freed = await citusLeftoversDropped(conn)
     // Added NOT VALID (a moment's lock), then validated, which reads the rows without blocking the
     // app's writes; a rerun validates one a kill left unvalidated.
     await foreignKeysBack(conn, keys)
 
     // The rows were copied into the shards; the coordinator's own copy is dead weight (and a
     // second copy of every tenant's data on a node that does not serve it).
-    let freed = 0
     const guarded = (await sql<{ t: string }>`select tgrelid::regclass::text as t from pg_catalog.pg_trigger
       where tgname = 'no_truncate' and tgrelid = any(${qualified}::regclass[]) order by 1`.execute(conn)).rows.map((r) => `public.${r.t}`)
     for (const table of qualified) {
@@ -166,7 +167,7 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
       }))
       freed += before - await localSize(conn, table)
     }
-    progress(`  the coordinator's copies of the rows removed: ${prettyBytes(freed)} freed`)
+    progress(`  the coordinator's copies of the rows removed: ${sizeOf(freed)} freed`)
 
     return { distributed }
   })
@@ -259,9 +260,6 @@ async function localSize(db: Kysely<any>, table: string): Promise<number> {
   return Number(rows[0]!.heap) === 0 ? 0 : Number(rows[0]!.total)
 }
 
-function prettyBytes(n: number): string {
-  return n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MB` : n >= 1024 ? `${Math.round(n / 1024)} kB` : `${n} bytes`
-}
 
 /**
  * The tables to distribute, as the readiness check sees them (every table of public with a

@@ -55,8 +55,25 @@ export async function heldWhy(db: Kysely<any>, table: string, onlineFromBytes: n
   // its shard, and its shell measures nothing. It goes on online.
   const { rows: local } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass and partmethod = 'n' and repmodel = 's' and colocationid = 0`.execute(db)
   if (local.length > 0) return undefined
-  if (Number(rows[0]!.bytes) < onlineFromBytes) return `a blocking copy: ${Math.round(Number(rows[0]!.bytes) / 1024)} kB, under the ${Math.round(onlineFromBytes / 1024)} kB an online copy starts at`
+  if (Number(rows[0]!.bytes) < onlineFromBytes) return `with the app's writes held: ${sizeOf(Number(rows[0]!.bytes))}, under the ${sizeOf(onlineFromBytes)} an online copy starts at`
   return undefined
+}
+
+/** Why `table` goes online (heldWhy found no reason not to): its size, or an interrupted copy. */
+export async function onlineWhy(db: Kysely<any>, table: string, onlineFromBytes: number): Promise<string> {
+  const { rows } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass and partmethod = 'n' and repmodel = 's' and colocationid = 0`.execute(db)
+  if (rows.length > 0) return 'online: an interrupted online copy left it a Citus local table'
+  const { rows: size } = await sql<{ bytes: string }>`select pg_catalog.pg_total_relation_size(${table}::regclass) as bytes`.execute(db)
+  return `online: ${sizeOf(Number(size[0]!.bytes))}, ${sizeOf(onlineFromBytes)} or more`
+}
+
+/** Bytes as a person reads them: 32 kB, 8.0 MB, 1 MB. */
+export function sizeOf(n: number): string {
+  if (n >= 1 << 20) {
+    const mb = n / (1 << 20)
+    return `${Number.isInteger(mb) ? mb : mb.toFixed(1)} MB`
+  }
+  return n >= 1024 ? `${Math.round(n / 1024)} kB` : `${n} bytes`
 }
 
 /**
@@ -156,11 +173,18 @@ async function transactionsInFlightEnded(db: Kysely<any>, app: string, what: str
  * replication slots (which keep WAL on the coordinator for good), publications and subscriptions:
  * recorded for Citus to drop later (pg_dist_cleanup), dropped now. distribute runs it at its end,
  * undistribute first (a killed copy's shards were left as tables of public beside its own).
+ * Returns the bytes the shards it dropped on this node took.
  */
-export async function citusLeftoversDropped(conn: Kysely<any>): Promise<void> {
-  const { rows } = await sql<{ n: number }>`select count(*)::int as n from pg_dist_cleanup`.execute(conn)
-  if (rows[0]!.n > 0) {
-    await step(`Citus's deferred clean-up: ${rows[0]!.n} thing(s) online copies left (old shards; of an interrupted one, its new shards, replication slots, publications, subscriptions) dropped`,
-      () => sql`call citus_cleanup_orphaned_resources()`.execute(conn))
-  }
+export async function citusLeftoversDropped(conn: Kysely<any>): Promise<number> {
+  // By kind (Citus's CleanupObject), and the bytes of the shards on this node.
+  const { rows } = await sql<{ what: string; bytes: string }>`select coalesce(string_agg(n || ' ' || case t
+        when 1 then 'shard' when 2 then 'subscription' when 3 then 'replication slot' when 4 then 'publication' when 5 then 'role' else 'object' end
+        || case when n > 1 then 's' else '' end, ', ' order by t), '') as what,
+      (select coalesce(sum(pg_catalog.pg_total_relation_size(pg_catalog.to_regclass(c.object_name))), 0) from pg_dist_cleanup c
+        where c.object_type = 1 and c.node_group_id = (select groupid from pg_dist_local_group))::text as bytes
+    from (select object_type as t, count(*) as n from pg_dist_cleanup group by 1) k`.execute(conn)
+  if (!rows[0]!.what) return 0
+  await step(`Citus's deferred clean-up: ${rows[0]!.what} left by online copies dropped (old shards of the coordinator, and what an interrupted copy leaves)`,
+    () => sql`call citus_cleanup_orphaned_resources()`.execute(conn))
+  return Number(rows[0]!.bytes)
 }

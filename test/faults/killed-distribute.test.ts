@@ -89,7 +89,7 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
   const killedInsideOnlineCopy = async (table: string) => {
     let killing: Promise<void> | undefined
     let inside = false
-    const announced = new RegExp(`^ {2}${table}: distribute by tenant_id, the app's writes going on$`, 'm')
+    const announced = new RegExp(`^ {2}${table}: distribute by tenant_id, the app's writes going on \\(online: `, 'm')
     const cut = await runScript(['distribute', '--online-from', '0'], { DATABASE_URL: server.url }, {
       onStdout(stdout, child) {
         if (killing || !announced.test(stdout)) return
@@ -121,7 +121,8 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
     // The table the kill left a Citus local table goes on online, though its shell measures 0 bytes
     // (before: "a blocking copy: 16 kB", which holds a large table's writes for its whole copy);
     // the others, under 1 MB, by a blocking copy.
-    expect(rerun.stdout).toMatch(/^ {2}users: distribute by tenant_id, the app's writes going on$/m)
+    expect(rerun.stdout).toMatch(/^ {2}users: distribute by tenant_id, the app's writes going on \(online: an interrupted online copy left it a Citus local table\)$/m)
+    expect(rerun.stdout).toMatch(/^ {2}skills: distribute by tenant_id \(with the app's writes held: \d+ kB, under the 1 MB an online copy starts at\)$/m)
     expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(distributedOnce)
     expect(await rowDigests(admin, TABLES)).toEqual(rows)
     const { rows: replication } = await sql<{ result: string }>`select result from run_command_on_all_nodes($$select (select count(*) from pg_replication_slots)

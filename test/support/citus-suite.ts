@@ -619,7 +619,7 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         if (!done) throw new Error('the load did not stop')
         console.log(`distribute (${topology}) under load: ${done.requests} requests, ${done.errors.length} failed, longest ${Math.round(done.longestMs)} ms${done.errors.length ? `; first: ${done.errors[0]}` : ''}`)
         expect([...distributed].sort()).toEqual(DISTRIBUTED)
-        const wentOnline = lines.filter((l) => / distribute by tenant_id, the app's writes going on$/.test(l)).map((l) => l.trim().split(':')[0])
+        const wentOnline = lines.filter((l) => / distribute by tenant_id, the app's writes going on \(online: \d+ kB, 0 bytes or more\)$/.test(l)).map((l) => l.trim().split(':')[0])
         if (online) {
           expect(wentOnline.sort()).toEqual(DISTRIBUTED.filter((t) => !['site_settings', 'audit_logs', 'audit_signatures', 'skills_db.audit_chain_heads'].includes(t)))
         } else {
