@@ -134,7 +134,7 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         if (why === undefined) {
           if (!witnessing) await step('the coordinator witnesses each request\'s tenant while tables move online', () => onlineWitnessOn(conn, app))
           witnessing = true
-          await step(`${name}: distribute by tenant_id, the app's writes going on (${await onlineWhy(conn, table, onlineFrom as number)})`, () => distributeOnline(conn, table, colocateWith))
+          await step(`${name}: distribute by tenant_id, the app's writes going on (${await onlineWhy(conn, table, onlineFrom as number)})`, () => distributeOnline(conn, table, colocateWith, app))
         } else {
           await step(`${name}: distribute by tenant_id (${why})`, () => withoutTriggers(conn, table, (trx) =>
             sql`select create_distributed_table(${table}::regclass, 'tenant_id', colocate_with => ${colocateWith}::text)`.execute(trx)))

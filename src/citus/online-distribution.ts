@@ -88,12 +88,19 @@ export function sizeOf(n: number): string {
  * Outside a transaction (Citus refuses one), retried by withLockRetry when a lock is not granted
  * within the run's lock timeout: the table stays a Citus local table, and the next try goes on.
  */
-export async function distributeOnline(db: Kysely<any>, table: string, colocateWith: string): Promise<void> {
+export async function distributeOnline(db: Kysely<any>, table: string, colocateWith: string, app: string): Promise<void> {
   const { rows } = await sql<{ forced: boolean }>`select relforcerowsecurity as forced from pg_catalog.pg_class where oid = ${table}::regclass`.execute(db)
   if (rows[0]!.forced) {
     await record(db, UNFORCED, table, { replace: true })
     await withLockRetry(db, table, (trx) => sql`alter table ${sql.table(table)} no force row level security`.execute(trx))
   }
+  // The table a Citus local table first (as Citus would make it), then the app's transactions that
+  // entered before waited for: each one after takes its shard's metadata lock at enter()
+  // (worker-tenant-context.ts), so that none has a write planned against the Citus local table
+  // when the copy switches it to its shards (such a write was lost: Citus rerouted it to no shard).
+  const { rows: inMetadata } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass`.execute(db)
+  if (inMetadata.length === 0) await withLockRetry(db, table, (trx) => sql`select citus_add_local_table_to_metadata(${table}::regclass)`.execute(trx))
+  await transactionsInFlightEnded(db, app, `entered before ${table} became a Citus local table`)
   const settings = run()
   // Citus waits for its subscriptions to catch up in a loop that checks, then sleeps 1 s on this
   // session's latch; its last wait holds the app's writes, so every request that came meanwhile

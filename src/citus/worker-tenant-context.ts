@@ -152,13 +152,19 @@ export const CITUS_ENTER = sql`
     if witnessed is true and exists (select 1 from skills_db.settings s where s.key = ${sql.lit(ONLINE_MARKER)}) then
       select bool_and(pg_try_advisory_xact_lock_shared(${sql.lit(WITNESS_LOCK)}, hashtext(tenant))) into witnessed
         from (select count(*) from ${sql.raw(COORDINATOR_WITNESS)}) w;
-      -- Citus plans a write, then waits for its shard's metadata lock, which the copy holds for its
-      -- last catch-up. A write planned against the Citus local table that runs after the switch is
-      -- rerouted by its WHERE, and a tenant_id there is a bound parameter, which Citus cannot read:
-      -- to no shard, so it matched no row and committed (a lost update). Planned the other way, the
-      -- same write fails instead, "shard for the given value does not exist" (40001), and
-      -- withTenant runs the request again. For this transaction only.
-      perform set_config('citus.enable_fast_path_router_planner', 'off', true);
+      -- Citus plans a write, then waits for its shard's metadata lock, which the copy takes for its
+      -- last catch-up. A write planned against the Citus local table that ran after the switch was
+      -- rerouted by its WHERE, where a bound tenant_id is a parameter Citus cannot read: to no
+      -- shard, so it matched no row and committed (a lost update; an INSERT ... SELECT, a lost
+      -- insert). So this transaction takes that lock now, before it plans anything, in the mode a
+      -- write takes, for every Citus local table (the tables moving online): the copy's switch
+      -- waits for it to end, and a transaction that enters meanwhile waits here and plans its
+      -- statements after the switch. (Distribute made each table a Citus local table, then waited
+      -- for the transactions that entered before.) In shard order, as Citus locks them.
+      perform lock_shard_metadata(5, l.shards) from (select array_agg(s.shardid order by s.shardid) as shards
+        from pg_dist_shard s join pg_dist_partition p on p.logicalrelid = s.logicalrelid
+        where p.partmethod = 'n' and p.colocationid = 0 and p.logicalrelid <> ${sql.lit(COORDINATOR_WITNESS)}::regclass) l
+        where l.shards is not null;
     end if;
     if checked.witnessed is not true or witnessed is not true then
       raise exception 'another session holds the tenant context lock of tenant "%" on a node', left(tenant, 64)

@@ -40,10 +40,9 @@ export function withTenantDb(): Kysely<DB> | undefined {
  * temporary table or function, a WITH HOLD cursor, a prepared statement, a LISTEN, an advisory
  * lock) is discarded after the transaction. Calling withTenant inside `fn` is an error: use `trx`.
  *
- * On Citus, a transaction Citus rolls back for a statement caught at a table's switch while
- * `skills-db distribute` copies it online ("shard for the given value does not exist", 40001), or
- * as the victim of its distributed deadlock detection (40P01), runs `fn` again in a new one (3
- * tries in all). Keep what `fn` does outside the database (a message sent, a file written) for
+ * On Citus, a transaction Citus rolls back for a statement caught by a shard's move or split
+ * ("shard for the given value does not exist", 40001), or as the victim of its distributed
+ * deadlock detection (40P01), runs `fn` again in a new one (3 tries in all). Keep what `fn` does outside the database (a message sent, a file written) for
  * after withTenant returns.
  *
  * @example
@@ -86,10 +85,10 @@ const CITUS_RETRY_ATTEMPTS = 3
 /**
  * Citus's two rollbacks that a request run again gets past, as PostgreSQL's manual advises for
  * its class 40 errors: a statement planned before its table moved to other shards and run after
- * (while `skills-db distribute` copies a table online, at the table's switch; run again, it goes
- * to the new shards), and the victim of Citus's distributed deadlock detection (1 request in
- * about 15,000 while distribute adds a foreign key back or distributes a table beside the app's
- * writes). Nothing else: a request is not run twice where the database did not ask for it.
+ * (Citus's shard moves and splits; run again, it goes to the new shards), and the victim of
+ * Citus's distributed deadlock detection (1 request in about 15,000 while distribute adds a
+ * foreign key back or distributes a table beside the app's writes). Nothing else: a request is
+ * not run twice where the database did not ask for it.
  */
 function citusRetryable(error: unknown): boolean {
   const e = error as { code?: string; message?: string }
