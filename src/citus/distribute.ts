@@ -4,7 +4,7 @@ import { forget, readRecorded, record } from '../online/recorded-settings.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { withLockRetry } from '../online/lock-retry.ts'
 import { progress } from '../online/run-context.ts'
-import { citusLeftoversDropped, distributeOnline, heldWhy, onlineDistribution, onlineWhy, onlineWitnessOff, onlineWitnessOn, rowSecurityForcedAgain, sizeOf } from './online-distribution.ts'
+import { citusLeftoversDropped, copyPlan, distributeOnline, onlineDistribution, onlineWitnessOff, onlineWitnessOn, rowSecurityForcedAgain, sizeOf } from './online-distribution.ts'
 import { citusReadiness, DISTRIBUTED } from './readiness.ts'
 import { DistributeRefused, exists, isDistributed, isReference, isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
 export { DistributeFailed, DistributeRefused } from './steps.ts'
@@ -129,12 +129,13 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
       if (!(await isDistributed(conn, table))) {
         const name = table.replace(/^public\./, '')
         const colocateWith = table === anchor ? 'default' : anchor
-        const why = table === anchor ? 'with the app\'s writes held: the first, the one the tenant context every node checks starts from'
-          : online === true && onlineFrom !== false ? await heldWhy(conn, table, onlineFrom) : online
-        if (why === undefined) {
+        const plan = table === anchor ? { online: false, why: 'with the app\'s writes held: the first, the one the tenant context every node checks starts from' }
+          : online === true && onlineFrom !== false ? await copyPlan(conn, table, onlineFrom) : { online: false, why: online as string }
+        const why = plan.why
+        if (plan.online) {
           if (!witnessing) await step('the coordinator witnesses each request\'s tenant while tables move online', () => onlineWitnessOn(conn, app))
           witnessing = true
-          await step(`${name}: distribute by tenant_id, the app's writes going on (${await onlineWhy(conn, table, onlineFrom as number)})`, () => distributeOnline(conn, table, colocateWith, app))
+          await step(`${name}: distribute by tenant_id, the app's writes going on (${why})`, () => distributeOnline(conn, table, colocateWith, app))
         } else {
           await step(`${name}: distribute by tenant_id (${why})`, () => withoutTriggers(conn, table, (trx) =>
             sql`select create_distributed_table(${table}::regclass, 'tenant_id', colocate_with => ${colocateWith}::text)`.execute(trx)))

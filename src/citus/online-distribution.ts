@@ -36,35 +36,30 @@ export async function onlineDistribution(db: Kysely<any>): Promise<true | string
 }
 
 /**
- * Why `table` is distributed with the app's writes held where an online copy is possible, or
- * undefined: a small table (Citus's replication takes seconds to set up, a blocking copy of it a
- * few ms). The last catch-up replays the app's writes into the new shards after their triggers
- * exist, and a replication worker fires those enabled ALWAYS: the audit stamp would stamp a row
- * already stamped. The chain's heads go with audit_logs (a run that copied them online left every
- * later audit append of both tenants failing on a duplicate seq).
+ * How `table` is copied where an online copy is possible, and why, as its line says. With the
+ * app's writes held: a small table (Citus's replication takes seconds to set up, a blocking copy
+ * of it a few ms); one whose triggers fire in replication (the last catch-up replays the app's
+ * writes into the new shards after their triggers exist, and a replication worker fires those
+ * enabled ALWAYS: the audit stamp would stamp a row already stamped); the chain's heads, with
+ * audit_logs (a run that copied them online left every later audit append of both tenants failing
+ * on a duplicate seq). Online: a large table, or one an interrupted online copy left a Citus local
+ * table (its rows are in its shard, and its shell measures nothing).
  */
-export async function heldWhy(db: Kysely<any>, table: string, onlineFromBytes: number): Promise<string | undefined> {
-  if (table === CHAIN_HEADS) return 'with the app\'s writes held: the audit stamp writes it, with audit_logs'
-  const { rows } = await sql<{ always: string | null; identity: boolean; bytes: string }>`select pg_catalog.pg_total_relation_size(${table}::regclass) as bytes,
+export async function copyPlan(db: Kysely<any>, table: string, onlineFromBytes: number): Promise<{ online: boolean; why: string }> {
+  const held = (why: string) => ({ online: false, why: `with the app's writes held: ${why}` })
+  if (table === CHAIN_HEADS) return held('the audit stamp writes it, with audit_logs')
+  const { rows } = await sql<{ always: string | null; identity: boolean; bytes: string; local: boolean }>`select pg_catalog.pg_total_relation_size(${table}::regclass) as bytes,
     (select string_agg(t.tgname, ', ' order by t.tgname) from pg_catalog.pg_trigger t where t.tgrelid = ${table}::regclass
       and not t.tgisinternal and t.tgenabled in ('A', 'R') and (t.tgtype & 1) = 1) as always,
-    exists (select 1 from pg_catalog.pg_index i where i.indrelid = ${table}::regclass and (i.indisprimary or i.indisreplident)) as identity`.execute(db)
-  if (rows[0]!.always) return `with the app's writes held: its triggers ${rows[0]!.always} fire in replication too`
-  if (!rows[0]!.identity) return 'with the app\'s writes held: no primary key to replicate its updates by'
-  // A Citus local table here is one an online copy that failed or was killed left: its rows are in
-  // its shard, and its shell measures nothing. It goes on online.
-  const { rows: local } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass and partmethod = 'n' and repmodel = 's' and colocationid = 0`.execute(db)
-  if (local.length > 0) return undefined
-  if (Number(rows[0]!.bytes) < onlineFromBytes) return `with the app's writes held: ${sizeOf(Number(rows[0]!.bytes))}, under the ${sizeOf(onlineFromBytes)} an online copy starts at`
-  return undefined
-}
-
-/** Why `table` goes online (heldWhy found no reason not to): its size, or an interrupted copy. */
-export async function onlineWhy(db: Kysely<any>, table: string, onlineFromBytes: number): Promise<string> {
-  const { rows } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass and partmethod = 'n' and repmodel = 's' and colocationid = 0`.execute(db)
-  if (rows.length > 0) return 'online: an interrupted online copy left it a Citus local table'
-  const { rows: size } = await sql<{ bytes: string }>`select pg_catalog.pg_total_relation_size(${table}::regclass) as bytes`.execute(db)
-  return `online: ${sizeOf(Number(size[0]!.bytes))}, ${sizeOf(onlineFromBytes)} or more`
+    exists (select 1 from pg_catalog.pg_index i where i.indrelid = ${table}::regclass and (i.indisprimary or i.indisreplident)) as identity,
+    exists (select 1 from pg_dist_partition where logicalrelid = ${table}::regclass and partmethod = 'n' and repmodel = 's' and colocationid = 0) as local`.execute(db)
+  const { always, identity, local } = rows[0]!
+  const bytes = Number(rows[0]!.bytes)
+  if (always) return held(`its triggers ${always} fire in replication too`)
+  if (!identity) return held('no primary key to replicate its updates by')
+  if (local) return { online: true, why: 'online: an interrupted online copy left it a Citus local table' }
+  if (bytes < onlineFromBytes) return held(`${sizeOf(bytes)}, under the ${sizeOf(onlineFromBytes)} an online copy starts at`)
+  return { online: true, why: `online: ${sizeOf(bytes)}, ${sizeOf(onlineFromBytes)} or more` }
 }
 
 /** Bytes as a person reads them: 32 kB, 8.0 MB, 1 MB. */

@@ -41,9 +41,9 @@ export async function withLockRetry<T>(
   const lockTimeout = appSafe ? settings.lockRetryBudgetMs : settings.lockTimeoutMs
   for (let attempt = 0; ; attempt++) {
     try {
+      if (outsideTransaction) return await fn(db)
       // The migrator's session already runs with the lock timeout (it says so in the run), which
       // saves a round trip per DDL transaction; anything else sets it for this transaction.
-      if (outsideTransaction) return await fn(db)
       return await db.transaction().execute(async (trx) => {
         if (lockTimeout !== settings.sessionLockTimeoutMs) await sql`select pg_catalog.set_config('lock_timeout', ${`${lockTimeout}ms`}::text, true)`.execute(trx)
         return fn(trx)

@@ -42,8 +42,8 @@ export function withTenantDb(): Kysely<DB> | undefined {
  *
  * On Citus, a transaction Citus rolls back for a statement caught by a shard's move or split
  * ("shard for the given value does not exist", 40001), or as the victim of its distributed
- * deadlock detection (40P01), runs `fn` again in a new one (3 tries in all). Keep what `fn` does outside the database (a message sent, a file written) for
- * after withTenant returns.
+ * deadlock detection (40P01), runs `fn` again in a new one (3 tries in all). Keep what `fn` does
+ * outside the database (a message sent, a file written) for after withTenant returns.
  *
  * @example
  * const skills = await withTenant(db, tenantId, (trx) =>
