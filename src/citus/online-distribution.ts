@@ -104,8 +104,10 @@ export async function distributeOnline(db: Kysely<any>, table: string, colocateW
   await sql`listen ${sql.id(CATCH_UP)}`.execute(db)
   if (settings.remoteWaits) settings.remoteWaits.wake = CATCH_UP
   try {
-    await withLockRetry(db, table, (conn) =>
-      sql`select create_distributed_table_concurrently(${table}::regclass, 'tenant_id', colocate_with => ${colocateWith}::text)`.execute(conn), { outsideTransaction: true })
+    await withLockRetry(db, table, async (conn) => {
+      await previousCopyStreamsEnded(conn)
+      await sql`select create_distributed_table_concurrently(${table}::regclass, 'tenant_id', colocate_with => ${colocateWith}::text)`.execute(conn)
+    }, { outsideTransaction: true })
   } catch (error) {
     // Citus leaves the table a Citus local table, which a rerun distributes: FORCE goes back now.
     await rowSecurityForcedAgain(db).catch(() => {})
@@ -115,6 +117,20 @@ export async function distributeOnline(db: Kysely<any>, table: string, colocateW
     await sql`unlisten ${sql.id(CATCH_UP)}`.execute(db).catch(() => {})
   }
   await rowSecurityForcedAgain(db)
+}
+
+/**
+ * Waits (up to 10 s) until no walsender streams a replication slot of a Citus shard split here: a
+ * try cancelled at its switch (the watcher does so when an app transaction holds the table that
+ * long) leaves its walsender streaming for a moment, and the next try's clean-up of the slot then
+ * crashed that walsender, which restarted every backend (outside review: 2 of 27 retries).
+ */
+async function previousCopyStreamsEnded(db: Kysely<any>): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    const { rows } = await sql`select 1 from pg_catalog.pg_replication_slots where active and slot_name like 'citus\_shard\_split\_slot\_%'`.execute(db)
+    if (rows.length === 0) return
+    await sleep(20)
+  }
 }
 
 /** FORCEs row security again on the table distributeOnline un-FORCEd, if any (a run killed meanwhile). */
@@ -152,13 +168,18 @@ export async function onlineWitnessOff(db: Kysely<any>, app: string): Promise<vo
 }
 
 /**
- * Waits until every transaction of `app`'s sessions on this node that is open now has ended (by
- * its own transaction lock, which every session holds), for up to the run's retry budget.
+ * Waits until every transaction open now on this node of a session that acts as `app` has ended
+ * (by its own transaction lock, which every session holds), for up to the run's retry budget.
  */
 async function transactionsInFlightEnded(db: Kysely<any>, app: string, what: string): Promise<void> {
   const { rows } = await sql<{ vxids: string[] }>`select coalesce(array_agg(l.virtualxid), '{}') as vxids from pg_catalog.pg_locks l
     join pg_catalog.pg_stat_activity a on a.pid = l.pid
-    where l.locktype = 'virtualxid' and l.granted and a.usename = ${app} and a.pid <> pg_catalog.pg_backend_pid()`.execute(db)
+    join pg_catalog.pg_roles r on r.oid = a.usesysid
+    -- The app role's sessions, and those of a role that can act as it (a member, or a pooler that
+    -- logs in as another role and SETs ROLE: an outside review lost an update through one), but
+    -- not a superuser's or this command's role's.
+    where l.locktype = 'virtualxid' and l.granted and a.pid <> pg_catalog.pg_backend_pid()
+      and (a.usename = ${app} or (pg_catalog.pg_has_role(a.usesysid, ${app}, 'MEMBER') and not r.rolsuper and a.usename <> current_user))`.execute(db)
   const deadline = Date.now() + run().lockRetryBudgetMs
   for (;;) {
     const { rows: open } = await sql<{ n: number; who: string | null }>`select count(*)::int as n,

@@ -75,6 +75,9 @@ export async function watchingRemoteWaits<T>(db: Kysely<any>, conn: Kysely<any>,
       await sleep(Math.max(100, Math.min(lockTimeoutMs / 2, 250)))
     }
   })
+  // Handled at once: a watcher whose connection dies (a server restart) must not end the process
+  // with an unhandled rejection; the command's own statement then fails with a one-line error.
+  watcher.catch(() => {})
   // A pool of one connection would make the watcher wait for `conn` until the command ends.
   // (The timer is cleared once the watcher is there, so that it holds no process open for 5 s.)
   const timer = new AbortController()
@@ -82,7 +85,6 @@ export async function watchingRemoteWaits<T>(db: Kysely<any>, conn: Kysely<any>,
   timer.abort()
   if (!watched) {
     done = true
-    void watcher.catch(() => {})
     throw new DistributeRefused('this command needs a second connection of its pool, to watch its waits on the workers (createDb with max 2 or more): nothing was changed')
   }
   try {
