@@ -1,6 +1,6 @@
 import { sql, type Kysely } from 'kysely'
 import { appRoleName } from '../online/app-role.ts'
-import { forget, readRecorded, record } from '../online/recorded-settings.ts'
+import { readRecorded, record } from '../online/recorded-settings.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { withLockRetry } from '../online/lock-retry.ts'
 import { progress } from '../online/run-context.ts'
@@ -34,8 +34,8 @@ export interface DistributeOptions {
  */
 export const ONLINE_FROM_BYTES = 1 << 20
 
-/** The foreign keys a run dropped, as `[{ table, name, definition }]`, until they are back. */
-export const FOREIGN_KEYS = 'citus_foreign_keys'
+import { clearingTriggersOff, FOREIGN_KEYS, referencesBack } from './references-during-distribute.ts'
+export { FOREIGN_KEYS } from './references-during-distribute.ts'
 /** The single-node tenant-context functions distribute replaced, as `[{ fn, def }]`: what undistribute puts back. */
 export const REPLACED_FUNCTIONS = 'citus_replaced_functions'
 export const TENANT_CONTEXT_FUNCTIONS = ['tenant_context.current_tenant()', 'tenant_context.challenge()', 'tenant_context.enter(text, text)']
@@ -66,10 +66,8 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         throw new DistributeRefused(`the schema is not ready for Citus (${violations.length} finding(s), first: ${violations[0]!.object}: ${violations[0]!.message}): nothing was changed; run the contract phase (skills-db contract), then skills-db check --citus`)
       }
     }
-    // The order the foreign keys give, those a killed run dropped (recorded) included: audit_logs'
-    // actor check reads users, and distributed before it (alphabetically), it failed the app's
-    // audit appends (outside review: 2,052 errors in a rerun).
-    const tables = await distributionOrder(conn, recorded ? JSON.parse(recorded) as { table: string; definition: string }[] : [])
+    // Each table after the tables its triggers touch (distributionOrder).
+    const tables = await distributionOrder(conn)
     const app = await appRoleName(conn)
 
     // Every function the policies, triggers and defaults call must exist where they run: on every
@@ -102,6 +100,7 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         (await isReference(conn, 'public.tenants')) ? [] : ['tenants'])
     if (!recorded) await record(conn, FOREIGN_KEYS, JSON.stringify(keys), { replace: true })
     for (const k of keys) await step(`drop foreign key ${k.table}.${k.name} (added back below)`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(trx)))
+    await clearingTriggersOff(conn, (await asyncFilter(tables, async (t) => !(await isDistributed(conn, `public.${t}`)))).length)
 
     for (const table of ['public.tenants', 'skills_db.tenant_context_keys']) {
       if (!(await isReference(conn, table))) {
@@ -118,14 +117,16 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
     // of audit_logs, takes the tenant's head in the colocated shard on the same node.
     // site_settings first: once it is distributed the tenant context every node checks can take
     // over, and the app's requests go on working while the others follow (tenantContextOnEveryNode).
+    // Then TOGETHER, in one transaction, before any other table the app writes.
     const qualified = ['public.site_settings', ...(await exists(conn, CHAIN_HEADS) ? [CHAIN_HEADS] : []),
       ...tables.filter((t) => t !== 'site_settings').map((t) => `public.${t}`)]
+    const together = TOGETHER.filter((t) => qualified.includes(t))
     const anchor = (await firstDistributed(conn, qualified)) ?? qualified[0]!
     const onlineFrom = options.onlineFromBytes ?? ONLINE_FROM_BYTES
     const online = onlineFrom === false ? 'with the app\'s writes held: online copies turned off' : await onlineDistribution(conn)
     let witnessing = false
     await rowSecurityForcedAgain(conn)
-    for (const table of qualified) {
+    for (const table of ['public.site_settings', ...qualified.filter((t) => t !== 'public.site_settings' && !together.includes(t))]) {
       if (!(await isDistributed(conn, table))) {
         const name = table.replace(/^public\./, '')
         const colocateWith = table === anchor ? 'default' : anchor
@@ -142,14 +143,24 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         }
         distributed.push(name)
       }
-      if (table === 'public.site_settings') await tenantContextOnEveryNode(conn, app)
+      if (table === 'public.site_settings') {
+        await tenantContextOnEveryNode(conn, app)
+        const left = await asyncFilter(together, async (t) => !(await isDistributed(conn, t)))
+        if (left.length > 0) {
+          const names = left.map((t) => t.replace(/^public\./, ''))
+          await step(`${names.join(', ')}: distribute by tenant_id in one transaction (with the app's writes held: the audit triggers read and write these across tables, which Citus refuses while some are distributed and some not)`,
+            () => withoutTriggers(conn, left, (trx) => sql`select create_distributed_table(t::regclass, 'tenant_id', colocate_with => ${anchor}::text)
+              from unnest(${left}::text[]) with ordinality u(t, i) order by i`.execute(trx)))
+          distributed.push(...names)
+        }
+      }
     }
     await onlineWitnessOff(conn, app)
     // The old shards of the online copies are the coordinator's copies of their rows.
     let freed = await citusLeftoversDropped(conn)
-    // Added NOT VALID (a moment's lock), then validated, which reads the rows without blocking the
-    // app's writes; a rerun validates one a kill left unvalidated.
-    await foreignKeysBack(conn, keys)
+    // The clearing triggers, then the keys NOT VALID, the rows deleted meanwhile swept, the keys
+    // validated (referencesBack); a rerun does what a kill left.
+    await referencesBack(conn, keys)
 
     // The rows were copied into the shards; the coordinator's own copy is dead weight (and a
     // second copy of every tenant's data on a node that does not serve it).
@@ -172,20 +183,6 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
 
     return { distributed }
   })
-}
-
-/**
- * The foreign keys a run recorded and dropped, added back NOT VALID (a moment's lock), then
- * validated, which reads the rows without blocking the app's writes; one a kill left unvalidated
- * is validated. Then the record goes. (undistribute does this too, after a killed run.)
- */
-export async function foreignKeysBack(conn: Kysely<any>, keys: { table: string; name: string; definition: string }[]): Promise<void> {
-  for (const k of keys) {
-    const { rows: present } = await sql<{ valid: boolean }>`select convalidated as valid from pg_catalog.pg_constraint where conname = ${k.name} and conrelid = ${`public.${k.table}`}::regclass`.execute(conn)
-    if (present.length === 0) await step(`add foreign key ${k.table}.${k.name} back`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} add constraint ${sql.id(k.name)} ${sql.raw(k.definition)} not valid`.execute(trx)))
-    if (!present[0]?.valid) await step(`validate foreign key ${k.table}.${k.name}`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} validate constraint ${sql.id(k.name)}`.execute(trx)))
-  }
-  await forget(conn, FOREIGN_KEYS)
 }
 
 async function asyncFilter<T>(items: T[], keep: (item: T) => Promise<boolean>): Promise<T[]> {
@@ -249,6 +246,19 @@ async function tenantContextOnEveryNode(db: Kysely<any>, app: string): Promise<v
 
 const CHAIN_HEADS = 'skills_db.audit_chain_heads'
 
+/**
+ * Distributed in one transaction, right after site_settings. audit_logs' triggers run as its
+ * owner and touch the chain's heads (the stamp) and users (the actor check): run on the
+ * coordinator while audit_logs is not distributed, they reach a distributed table over the
+ * owner's connections, which Citus refuses once the request wrote a colocated placement as the
+ * app role ("cannot perform query on placements that were modified in this transaction by a
+ * different user": every request that wrote a distributed table, then appended an audit event);
+ * run on a worker once audit_logs is, they cannot reach a table still the coordinator's (the
+ * actor check, with users not yet distributed: 2,052 failed audit appends in an outside review).
+ * Together, no request sees them apart. (No online copy for these: writes held for the copy.)
+ */
+const TOGETHER = ['public.users', CHAIN_HEADS, 'public.audit_logs', 'public.audit_signatures']
+
 async function firstDistributed(db: Kysely<any>, tables: string[]): Promise<string | undefined> {
   for (const table of tables) if (await isDistributed(db, table)) return table
   return undefined
@@ -264,16 +274,23 @@ async function localSize(db: Kysely<any>, table: string): Promise<number> {
 
 /**
  * The tables to distribute, as the readiness check sees them (every table of public with a
- * tenant_id column; partitions go with their parent), parents first, by the foreign keys in place
- * and those a run dropped (`droppedKeys`, recorded). Citus would take any order once the keys are
- * dropped, but the app's writes would not: a trigger of a child may read its parent (audit_logs'
- * actor check reads users), which must not be distributed after it. A cycle is simply broken.
+ * tenant_id column; partitions go with their parent), each after every table its triggers touch.
+ * A trigger runs where its table's rows are: once the table is distributed, on a worker, where a
+ * table it reads that is still the coordinator's own is not there (audit_logs' actor check reads
+ * users: distributed before it, alphabetically, it failed the app's audit appends, 2,052 errors
+ * in an outside review's run). What a trigger touches is read from its function's body, which
+ * names its tables schema-qualified (the functions set search_path = pg_catalog, pg_temp); the
+ * readiness check refuses trigger functions it does not know. The clearing triggers, which write
+ * to other tables, no order serves: they are off for the run (references-during-distribute.ts).
+ * The foreign keys give no order: those between these tables are off too. (distribute moves
+ * users and the audit tables, whose triggers reach each other, in one transaction: TOGETHER.) A
+ * cycle is broken; ties go alphabetically.
  */
-export async function distributionOrder(db: Kysely<any>, droppedKeys: { table: string; definition: string }[] = []): Promise<string[]> {
-  let { rows } = await sql<{ table: string; parents: string[] }>`
+export async function distributionOrder(db: Kysely<any>): Promise<string[]> {
+  let { rows } = await sql<{ table: string; bodies: string[] }>`
     select c.relname as table,
-      array(select distinct p.relname::text from pg_catalog.pg_constraint k join pg_catalog.pg_class p on p.oid = k.confrelid
-        where k.contype = 'f' and k.conrelid = c.oid and k.confrelid <> c.oid and p.relnamespace = 'public'::regnamespace) as parents
+      array(select p.prosrc from pg_catalog.pg_trigger t join pg_catalog.pg_proc p on p.oid = t.tgfoid
+        where t.tgrelid = c.oid and not t.tgisinternal order by t.tgname) as bodies
     from pg_catalog.pg_class c where c.oid in ${DISTRIBUTED}
     order by 1`.execute(db)
   // A shard on the coordinator (of a Citus local table, or one an online copy killed midway left
@@ -285,17 +302,14 @@ export async function distributionOrder(db: Kysely<any>, droppedKeys: { table: s
       join pg_catalog.pg_class c on c.oid = p.logicalrelid where c.relnamespace = 'public'::regnamespace`.execute(db)
     rows = rows.filter((r) => !tables.some((x) => new RegExp(`^${x.t}_\\d+$`).test(r.table)))
   }
-  for (const k of droppedKeys) {
-    const parent = /REFERENCES\s+(?:public\.)?"?(\w+)"?\s*\(/i.exec(k.definition)?.[1]
-    const row = rows.find((r) => r.table === k.table)
-    if (parent && row && parent !== k.table && !row.parents.includes(parent)) row.parents.push(parent)
-  }
+  const touched = new Map(rows.map((r) => [r.table, rows.map((o) => o.table)
+    .filter((o) => o !== r.table && r.bodies.some((body) => new RegExp(`\\bpublic\\s*\\.\\s*"?${o.replace(/[$]/g, '\\$&')}"?(?![\\w$])`, 'i').test(body)))]))
   const ordered: string[] = []
   const seen = new Set<string>()
   const visit = (table: string) => {
     if (seen.has(table)) return
     seen.add(table)
-    for (const parent of rows.find((r) => r.table === table)?.parents ?? []) if (rows.some((r) => r.table === parent)) visit(parent)
+    for (const other of touched.get(table) ?? []) visit(other)
     ordered.push(table)
   }
   for (const r of rows) visit(r.table)

@@ -44,15 +44,18 @@ export async function step<T>(what: string, run: () => Promise<T>): Promise<T> {
  * requests queue behind it for at most that long, and a session that holds the table for good
  * ends the run with an error naming it instead of hanging it and every tenant's requests with it.
  */
-export async function withoutTriggers<T>(conn: Kysely<any>, table: string, fn: (trx: Kysely<any>) => Promise<T>): Promise<T> {
-  return withLockRetry(conn, table, async (trx) => {
-    const { rows } = await sql<{ name: string; enabled: string }>`select tgname as name, tgenabled as enabled from pg_catalog.pg_trigger
-      where tgrelid = ${table}::regclass and not tgisinternal and tgenabled <> 'D' order by 1`.execute(trx)
-    for (const t of rows) await sql`alter table ${sql.table(table)} disable trigger ${sql.id(t.name)}`.execute(trx)
+export async function withoutTriggers<T>(conn: Kysely<any>, table: string | string[], fn: (trx: Kysely<any>) => Promise<T>): Promise<T> {
+  const tables = typeof table === 'string' ? [table] : table
+  // Several: a lock that is not to be had is named by the first (the one the app writes most).
+  return withLockRetry(conn, tables[0]!, async (trx) => {
+    const { rows } = await sql<{ table: string; name: string; enabled: string }>`select tgrelid::regclass::text as table, tgname as name, tgenabled as enabled
+      from pg_catalog.pg_trigger where tgrelid = any(${tables}::regclass[]) and not tgisinternal and tgenabled <> 'D'
+      order by array_position(${tables}::regclass[], tgrelid), 2`.execute(trx)
+    for (const t of rows) await sql`alter table ${sql.raw(t.table)} disable trigger ${sql.id(t.name)}`.execute(trx)
     const result = await fn(trx)
     for (const t of rows) {
       const mode = t.enabled === 'A' ? sql`enable always` : t.enabled === 'R' ? sql`enable replica` : sql`enable`
-      await sql`alter table ${sql.table(table)} ${mode} trigger ${sql.id(t.name)}`.execute(trx)
+      await sql`alter table ${sql.raw(t.table)} ${mode} trigger ${sql.id(t.name)}`.execute(trx)
     }
     return result
   })

@@ -3,7 +3,8 @@ import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { appRoleName } from '../online/app-role.ts'
 import { forget, readRecorded } from '../online/recorded-settings.ts'
 import { progress } from '../online/run-context.ts'
-import { FOREIGN_KEYS, foreignKeysBack, REPLACED_FUNCTIONS } from './distribute.ts'
+import { REPLACED_FUNCTIONS } from './distribute.ts'
+import { CLEARING_TRIGGERS, FOREIGN_KEYS, referencesBack } from './references-during-distribute.ts'
 import { citusLeftoversDropped, onlineWitnessOff, rowSecurityForcedAgain } from './online-distribution.ts'
 import { isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
 
@@ -61,9 +62,10 @@ export async function undistribute(db: Kysely<any>, options: UndistributeOptions
       undistributed.push(...before.filter((t) => !after.has(t)))
     }
     await onlineWitnessOff(conn, app)
-    // The foreign keys a killed distribute dropped (without them, the app's writes were not checked).
+    // The foreign keys and clearing triggers a killed distribute dropped (without them, the app's
+    // writes were not checked, and its deletes cleared and cascaded nothing).
     const dropped = await readRecorded(conn, FOREIGN_KEYS)
-    if (dropped) await foreignKeysBack(conn, JSON.parse(dropped))
+    if (dropped || await readRecorded(conn, CLEARING_TRIGGERS)) await referencesBack(conn, dropped ? JSON.parse(dropped) : [])
     for (const t of targets) {
       const { rows: now } = await sql<{ target: number }>`select attstattarget as target from pg_catalog.pg_attribute
         where attrelid = ${t.table}::regclass and attname = ${t.column}`.execute(conn)

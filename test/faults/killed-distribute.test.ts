@@ -26,11 +26,14 @@ import { runScript, type CliResult } from '../support/cli.ts'
  */
 const POINTS: [string, RegExp][] = [
   ['the first reference table', /^ {2}public\.tenants: a reference table/m],
-  ['audit_logs distributed', /^ {2}audit_logs: distribute by tenant_id/m],
+  ['users and the audit tables distributed, in one transaction', /^ {2}users, skills_db\.audit_chain_heads, audit_logs, audit_signatures: distribute by tenant_id in one transaction/m],
   ['a foreign key added back', /^ {2}add foreign key ratings\./m],
   ['a foreign key added back, not yet validated', /^ {2}validate foreign key ratings\./m],
   ['the coordinator\'s copy of audit_logs truncated', /^ {2}audit_logs: truncate the coordinator's copy/m],
   ['the tenant keys copied onto every node', /^ {2}the tenant keys on every node/m],
+  ['a clearing trigger dropped', /^ {2}drop trigger users\.clear_references/m],
+  ['a clearing trigger back', /^ {2}trigger users\.clear_references back/m],
+  ['the sweep of references to rows deleted meanwhile', /^ {2}the rows that reference a row deleted while the keys were off/m],
 ]
 
 const citus = await startCitusServer('coordinator-in-metadata')
@@ -113,16 +116,16 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
   })
 
   it('killed inside an online copy (create_distributed_table_concurrently running, its replication slot open, row security not FORCEd): the rerun completes, the same schema, every row, FORCE back, and nothing of the copy left on any node', { timeout: 300_000 }, async () => {
-    await killedInsideOnlineCopy('users')
-    const { rows: mid } = await sql<{ forced: boolean }>`select relforcerowsecurity as forced from pg_class where oid = 'public.users'::regclass`.execute(admin)
+    await killedInsideOnlineCopy('skills')
+    const { rows: mid } = await sql<{ forced: boolean }>`select relforcerowsecurity as forced from pg_class where oid = 'public.skills'::regclass`.execute(admin)
     expect(mid[0]!.forced, 'killed inside the window without FORCE').toBe(false)
     const rerun = await runScript(['distribute', '--online-from', '1'], { DATABASE_URL: server.url })
     expect(rerun.code, rerun.stderr).toBe(0)
     // The table the kill left a Citus local table goes on online, though its shell measures 0 bytes
     // (before: "a blocking copy: 16 kB", which holds a large table's writes for its whole copy);
     // the others, under 1 MB, by a blocking copy.
-    expect(rerun.stdout).toMatch(/^ {2}users: distribute by tenant_id, the app's writes going on \(online: an interrupted online copy left it a Citus local table\)$/m)
-    expect(rerun.stdout).toMatch(/^ {2}skills: distribute by tenant_id \(with the app's writes held: \d+ kB, under the 1 MB an online copy starts at\)$/m)
+    expect(rerun.stdout).toMatch(/^ {2}skills: distribute by tenant_id, the app's writes going on \(online: an interrupted online copy left it a Citus local table\)$/m)
+    expect(rerun.stdout).toMatch(/^ {2}ratings: distribute by tenant_id \(with the app's writes held: \d+ kB, under the 1 MB an online copy starts at\)$/m)
     expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(distributedOnce)
     expect(await rowDigests(admin, TABLES)).toEqual(rows)
     const { rows: replication } = await sql<{ result: string }>`select result from run_command_on_all_nodes($$select (select count(*) from pg_replication_slots)
@@ -254,6 +257,38 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
     }
     console.log(`killed before each of ${lines.length} lines distribute printed: ${lines.length - failed.length} reruns completed as an uninterrupted run${failed.length ? `; not:\n${failed.join('\n')}` : ''}`)
     expect(failed).toEqual([])
+  })
+
+  // The keys between the tables and the clearing triggers are off while the tables move (a
+  // trigger's update across a table distributed and one not yet fails the app's delete). A skill
+  // and a user deleted then keep their meaning: the rerun's sweep cascades the skill's rating and
+  // clears the usage event's references, as the triggers and keys would have.
+  it('a skill and a user deleted while a killed run left the keys and clearing triggers off: no error; the rerun deletes the rating and clears the usage event, as they would have', { timeout: 300_000 }, async () => {
+    const cut = await killedAt(server.url, /^ {2}skills: distribute by tenant_id/m, admin)
+    expect(cut.signal).toBe('SIGKILL')
+    const { rows: off } = await sql<{ n: number }>`select count(*)::int as n from pg_trigger where tgname = 'clear_references'`.execute(admin)
+    expect(off[0]!.n, 'the clearing triggers are not off').toBe(0)
+    await withTenant(app, A, async (trx) => {
+      await trx.insertInto('users').values({ id: 'swept-u', email: 'swept-u@example.com' }).execute()
+      await trx.insertInto('skills').values({ id: 'swept-s', slug: 'swept-s', name: 'n', description: 'd', content: 'c', category: 'c', author_id: 'swept-u' }).execute()
+      await trx.insertInto('usage_events').values({ id: 'swept-e', tool_name: 'cli', skill_id: 'swept-s', user_id: 'swept-u', metadata: '{}' }).execute()
+      await trx.insertInto('ratings').values({ id: 'swept-r', skill_id: 'swept-s', user_id: 'swept-u', rating: 4 }).execute()
+    })
+    const deleted = await withTenant(app, A, async (trx) => [
+      (await trx.deleteFrom('skills').where('id', '=', 'swept-s').returning('id').execute()).length,
+      (await trx.deleteFrom('users').where('id', '=', 'swept-u').returning('id').execute()).length])
+    expect(deleted).toEqual([1, 1])
+    const rerun = await runScript(['distribute'], { DATABASE_URL: server.url })
+    expect(rerun.code, rerun.stderr).toBe(0)
+    expect(rerun.stdout).toMatch(/^ {2}rows that referenced a row deleted meanwhile: .*ratings\.skill_id deleted: 1\b/m)
+    const { rows: left } = await sql`select (select count(*)::int from ratings where id = 'swept-r') as ratings,
+      (select row(skill_id, user_id)::text from usage_events where id = 'swept-e') as event`.execute(admin)
+    expect(left).toEqual([{ ratings: 0, event: '(,)' }])
+    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(distributedOnce)
+    await sql`delete from usage_events where id = 'swept-e'`.execute(admin)
+    expect(await rowDigests(admin, TABLES)).toEqual(rows)
+    await undistribute(admin)
+    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(contracted)
   })
 })
 
