@@ -207,7 +207,7 @@ export async function citusLeftoversDropped(conn: Kysely<any>): Promise<number> 
         where c.object_type = 1 and c.node_group_id = (select groupid from pg_dist_local_group))::text as bytes
     from (select object_type as t, count(*) as n from pg_dist_cleanup group by 1) k`.execute(conn)
   if (!rows[0]!.what) return 0
-  await step(`Citus's deferred clean-up: ${rows[0]!.what} left by online copies dropped (old shards of the coordinator, and what an interrupted copy leaves)`,
+  await step(`Citus's deferred clean-up: ${rows[0]!.what} dropped (the old shards of online copies and of isolate-tenant's splits, and what an interrupted copy leaves)`,
     () => sql`call citus_cleanup_orphaned_resources()`.execute(conn))
   return Number(rows[0]!.bytes)
 }

@@ -279,7 +279,7 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
       (await trx.deleteFrom('users').where('id', '=', 'swept-u').returning('id').execute()).length])
     expect(deleted).toEqual([1, 1])
     const rerun = await runScript(['distribute'], { DATABASE_URL: server.url })
-    expect(rerun.code, rerun.stderr).toBe(0)
+    expect(rerun.code, `${rerun.signal} ${rerun.stdout.slice(-1500)} ${rerun.stderr}`).toBe(0)
     expect(rerun.stdout).toMatch(/^ {2}rows that referenced a row deleted meanwhile: .*ratings\.skill_id deleted: 1\b/m)
     const { rows: left } = await sql`select (select count(*)::int from ratings where id = 'swept-r') as ratings,
       (select row(skill_id, user_id)::text from usage_events where id = 'swept-e') as event`.execute(admin)
