@@ -95,9 +95,11 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
     // in Share mode, a distributed table's write in Row Exclusive, and two requests each holding the
     // one waited for the other; and with the coordinator in the metadata, Citus made every table
     // referencing tenants a Citus local table, whose shard on the coordinator saw no tenant context.
+    // (Not those between the tables that go TOGETHER: dropped and added back inside that one
+    // transaction, they are never off for the app.)
     const keys = recorded ? JSON.parse(recorded) as { table: string; name: string; definition: string }[]
-      : await foreignKeysBetween(conn, await asyncFilter(tables, async (t) => !(await isDistributed(conn, `public.${t}`))),
-        (await isReference(conn, 'public.tenants')) ? [] : ['tenants'])
+      : (await foreignKeysBetween(conn, await asyncFilter(tables, async (t) => !(await isDistributed(conn, `public.${t}`))),
+        (await isReference(conn, 'public.tenants')) ? [] : ['tenants'])).filter((k) => !(TOGETHER.includes(`public.${k.table}`) && TOGETHER.includes(`public.${k.parent}`)))
     if (!recorded) await record(conn, FOREIGN_KEYS, JSON.stringify(keys), { replace: true })
     for (const k of keys) await step(`drop foreign key ${k.table}.${k.name} (added back below)`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(trx)))
     await clearingTriggersOff(conn, (await asyncFilter(tables, async (t) => !(await isDistributed(conn, `public.${t}`)))).length)
@@ -148,9 +150,20 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         const left = await asyncFilter(together, async (t) => !(await isDistributed(conn, t)))
         if (left.length > 0) {
           const names = left.map((t) => t.replace(/^public\./, ''))
-          await step(`${names.join(', ')}: distribute by tenant_id in one transaction (with the app's writes held: the audit triggers read and write these across tables, which Citus refuses while some are distributed and some not)`,
-            () => withoutTriggers(conn, left, (trx) => sql`select create_distributed_table(t::regclass, 'tenant_id', colocate_with => ${anchor}::text)
-              from unnest(${left}::text[]) with ordinality u(t, i) order by i`.execute(trx)))
+          await step(`${names.join(', ')}: distribute by tenant_id in one transaction, the foreign keys between them dropped and added back in it (with the app's writes held: the audit triggers read and write these across tables, which Citus refuses while some are distributed and some not; a deleted user's API keys go with it at once)`,
+            () => withoutTriggers(conn, left, async (trx) => {
+              const { rows: between } = await sql<{ table: string; name: string; definition: string }>`
+                select k.conrelid::regclass::text as table, k.conname as name, pg_catalog.pg_get_constraintdef(k.oid) as definition
+                from pg_catalog.pg_constraint k where k.contype = 'f' and k.conrelid = any(${left}::regclass[]) and k.confrelid = any(${left}::regclass[])
+                order by 1, 2`.execute(trx)
+              // Citus distributes the tables of one transaction over one connection per node, as
+              // the keys added back after them need.
+              await sql`select pg_catalog.set_config('citus.multi_shard_modify_mode', 'sequential', true)`.execute(trx)
+              for (const k of between) await sql`alter table ${sql.raw(k.table)} drop constraint ${sql.id(k.name)}`.execute(trx)
+              await sql`select create_distributed_table(t::regclass, 'tenant_id', colocate_with => ${anchor}::text)
+                from unnest(${left}::text[]) with ordinality u(t, i) order by i`.execute(trx)
+              for (const k of between) await sql`alter table ${sql.raw(k.table)} add constraint ${sql.id(k.name)} ${sql.raw(k.definition)}`.execute(trx)
+            }))
           distributed.push(...names)
         }
       }
@@ -256,8 +269,12 @@ const CHAIN_HEADS = 'skills_db.audit_chain_heads'
  * run on a worker once audit_logs is, they cannot reach a table still the coordinator's (the
  * actor check, with users not yet distributed: 2,052 failed audit appends in an outside review).
  * Together, no request sees them apart. (No online copy for these: writes held for the copy.)
+ * api_keys too, and the keys between these never off: with api_keys' key to users off, a deleted
+ * user's API keys went on resolving until the run's end, and for good once a new user took the
+ * id; with audit_signatures' key off, the app role wrote a signature of no audit row, which the
+ * append-only table kept, and every later run failed validating the key (an outside review).
  */
-const TOGETHER = ['public.users', CHAIN_HEADS, 'public.audit_logs', 'public.audit_signatures']
+const TOGETHER = ['public.users', 'public.api_keys', CHAIN_HEADS, 'public.audit_logs', 'public.audit_signatures']
 
 async function firstDistributed(db: Kysely<any>, tables: string[]): Promise<string | undefined> {
   for (const table of tables) if (await isDistributed(db, table)) return table
@@ -318,8 +335,8 @@ export async function distributionOrder(db: Kysely<any>): Promise<string[]> {
 
 /** Every foreign key from one of `tables` to another or to one of `alsoTo`, as `ALTER TABLE … ADD CONSTRAINT` takes it. */
 async function foreignKeysBetween(db: Kysely<any>, tables: string[], alsoTo: string[] = []) {
-  const { rows } = await sql<{ table: string; name: string; definition: string }>`
-    select c.relname as table, k.conname as name, pg_catalog.pg_get_constraintdef(k.oid) as definition
+  const { rows } = await sql<{ table: string; name: string; definition: string; parent: string }>`
+    select c.relname as table, k.conname as name, pg_catalog.pg_get_constraintdef(k.oid) as definition, p.relname as parent
     from pg_catalog.pg_constraint k join pg_catalog.pg_class c on c.oid = k.conrelid join pg_catalog.pg_class p on p.oid = k.confrelid
     where k.contype = 'f' and c.relnamespace = 'public'::regnamespace and p.relnamespace = 'public'::regnamespace
       and not c.relispartition and c.relname = any(${tables}) and p.relname = any(${[...tables, ...alsoTo]})

@@ -1,7 +1,7 @@
-import { sql, type Kysely } from 'kysely'
+import { sql, type Kysely, type QueryResult, type Transaction } from 'kysely'
 import { forget, readRecorded, record } from '../online/recorded-settings.ts'
-import { withLockRetry } from '../online/lock-retry.ts'
-import { progress } from '../online/run-context.ts'
+import { LockRetryExhausted, withLockRetry } from '../online/lock-retry.ts'
+import { progress, run } from '../online/run-context.ts'
 import { step } from './steps.ts'
 
 /** The foreign keys a run dropped, as `[{ table, name, definition }]`, until they are back. */
@@ -118,11 +118,9 @@ async function danglingReferencesSwept(conn: Kysely<any>, keys: DroppedKey[]): P
       for (const a of actions) {
         const dangling = sql`${sql.join(a.columns.map((c) => sql`c.${sql.id(c)} is not null`), sql` and `)}
           and not exists (select 1 from ${sql.table(a.parent)} p where ${sql.join(a.columns.map((c, i) => sql`p.${sql.id(a.referenced[i]!)} = c.${sql.id(c)}`), sql` and `)})`
-        // Retried like any step's lock: a row the app holds is waited for a moment at a time.
-        const result = await withLockRetry(conn, a.table, (trx) => a.kind === 'delete'
+        const n = await sweptOnce(conn, a.table, (trx) => a.kind === 'delete'
           ? sql`delete from ${sql.table(a.table)} c where ${dangling}`.execute(trx)
           : sql`update ${sql.table(a.table)} c set ${sql.id(a.column)} = null where ${dangling}`.execute(trx))
-        const n = Number(result.numAffectedRows ?? 0n)
         if (n > 0) swept.set(`${a.table}.${a.column} ${a.kind === 'delete' ? 'deleted' : 'cleared'}`, (swept.get(`${a.table}.${a.column} ${a.kind === 'delete' ? 'deleted' : 'cleared'}`) ?? 0) + n)
         changed += n
       }
@@ -130,4 +128,37 @@ async function danglingReferencesSwept(conn: Kysely<any>, keys: DroppedKey[]): P
     }
   })
   progress(`  rows that referenced a row deleted meanwhile: ${swept.size === 0 ? 'none' : [...swept].map(([what, n]) => `${what}: ${n}`).join(', ')}`)
+}
+
+/**
+ * One sweep statement, in a REPEATABLE READ transaction of its own (Citus begins the workers'
+ * the same): a row the app changes after the statement's snapshot makes it fail (40001) rather
+ * than act on what it saw before. In READ COMMITTED, an outside review pointed a dangling rating at
+ * a skill it had just added, committed while the sweep waited for the row, and the sweep deleted
+ * it: the row is re-checked after the wait, its NOT EXISTS with the statement's old snapshot.
+ * Retried on that, on a lock the app holds past the run's lock timeout, and on a deadlock, until
+ * the run's lock retry budget is spent. Returns the rows it changed.
+ */
+async function sweptOnce(conn: Kysely<any>, table: string, statement: (trx: Transaction<any>) => Promise<QueryResult<unknown>>): Promise<number> {
+  const settings = run()
+  const deadline = Date.now() + settings.lockRetryBudgetMs
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const result = await conn.transaction().setIsolationLevel('repeatable read').execute(async (trx) => {
+        await sql`select pg_catalog.set_config('lock_timeout', ${`${settings.lockTimeoutMs}ms`}::text, true)`.execute(trx)
+        return statement(trx)
+      })
+      return Number(result.numAffectedRows ?? 0n)
+    } catch (error) {
+      const code = (error as { code?: string }).code
+      if (!['40001', '55P03', '40P01'].includes(code ?? '') || Date.now() > deadline) {
+        if (code && ['40001', '55P03', '40P01'].includes(code)) {
+          throw new LockRetryExhausted(`gave up sweeping table ${table}: the app kept changing or holding its rows for ${Math.round(settings.lockRetryBudgetMs / 1000)} s; rerun the migration later (it resumes where it stopped)`)
+        }
+        throw error
+      }
+      const backoff = Math.min(2000, settings.lockTimeoutMs * 2 ** Math.min(attempt, 6))
+      await new Promise((r) => setTimeout(r, backoff / 2 + Math.random() * backoff))
+    }
+  }
 }

@@ -62,10 +62,6 @@ export async function undistribute(db: Kysely<any>, options: UndistributeOptions
       undistributed.push(...before.filter((t) => !after.has(t)))
     }
     await onlineWitnessOff(conn, app)
-    // The foreign keys and clearing triggers a killed distribute dropped (without them, the app's
-    // writes were not checked, and its deletes cleared and cascaded nothing).
-    const dropped = await readRecorded(conn, FOREIGN_KEYS)
-    if (dropped || await readRecorded(conn, CLEARING_TRIGGERS)) await referencesBack(conn, dropped ? JSON.parse(dropped) : [])
     for (const t of targets) {
       const { rows: now } = await sql<{ target: number }>`select attstattarget as target from pg_catalog.pg_attribute
         where attrelid = ${t.table}::regclass and attname = ${t.column}`.execute(conn)
@@ -90,6 +86,13 @@ export async function undistribute(db: Kysely<any>, options: UndistributeOptions
     if (await isSuperuser(conn)) await sql`alter role ${sql.id(app)} reset track_activities`.execute(conn)
     await forget(conn, REPLACED_FUNCTIONS)
     progress(`  tenant context: the single-node one; ${app}'s Citus setting reset`)
+    // The foreign keys and clearing triggers a killed distribute dropped (without them, the app's
+    // writes were not checked, and its deletes cleared and cascaded nothing). Last: a key that
+    // fails its validation (a row the app wrote meanwhile names one that is not there) stops the
+    // run with the app's tenant context already the single-node one, so every tenant is served
+    // while the row is mended (an outside review: before, every request failed until then).
+    const dropped = await readRecorded(conn, FOREIGN_KEYS)
+    if (dropped || await readRecorded(conn, CLEARING_TRIGGERS)) await referencesBack(conn, dropped ? JSON.parse(dropped) : [])
     return { undistributed }
   })
 }

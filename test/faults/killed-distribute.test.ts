@@ -26,7 +26,7 @@ import { runScript, type CliResult } from '../support/cli.ts'
  */
 const POINTS: [string, RegExp][] = [
   ['the first reference table', /^ {2}public\.tenants: a reference table/m],
-  ['users and the audit tables distributed, in one transaction', /^ {2}users, skills_db\.audit_chain_heads, audit_logs, audit_signatures: distribute by tenant_id in one transaction/m],
+  ['users and the audit tables distributed, in one transaction', /^ {2}users, api_keys, skills_db\.audit_chain_heads, audit_logs, audit_signatures: distribute by tenant_id in one transaction/m],
   ['a foreign key added back', /^ {2}add foreign key ratings\./m],
   ['a foreign key added back, not yet validated', /^ {2}validate foreign key ratings\./m],
   ['the coordinator\'s copy of audit_logs truncated', /^ {2}audit_logs: truncate the coordinator's copy/m],
@@ -268,8 +268,14 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
     expect(cut.signal).toBe('SIGKILL')
     const { rows: off } = await sql<{ n: number }>`select count(*)::int as n from pg_trigger where tgname = 'clear_references'`.execute(admin)
     expect(off[0]!.n, 'the clearing triggers are not off').toBe(0)
+    // The keys between users, api_keys and the audit tables are not off: they went back in the
+    // transaction that distributed them. (With them off, an outside review wrote a signature of
+    // no audit row, which failed every later run, and a deleted user's API key went on resolving.)
+    const orphan = await withTenant(app, A, (trx) => trx.insertInto('audit_signatures').values({ seq: '999999', key_id: 'k', signature: 's', signed_at: new Date() }).execute()).catch((e: { code?: string }) => e.code)
+    expect(orphan).toBe('23503')
     await withTenant(app, A, async (trx) => {
       await trx.insertInto('users').values({ id: 'swept-u', email: 'swept-u@example.com' }).execute()
+      await trx.insertInto('api_keys').values({ id: 'swept-k', user_id: 'swept-u', key_hash: 'swept-hash', key_prefix: 'sk_s', name: 'k' }).execute()
       await trx.insertInto('skills').values({ id: 'swept-s', slug: 'swept-s', name: 'n', description: 'd', content: 'c', category: 'c', author_id: 'swept-u' }).execute()
       await trx.insertInto('usage_events').values({ id: 'swept-e', tool_name: 'cli', skill_id: 'swept-s', user_id: 'swept-u', metadata: '{}' }).execute()
       await trx.insertInto('ratings').values({ id: 'swept-r', skill_id: 'swept-s', user_id: 'swept-u', rating: 4 }).execute()
@@ -278,6 +284,7 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
       (await trx.deleteFrom('skills').where('id', '=', 'swept-s').returning('id').execute()).length,
       (await trx.deleteFrom('users').where('id', '=', 'swept-u').returning('id').execute()).length])
     expect(deleted).toEqual([1, 1])
+    expect((await sql`select id from api_keys where id = 'swept-k'`.execute(admin)).rows).toEqual([])
     const rerun = await runScript(['distribute'], { DATABASE_URL: server.url })
     expect(rerun.code, `${rerun.signal} ${rerun.stdout.slice(-1500)} ${rerun.stderr}`).toBe(0)
     expect(rerun.stdout).toMatch(/^ {2}rows that referenced a row deleted meanwhile: .*ratings\.skill_id deleted: 1\b/m)
@@ -289,6 +296,27 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
     expect(await rowDigests(admin, TABLES)).toEqual(rows)
     await undistribute(admin)
     expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(contracted)
+  })
+
+  // undistribute puts the keys a killed run dropped back last, once the app's tenant context is
+  // the single-node one again: a key that fails its validation stops the run with every tenant
+  // served (an outside review: the other way round, every request failed until the row was mended).
+  it('undistribute after a killed run, stopped by a key that fails its validation: one line, exit 1, the app served; once the row is mended, a rerun completes', { timeout: 300_000 }, async () => {
+    const cut = await killedAt(server.url, /^ {2}skills: distribute by tenant_id/m, admin)
+    expect(cut.signal).toBe('SIGKILL')
+    // A row under a key that is off, naming a tenant that is not there (the owner's: the app role's are its tenant's).
+    await sql`insert into skills (id, tenant_id, slug, name, description, content, category) values ('nowhere-s', 'no-such-tenant', 'nowhere-s', 'n', 'd', 'c', 'c')`.execute(admin)
+    const stopped = await runScript(['undistribute'], { DATABASE_URL: server.url })
+    expect(stopped.code).toBe(1)
+    expect(stopped.stderr.trim().split('\n')).toHaveLength(1)
+    expect(stopped.stderr).toMatch(/^error: .*validate foreign key skills\.skills_tenant_id_fk/)
+    const seen = await withTenant(app, A, async (trx) => (await trx.selectFrom('skills').select('tenant_id').execute()).map((r) => r.tenant_id))
+    expect([...new Set(seen)]).toEqual([A])
+    await sql`delete from skills where id = 'nowhere-s'`.execute(admin)
+    const rerun = await runScript(['undistribute'], { DATABASE_URL: server.url })
+    expect(rerun.code, rerun.stderr).toBe(0)
+    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(contracted)
+    expect(await rowDigests(admin, TABLES)).toEqual(rows)
   })
 })
 

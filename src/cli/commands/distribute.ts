@@ -8,7 +8,7 @@ export const distributeCommand: Command = {
   name: 'distribute',
   summary: 'On a database with the citus extension, after the contract phase: tenants (and the tenant keys) become reference tables, the ten tenant tables, audit_signatures and the audit chain\'s heads (twelve) distributed by tenant_id in one colocation group, and the tenant context one the workers check. Idempotent; a rerun after a kill completes.',
   options: { ...TARGET, ...LOCKS, 'shard-count': { type: 'string', value: '<n>', help: 'shards per distributed table (default: Citus\'s citus.shard_count)' },
-    'online-from': { type: 'string', value: '<MB|off>', help: 'distribute tables of this many MB or more online, the app\'s writes going on, where the cluster allows it (the coordinator in the metadata, wal_level = logical), smaller ones by a blocking copy (default 1; 0: every table but site_settings, users and the audit chain\'s three, which always block; off: none)' } },
+    'online-from': { type: 'string', value: '<MB|off>', help: 'distribute tables of this many MB or more online, the app\'s writes going on, where the cluster allows it (the coordinator in the metadata, wal_level = logical), smaller ones by a blocking copy (default 1; 0: every table but site_settings, users, api_keys and the audit chain\'s three, which always block; off: none)' } },
   run(values) {
     const shards = values['shard-count']
     const shardCount = typeof shards === 'string' ? Number(shards) : undefined
