@@ -115,6 +115,66 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
     await killedThenRerun(at)
   })
 
+  // The keys between the tables and the clearing triggers are off while the tables move (a
+  // trigger's update across a table distributed and one not yet fails the app's delete). A skill
+  // and a user deleted then keep their meaning: the rerun's sweep cascades the skill's rating and
+  // clears the usage event's references, as the triggers and keys would have.
+  it('a skill and a user deleted while a killed run left the keys and clearing triggers off: no error; the rerun deletes the rating and clears the usage event, as they would have', { timeout: 300_000 }, async () => {
+    const cut = await killedAt(server.url, /^ {2}skills: distribute by tenant_id/m, admin)
+    expect(cut.signal).toBe('SIGKILL')
+    const { rows: off } = await sql<{ n: number }>`select count(*)::int as n from pg_trigger where tgname = 'clear_references'`.execute(admin)
+    expect(off[0]!.n, 'the clearing triggers are not off').toBe(0)
+    // The keys between users, api_keys and the audit tables are not off: they went back in the
+    // transaction that distributed them. (With them off, an outside review wrote a signature of
+    // no audit row, which failed every later run, and a deleted user's API key went on resolving.)
+    const orphan = await withTenant(app, A, (trx) => trx.insertInto('audit_signatures').values({ seq: '999999', key_id: 'k', signature: 's', signed_at: new Date() }).execute()).catch((e: { code?: string }) => e.code)
+    expect(orphan).toBe('23503')
+    await withTenant(app, A, async (trx) => {
+      await trx.insertInto('users').values({ id: 'swept-u', email: 'swept-u@example.com' }).execute()
+      await trx.insertInto('api_keys').values({ id: 'swept-k', user_id: 'swept-u', key_hash: 'swept-hash', key_prefix: 'sk_s', name: 'k' }).execute()
+      await trx.insertInto('skills').values({ id: 'swept-s', slug: 'swept-s', name: 'n', description: 'd', content: 'c', category: 'c', author_id: 'swept-u' }).execute()
+      await trx.insertInto('usage_events').values({ id: 'swept-e', tool_name: 'cli', skill_id: 'swept-s', user_id: 'swept-u', metadata: '{}' }).execute()
+      await trx.insertInto('ratings').values({ id: 'swept-r', skill_id: 'swept-s', user_id: 'swept-u', rating: 4 }).execute()
+    })
+    const deleted = await withTenant(app, A, async (trx) => [
+      (await trx.deleteFrom('skills').where('id', '=', 'swept-s').returning('id').execute()).length,
+      (await trx.deleteFrom('users').where('id', '=', 'swept-u').returning('id').execute()).length])
+    expect(deleted).toEqual([1, 1])
+    expect((await sql`select id from api_keys where id = 'swept-k'`.execute(admin)).rows).toEqual([])
+    const rerun = await runScript(['distribute'], { DATABASE_URL: server.url })
+    expect(rerun.code, `${rerun.signal} ${rerun.stdout.slice(-1500)} ${rerun.stderr}`).toBe(0)
+    expect(rerun.stdout).toMatch(/^ {2}rows that referenced a row deleted meanwhile: .*ratings\.skill_id deleted: 1\b/m)
+    const { rows: left } = await sql`select (select count(*)::int from ratings where id = 'swept-r') as ratings,
+      (select row(skill_id, user_id)::text from usage_events where id = 'swept-e') as event`.execute(admin)
+    expect(left).toEqual([{ ratings: 0, event: '(,)' }])
+    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(distributedOnce)
+    await sql`delete from usage_events where id = 'swept-e'`.execute(admin)
+    expect(await rowDigests(admin, TABLES)).toEqual(rows)
+    await undistribute(admin)
+    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(contracted)
+  })
+
+  // undistribute puts the keys a killed run dropped back last, once the app's tenant context is
+  // the single-node one again: a key that fails its validation stops the run with every tenant
+  // served (an outside review: the other way round, every request failed until the row was mended).
+  it('undistribute after a killed run, stopped by a key that fails its validation: one line, exit 1, the app served; once the row is mended, a rerun completes', { timeout: 300_000 }, async () => {
+    const cut = await killedAt(server.url, /^ {2}skills: distribute by tenant_id/m, admin)
+    expect(cut.signal).toBe('SIGKILL')
+    // A row under a key that is off, naming a tenant that is not there (the owner's: the app role's are its tenant's).
+    await sql`insert into skills (id, tenant_id, slug, name, description, content, category) values ('nowhere-s', 'no-such-tenant', 'nowhere-s', 'n', 'd', 'c', 'c')`.execute(admin)
+    const stopped = await runScript(['undistribute'], { DATABASE_URL: server.url })
+    expect(stopped.code).toBe(1)
+    expect(stopped.stderr.trim().split('\n')).toHaveLength(1)
+    expect(stopped.stderr).toMatch(/^error: .*validate foreign key skills\.skills_tenant_id_fk/)
+    const seen = await withTenant(app, A, async (trx) => (await trx.selectFrom('skills').select('tenant_id').execute()).map((r) => r.tenant_id))
+    expect([...new Set(seen)]).toEqual([A])
+    await sql`delete from skills where id = 'nowhere-s'`.execute(admin)
+    const rerun = await runScript(['undistribute'], { DATABASE_URL: server.url })
+    expect(rerun.code, rerun.stderr).toBe(0)
+    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(contracted)
+    expect(await rowDigests(admin, TABLES)).toEqual(rows)
+  })
+
   it('killed inside an online copy (create_distributed_table_concurrently running, its replication slot open, row security not FORCEd): the rerun completes, the same schema, every row, FORCE back, and nothing of the copy left on any node', { timeout: 300_000 }, async () => {
     await killedInsideOnlineCopy('skills')
     const { rows: mid } = await sql<{ forced: boolean }>`select relforcerowsecurity as forced from pg_class where oid = 'public.skills'::regclass`.execute(admin)
@@ -259,65 +319,6 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
     expect(failed).toEqual([])
   })
 
-  // The keys between the tables and the clearing triggers are off while the tables move (a
-  // trigger's update across a table distributed and one not yet fails the app's delete). A skill
-  // and a user deleted then keep their meaning: the rerun's sweep cascades the skill's rating and
-  // clears the usage event's references, as the triggers and keys would have.
-  it('a skill and a user deleted while a killed run left the keys and clearing triggers off: no error; the rerun deletes the rating and clears the usage event, as they would have', { timeout: 300_000 }, async () => {
-    const cut = await killedAt(server.url, /^ {2}skills: distribute by tenant_id/m, admin)
-    expect(cut.signal).toBe('SIGKILL')
-    const { rows: off } = await sql<{ n: number }>`select count(*)::int as n from pg_trigger where tgname = 'clear_references'`.execute(admin)
-    expect(off[0]!.n, 'the clearing triggers are not off').toBe(0)
-    // The keys between users, api_keys and the audit tables are not off: they went back in the
-    // transaction that distributed them. (With them off, an outside review wrote a signature of
-    // no audit row, which failed every later run, and a deleted user's API key went on resolving.)
-    const orphan = await withTenant(app, A, (trx) => trx.insertInto('audit_signatures').values({ seq: '999999', key_id: 'k', signature: 's', signed_at: new Date() }).execute()).catch((e: { code?: string }) => e.code)
-    expect(orphan).toBe('23503')
-    await withTenant(app, A, async (trx) => {
-      await trx.insertInto('users').values({ id: 'swept-u', email: 'swept-u@example.com' }).execute()
-      await trx.insertInto('api_keys').values({ id: 'swept-k', user_id: 'swept-u', key_hash: 'swept-hash', key_prefix: 'sk_s', name: 'k' }).execute()
-      await trx.insertInto('skills').values({ id: 'swept-s', slug: 'swept-s', name: 'n', description: 'd', content: 'c', category: 'c', author_id: 'swept-u' }).execute()
-      await trx.insertInto('usage_events').values({ id: 'swept-e', tool_name: 'cli', skill_id: 'swept-s', user_id: 'swept-u', metadata: '{}' }).execute()
-      await trx.insertInto('ratings').values({ id: 'swept-r', skill_id: 'swept-s', user_id: 'swept-u', rating: 4 }).execute()
-    })
-    const deleted = await withTenant(app, A, async (trx) => [
-      (await trx.deleteFrom('skills').where('id', '=', 'swept-s').returning('id').execute()).length,
-      (await trx.deleteFrom('users').where('id', '=', 'swept-u').returning('id').execute()).length])
-    expect(deleted).toEqual([1, 1])
-    expect((await sql`select id from api_keys where id = 'swept-k'`.execute(admin)).rows).toEqual([])
-    const rerun = await runScript(['distribute'], { DATABASE_URL: server.url })
-    expect(rerun.code, `${rerun.signal} ${rerun.stdout.slice(-1500)} ${rerun.stderr}`).toBe(0)
-    expect(rerun.stdout).toMatch(/^ {2}rows that referenced a row deleted meanwhile: .*ratings\.skill_id deleted: 1\b/m)
-    const { rows: left } = await sql`select (select count(*)::int from ratings where id = 'swept-r') as ratings,
-      (select row(skill_id, user_id)::text from usage_events where id = 'swept-e') as event`.execute(admin)
-    expect(left).toEqual([{ ratings: 0, event: '(,)' }])
-    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(distributedOnce)
-    await sql`delete from usage_events where id = 'swept-e'`.execute(admin)
-    expect(await rowDigests(admin, TABLES)).toEqual(rows)
-    await undistribute(admin)
-    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(contracted)
-  })
-
-  // undistribute puts the keys a killed run dropped back last, once the app's tenant context is
-  // the single-node one again: a key that fails its validation stops the run with every tenant
-  // served (an outside review: the other way round, every request failed until the row was mended).
-  it('undistribute after a killed run, stopped by a key that fails its validation: one line, exit 1, the app served; once the row is mended, a rerun completes', { timeout: 300_000 }, async () => {
-    const cut = await killedAt(server.url, /^ {2}skills: distribute by tenant_id/m, admin)
-    expect(cut.signal).toBe('SIGKILL')
-    // A row under a key that is off, naming a tenant that is not there (the owner's: the app role's are its tenant's).
-    await sql`insert into skills (id, tenant_id, slug, name, description, content, category) values ('nowhere-s', 'no-such-tenant', 'nowhere-s', 'n', 'd', 'c', 'c')`.execute(admin)
-    const stopped = await runScript(['undistribute'], { DATABASE_URL: server.url })
-    expect(stopped.code).toBe(1)
-    expect(stopped.stderr.trim().split('\n')).toHaveLength(1)
-    expect(stopped.stderr).toMatch(/^error: .*validate foreign key skills\.skills_tenant_id_fk/)
-    const seen = await withTenant(app, A, async (trx) => (await trx.selectFrom('skills').select('tenant_id').execute()).map((r) => r.tenant_id))
-    expect([...new Set(seen)]).toEqual([A])
-    await sql`delete from skills where id = 'nowhere-s'`.execute(admin)
-    const rerun = await runScript(['undistribute'], { DATABASE_URL: server.url })
-    expect(rerun.code, rerun.stderr).toBe(0)
-    expect(await takeCatalogSnapshot(admin, { appRole })).toEqual(contracted)
-    expect(await rowDigests(admin, TABLES)).toEqual(rows)
-  })
 })
 
 /** Runs `skills-db distribute`, SIGKILLs it right after it prints a line matching `at`, and waits until its session is gone. */
