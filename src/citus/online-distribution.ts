@@ -2,7 +2,7 @@ import { sql, type Kysely } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { LockRetryExhausted, sessionLabel, withLockRetry } from '../online/lock-retry.ts'
 import { forget, readRecorded, record } from '../online/recorded-settings.ts'
-import { run } from '../online/run-context.ts'
+import { progress, run } from '../online/run-context.ts'
 import { step } from './steps.ts'
 import { COORDINATOR_WITNESS, ONLINE_MARKER } from './worker-tenant-context.ts'
 
@@ -207,7 +207,20 @@ export async function citusLeftoversDropped(conn: Kysely<any>): Promise<number> 
         where c.object_type = 1 and c.node_group_id = (select groupid from pg_dist_local_group))::text as bytes
     from (select object_type as t, count(*) as n from pg_dist_cleanup group by 1) k`.execute(conn)
   if (!rows[0]!.what) return 0
-  await step(`Citus's deferred clean-up: ${rows[0]!.what} dropped (the old shards of online copies and of isolate-tenant's splits, and what an interrupted copy leaves)`,
-    () => sql`call citus_cleanup_orphaned_resources()`.execute(conn))
+  await step(`Citus's deferred clean-up: ${rows[0]!.what} dropped (the old shards of online copies and of isolate-tenant's splits, and what an interrupted copy leaves)`, async () => {
+    // What is still in use is left for a later try (Citus warns and keeps the record): the
+    // subscription of a copy killed a moment ago, whose apply worker has not yet stopped (the
+    // kill test saw one left on a worker, once in three runs). Tried again for up to 30 s.
+    for (let i = 0; ; i++) {
+      await sql`call citus_cleanup_orphaned_resources()`.execute(conn)
+      const { rows: left } = await sql<{ n: number }>`select count(*)::int as n from pg_dist_cleanup`.execute(conn)
+      if (left[0]!.n === 0) break
+      if (i >= 60) {
+        progress(`  warning: ${left[0]!.n} of Citus's clean-up records are still in use after 30 s: Citus's maintenance daemon drops them later (pg_dist_cleanup lists them)`)
+        break
+      }
+      await sleep(500)
+    }
+  })
   return Number(rows[0]!.bytes)
 }
