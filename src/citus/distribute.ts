@@ -6,6 +6,7 @@ import { withLockRetry } from '../online/lock-retry.ts'
 import { progress } from '../online/run-context.ts'
 import { citusLeftoversDropped, copyPlan, distributeOnline, onlineDistribution, onlineWitnessOff, onlineWitnessOn, rowSecurityForcedAgain, sizeOf } from './online-distribution.ts'
 import { citusReadiness, DISTRIBUTED } from './readiness.ts'
+import { clearingTriggersOff, FOREIGN_KEYS, referencesBack } from './references-during-distribute.ts'
 import { DistributeRefused, exists, isDistributed, isReference, isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
 export { DistributeFailed, DistributeRefused } from './steps.ts'
 import { CITUS_CHALLENGE, CITUS_COPY_KEYS, CITUS_CURRENT_TENANT, CITUS_ENTER, CITUS_NODE_KEYS } from './worker-tenant-context.ts'
@@ -34,8 +35,6 @@ export interface DistributeOptions {
  */
 export const ONLINE_FROM_BYTES = 1 << 20
 
-import { clearingTriggersOff, FOREIGN_KEYS, referencesBack } from './references-during-distribute.ts'
-export { FOREIGN_KEYS } from './references-during-distribute.ts'
 /** The single-node tenant-context functions distribute replaced, as `[{ fn, def }]`: what undistribute puts back. */
 export const REPLACED_FUNCTIONS = 'citus_replaced_functions'
 export const TENANT_CONTEXT_FUNCTIONS = ['tenant_context.current_tenant()', 'tenant_context.challenge()', 'tenant_context.enter(text, text)']
@@ -97,12 +96,13 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
     // referencing tenants a Citus local table, whose shard on the coordinator saw no tenant context.
     // (Not those between the tables that go TOGETHER: dropped and added back inside that one
     // transaction, they are never off for the app.)
+    const tablesLeft = await asyncFilter(tables, async (t) => !(await isDistributed(conn, `public.${t}`)))
     const keys = recorded ? JSON.parse(recorded) as { table: string; name: string; definition: string }[]
-      : (await foreignKeysBetween(conn, await asyncFilter(tables, async (t) => !(await isDistributed(conn, `public.${t}`))),
-        (await isReference(conn, 'public.tenants')) ? [] : ['tenants'])).filter((k) => !(TOGETHER.includes(`public.${k.table}`) && TOGETHER.includes(`public.${k.parent}`)))
+      : (await foreignKeysBetween(conn, tablesLeft, (await isReference(conn, 'public.tenants')) ? [] : ['tenants']))
+        .filter((k) => !(TOGETHER.includes(`public.${k.table}`) && TOGETHER.includes(`public.${k.parent}`)))
     if (!recorded) await record(conn, FOREIGN_KEYS, JSON.stringify(keys), { replace: true })
     for (const k of keys) await step(`drop foreign key ${k.table}.${k.name} (added back below)`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(trx)))
-    await clearingTriggersOff(conn, (await asyncFilter(tables, async (t) => !(await isDistributed(conn, `public.${t}`)))).length)
+    await clearingTriggersOff(conn, tablesLeft.length)
 
     for (const table of ['public.tenants', 'skills_db.tenant_context_keys']) {
       if (!(await isReference(conn, table))) {
@@ -300,8 +300,8 @@ async function localSize(db: Kysely<any>, table: string): Promise<number> {
  * readiness check refuses trigger functions it does not know. The clearing triggers, which write
  * to other tables, no order serves: they are off for the run (references-during-distribute.ts).
  * The foreign keys give no order: those between these tables are off too. (distribute moves
- * users and the audit tables, whose triggers reach each other, in one transaction: TOGETHER.) A
- * cycle is broken; ties go alphabetically.
+ * users, api_keys and the audit tables in one transaction: TOGETHER.) A cycle is broken; ties go
+ * alphabetically.
  */
 export async function distributionOrder(db: Kysely<any>): Promise<string[]> {
   let { rows } = await sql<{ table: string; bodies: string[] }>`

@@ -60,13 +60,13 @@ export async function clearingTriggersOff(conn: Kysely<any>, tablesLeft: number)
 
 /**
  * The references the run dropped, back: the clearing triggers first (a delete of a skill with
- * usage events would otherwise be refused by the key once it is there), then each foreign key NOT VALID (a moment's lock; from then on it checks, and
- * cascades, every write), then a sweep that does what the dropped ones would have done to the
- * rows deleted meanwhile (ON DELETE CASCADE: the orphaned rows deleted; a reference a clearing
- * trigger clears: set to null), then each key validated, which reads the rows without blocking
- * the app's writes. A reference left dangling otherwise (a key with no action) fails its
- * validation, named, and a rerun tries again. Then the records go. (undistribute does this too,
- * after a killed run.)
+ * usage events would otherwise be refused by the key once it is there), then each foreign key
+ * NOT VALID (a moment's lock; from then on it checks, and cascades, every write), then a sweep
+ * that does what the dropped ones would have done to the rows deleted meanwhile (ON DELETE
+ * CASCADE: the orphaned rows deleted; a reference a clearing trigger clears: set to null), then
+ * each key validated, which reads the rows without blocking the app's writes. A reference left
+ * dangling otherwise (a key with no action) fails its validation, named, and a rerun tries again.
+ * Then the records go. (undistribute does this too, after a killed run.)
  */
 export async function referencesBack(conn: Kysely<any>, keys: DroppedKey[]): Promise<void> {
   const recorded = await readRecorded(conn, CLEARING_TRIGGERS)
@@ -121,7 +121,8 @@ async function danglingReferencesSwept(conn: Kysely<any>, keys: DroppedKey[]): P
         const n = await sweptOnce(conn, a.table, (trx) => a.kind === 'delete'
           ? sql`delete from ${sql.table(a.table)} c where ${dangling}`.execute(trx)
           : sql`update ${sql.table(a.table)} c set ${sql.id(a.column)} = null where ${dangling}`.execute(trx))
-        if (n > 0) swept.set(`${a.table}.${a.column} ${a.kind === 'delete' ? 'deleted' : 'cleared'}`, (swept.get(`${a.table}.${a.column} ${a.kind === 'delete' ? 'deleted' : 'cleared'}`) ?? 0) + n)
+        const what = `${a.table}.${a.column} ${a.kind === 'delete' ? 'deleted' : 'cleared'}`
+        if (n > 0) swept.set(what, (swept.get(what) ?? 0) + n)
         changed += n
       }
       if (changed === 0) break
