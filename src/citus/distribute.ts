@@ -1,5 +1,6 @@
 import { sql, type Kysely } from 'kysely'
 import { appRoleName } from '../online/app-role.ts'
+import { resolverWithoutJoin } from './api-key-resolver.ts'
 import { readRecorded, record } from '../online/recorded-settings.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
 import { withLockRetry } from '../online/lock-retry.ts'
@@ -85,6 +86,7 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
         for (const fn of fns) await sql`select create_distributed_function(${fn}::regprocedure)`.execute(conn)
       })
     }
+    await resolverWithoutJoin(conn)
     await onEveryNode(await functions(false))
 
     // The foreign keys between tables not yet both distributed, and those to tenants while it is not

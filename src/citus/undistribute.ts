@@ -4,6 +4,7 @@ import { appRoleName } from '../online/app-role.ts'
 import { forget, readRecorded } from '../online/recorded-settings.ts'
 import { progress } from '../online/run-context.ts'
 import { REPLACED_FUNCTIONS } from './distribute.ts'
+import { resolverBack } from './api-key-resolver.ts'
 import { CLEARING_TRIGGERS, FOREIGN_KEYS, referencesBack } from './references-during-distribute.ts'
 import { citusLeftoversDropped, onlineWitnessOff, rowSecurityForcedAgain } from './online-distribution.ts'
 import { isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
@@ -77,6 +78,7 @@ export async function undistribute(db: Kysely<any>, options: UndistributeOptions
         for (const { def } of JSON.parse(recorded) as { fn: string; def: string }[]) await sql.raw(def).execute(conn)
       })
     }
+    await resolverBack(conn)
     await step('the per-node copies of the tenant keys dropped', async () => {
       await sql`select run_command_on_workers('drop table if exists tenant_context.node_keys')`.execute(conn)
       await sql`drop function if exists tenant_context.copy_keys_to_nodes()`.execute(conn)
