@@ -40,11 +40,12 @@ interface DroppedTrigger { table: string; name: string; definition: string; enab
  *
  * So: recorded, then dropped (the foreign keys they serve are dropped too, until every table is
  * distributed), and `referencesBack` puts them back and clears what they would have cleared. Only
- * while a table is left to distribute; idempotent.
+ * while a table is left to distribute (a rerun that finds every table distributed leaves those a
+ * killed run put back where they are); idempotent.
  */
 export async function clearingTriggersOff(conn: Kysely<any>, tablesLeft: number): Promise<void> {
+  if (tablesLeft === 0) return
   const recorded = await readRecorded(conn, CLEARING_TRIGGERS)
-  if (!recorded && tablesLeft === 0) return
   const triggers: DroppedTrigger[] = recorded ? JSON.parse(recorded) : (await sql<DroppedTrigger>`
     select c.relname as table, t.tgname as name, pg_catalog.pg_get_triggerdef(t.oid) as definition, t.tgenabled as enabled
     from pg_catalog.pg_trigger t join pg_catalog.pg_class c on c.oid = t.tgrelid join pg_catalog.pg_proc p on p.oid = t.tgfoid
