@@ -9,6 +9,7 @@ import { TENANT_TABLES } from '../fixtures/legacy.ts'
 import { migrateContract } from '../src/migrator/migrate.ts'
 import { CLEARED_BY, referencesBack } from '../src/citus/references-during-distribute.ts'
 import { inRun } from '../src/online/run-context.ts'
+import { createDb } from '../src/connection/create-db.ts'
 import { A } from './support/tenants.ts'
 import { seedTwoTenants } from './support/tenants.ts'
 
@@ -81,8 +82,9 @@ describe('distribute\'s building blocks, on the contracted schema: the order of 
       insert into ratings (id, tenant_id, skill_id, user_id, rating) values ('race-r', '${A}', 'race-s', 'uA1', 3);
       delete from skills where id = 'race-s';
       alter table ratings add constraint "${keys[0]!.name}" ${keys[0]!.definition} not valid`).execute(t.admin)
-    const app = t.connectAs('postgres', '', 1)
-    const sweeper = t.connectAs('postgres', '', 1)
+    // Two more sessions of the test's own superuser (its URL carries its credentials on any server).
+    const app = createDb<any>(t.url, { max: 1 })
+    const sweeper = createDb<any>(t.url, { max: 1 })
     try {
       let commit = () => {}
       const held = new Promise<void>((r) => (commit = r))
