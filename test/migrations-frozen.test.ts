@@ -108,11 +108,17 @@ describe('the history: each migration leaves the catalog recorded when it was wr
     const appRole = inject('appRole')
     const [plain, extended, asWritten] = await Promise.all([legacyDb(), legacyDb(), legacyDb()])
     const options = { appRole, tenantKeys: [TEST_TENANT_KEY], allowOldAppSessions: true, timestampsAreUtc: true }
+    // An expand migration written after the last gated one (0019 on) was written for a database
+    // already through them: as written, it comes last below; on the fresh install's path it comes
+    // before them, where the whole catalog is compared at the end.
+    const lastGated = GATED_MIGRATION_NAMES.at(-1)!
+    const writtenLater = MIGRATION_NAMES.filter((n) => n > lastGated)
     // Migration by migration through the expand phase (0001 is adopted, not run).
     for (const name of MIGRATION_NAMES) {
       const status = name === '0001_baseline' ? 'up-to-date' : 'applied'
-      expect(await migrateTo(plain.admin, name, options), name).toMatchObject({ status })
       expect(await migrateTo(extended.admin, name, { ...options, migrationsDir: dir }), name).toMatchObject({ status })
+      if (writtenLater.includes(name)) continue
+      expect(await migrateTo(plain.admin, name, options), name).toMatchObject({ status })
       expectRecorded(name, await historySnapshot(plain.admin, appRole), 'as written')
       expectRecorded(name, await historySnapshot(extended.admin, appRole), `with ${tenth} in the folder`)
     }
@@ -134,6 +140,11 @@ describe('the history: each migration leaves the catalog recorded when it was wr
     for (const name of GATED_MIGRATION_NAMES.filter((n) => n !== first)) {
       const migrate = OPEN_MIGRATION_NAMES.includes(name) ? migrateOpen : migrateContract
       const outcome = await migrate(plain.admin, { ...options, migrationsDir: upTo(name) })
+      expect(outcome.status === 'applied' && outcome.steps.at(-1)?.name, name).toBe(name)
+      expectRecorded(name, await historySnapshot(plain.admin, appRole), 'as written')
+    }
+    for (const name of writtenLater) {
+      const outcome = await migrateToLatest(plain.admin, { ...options, migrationsDir: upTo(name) })
       expect(outcome.status === 'applied' && outcome.steps.at(-1)?.name, name).toBe(name)
       expectRecorded(name, await historySnapshot(plain.admin, appRole), 'as written')
     }

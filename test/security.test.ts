@@ -16,9 +16,12 @@ const DOCUMENTED_PRIVILEGES = [
   'function public.audit_logs_append_only(): EXECUTE', // a trigger function: callable only by the trigger machinery
   'function public.audit_signatures_append_only(): EXECUTE', // a trigger function, likewise
   'function tenant_context.challenge(): EXECUTE',
+  'function tenant_context.clean_up(): EXECUTE', // 0019: withTenant's clean-up of the caller's own session, in one statement
   'function tenant_context.current_tenant(): EXECUTE',
   'function tenant_context.enter(text, text): EXECUTE',
+  'function tenant_context.enter(text, text, text): EXECUTE', // 0019: with the session's challenge
   'function tenant_context.resolve_api_key(text, text): EXECUTE', // 0012: within the tenant a key names
+  'function tenant_context.session_challenge(): EXECUTE', // 0019: sets the session's counter to a new random value only
   'language plpgsql: USAGE', // for DO blocks (it may create no function: no CREATE on public, no TEMPORARY)
   'language sql: USAGE',
   'role attributes: LOGIN', // NOINHERIT, and a member of no role
@@ -70,9 +73,12 @@ describe('what the application role cannot do', () => {
       { f: 'public.audit_logs_append_only', definer: false }, // raises, reads nothing
       { f: 'public.audit_signatures_append_only', definer: false }, // raises, reads nothing
       { f: 'tenant_context.challenge', definer: false }, // pid and time, reads nothing
+      { f: 'tenant_context.clean_up', definer: false }, // utility commands on the caller's session, reads nothing
       { f: 'tenant_context.current_tenant', definer: true },
       { f: 'tenant_context.enter', definer: true },
+      { f: 'tenant_context.enter', definer: true },
       { f: 'tenant_context.resolve_api_key', definer: true },
+      { f: 'tenant_context.session_challenge', definer: true },
     ])
   })
 
@@ -120,7 +126,7 @@ describe('what the application role cannot do', () => {
     expect(rows).toEqual([])
     // The SECURITY DEFINER functions it may call: the resolver answers for an exact key hash of the tenant it names, never a pattern.
     const definers = await sql<{ f: string }>`select proname as f from pg_proc where prosecdef and has_function_privilege(${role}, oid, 'execute') order by 1`.execute(t.admin)
-    expect(definers.rows.map((r) => r.f)).toEqual(['current_tenant', 'enter', 'resolve_api_key'])
+    expect(definers.rows.map((r) => r.f)).toEqual(['current_tenant', 'enter', 'enter', 'resolve_api_key', 'session_challenge'])
     const found = await sql<{ n: number }>`select count(*)::int as n from tenant_context.resolve_api_key(${B}, '%')
       union all select count(*)::int from tenant_context.resolve_api_key(${B}, 'hash-%') union all select count(*)::int from tenant_context.resolve_api_key('%', 'hash-b')`.execute(app)
     expect(found.rows).toEqual([{ n: 0 }, { n: 0 }, { n: 0 }])

@@ -10,7 +10,7 @@ import { citusReadiness, DISTRIBUTED } from './readiness.ts'
 import { clearingTriggersOff, FOREIGN_KEYS, referencesBack } from './references-during-distribute.ts'
 import { DistributeRefused, exists, isDistributed, isReference, isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
 export { DistributeFailed, DistributeRefused } from './steps.ts'
-import { CITUS_CHALLENGE, CITUS_COPY_KEYS, CITUS_CURRENT_TENANT, CITUS_ENTER, CITUS_NODE_KEYS } from './worker-tenant-context.ts'
+import { CITUS_CHALLENGE, CITUS_COPY_KEYS, CITUS_CURRENT_TENANT, CITUS_ENTER, CITUS_NODE_KEYS, CITUS_SESSION_ENTER } from './worker-tenant-context.ts'
 
 
 export interface DistributeOptions {
@@ -39,6 +39,8 @@ export const ONLINE_FROM_BYTES = 1 << 20
 /** The single-node tenant-context functions distribute replaced, as `[{ fn, def }]`: what undistribute puts back. */
 export const REPLACED_FUNCTIONS = 'citus_replaced_functions'
 export const TENANT_CONTEXT_FUNCTIONS = ['tenant_context.current_tenant()', 'tenant_context.challenge()', 'tenant_context.enter(text, text)']
+/** 0019's entry with the session's challenge: replaced too (not distributed: it only refuses on Citus). */
+const SESSION_ENTER = 'tenant_context.enter(text, text, text)'
 
 /**
  * Scales the contracted schema out on Citus: `tenants` and the tenant keys become reference tables
@@ -233,7 +235,7 @@ async function tenantContextOnEveryNode(db: Kysely<any>, app: string): Promise<v
   // The single-node versions, for undistribute to put back (recorded once: a rerun finds Citus's).
   if (!(await readRecorded(db, REPLACED_FUNCTIONS))) {
     const { rows: defs } = await sql<{ fn: string; def: string }>`select p.oid::regprocedure::text as fn, pg_catalog.pg_get_functiondef(p.oid) as def
-      from pg_catalog.pg_proc p where p.oid = any(array[${sql.join(TENANT_CONTEXT_FUNCTIONS.map((f) => sql`pg_catalog.to_regprocedure(${f})`))}]) order by 1`.execute(db)
+      from pg_catalog.pg_proc p where p.oid = any(array[${sql.join([...TENANT_CONTEXT_FUNCTIONS, SESSION_ENTER].map((f) => sql`pg_catalog.to_regprocedure(${f})`))}]) order by 1`.execute(db)
     await record(db, REPLACED_FUNCTIONS, JSON.stringify(defs), { replace: true })
   }
   // In one transaction: a request that got the new challenge gets the new enter() too, and the new
@@ -243,6 +245,10 @@ async function tenantContextOnEveryNode(db: Kysely<any>, app: string): Promise<v
     await CITUS_CHALLENGE.execute(trx)
     await CITUS_ENTER.execute(trx)
     await CITUS_CURRENT_TENANT.execute(trx)
+    // A connection that learnt its session's challenge before (0019) is refused as stale, asks
+    // again, and session_challenge() answers NULL from here on (the record above): per transaction.
+    const { rows } = await sql<{ f: string | null }>`select pg_catalog.to_regprocedure(${SESSION_ENTER})::text as f`.execute(trx)
+    if (rows[0]?.f) await CITUS_SESSION_ENTER.execute(trx)
   })
   for (const fn of TENANT_CONTEXT_FUNCTIONS) {
     await sql`select create_distributed_function(${fn}::regprocedure)`.execute(db)

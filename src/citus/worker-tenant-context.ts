@@ -76,6 +76,21 @@ export const CITUS_CHALLENGE = sql`
       || citus_backend_gpid() || ':' || tx.initiator_node_identifier || '.' || tx.transaction_number;
   end $$`
 
+/**
+ * 0019's enter(tenant, challenge, signature) on Citus: a session's counter is not something every
+ * node can check, so it refuses as a stale challenge (TC001). withTenant then asks
+ * session_challenge() again, which answers NULL on Citus, and enters per transaction from then on.
+ */
+export const CITUS_SESSION_ENTER = sql`
+  create or replace function tenant_context.enter(tenant text, challenge text, signature text) returns text
+  language plpgsql volatile security definer
+  set search_path = pg_catalog, pg_temp
+  as $$
+  begin
+    raise exception 'on Citus the tenant context is entered with the challenge of its transaction'
+      using errcode = 'TC001', hint = 'ask tenant_context.challenge() inside the transaction';
+  end $$`
+
 export const CITUS_ENTER = sql`
   create or replace function tenant_context.enter(tenant text, signature text) returns void
   language plpgsql volatile security definer

@@ -1,6 +1,7 @@
-import { Kysely, PostgresDialect } from 'kysely'
+import { Kysely, PostgresDialect, type Dialect } from 'kysely'
 import pg from 'pg'
 import type { DB } from '../db-types.ts'
+import { notingCheckouts } from './checked-out-client.ts'
 import { condemnableSessions } from './condemned-sessions.ts'
 import { ConnectionError, describeConnectionError } from './connection-error.ts'
 import { parseDatabaseUrl, type DatabaseTarget } from './database-url.ts'
@@ -61,6 +62,9 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
     max: options.max ?? 10,
     application_name: options.applicationName ?? 'skills-db',
     connectionTimeoutMillis: options.connectionTimeoutMillis ?? 10_000,
+    // withTenant sends BEGIN, enter() and the request's first statement without waiting for each
+    // answer (one round trip); everything else awaits each query, as without it.
+    pipeline: true,
   })
   // A client dying (server restart, pg_terminate_backend) must not crash the process: the query
   // in flight fails with the error anyway, and the pool replaces the client.
@@ -70,8 +74,11 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
     if (options.onNotice) client.on('notice', options.onNotice)
   })
   const condemn = condemnableSessions(pool)
-  const db = new Kysely<T>({ dialect: new PostgresDialect({ pool }) })
+  notingCheckouts(pool)
+  const dialect = new PostgresDialect({ pool })
+  const db = new Kysely<T>({ dialect })
   targets.set(db, target)
+  dialects.set(db, dialect)
   condemners.set(db, condemn)
   if (options.tenantKey !== undefined) tenantKeys.set(db, options.tenantKey)
   if (options.auditKey !== undefined) auditKeys.set(db, options.auditKey)
@@ -83,6 +90,7 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
 }
 
 const targets = new WeakMap<object, DatabaseTarget>()
+const dialects = new WeakMap<object, Dialect>()
 const condemners = new WeakMap<object, (pid: number) => void>()
 const tenantKeys = new WeakMap<object, string>()
 const auditKeys = new WeakMap<object, string>()
@@ -115,6 +123,11 @@ export function condemnSession(db: object, pid: number): boolean {
   const condemn = condemners.get(db)
   condemn?.(pid)
   return condemn !== undefined
+}
+
+/** The dialect of a Kysely instance made by {@link createDb} (withTenant builds its transactions with it). */
+export function dialectOf(db: object): Dialect | undefined {
+  return dialects.get(db)
 }
 
 /** The tenant key a Kysely instance was made with ({@link CreateDbOptions.tenantKey}), if any. */

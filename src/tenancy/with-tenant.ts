@@ -2,6 +2,7 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import { sql, type Kysely, type Transaction } from 'kysely'
 import { condemnSession, lockTimeoutOf, tenantKeyOf } from '../connection/create-db.ts'
 import type { DB } from '../db-types.ts'
+import { CLEAN_UP, EnterRefused, inEnteredTransaction, StaleChallenge } from './entered-transaction.ts'
 import { parseTenantKey, signTenantContext, type TenantKey } from './tenant-key.ts'
 
 export const MAX_TENANT_ID_LENGTH = 128
@@ -32,13 +33,16 @@ export function withTenantDb(): Kysely<DB> | undefined {
  * tenant's rows, and inserts get its tenant_id by default. Connect as the application role:
  * superusers, BYPASSRLS roles and the owner are not held by its policies.
  *
- * The tenant is entered with a signature only the holder of the tenant key can make (see
- * {@link enterTenant}), so SQL run inside `fn`, injected SQL included, cannot switch to another
- * tenant, nor carry this one past the clean-up into another request.
+ * The tenant is entered with a signature only the holder of the tenant key can make, over a
+ * challenge of this session's (entered-transaction.ts; {@link enterTenant} for a Kysely instance
+ * not made by createDb), so SQL run inside `fn`, injected SQL included, cannot switch to another
+ * tenant, nor carry this one past the clean-up into another request. BEGIN and the entry go in
+ * one round trip, and `fn` runs once the tenant is accepted.
  *
  * The connection goes back to the pool clean: whatever `fn` left on the session (a setting, a
  * temporary table or function, a WITH HOLD cursor, a prepared statement, a LISTEN, an advisory
- * lock) is discarded after the transaction. Calling withTenant inside `fn` is an error: use `trx`.
+ * lock) is discarded before COMMIT, in the same round trip. If that fails, so does the request,
+ * and its connection is closed. Calling withTenant inside `fn` is an error: use `trx`.
  *
  * On Citus, a transaction Citus rolls back for a statement caught by a shard's move or split
  * ("shard for the given value does not exist", 40001), or as the victim of its distributed
@@ -59,24 +63,41 @@ export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: 
     throw new TenantError(`withTenant called inside withTenant (tenant "${outer.tenantId.slice(0, 64)}"): use the transaction you were given`)
   }
   const key = keyFor(db)
+  const lockTimeoutMs = lockTimeoutOf(db)
+  const entry = { tenantId, key, ...(lockTimeoutMs === undefined ? {} : { lockTimeoutMs }) }
+  const run = (trx: Transaction<DB>) => inside.run({ tenantId, db }, () => fn(trx, { tenantId }))
+  let staleRetried = false
   for (let attempt = 1; ; attempt++) {
     try {
-      return await db.connection().execute(async (conn) => {
-        let session: number | undefined
-        try {
-          return await conn.transaction().execute(async (trx) => {
-            const lockTimeoutMs = lockTimeoutOf(db)
-            session = (await enterTenant(trx, tenantId, key, lockTimeoutMs === undefined ? {} : { lockTimeoutMs })).pid
-            return await inside.run({ tenantId, db }, () => fn(trx, { tenantId }))
-          })
-        } finally {
-          await cleanUp(db, conn, session)
-        }
-      })
+      const pipelined = await inEnteredTransaction(db, entry, run)
+      return pipelined ? pipelined.value : await oneStatementAtATime(db, entry, run)
     } catch (error) {
+      // The session's challenge had moved on (SQL of an earlier request asked for a new one):
+      // nothing of fn's ran in the database; once more, asking first.
+      if (error instanceof StaleChallenge && !staleRetried) {
+        staleRetried = true
+        attempt--
+        continue
+      }
+      if (error instanceof EnterRefused || error instanceof StaleChallenge) throw new TenantError(error.message, { cause: error.cause })
       if (attempt >= CITUS_RETRY_ATTEMPTS || !citusRetryable(error)) throw error
     }
   }
+}
+
+/** For a Kysely instance not made by createDb: each statement in its own round trip, as before 0019. */
+async function oneStatementAtATime<T>(db: Kysely<DB>, entry: { tenantId: string; key: TenantKey; lockTimeoutMs?: number }, run: (trx: Transaction<DB>) => Promise<T>): Promise<T> {
+  return db.connection().execute(async (conn) => {
+    let session: number | undefined
+    try {
+      return await conn.transaction().execute(async (trx) => {
+        session = (await enterTenant(trx, entry.tenantId, entry.key, entry.lockTimeoutMs === undefined ? {} : { lockTimeoutMs: entry.lockTimeoutMs })).pid
+        return await run(trx)
+      })
+    } finally {
+      await cleanUp(db, conn, session)
+    }
+  })
 }
 
 /** How many times withTenant runs a request that Citus rolled back for one of the reasons below. */
@@ -118,19 +139,13 @@ export async function enterTenant(trx: Kysely<any>, tenantId: string, key: Tenan
 }
 
 /**
- * What fn may have left on the session goes, and so does every plan fn could have made and kept (a
- * prepared statement, a cursor, a function of its own): the tenant is a constant in those plans
- * (see 0008), so none may run in another transaction. Not DISCARD ALL: it also drops the plans of
- * tenant_context's own functions, which every transaction would then make again. One round trip.
- *
- * If it fails, something of fn's may still be on the session (SQL can make it fail: enough
- * temporary objects exhaust the lock table DISCARD TEMP needs), so the session must not serve
- * anyone else: the pool closes it on release (createDb's pools), and it is asked to end itself too,
- * which is all that can be done for a Kysely instance made elsewhere.
+ * {@link CLEAN_UP} after the transaction, for a Kysely instance not made by createDb. If it fails,
+ * something of fn's may still be on the session, so it must serve nobody else: it is asked to end
+ * itself, which is all that can be done for a pool made elsewhere.
  */
 async function cleanUp(db: Kysely<DB>, conn: Kysely<DB>, pid: number | undefined): Promise<void> {
   try {
-    await sql.raw(`reset all; close all; deallocate all; discard temp; unlisten *; select pg_catalog.pg_advisory_unlock_all()`).execute(conn)
+    await sql.raw(CLEAN_UP).execute(conn)
   } catch {
     if (pid !== undefined) condemnSession(db, pid)
     await sql`select pg_catalog.pg_terminate_backend(pg_catalog.pg_backend_pid())`.execute(conn).catch(() => {})

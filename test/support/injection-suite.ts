@@ -31,6 +31,8 @@ export const ATTACKS: [string, string][] = [
   ['enter() with a guessed signature', `select tenant_context.enter('${B}', 'test:' || repeat('0', 64))`],
   ['enter() with no key id', `select tenant_context.enter('${B}', repeat('0', 64))`],
   ['enter() with a key the database does not hold', `select tenant_context.enter('${B}', 'other:' || repeat('0', 64))`],
+  ['enter() with the session\'s own challenge and a guessed signature', `select tenant_context.enter('${B}', tenant_context.session_challenge(), 'test:' || repeat('0', 64))`],
+  ['enter() with a made-up session challenge', `select tenant_context.enter('${B}', pg_backend_pid() || ':0', 'test:' || repeat('0', 64))`],
   ['setval on the session mark', `select setval('tenant_context.session_tenant', hashtextextended('${B}', (date_part('epoch', now()) * 1000000)::bigint))`],
   ['nextval on the session mark', `select nextval('tenant_context.session_tenant')`],
   ['restarting the session mark', `alter sequence tenant_context.session_tenant restart`],
@@ -159,6 +161,29 @@ export function describeInjectionSuite(subject: InjectionSubject): void {
       })
       expect(outside).toEqual([])
       await sql`discard all`.execute(subject.app())
+    })
+
+    it('B\'s signature over this session\'s challenge (0019), once used, does not enter B again, nor after the challenge is asked anew', async () => {
+      // What withTenant does for B's request on this session, the signature made here with the app's key.
+      let used: { challenge: string; signature: string } | undefined
+      await withTenant(subject.app(), B, async (trx) => {
+        const { rows } = await sql<{ c: string | null }>`select tenant_context.session_challenge() as c`.execute(trx)
+        if (rows[0]!.c === null) return // Citus: no session challenge, and enter() with one answers TC001 (below)
+        used = { challenge: rows[0]!.c, signature: signTenantContext(key, B, rows[0]!.c) }
+        await sql`select tenant_context.enter(${B}::text, ${used.challenge}::text, ${used.signature}::text)`.execute(trx)
+      })
+      const replay = used ?? { challenge: '1:1', signature: signTenantContext(key, B, '1:1') }
+      const reached = await withTenant(subject.app(), A, async (trx) => {
+        for (const reset of [false, true]) {
+          await sql`savepoint s`.execute(trx)
+          if (reset) await sql`select tenant_context.session_challenge()`.execute(trx)
+          await expect(sql`select tenant_context.enter(${B}::text, ${replay.challenge}::text, ${replay.signature}::text)`.execute(trx))
+            .rejects.toThrow(/not this session's current one|entered with the challenge of its transaction/)
+          await sql`rollback to savepoint s`.execute(trx)
+        }
+        return reachB(trx)
+      })
+      expect(reached).toEqual([])
     })
 
     it('a signature for this very transaction but another session does not enter B', async () => {

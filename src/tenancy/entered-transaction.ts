@@ -1,0 +1,241 @@
+import { Transaction, type Dialect, type Driver, type Kysely, type QueryExecutor } from 'kysely'
+import type pg from 'pg'
+import { withCheckedOutClient } from '../connection/checked-out-client.ts'
+import { condemnSession, dialectOf } from '../connection/create-db.ts'
+import type { DB } from '../db-types.ts'
+import { signTenantContext, type TenantKey } from './tenant-key.ts'
+
+/**
+ * What fn may have left on the session goes, and so does every plan fn could have made and kept (a
+ * prepared statement, a cursor, a function of its own): the tenant is a constant in those plans
+ * (see 0008), so none may run in another transaction. Not DISCARD ALL: it also drops the plans of
+ * tenant_context's own functions, which every transaction would then make again.
+ */
+export const CLEAN_UP = 'reset all; close all; deallocate all; discard temp; unlisten *; select pg_catalog.pg_advisory_unlock_all()'
+/**
+ * The same, as one statement (0019: a fraction of the server's time for the six above). A request
+ * ends with the clean-up, then COMMIT, in one message: inside the transaction, so that behind a
+ * pooler in transaction mode it runs on the server connection the request used (after COMMIT the
+ * pooler may hand the next statement to another), and nothing of fn's runs after it. If any of it
+ * fails, nothing is committed. A request that will not commit sends ROLLBACK first (fn's error may
+ * have aborted the transaction), then the clean-up.
+ */
+const CLEAN_UP_CALL = 'select tenant_context.clean_up()'
+
+/**
+ * What the app knows of a connection's session: the challenge of its next `enter()`
+ * (`<pid>:<mark>`, migration 0019), or that it must ask for one in each transaction: behind a
+ * pooler in transaction mode (the connection's pid is not the server's: each transaction may land
+ * on another server connection), on Citus (every node checks the transaction's own challenge), or
+ * on a database without 0019.
+ */
+interface SessionState {
+  /** The challenge of the session's next entry (`<pid>:<mark>`), or 'per transaction'. */
+  next: string | 'per transaction'
+  /** How the session's clean-up is sent: 0019's function, or (before it) the commands themselves. */
+  cleanUp: string
+}
+const sessions = new WeakMap<pg.ClientBase, SessionState>()
+
+/** enter()'s answer to a challenge that is not the session's current one (0019), or a session never given one (currval's). */
+const STALE = new Set(['TC001', '55000'])
+
+/** The challenge of an entry was not the session's: fn has not run; run the request again, asking first. */
+export class StaleChallenge extends Error {
+  override name = 'StaleChallenge'
+}
+
+/** Raised by enter(): the caller gets it as withTenant's error. */
+export class EnterRefused extends Error {
+  override name = 'EnterRefused'
+}
+
+export interface Entry {
+  tenantId: string
+  key: TenantKey
+  lockTimeoutMs?: number
+}
+
+/**
+ * Runs `fn` in a transaction entered for `entry.tenantId`, on a connection of createDb's pool, in
+ * as few round trips as the session allows besides fn's own statements:
+ * - the session's challenge known (every request after a connection's first: enter() answers the
+ *   next one): BEGIN and `enter()` in one round trip, the clean-up and COMMIT in one more;
+ * - asked per transaction: BEGIN and `challenge()` in one, `enter()`, the clean-up and COMMIT.
+ *
+ * fn runs only once enter() has accepted: a refused tenant never reaches fn's code, and a request
+ * run again after a stale challenge has run nothing of fn's. (Sending fn's first statement behind
+ * enter() would save a round trip more, but run fn's code for a tenant that is then refused.)
+ * Undefined when `db` was not made by createDb (no pipelined client to send on): the caller
+ * enters one statement at a time.
+ */
+export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: (trx: Transaction<DB>) => Promise<T>): Promise<{ value: T } | undefined> {
+  const dialect = dialectOf(db)
+  if (!dialect) return undefined
+  return withCheckedOutClient((clientOf) => db.connection().execute(async (conn) => {
+    const client = clientOf()
+    if (!client?.pipeline) return undefined
+    const state = sessions.get(client) ?? await askSession(client)
+    const entered = state.next === 'per transaction' ? await enterAsking(client, entry) : enterKnowing(client, state, state.next, entry)
+    await entered.outcome
+    if (entered.error) {
+      await end(db, client, `rollback; ${state.cleanUp}`)
+      throw entered.error
+    }
+    const open = { now: true }
+    let value: T
+    try {
+      value = await fn(transactionOn(conn, dialect, open))
+    } catch (error) {
+      open.now = false
+      await end(db, client, `rollback; ${state.cleanUp}`)
+      throw error
+    } finally {
+      open.now = false
+    }
+    try {
+      await client.query(`${state.cleanUp}; commit`)
+    } catch (error) {
+      await end(db, client, `rollback; ${state.cleanUp}`)
+      throw (error as { code?: string }).code === '25P02'
+        ? new Error('withTenant: fn returned, but one of its statements had failed and aborted the transaction: nothing was committed', { cause: error })
+        : error
+    }
+    return { value }
+  }))
+}
+
+/** The session's first request: ask for its challenge (0019), or learn that it must be asked per transaction. */
+async function askSession(client: pg.PoolClient): Promise<SessionState> {
+  const state: SessionState = { next: 'per transaction', cleanUp: CLEAN_UP_CALL }
+  try {
+    const { rows } = await client.query<{ c: string | null }>('select tenant_context.session_challenge() as c')
+    const challenge = rows[0]?.c
+    // A pooler's connection shows a pid of its own, not the server's (PgBouncer makes one up).
+    if (challenge && Number(challenge.split(':')[0]) === (client as { processID?: number }).processID) state.next = challenge
+  } catch (error) {
+    // A database before 0019 has neither session_challenge() nor clean_up().
+    if ((error as { code?: string }).code !== '42883') throw error
+    state.cleanUp = CLEAN_UP
+  }
+  sessions.set(client, state)
+  return state
+}
+
+interface Entered {
+  /** Settles (never rejects) once the server answered BEGIN and enter(). */
+  outcome: Promise<void>
+  error?: Error
+}
+
+/**
+ * BEGIN and enter() sent together, signed for the challenge the session holds, in one write (a
+ * write costs this client more than the server's whole work for enter()); enter() answers the
+ * challenge after it. The values are bound parameters: a statement's text is shown to every
+ * session of the role (pg_stat_activity), and the tenant and signature must not be.
+ */
+function enterKnowing(client: pg.PoolClient, state: SessionState, challenge: string, entry: Entry): Entered {
+  const entered: Entered = { outcome: Promise.resolve() }
+  const [begun, answer] = inOneWrite(client, () => [
+    client.query('begin'),
+    client.query<{ next: string }>(`select ${lockTimeout(entry, 4)}tenant_context.enter($1::text, $2::text, $3::text) as next`,
+      [entry.tenantId, challenge, signTenantContext(entry.key, entry.tenantId, challenge), ...lockTimeoutValue(entry)]),
+  ] as const)
+  entered.outcome = Promise.all([begun, answer]).then(([, { rows }]) => {
+    state.next = rows[0]!.next
+  }, (error) => {
+    // A refusal raises before the mark moves, so the challenge stays good; a stale one is asked for again.
+    if (STALE.has(error?.code)) sessions.delete(client)
+    entered.error = STALE.has(error?.code) ? new StaleChallenge(error.message, { cause: error }) : refused(error)
+  })
+  return entered
+}
+
+/**
+ * Runs `send` with the connection's socket corked, so the queries it submits (pg in pipeline mode
+ * writes each at once) leave in one write. A pg without the socket where this expects it sends
+ * them as it would anyway: one write each, same order.
+ */
+function inOneWrite<T>(client: pg.PoolClient, send: () => T): T {
+  const stream = (client as { connection?: { stream?: { cork?: () => void; uncork?: () => void } } }).connection?.stream
+  stream?.cork?.()
+  try {
+    return send()
+  } finally {
+    stream?.uncork?.()
+  }
+}
+
+/** BEGIN and challenge() in one round trip, then enter(). */
+async function enterAsking(client: pg.PoolClient, entry: Entry): Promise<Entered> {
+  const [begun, asked] = inOneWrite(client, () => [
+    client.query('begin'),
+    client.query<{ c: string }>(`select ${lockTimeout(entry, 1)}tenant_context.challenge() as c`, lockTimeoutValue(entry)),
+  ] as const)
+  const entered: Entered = { outcome: Promise.resolve() }
+  let challenge: string
+  try {
+    await begun
+    challenge = (await asked).rows[0]!.c
+  } catch (error) {
+    await asked.catch(() => {})
+    entered.error = refused(error)
+    return entered
+  }
+  const answer = client.query('select tenant_context.enter($1::text, $2::text)', [entry.tenantId, signTenantContext(entry.key, entry.tenantId, challenge)])
+  entered.outcome = answer.then(() => {}, (error) => { entered.error = refused(error) })
+  return entered
+}
+
+const lockTimeout = (entry: Entry, parameter: number) =>
+  entry.lockTimeoutMs === undefined ? '' : `pg_catalog.set_config('lock_timeout', $${parameter}::text, true), `
+const lockTimeoutValue = (entry: Entry) => entry.lockTimeoutMs === undefined ? [] : [`${entry.lockTimeoutMs}ms`]
+
+/** enter()'s refusal (42501, with a hint) as one line; anything else as it came. */
+function refused(error: unknown): Error {
+  const e = error as { code?: string; message?: string; hint?: string }
+  if (e?.code !== '42501' || !e.message) return error as Error
+  return new EnterRefused(e.hint ? `${e.message}: ${e.hint}` : e.message, { cause: error })
+}
+
+/**
+ * Ends a transaction that will not commit. If the clean-up fails (SQL can make it fail: enough
+ * temporary objects exhaust the lock table DISCARD TEMP needs), something of fn's may still be on
+ * the session, so it must serve nobody else: condemned, the pool closes it on release instead of
+ * handing it on, and no request waits on it.
+ */
+async function end(db: Kysely<DB>, client: pg.PoolClient, statements: string): Promise<void> {
+  try {
+    await client.query(statements)
+  } catch {
+    sessions.delete(client)
+    condemnSession(db, (client as { processID?: number }).processID ?? -1)
+  }
+}
+
+/**
+ * fn's transaction: Kysely's Transaction over the connection withTenant holds. Once the request
+ * has ended it refuses every query, so a `trx` kept past withTenant cannot reach the connection's
+ * next user (Kysely's own transactions do the same).
+ */
+function transactionOn(conn: Kysely<DB>, dialect: Dialect, open: { now: boolean }): Transaction<DB> {
+  const inner = conn.getExecutor()
+  const executor: QueryExecutor = inner.withConnectionProvider({
+    provideConnection(consumer) {
+      if (!open.now) throw new Error('this withTenant transaction has ended: use trx only inside fn')
+      return inner.provideConnection(consumer)
+    },
+  })
+  return new Transaction<DB>({ config: { dialect }, dialect, driver: NO_DRIVER, executor })
+}
+
+/** A Transaction has no use for a driver (it refuses transaction(), connection() and destroy()). */
+const NO_DRIVER: Driver = {
+  init: async () => {},
+  acquireConnection: () => { throw new Error('not available in a withTenant transaction') },
+  beginTransaction: () => { throw new Error('not available in a withTenant transaction') },
+  commitTransaction: () => { throw new Error('not available in a withTenant transaction') },
+  rollbackTransaction: () => { throw new Error('not available in a withTenant transaction') },
+  releaseConnection: async () => {},
+  destroy: async () => {},
+}

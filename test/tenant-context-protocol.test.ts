@@ -1,0 +1,327 @@
+import { Kysely, PostgresDialect, sql } from 'kysely'
+import pg from 'pg'
+import { afterEach, beforeAll, describe, expect, inject, it } from 'vitest'
+import { createDb } from '../src/connection/create-db.ts'
+import type { DB } from '../src/db-types.ts'
+import { parseTenantKey, signTenantContext } from '../src/tenancy/tenant-key.ts'
+import { withTenant } from '../src/tenancy/with-tenant.ts'
+import { useTestDatabase } from './support/database.ts'
+import { TEST_TENANT_KEY } from './support/tenant-key.ts'
+import { A, B, seedTwoTenants } from './support/tenants.ts'
+
+const KEY = parseTenantKey(TEST_TENANT_KEY, 'test key')
+const OTHER_KEY = parseTenantKey('test:ffffffffffffffffffffffffffffffff-other', 'other key')
+
+/**
+ * Migration 0019's entry (issue 18): the challenge is the session's pid and mark, which only
+ * session_challenge() and enter() move, so the app signs before it asks and sends BEGIN and
+ * enter() together. The attacks on it are those 0008's challenge stood against: a signature used
+ * in another session, used twice, or kept from before the mark moved.
+ */
+describe('entering with the session\'s challenge (0019)', () => {
+  const t = useTestDatabase('migrated')
+  const role = inject('appRole')
+  let url: string
+  const clients: pg.Client[] = []
+  beforeAll(async () => {
+    await seedTwoTenants(t.admin)
+    const u = new URL(t.url)
+    u.username = role
+    u.password = 'test'
+    url = u.toString()
+  })
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((c) => c.end().catch(() => {})))
+  })
+
+  /** A session of the app role, and its challenge. */
+  async function session(): Promise<{ client: pg.Client; challenge: string }> {
+    const client = new pg.Client({ connectionString: url })
+    client.on('error', () => {})
+    await client.connect()
+    clients.push(client)
+    const { rows } = await client.query<{ c: string }>('select tenant_context.session_challenge() as c')
+    return { client, challenge: rows[0]!.c }
+  }
+  const enter = (client: pg.Client, tenant: string, challenge: string, signature: string) =>
+    client.query<{ next: string }>('select tenant_context.enter($1::text, $2::text, $3::text) as next', [tenant, challenge, signature])
+  const skills = async (client: pg.Client) => (await client.query<{ id: string }>('select id from skills order by id')).rows.map((r) => r.id)
+
+  it('the challenge names the session\'s pid; enter() accepts its signature once and answers the next challenge', async () => {
+    const s = await session()
+    const pid = (await s.client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid
+    expect(s.challenge).toMatch(new RegExp(`^${pid}:-?\\d+$`))
+    await s.client.query('begin')
+    const { rows } = await enter(s.client, B, s.challenge, signTenantContext(KEY, B, s.challenge))
+    expect(await skills(s.client)).toEqual(['sB1', 'sB2'])
+    await s.client.query('commit')
+    expect(rows[0]!.next).toMatch(new RegExp(`^${pid}:-?\\d+$`))
+    expect(rows[0]!.next).not.toBe(s.challenge)
+    // The answered challenge is good for the next transaction.
+    await s.client.query('begin')
+    await enter(s.client, A, rows[0]!.next, signTenantContext(KEY, A, rows[0]!.next))
+    expect(await skills(s.client)).toEqual(['sA1', 'sA2'])
+    await s.client.query('commit')
+  })
+
+  it('a signature used once is refused the second time, in a later transaction of the same session', async () => {
+    const s = await session()
+    const signature = signTenantContext(KEY, B, s.challenge)
+    await s.client.query('begin')
+    await enter(s.client, B, s.challenge, signature)
+    await s.client.query('commit')
+    await s.client.query('begin')
+    await expect(enter(s.client, B, s.challenge, signature)).rejects.toMatchObject({ code: 'TC001' })
+    await s.client.query('rollback')
+    await s.client.query('begin')
+    expect(await skills(s.client)).toEqual([])
+    await s.client.query('rollback')
+  })
+
+  it('a signature made for one session is refused in another', async () => {
+    const victim = await session()
+    const attacker = await session()
+    const signature = signTenantContext(KEY, B, victim.challenge)
+    await attacker.client.query('begin')
+    await expect(enter(attacker.client, B, victim.challenge, signature)).rejects.toMatchObject({ code: 'TC001' })
+    await attacker.client.query('rollback')
+    // Nor with the attacker's own challenge: the signature is over the victim's.
+    await attacker.client.query('begin')
+    await expect(enter(attacker.client, B, attacker.challenge, signature)).rejects.toThrow(/signature is not valid/)
+    await attacker.client.query('rollback')
+  })
+
+  it('once session_challenge() is asked again, a signature for the earlier challenge is refused', async () => {
+    const s = await session()
+    const signature = signTenantContext(KEY, B, s.challenge)
+    const again = (await s.client.query<{ c: string }>('select tenant_context.session_challenge() as c')).rows[0]!.c
+    expect(again).not.toBe(s.challenge)
+    await s.client.query('begin')
+    await expect(enter(s.client, B, s.challenge, signature)).rejects.toMatchObject({ code: 'TC001' })
+    await s.client.query('rollback')
+  })
+
+  it('refuses a signature of another tenant, of another key, a tenant that does not exist, and a session never challenged', async () => {
+    const s = await session()
+    const tries: [string, string, RegExp][] = [
+      [B, signTenantContext(KEY, A, s.challenge), /signature is not valid/],
+      [B, signTenantContext(OTHER_KEY, B, s.challenge), /signature is not valid/],
+      [B, `nokey:${signTenantContext(KEY, B, s.challenge).split(':')[1]}`, /signed with key "nokey", which the database does not hold/],
+      ['no-such-tenant', signTenantContext(KEY, 'no-such-tenant', s.challenge), /unknown or inactive tenant "no-such-tenant"/],
+    ]
+    for (const [tenant, signature, message] of tries) {
+      await s.client.query('begin')
+      await expect(enter(s.client, tenant, s.challenge, signature)).rejects.toThrow(message)
+      await s.client.query('rollback')
+    }
+    // A refusal leaves the mark where it was: the challenge still serves, once.
+    await s.client.query('begin')
+    await enter(s.client, B, s.challenge, signTenantContext(KEY, B, s.challenge))
+    await s.client.query('commit')
+    const fresh = new pg.Client({ connectionString: url })
+    await fresh.connect()
+    clients.push(fresh)
+    await fresh.query('begin')
+    await expect(enter(fresh, B, s.challenge, signTenantContext(KEY, B, s.challenge))).rejects.toThrow(/currval of sequence "session_tenant" is not yet defined|not this session's current one/)
+    await fresh.query('rollback')
+  })
+
+  it('the app role can neither read nor move the mark', async () => {
+    const s = await session()
+    for (const statement of [
+      `select setval('tenant_context.session_tenant', 1)`,
+      `select currval('tenant_context.session_tenant')`,
+      `select last_value from tenant_context.session_tenant`,
+    ]) {
+      await expect(s.client.query(statement)).rejects.toThrow(/permission denied/)
+    }
+  })
+
+  it('withTenant\'s statements show the other sessions of the role no tenant and no signature (pg_stat_activity)', async () => {
+    const app = createDb<DB>(url, { max: 2, tenantKey: TEST_TENANT_KEY })
+    const watcher = new pg.Client({ connectionString: url })
+    await watcher.connect()
+    clients.push(watcher)
+    try {
+      let done = false
+      const seen = new Set<string>()
+      const watching = (async () => {
+        while (!done) {
+          const { rows } = await watcher.query<{ query: string }>(`select query from pg_stat_activity where usename = current_user and pid <> pg_backend_pid()`)
+          for (const r of rows) seen.add(r.query)
+        }
+      })()
+      for (let i = 0; i < 300; i++) await withTenant(app, i % 2 ? A : B, (trx) => trx.selectFrom('skills').select('id').execute())
+      done = true
+      await watching
+      expect(seen.size).toBeGreaterThan(0)
+      for (const query of seen) {
+        expect(query).not.toMatch(/tenant-[ab]|[0-9a-f]{64}/)
+      }
+    } finally {
+      await app.destroy()
+    }
+  })
+})
+
+/** What withTenant sends, counted on the pg clients of createDb's pool. */
+function countingQueries() {
+  const sent: { text: string; roundTrip: number }[] = []
+  const inFlight = new Map<object, number>()
+  let roundTrips = 0
+  const original = pg.Client.prototype.query
+  pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
+    const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text?: string })?.text ?? ''
+    // A round trip starts when the client sends with nothing of its own in flight.
+    const pending = inFlight.get(this) ?? 0
+    if (pending === 0) roundTrips++
+    inFlight.set(this, pending + 1)
+    sent.push({ text, roundTrip: roundTrips })
+    const done = () => inFlight.set(this, (inFlight.get(this) ?? 1) - 1)
+    const result = (original as (...a: unknown[]) => unknown).apply(this, args)
+    if (result && typeof (result as Promise<unknown>).then === 'function') (result as Promise<unknown>).then(done, done)
+    return result
+  } as typeof original
+  return {
+    sent,
+    reset: () => { sent.length = 0; roundTrips = 0 },
+    roundTrips: () => roundTrips,
+    restore: () => { pg.Client.prototype.query = original },
+  }
+}
+
+describe('withTenant\'s round trips', () => {
+  const t = useTestDatabase('migrated')
+  let app: Kysely<DB>
+  beforeAll(async () => {
+    await seedTwoTenants(t.admin)
+    app = t.connectAs(inject('appRole'), 'test', 1)
+  })
+
+  it('a point lookup takes 3 round trips once the connection has its challenge (6 before 0019; the classic pattern takes 4)', async () => {
+    const lookup = () => withTenant(app, A, (trx) => trx.selectFrom('skills').select('id').where('slug', '=', 'lint').execute())
+    await lookup()
+    const counter = countingQueries()
+    try {
+      expect(await lookup()).toEqual([{ id: 'sA1' }])
+      expect(counter.sent.map((s) => [s.roundTrip, s.text.replace(/\s+/g, ' ').slice(0, 40)])).toEqual([
+        [1, 'begin'],
+        [1, 'select tenant_context.enter($1::text, $2'],
+        [2, 'select "id" from "skills" where "slug" ='],
+        [3, 'select tenant_context.clean_up(); commit'],
+      ])
+      expect(counter.roundTrips()).toBe(3)
+    } finally {
+      counter.restore()
+    }
+  })
+
+  it('SQL of fn that asks for a new challenge costs the next request one round trip more, and runs its fn once', async () => {
+    await withTenant(app, A, (trx) => sql`select tenant_context.session_challenge()`.execute(trx))
+    let runs = 0
+    const counter = countingQueries()
+    try {
+      expect(await withTenant(app, B, async (trx) => { runs++; return trx.selectFrom('skills').select('id').orderBy('id').execute() })).toEqual([{ id: 'sB1' }, { id: 'sB2' }])
+    } finally {
+      counter.restore()
+    }
+    expect(runs).toBe(1)
+    expect(counter.sent.map((s) => s.text.replace(/ as c$/, ''))).toEqual([
+      'begin', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'rollback; select tenant_context.clean_up()',
+      'select tenant_context.session_challenge()',
+      'begin', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'select "id" from "skills" order by "id"', 'select tenant_context.clean_up(); commit',
+    ])
+  })
+
+  it('nothing fn leaves on the session reaches the next request: settings, plans, cursors, LISTEN, advisory locks', async () => {
+    await withTenant(app, A, async (trx) => {
+      await sql`set search_path = pg_catalog`.execute(trx)
+      await sql`set statement_timeout = 1234`.execute(trx)
+      await sql`prepare carried as select id from public.skills`.execute(trx)
+      await sql`declare kept cursor with hold for select id from public.skills`.execute(trx)
+      await sql`listen carried`.execute(trx)
+      await sql`select pg_advisory_lock(4242)`.execute(trx)
+    })
+    const left = await withTenant(app, B, async (trx) => ({
+      searchPath: (await sql<{ s: string }>`select current_setting('search_path') as s`.execute(trx)).rows[0]!.s,
+      timeout: (await sql<{ s: string }>`select current_setting('statement_timeout') as s`.execute(trx)).rows[0]!.s,
+      prepared: (await sql<{ n: number }>`select count(*)::int as n from pg_prepared_statements`.execute(trx)).rows[0]!.n,
+      cursors: (await sql<{ n: number }>`select count(*)::int as n from pg_cursors`.execute(trx)).rows[0]!.n,
+      listening: (await sql<{ n: number }>`select count(*)::int as n from pg_listening_channels()`.execute(trx)).rows[0]!.n,
+      locks: (await sql<{ n: number }>`select count(*)::int as n from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()`.execute(trx)).rows[0]!.n,
+      skills: (await trx.selectFrom('skills').select('id').orderBy('id').execute()).map((r) => r.id),
+    }))
+    expect(left).toEqual({ searchPath: '"$user", public', timeout: '0', prepared: 0, cursors: 0, listening: 0, locks: 0, skills: ['sB1', 'sB2'] })
+  })
+
+  it('a Kysely instance not made by createDb still gets a tenant-scoped transaction, one statement at a time', async () => {
+    const u = new URL(t.url)
+    u.username = inject('appRole')
+    u.password = 'test'
+    const pool = new pg.Pool({ connectionString: u.toString(), max: 1 })
+    const elsewhere = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
+    try {
+      expect(await withTenant(elsewhere, B, (trx) => trx.selectFrom('skills').select('id').orderBy('id').execute())).toEqual([{ id: 'sB1' }, { id: 'sB2' }])
+    } finally {
+      await elsewhere.destroy()
+    }
+  })
+})
+
+describe('the pool under withTenant', () => {
+  const t = useTestDatabase('migrated')
+  let url: string
+  beforeAll(async () => {
+    await seedTwoTenants(t.admin)
+    const u = new URL(t.url)
+    u.username = inject('appRole')
+    u.password = 'test'
+    url = u.toString()
+  })
+
+  const sessionsOf = async (applicationName: string) => (await sql<{ state: string; n: number }>`
+    select state, count(*)::int as n from pg_stat_activity where application_name = ${applicationName} group by state order by state`.execute(t.admin)).rows
+
+  it('a flood of 1,000 requests that throw inside fn leaves the pool as it was: as many sessions, none idle in transaction', async () => {
+    const app = createDb<DB>(url, { max: 10, applicationName: 'flood-test', tenantKey: TEST_TENANT_KEY })
+    try {
+      await Promise.all(Array.from({ length: 10 }, () => withTenant(app, A, (trx) => sql`select pg_sleep(0.05)`.execute(trx))))
+      const before = await sessionsOf('flood-test')
+      expect(before).toEqual([{ state: 'idle', n: 10 }])
+      const outcomes = await Promise.allSettled(Array.from({ length: 1000 }, (_, i) => withTenant(app, i % 2 ? A : B, async (trx) => {
+        if (i % 3 === 0) await sql`select 1/0`.execute(trx)
+        else if (i % 3 === 1) await trx.selectFrom('skills').select('id').execute()
+        throw new Error(`request ${i} failed`)
+      })))
+      expect(outcomes.every((o) => o.status === 'rejected')).toBe(true)
+      expect(await sessionsOf('flood-test')).toEqual(before)
+      expect(await withTenant(app, B, (trx) => trx.selectFrom('skills').select('id').orderBy('id').execute())).toEqual([{ id: 'sB1' }, { id: 'sB2' }])
+    } finally {
+      await app.destroy()
+    }
+  })
+
+  it('32 callers on a pool of 10, some requests killing their own session: the others are served, none waits on a dead session', async () => {
+    const app = createDb<DB>(url, { max: 10, applicationName: 'condemn-test', tenantKey: TEST_TENANT_KEY })
+    try {
+      const started = performance.now()
+      const outcomes = await Promise.allSettled(Array.from({ length: 32 * 20 }, (_, i) => withTenant(app, i % 2 ? A : B, async (trx) => {
+        // Ends the session under the request: its clean-up fails, and the pool must drop it.
+        if (i % 16 === 5) await sql`select pg_terminate_backend(pg_backend_pid())`.execute(trx)
+        return (await trx.selectFrom('skills').select('tenant_id').execute()).map((r) => r.tenant_id)
+      })))
+      const elapsed = performance.now() - started
+      outcomes.forEach((o, i) => {
+        if (i % 16 === 5) expect(o.status).toBe('rejected')
+        else expect(o).toEqual({ status: 'fulfilled', value: [i % 2 ? A : B, i % 2 ? A : B] })
+      })
+      // Far under the pool's 10 s connection timeout: a request handed a dead session would fail or wait.
+      expect(elapsed).toBeLessThan(10_000)
+      const after = await sessionsOf('condemn-test')
+      expect(after.filter((s) => s.state !== 'idle')).toEqual([])
+      expect(after.reduce((n, s) => n + s.n, 0)).toBeLessThanOrEqual(10)
+    } finally {
+      await app.destroy()
+    }
+  })
+})
