@@ -1,12 +1,13 @@
 /**
- * npm run bench -- [--scale 1] [--connections 4] [--load-seconds 3] [--out bench-results] [--keep-snapshot] [--only citus]
+ * npm run bench -- [--scale 1] [--connections 4] [--load-seconds 3] [--out bench-results] [--keep-snapshot] [--only citus|request-cost]
  *
  * Builds a copy of the production database, runs the single-tenant app against it, and migrates
  * it twice on fresh copies while the app runs: (a) skills-db's migrateToLatest, (b) the plan's SQL
  * in one transaction; then on managed-hosting copies (c, d: d through the open phase), and the
  * open and contract phases under the new app's load (e, f) with the audit trail's cost per append,
  * and distribute on a Citus cluster of its own under the same load (g; not run without Citus).
- * `--only citus` runs g alone.
+ * `--only citus` runs g alone; `--only request-cost` the per-request cost of withTenant against the
+ * classic SET LOCAL pattern and a plain query, on a migrated copy (no migration under load).
  * Prints side-by-side tables, writes results.json and chart.svg.
  * Uses TEST_DATABASE_URL's server (an admin URL, never production) or an embedded PostgreSQL.
  */
@@ -29,6 +30,7 @@ import { formatAuditCost, measureAuditCost } from './lib/audit-cost.ts'
 import { formatLockStall, measureLockStall } from './lib/lock-stall.ts'
 import { formatDistributeUnderLoad, measureDistributeUnderLoad } from './lib/citus-distribute.ts'
 import { underNewAppLoad } from './lib/under-new-app-load.ts'
+import { formatRequestCost, measureRequestCost } from './lib/request-cost.ts'
 
 const { values: args } = parseArgs({
   options: {
@@ -47,8 +49,8 @@ if (!(scale > 0) || !(connections > 0) || !(leadMs >= 0)) {
   console.error('error: --scale, --connections and --load-seconds must be positive numbers')
   process.exit(1)
 }
-if (args.only !== undefined && args.only !== 'citus') {
-  console.error(`error: --only takes "citus" (distribute on Citus under load), not "${args.only}"`)
+if (args.only !== undefined && args.only !== 'citus' && args.only !== 'request-cost') {
+  console.error(`error: --only takes "citus" (distribute on Citus under load) or "request-cost" (withTenant against the classic pattern), not "${args.only}"`)
   process.exit(1)
 }
 
@@ -108,6 +110,8 @@ try {
     console.log(`\ndistribute on Citus under the new app's load, scale ${scale}:\n${formatDistributeUnderLoad(citus)}`)
     mkdirSync(args.out!, { recursive: true })
     writeFileSync(`${args.out}/citus.json`, JSON.stringify({ scale, connections, counts, citusDistribute: citus }, null, 2))
+  } else if (args.only === 'request-cost') {
+    await requestCostAlone(counts)
   } else {
     await everything(counts)
   }
@@ -366,8 +370,25 @@ async function defaultTenant(url: string): Promise<string> {
 async function measureMigratedReads(url: string, counts: Counts) {
   await adminQuery(admin, `alter role ${appRole} password 'bench'`)
   const rls = await measureRlsOverhead(url, as(url, appRole), await defaultTenant(url), counts.skills)
+  const requestCost = await measureRequestCost(url, as(url, appRole), await defaultTenant(url), counts.skills)
   const noop = await measureNoopBoot(url)
-  return { rlsOverhead: rls, noopMigrateToLatest: noop }
+  return { rlsOverhead: rls, requestCost, noopMigrateToLatest: noop }
+}
+
+/** `--only request-cost`: a copy of the snapshot, migrated with nothing else running, then the per-request cost. */
+async function requestCostAlone(counts: Counts): Promise<void> {
+  await ensureSnapshot(counts)
+  const name = `${tag}_rc`
+  created.push(name)
+  const url = await createScratchDatabase(admin, name, snapshot)
+  const run = await runSkillsDb(url, appRole)
+  if (!run.ok) throw new Error(`migrating the copy failed: ${run.error}`)
+  await adminQuery(admin, `alter role ${appRole} password 'bench'`)
+  const version = (await adminQuery(admin, 'show server_version')).rows[0]!.server_version as string
+  const cost = await measureRequestCost(url, as(url, appRole), await defaultTenant(url), counts.skills)
+  console.log(`\nper-request cost, PostgreSQL ${version}, scale ${scale} (${counts.skills} skills), pools of 10:\n${formatRequestCost(cost)}`)
+  mkdirSync(args.out!, { recursive: true })
+  writeFileSync(`${args.out}/request-cost.json`, JSON.stringify({ scale, server: server.source, version, counts, requestCost: cost }, null, 2))
 }
 
 function reportManaged(results: VariantResult[], rls: Awaited<ReturnType<typeof measureRlsOverhead>>): void {
@@ -419,5 +440,7 @@ function report(results: VariantResult[], extra: Awaited<ReturnType<typeof measu
   console.log('\nRLS overhead on the migrated database (withTenant as the app role, the query under row security vs')
   console.log('the same query with the tenant filter written out, on a copy of the table without row security; goal ≤ 1.10×):')
   for (const q of extra.rlsOverhead) console.log(formatRlsOverhead(q))
+  console.log('\nPer-request cost (the whole request, as the app role, pools of 10):')
+  console.log(formatRequestCost(extra.requestCost))
   console.log(`no-op migrateToLatest() (fresh pool, up-to-date database): median ${f(extra.noopMigrateToLatest.medianMs)} ms (${extra.noopMigrateToLatest.outcomes.join(', ')})`)
 }
