@@ -147,7 +147,7 @@ describe('entering with the session\'s challenge (0019)', () => {
       const seen = new Set<string>()
       const watching = (async () => {
         while (!done) {
-          const { rows } = await watcher.query<{ query: string }>(`select query from pg_stat_activity where usename = current_user and pid <> pg_backend_pid()`)
+          const { rows } = await watcher.query<{ query: string }>(`select query from pg_stat_activity where usename = current_user and datname = current_database() and pid <> pg_backend_pid()`)
           for (const r of rows) seen.add(r.query)
         }
       })()
@@ -205,6 +205,7 @@ describe('withTenant\'s round trips', () => {
     try {
       expect(await lookup()).toEqual([{ id: 'sA1' }])
       expect(counter.sent.map((s) => [s.roundTrip, s.text.replace(/\s+/g, ' ').slice(0, 40)])).toEqual([
+        [1, 'select tenant_context.clean_up()'],
         [1, 'begin'],
         [1, 'select tenant_context.enter($1::text, $2'],
         [2, 'select "id" from "skills" where "slug" ='],
@@ -216,7 +217,7 @@ describe('withTenant\'s round trips', () => {
     }
   })
 
-  it('SQL of fn that asks for a new challenge costs the next request one round trip more, and runs its fn once', async () => {
+  it('SQL of fn that asks for a new challenge costs the next request two round trips more (it asks again, then in its transaction), and runs its fn once', async () => {
     await withTenant(app, A, (trx) => sql`select tenant_context.session_challenge()`.execute(trx))
     let runs = 0
     const counter = countingQueries()
@@ -227,9 +228,9 @@ describe('withTenant\'s round trips', () => {
     }
     expect(runs).toBe(1)
     expect(counter.sent.map((s) => s.text.replace(/ as c$/, ''))).toEqual([
-      'begin', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'rollback; select tenant_context.clean_up()',
-      'select tenant_context.session_challenge()',
-      'begin', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'select "id" from "skills" order by "id"', 'select tenant_context.clean_up(); commit',
+      'select tenant_context.clean_up()', 'begin', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'rollback; select tenant_context.clean_up()',
+      'select tenant_context.session_challenge()', 'begin', 'select tenant_context.clean_up()', 'select tenant_context.challenge()', 'select tenant_context.enter($1::text, $2::text)',
+      'select "id" from "skills" order by "id"', 'select tenant_context.clean_up(); commit',
     ])
   })
 
@@ -252,6 +253,30 @@ describe('withTenant\'s round trips', () => {
       skills: (await trx.selectFrom('skills').select('id').orderBy('id').execute()).map((r) => r.id),
     }))
     expect(left).toEqual({ searchPath: '"$user", public', timeout: '0', prepared: 0, cursors: 0, listening: 0, locks: 0, skills: ['sB1', 'sB2'] })
+  })
+
+  // From an outside review: SQL in fn that ends the transaction made withTenant report success
+  // for a write that was rolled back, or fail after a write that was committed.
+  it.each([
+    ['ROLLBACK', 'rollback', 'Lint'],
+    ['COMMIT', 'commit', 'ended early'],
+  ])('SQL in fn that runs %s fails the request, whatever it did to the write before it', async (_label, statement, after) => {
+    await expect(withTenant(app, A, async (trx) => {
+      await trx.updateTable('skills').set({ name: 'ended early' }).where('id', '=', 'sA1').execute()
+      await sql.raw(statement).execute(trx)
+      return 'ok'
+    })).rejects.toThrow(/SQL in fn ended the transaction/)
+    expect((await sql<{ name: string }>`select name from skills where id = 'sA1'`.execute(t.admin)).rows[0]!.name).toBe(after)
+    await sql`update skills set name = 'Lint' where id = 'sA1'`.execute(t.admin)
+    expect(await withTenant(app, B, (trx) => trx.selectFrom('skills').select('id').orderBy('id').execute())).toEqual([{ id: 'sB1' }, { id: 'sB2' }])
+  })
+
+  it('what SQL outside withTenant left on a session (a read-only default, a setting of its own) is gone before the next request enters', async () => {
+    await sql`select set_config('app.leak', 'left', false), set_config('default_transaction_read_only', 'on', false), set_config('statement_timeout', '123456', false)`.execute(app)
+    expect(await withTenant(app, B, async (trx) => {
+      await trx.updateTable('skills').set({ name: 'Lint' }).where('id', '=', 'sB1').execute()
+      return (await sql<{ leak: string | null }>`select current_setting('app.leak', true) as leak`.execute(trx)).rows[0]!.leak
+    })).toBe('')
   })
 
   it('a Kysely instance not made by createDb still gets a tenant-scoped transaction, one statement at a time', async () => {
@@ -323,5 +348,29 @@ describe('the pool under withTenant', () => {
     } finally {
       await app.destroy()
     }
+  })
+})
+
+describe('withTenant on a database before 0019 (the app deployed before its migration ran)', () => {
+  const t = useTestDatabase('migrated')
+  beforeAll(async () => {
+    await seedTwoTenants(t.admin)
+    await sql`drop function tenant_context.session_challenge(); drop function tenant_context.enter(text, text, text); drop function tenant_context.clean_up()`.execute(t.admin)
+  })
+
+  it('asks for the challenge per transaction and cleans up with the commands themselves', async () => {
+    const app = t.connectAs(inject('appRole'), 'test', 1)
+    await withTenant(app, A, (trx) => sql`set search_path = pg_catalog`.execute(trx))
+    const counter = countingQueries()
+    try {
+      expect(await withTenant(app, B, async (trx) => ({
+        skills: (await trx.selectFrom('skills').select('id').orderBy('id').execute()).map((r) => r.id),
+        searchPath: (await sql<{ s: string }>`select current_setting('search_path') as s`.execute(trx)).rows[0]!.s,
+      }))).toEqual({ skills: ['sB1', 'sB2'], searchPath: '"$user", public' })
+    } finally {
+      counter.restore()
+    }
+    expect(counter.sent.map((s) => s.text.slice(0, 34))).toEqual(['begin', 'reset all; close all; deallocate a', 'select tenant_context.challenge() ', 'select tenant_context.enter($1::te',
+      'select "id" from "skills" order by', 'select current_setting(\'search_pat', 'reset all; close all; deallocate a'])
   })
 })

@@ -39,12 +39,25 @@ describe('withTenant and recordAudit', () => {
   // Citus's two rollbacks withTenant runs a request again for (raised here by the server as Citus
   // raises them: the online copy's switch, the distributed deadlock victim); the first try's
   // writes are gone, the second's committed. Any other error, even of the same class, is not.
+  // As if distributed: distribute records this before it replaces the tenant context, and
+  // session_challenge() then answers NULL, which tells withTenant it is on Citus.
+  async function asOnCitus<T>(fn: (app: Kysely<DB>) => Promise<T>): Promise<T> {
+    await sql`insert into skills_db.settings (key, value) values ('citus_replaced_functions', '[]')`.execute(t.admin)
+    const citusApp = t.connectAs(inject('appRole'))
+    try {
+      return await fn(citusApp)
+    } finally {
+      await citusApp.destroy()
+      await sql`delete from skills_db.settings where key = 'citus_replaced_functions'`.execute(t.admin)
+    }
+  }
+
   it.each([
     ['40001', 'shard for the given value does not exist', 2],
     ['40P01', 'canceling the transaction since it was involved in a distributed deadlock', 2],
     ['40P01', 'deadlock detected', 1],
     ['40001', 'could not serialize access due to concurrent update', 1],
-  ])('a request Citus rolled back with %s "%s" runs %i time(s)', async (code, message, runs) => {
+  ])('a request Citus rolled back with %s "%s" runs %i time(s)', async (code, message, runs) => asOnCitus(async (app) => {
     const action = `retried ${code} ${message}`
     let tries = 0
     const outcome = await withTenant(app, A, async (trx) => {
@@ -58,9 +71,9 @@ describe('withTenant and recordAudit', () => {
     else expect(outcome).toBe(2)
     const rows = await t.admin.selectFrom('audit_logs').select('id').where('action', '=', action).execute()
     expect(rows).toHaveLength(runs === 1 ? 0 : 1)
-  })
+  }))
 
-  it('a request Citus rolls back each time is run 3 times in all, then fails with Citus\'s error', async () => {
+  it('a request Citus rolls back each time is run 3 times in all, then fails with Citus\'s error', async () => asOnCitus(async (app) => {
     let tries = 0
     const outcome = await withTenant(app, A, async (trx) => {
       tries++
@@ -68,6 +81,18 @@ describe('withTenant and recordAudit', () => {
     }).catch((e: Error) => e)
     expect(tries).toBe(3)
     expect(outcome).toMatchObject({ code: '40001', message: 'shard for the given value does not exist' })
+  }))
+
+  it('on one server, SQL raising Citus\'s codes and messages does not make fn run again (an outside review ran it 3 times)', async () => {
+    for (const [code, message] of [['40001', 'shard for the given value does not exist'], ['40P01', 'canceling the transaction since it was involved in a distributed deadlock']]) {
+      let tries = 0
+      const outcome = await withTenant(app, A, async (trx) => {
+        tries++
+        await sql.raw(`do $$ begin raise exception using errcode = '${code}', message = '${message}'; end $$`).execute(trx)
+      }).catch((e: Error) => e)
+      expect(tries).toBe(1)
+      expect(outcome).toMatchObject({ code, message })
+    }
   })
 
   it.each([

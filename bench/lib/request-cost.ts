@@ -4,6 +4,7 @@ import { createDb } from '../../src/connection/create-db.ts'
 import type { DB } from '../../src/db-types.ts'
 import { signTenantContext, parseTenantKey } from '../../src/tenancy/tenant-key.ts'
 import { withTenant } from '../../src/tenancy/with-tenant.ts'
+import { startPgBouncer } from '../../fixtures/pgbouncer.ts'
 import { median } from './metrics.ts'
 import { BENCH_TENANT_KEY } from './rls-overhead.ts'
 
@@ -22,6 +23,8 @@ import { BENCH_TENANT_KEY } from './rls-overhead.ts'
 export interface RequestCost {
   request: string
   callers: number
+  /** Through PgBouncer in transaction mode (10 server connections), where it is installed. */
+  pooler?: true
   variants: Record<Variant, { p50Ms: number; p99Ms: number; perSecond: number }>
 }
 type Variant = 'plain' | 'classic' | 'withTenant'
@@ -73,13 +76,42 @@ async function createCopies(admin: Kysely<any>, appRole: string): Promise<void> 
 }
 
 export async function measureRequestCost(adminUrl: string, appUrl: string, tenant: string, skills: number,
-  { callers = [1, 8, 32], roundMs = 1500, rounds = 3 }: { callers?: number[]; roundMs?: number; rounds?: number } = {}): Promise<{ requests: RequestCost[]; serverTime: ServerTime }> {
+  { callers = [1, 8, 32], roundMs = 1500, rounds = 3 }: { callers?: number[]; roundMs?: number; rounds?: number } = {}): Promise<{ requests: RequestCost[]; serverTime: ServerTime; pooler?: string }> {
   const admin = createDb<any>(adminUrl, { max: 1 })
   const appRole = decodeURIComponent(new URL(appUrl).username)
+  try {
+    await createCopies(admin, appRole)
+    const requests: RequestCost[] = []
+    for (const request of REQUESTS) {
+      for (const c of callers) requests.push(await measureSideBySide(appUrl, tenant, skills, request, c, { roundMs, rounds }))
+    }
+    // The same through a transaction-mode pooler: withTenant asks for its challenge per transaction there.
+    const bouncer = await startPgBouncer(appUrl, { poolSize: 10 })
+    let pooler: string | undefined
+    if ('notRun' in bouncer) {
+      pooler = `not run: ${bouncer.notRun}`
+    } else {
+      try {
+        requests.push({ ...(await measureSideBySide(bouncer.url, tenant, skills, REQUESTS[0]!, 8, { roundMs, rounds })), pooler: true })
+      } finally {
+        await bouncer.stop()
+      }
+    }
+    const serverTime = await measureServerTime(appUrl, tenant, skills, rounds, roundMs)
+    await sql.raw('drop schema rc_plain cascade; drop schema rc_classic cascade').execute(admin)
+    return { requests, serverTime, ...(pooler ? { pooler } : {}) }
+  } finally {
+    await admin.destroy()
+  }
+}
+
+/** The three variants for one request at `c` callers, each through a pool of 10 of its own, rounds in rotating order. */
+async function measureSideBySide(url: string, tenant: string, skills: number, request: (typeof REQUESTS)[number], c: number,
+  { roundMs, rounds }: { roundMs: number; rounds: number }): Promise<RequestCost> {
   const pools: Record<Variant, Kysely<DB>> = {
-    plain: createDb<DB>(appUrl, { max: 10 }),
-    classic: createDb<DB>(appUrl, { max: 10 }),
-    withTenant: createDb<DB>(appUrl, { max: 10, tenantKey: BENCH_TENANT_KEY }),
+    plain: createDb<DB>(url, { max: 10 }),
+    classic: createDb<DB>(url, { max: 10 }),
+    withTenant: createDb<DB>(url, { max: 10, tenantKey: BENCH_TENANT_KEY }),
   }
   const arms: Record<Variant, (run: Statements, n: number) => Promise<unknown>> = {
     plain: (run, n) => run(pools.plain, 'rc_plain', tenant, n),
@@ -90,33 +122,24 @@ export async function measureRequestCost(adminUrl: string, appUrl: string, tenan
     withTenant: (run, n) => withTenant(pools.withTenant, tenant, (trx) => run(trx, null, tenant, n)),
   }
   try {
-    await createCopies(admin, appRole)
-    const requests: RequestCost[] = []
-    for (const request of REQUESTS) {
-      for (const c of callers) {
-        const perRound: Record<Variant, { p50Ms: number; p99Ms: number; perSecond: number }[]> = { plain: [], classic: [], withTenant: [] }
-        // One warm-up pass per variant: connections opened, plans cached, challenges asked.
-        for (const v of VARIANTS) await drive(() => arms[v](request.run, 1), c, 200)
-        for (let round = 0; round < rounds; round++) {
-          for (let k = 0; k < VARIANTS.length; k++) {
-            const v = VARIANTS[(round + k) % VARIANTS.length]!
-            let i = 0
-            perRound[v].push(await drive(() => arms[v](request.run, 1 + ((i++ * 7919) % skills)), c, roundMs))
-          }
-        }
-        const med = (v: Variant) => ({
-          p50Ms: median(perRound[v].map((r) => r.p50Ms)),
-          p99Ms: median(perRound[v].map((r) => r.p99Ms)),
-          perSecond: median(perRound[v].map((r) => r.perSecond)),
-        })
-        requests.push({ request: request.name, callers: c, variants: { plain: med('plain'), classic: med('classic'), withTenant: med('withTenant') } })
+    const perRound: Record<Variant, { p50Ms: number; p99Ms: number; perSecond: number }[]> = { plain: [], classic: [], withTenant: [] }
+    // One warm-up pass per variant: connections opened, plans cached, challenges asked.
+    for (const v of VARIANTS) await drive(() => arms[v](request.run, 1), c, 200)
+    for (let round = 0; round < rounds; round++) {
+      for (let k = 0; k < VARIANTS.length; k++) {
+        const v = VARIANTS[(round + k) % VARIANTS.length]!
+        let i = 0
+        perRound[v].push(await drive(() => arms[v](request.run, 1 + ((i++ * 7919) % skills)), c, roundMs))
       }
     }
-    const serverTime = await measureServerTime(appUrl, tenant, skills, rounds, roundMs)
-    await sql.raw('drop schema rc_plain cascade; drop schema rc_classic cascade').execute(admin)
-    return { requests, serverTime }
+    const med = (v: Variant) => ({
+      p50Ms: median(perRound[v].map((r) => r.p50Ms)),
+      p99Ms: median(perRound[v].map((r) => r.p99Ms)),
+      perSecond: median(perRound[v].map((r) => r.perSecond)),
+    })
+    return { request: request.name, callers: c, variants: { plain: med('plain'), classic: med('classic'), withTenant: med('withTenant') } }
   } finally {
-    await Promise.all([admin.destroy(), ...Object.values(pools).map((p) => p.destroy())])
+    await Promise.all(Object.values(pools).map((p) => p.destroy()))
   }
 }
 
@@ -191,18 +214,19 @@ async function measureServerTime(appUrl: string, tenant: string, skills: number,
 }
 
 /** The "per-request cost" table, as the bench prints it. */
-export function formatRequestCost({ requests, serverTime }: { requests: RequestCost[]; serverTime: ServerTime }): string {
+export function formatRequestCost({ requests, serverTime, pooler }: { requests: RequestCost[]; serverTime: ServerTime; pooler?: string }): string {
   const f = (n: number, d = 3) => n.toFixed(d)
   const lines: string[] = []
   for (const r of requests) {
     const { plain, classic, withTenant: wt } = r.variants
-    lines.push(`  ${r.request}, ${r.callers} caller(s):`)
+    lines.push(`  ${r.request}, ${r.callers} caller(s)${r.pooler ? ', through PgBouncer (transaction mode, 10 server connections)' : ''}:`)
     for (const [name, v] of [['plain (autocommit, filter written out)', plain], ['classic (BEGIN; set_config; …; COMMIT)', classic], ['withTenant', wt]] as const) {
       lines.push(`    ${name.padEnd(40)} p50 ${f(v.p50Ms)} ms  p99 ${f(v.p99Ms)} ms  ${Math.round(v.perSecond).toLocaleString('en')} req/s`)
     }
     lines.push(`    withTenant / classic: p50 ${f(wt.p50Ms / classic.p50Ms, 2)}× (goal ≤ 1.00×), throughput ${f(wt.perSecond / classic.perSecond, 2)}× (goal ≥ 1.00×); ` +
       `withTenant / plain: p50 ${f(wt.p50Ms / plain.p50Ms, 2)}× (moonshot ≤ 2.50×)`)
   }
+  if (pooler) lines.push(`  through PgBouncer: ${pooler}`)
   lines.push(`  server time, equal round trips (2 clients, a transaction per pipelined round trip): entered ${Math.round(serverTime.enteredPerSecond).toLocaleString('en')} tx/s, ` +
     `explicit ${Math.round(serverTime.explicitPerSecond).toLocaleString('en')} tx/s = ${f(serverTime.ratio, 2)}× (goal ≥ 0.80×)`)
   return lines.join('\n')

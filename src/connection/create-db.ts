@@ -62,8 +62,8 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
     max: options.max ?? 10,
     application_name: options.applicationName ?? 'skills-db',
     connectionTimeoutMillis: options.connectionTimeoutMillis ?? 10_000,
-    // withTenant sends BEGIN, enter() and the request's first statement without waiting for each
-    // answer (one round trip); everything else awaits each query, as without it.
+    // withTenant sends BEGIN and enter() without waiting for the first's answer (one round trip);
+    // everything else awaits each query, as without it.
     pipeline: true,
   })
   // A client dying (server restart, pg_terminate_backend) must not crash the process: the query

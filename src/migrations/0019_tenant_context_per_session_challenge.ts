@@ -35,12 +35,15 @@ const sessionChallenge = databaseFunction({
     language plpgsql volatile security definer
     set search_path = pg_catalog, pg_temp
     as $$
+    declare
+      u text := replace(gen_random_uuid()::text, '-', '');
     begin
       if exists (select 1 from skills_db.settings s where s.key = 'citus_replaced_functions') then
         return null;
       end if;
+      -- 16 of the uuid's hex digits, leaving out its version digit (13th) and variant digit (17th).
       return pg_backend_pid() || ':' || setval('tenant_context.session_tenant',
-        ('x' || substr(replace(gen_random_uuid()::text, '-', ''), 1, 16))::bit(64)::bigint);
+        ('x' || substr(u, 1, 12) || substr(u, 14, 3) || substr(u, 18, 1))::bit(64)::bigint);
     end $$`,
 })
 

@@ -32,6 +32,8 @@ const CLEAN_UP_CALL = 'select tenant_context.clean_up()'
 interface SessionState {
   /** The challenge of the session's next entry (`<pid>:<mark>`), or 'per transaction'. */
   next: string | 'per transaction'
+  /** session_challenge() answered NULL: the database is distributed by Citus. */
+  citus: boolean
   /** How the session's clean-up is sent: 0019's function, or (before it) the commands themselves. */
   cleanUp: string
 }
@@ -39,6 +41,16 @@ const sessions = new WeakMap<pg.ClientBase, SessionState>()
 
 /** enter()'s answer to a challenge that is not the session's current one (0019), or a session never given one (currval's). */
 const STALE = new Set(['TC001', '55000'])
+
+/**
+ * Errors of fn's raised in a session of a Citus database: only those may be Citus's rollbacks that
+ * withTenant runs a request again for (on one server, SQL that raises the same code and message
+ * must not make fn run again).
+ */
+const raisedOnCitus = new WeakSet<object>()
+export function wasRaisedOnCitus(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && raisedOnCitus.has(error)
+}
 
 /** The challenge of an entry was not the session's: fn has not run; run the request again, asking first. */
 export class StaleChallenge extends Error {
@@ -54,20 +66,31 @@ export interface Entry {
   tenantId: string
   key: TenantKey
   lockTimeoutMs?: number
+  /**
+   * Ask for the challenge inside the transaction whatever the session's state: the request run
+   * again after a stale challenge (a pooler that shows the client a server's pid but moves its
+   * transactions would otherwise make the second try stale too).
+   */
+  askInTransaction?: boolean
 }
 
 /**
  * Runs `fn` in a transaction entered for `entry.tenantId`, on a connection of createDb's pool, in
  * as few round trips as the session allows besides fn's own statements:
  * - the session's challenge known (every request after a connection's first: enter() answers the
- *   next one): BEGIN and `enter()` in one round trip, the clean-up and COMMIT in one more;
- * - asked per transaction: BEGIN and `challenge()` in one, `enter()`, the clean-up and COMMIT.
+ *   next one): the clean-up, BEGIN and `enter()` in one round trip, the clean-up and COMMIT in one
+ *   more;
+ * - asked per transaction (behind a pooler, on Citus): BEGIN, the clean-up and `challenge()` in
+ *   one, `enter()`, the clean-up and COMMIT.
  *
- * fn runs only once enter() has accepted: a refused tenant never reaches fn's code, and a request
- * run again after a stale challenge has run nothing of fn's. (Sending fn's first statement behind
- * enter() would save a round trip more, but run fn's code for a tenant that is then refused.)
- * Undefined when `db` was not made by createDb (no pipelined client to send on): the caller
- * enters one statement at a time.
+ * The clean-up at the start undoes what SQL outside withTenant left on the session (on this pool's
+ * connection or, behind a pooler, on whichever server connection the transaction landed on); the
+ * one before COMMIT, what fn left. fn runs only once enter() has accepted: a refused tenant never
+ * reaches fn's code, and a request run again after a stale challenge has run nothing of fn's.
+ * (Sending fn's first statement behind enter() would save a round trip more, but run fn's code for
+ * a tenant that is then refused.) A request whose fn ended the transaction (SQL's COMMIT or
+ * ROLLBACK) fails. Undefined when `db` was not made by createDb (no pipelined client to send on):
+ * the caller enters one statement at a time.
  */
 export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: (trx: Transaction<DB>) => Promise<T>): Promise<{ value: T } | undefined> {
   const dialect = dialectOf(db)
@@ -76,7 +99,7 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
     const client = clientOf()
     if (!client?.pipeline) return undefined
     const state = sessions.get(client) ?? await askSession(client)
-    const entered = state.next === 'per transaction' ? await enterAsking(client, entry) : enterKnowing(client, state, state.next, entry)
+    const entered = state.next === 'per transaction' || entry.askInTransaction ? await enterAsking(client, state, entry) : enterKnowing(client, state, state.next, entry)
     await entered.outcome
     if (entered.error) {
       await end(db, client, `rollback; ${state.cleanUp}`)
@@ -89,9 +112,16 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
     } catch (error) {
       open.now = false
       await end(db, client, `rollback; ${state.cleanUp}`)
+      if (state.citus && error && typeof error === 'object') raisedOnCitus.add(error)
       throw error
     } finally {
       open.now = false
+    }
+    // SQL of fn's that ended the transaction (COMMIT, ROLLBACK): what came before it is committed
+    // or not as that SQL chose, and what came after ran with no tenant. The request fails.
+    if ((client as { getTransactionStatus?: () => string | null }).getTransactionStatus?.() === 'I') {
+      await end(db, client, state.cleanUp)
+      throw new Error('withTenant: SQL in fn ended the transaction (COMMIT or ROLLBACK); the request failed, and what it wrote before that may have been committed')
     }
     try {
       await client.query(`${state.cleanUp}; commit`)
@@ -107,10 +137,11 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
 
 /** The session's first request: ask for its challenge (0019), or learn that it must be asked per transaction. */
 async function askSession(client: pg.PoolClient): Promise<SessionState> {
-  const state: SessionState = { next: 'per transaction', cleanUp: CLEAN_UP_CALL }
+  const state: SessionState = { next: 'per transaction', citus: false, cleanUp: CLEAN_UP_CALL }
   try {
     const { rows } = await client.query<{ c: string | null }>('select tenant_context.session_challenge() as c')
     const challenge = rows[0]?.c
+    state.citus = challenge === null
     // A pooler's connection shows a pid of its own, not the server's (PgBouncer makes one up).
     if (challenge && Number(challenge.split(':')[0]) === (client as { processID?: number }).processID) state.next = challenge
   } catch (error) {
@@ -129,19 +160,22 @@ interface Entered {
 }
 
 /**
- * BEGIN and enter() sent together, signed for the challenge the session holds, in one write (a
- * write costs this client more than the server's whole work for enter()); enter() answers the
- * challenge after it. The values are bound parameters: a statement's text is shown to every
- * session of the role (pg_stat_activity), and the tenant and signature must not be.
+ * The clean-up, BEGIN and enter() sent together, signed for the challenge the session holds, in
+ * one write (a write costs this client more than the server's whole work for enter()); enter()
+ * answers the challenge after it. The clean-up goes before BEGIN, so that a setting SQL left on
+ * the session (default_transaction_read_only, say) is gone before the transaction takes it up.
+ * The values are bound parameters: a statement's text is shown to every session of the role
+ * (pg_stat_activity), and the tenant and signature must not be.
  */
 function enterKnowing(client: pg.PoolClient, state: SessionState, challenge: string, entry: Entry): Entered {
   const entered: Entered = { outcome: Promise.resolve() }
-  const [begun, answer] = inOneWrite(client, () => [
+  const [cleaned, begun, answer] = inOneWrite(client, () => [
+    client.query(state.cleanUp),
     client.query('begin'),
     client.query<{ next: string }>(`select ${lockTimeout(entry, 4)}tenant_context.enter($1::text, $2::text, $3::text) as next`,
       [entry.tenantId, challenge, signTenantContext(entry.key, entry.tenantId, challenge), ...lockTimeoutValue(entry)]),
   ] as const)
-  entered.outcome = Promise.all([begun, answer]).then(([, { rows }]) => {
+  entered.outcome = Promise.all([cleaned, begun, answer]).then(([, , { rows }]) => {
     state.next = rows[0]!.next
   }, (error) => {
     // A refusal raises before the mark moves, so the challenge stays good; a stale one is asked for again.
@@ -166,19 +200,25 @@ function inOneWrite<T>(client: pg.PoolClient, send: () => T): T {
   }
 }
 
-/** BEGIN and challenge() in one round trip, then enter(). */
-async function enterAsking(client: pg.PoolClient, entry: Entry): Promise<Entered> {
-  const [begun, asked] = inOneWrite(client, () => [
+/**
+ * BEGIN, the clean-up and challenge() in one round trip, then enter(). Behind a pooler in
+ * transaction mode the clean-up must be inside the transaction to run on its server connection; a
+ * setting of the transaction itself (read-only, isolation) is taken up by BEGIN before it.
+ */
+async function enterAsking(client: pg.PoolClient, state: SessionState, entry: Entry): Promise<Entered> {
+  const [begun, cleaned, asked] = inOneWrite(client, () => [
     client.query('begin'),
+    client.query(state.cleanUp),
     client.query<{ c: string }>(`select ${lockTimeout(entry, 1)}tenant_context.challenge() as c`, lockTimeoutValue(entry)),
   ] as const)
   const entered: Entered = { outcome: Promise.resolve() }
   let challenge: string
   try {
     await begun
+    await cleaned
     challenge = (await asked).rows[0]!.c
   } catch (error) {
-    await asked.catch(() => {})
+    await Promise.allSettled([cleaned, asked])
     entered.error = refused(error)
     return entered
   }

@@ -2,7 +2,7 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import { sql, type Kysely, type Transaction } from 'kysely'
 import { condemnSession, lockTimeoutOf, tenantKeyOf } from '../connection/create-db.ts'
 import type { DB } from '../db-types.ts'
-import { CLEAN_UP, EnterRefused, inEnteredTransaction, StaleChallenge } from './entered-transaction.ts'
+import { CLEAN_UP, EnterRefused, inEnteredTransaction, StaleChallenge, wasRaisedOnCitus } from './entered-transaction.ts'
 import { parseTenantKey, signTenantContext, type TenantKey } from './tenant-key.ts'
 
 export const MAX_TENANT_ID_LENGTH = 128
@@ -67,20 +67,25 @@ export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: 
   const entry = { tenantId, key, ...(lockTimeoutMs === undefined ? {} : { lockTimeoutMs }) }
   const run = (trx: Transaction<DB>) => inside.run({ tenantId, db }, () => fn(trx, { tenantId }))
   let staleRetried = false
+  let alone = false
   for (let attempt = 1; ; attempt++) {
     try {
-      const pipelined = await inEnteredTransaction(db, entry, run)
-      return pipelined ? pipelined.value : await oneStatementAtATime(db, entry, run)
+      const pipelined = alone ? undefined : await inEnteredTransaction(db, staleRetried ? { ...entry, askInTransaction: true } : entry, run)
+      if (pipelined) return pipelined.value
+      alone = true
+      return await oneStatementAtATime(db, entry, run)
     } catch (error) {
-      // The session's challenge had moved on (SQL of an earlier request asked for a new one):
-      // nothing of fn's ran in the database; once more, asking first.
+      // The session's challenge had moved on (SQL of an earlier request asked for a new one, or
+      // Citus took over): fn has not run; once more, asking for the challenge in the transaction.
       if (error instanceof StaleChallenge && !staleRetried) {
         staleRetried = true
         attempt--
         continue
       }
       if (error instanceof EnterRefused || error instanceof StaleChallenge) throw new TenantError(error.message, { cause: error.cause })
-      if (attempt >= CITUS_RETRY_ATTEMPTS || !citusRetryable(error)) throw error
+      // Only on Citus (known from the session on createDb's pools): on one server, SQL of fn's
+      // raising the same code and message must not make fn run again.
+      if (attempt >= CITUS_RETRY_ATTEMPTS || !citusRetryable(error) || (!alone && !wasRaisedOnCitus(error))) throw error
     }
   }
 }
@@ -118,7 +123,8 @@ function citusRetryable(error: unknown): boolean {
 }
 
 /**
- * Makes `tenantId` the tenant of the current transaction: asks the database for its challenge
+ * Makes `tenantId` the tenant of the current transaction, one statement at a time (withTenant's way
+ * for a Kysely instance not made by createDb, and the tests'): asks the database for its challenge
  * (this backend, this transaction), signs it with `key`, and hands both to tenant_context.enter,
  * which checks the signature, that the tenant exists and is active. Two round trips (the first
  * also sets the transaction's lock_timeout, when asked). Returns the session's backend pid.
