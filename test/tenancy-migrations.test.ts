@@ -9,7 +9,7 @@ import { migrateContract, migrateDown, migrateOpen, migrateTo, migrateToLatest, 
 import { MIGRATIONS_DIR } from '../src/migrator/migration-provider.ts'
 import { migrationStatus } from '../src/migrator/migration-status.ts'
 import { TENANT_TABLES } from '../fixtures/legacy.ts'
-import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, FRESH_INSTALL_ORDER, OPEN_MIGRATION_NAMES } from './support/migration-names.ts'
+import { ALL_MIGRATION_NAMES, CONTRACT_MIGRATION_NAMES, FRESH_INSTALL_ORDER, MIGRATION_NAMES, OPEN_MIGRATION_NAMES } from './support/migration-names.ts'
 import { takeCatalogSnapshot } from './support/catalog-snapshot.ts'
 import { useLegacyDatabases } from './support/database.ts'
 import { rowDigests } from '../fixtures/legacy.ts'
@@ -43,6 +43,17 @@ function folderUpTo(last: string): string {
   const dir = mkdtempSync(path.join(MIGRATIONS_DIR, '..', '.test-migrations-'))
   folders.push(dir)
   cpSync(MIGRATIONS_DIR, dir, { recursive: true, filter: (f) => !/^\d{4}_/.test(path.basename(f)) || path.basename(f).slice(0, 4) <= last.slice(0, 4) })
+  return dir
+}
+
+/**
+ * The folder an open-phase migration was applied from on the fresh install's path: up to it, and
+ * every expand migration (one written after it, such as 0019, is applied before it by latest).
+ */
+function folderForOpen(last: string): string {
+  const dir = mkdtempSync(path.join(MIGRATIONS_DIR, '..', '.test-migrations-'))
+  folders.push(dir)
+  cpSync(MIGRATIONS_DIR, dir, { recursive: true, filter: (f) => !/^\d{4}_/.test(path.basename(f)) || path.basename(f).slice(0, 4) <= last.slice(0, 4) || MIGRATION_NAMES.includes(path.basename(f).slice(0, -3)) })
   return dir
 }
 
@@ -239,7 +250,7 @@ describe('reversible', () => {
       // 0010 again, alone: from today's folder without 0015, which the contract phase would apply with it.
       if (name === '0015_contract_without_side_channels') await up(t.admin, CONTRACT_0010, { migrationsDir: folderWithout(name) })
       // The open phase has more than one migration: each from the folder that ends with it.
-      await check(name, OPEN_MIGRATION_NAMES.includes(name) ? folderUpTo(name) : MIGRATIONS_DIR)
+      await check(name, OPEN_MIGRATION_NAMES.includes(name) ? folderForOpen(name) : MIGRATIONS_DIR)
     }
     expect(await migrateDown(t.admin, { to: '0001_baseline', appRole })).toMatchObject({ status: 'applied' })
     expect(await fullSnapshot(t.admin), 'down of everything, in one run').toEqual(atBaseline)

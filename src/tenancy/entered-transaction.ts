@@ -34,6 +34,13 @@ interface SessionState {
   next: string | 'per transaction'
   /** session_challenge() answered NULL: the database is distributed by Citus. */
   citus: boolean
+  /**
+   * Clean up outside the transaction (before BEGIN, after COMMIT): on Citus, where RESET ALL and
+   * the rest inside a distributed transaction hold its locks on every node longer (distribute
+   * could not get a lock between the app's requests), when the connection is the server's own.
+   * Behind a pooler it must be inside, to run on the request's server connection.
+   */
+  outside: boolean
   /** How the session's clean-up is sent: 0019's function, or (before it) the commands themselves. */
   cleanUp: string
 }
@@ -119,9 +126,27 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
     }
     // SQL of fn's that ended the transaction (COMMIT, ROLLBACK): what came before it is committed
     // or not as that SQL chose, and what came after ran with no tenant. The request fails.
-    if ((client as { getTransactionStatus?: () => string | null }).getTransactionStatus?.() === 'I') {
+    const status = (client as { getTransactionStatus?: () => string | null }).getTransactionStatus?.()
+    if (status === 'I') {
       await end(db, client, state.cleanUp)
       throw new Error('withTenant: SQL in fn ended the transaction (COMMIT or ROLLBACK); the request failed, and what it wrote before that may have been committed')
+    }
+    if (status === 'E') {
+      await end(db, client, `rollback; ${state.cleanUp}`)
+      throw new Error('withTenant: fn returned, but one of its statements had failed and aborted the transaction: nothing was committed')
+    }
+    if (state.outside) {
+      // COMMIT, then the clean-up, in one write; only COMMIT decides the request's outcome.
+      const [committed, cleaned] = inOneWrite(client, () => [client.query('commit'), client.query(state.cleanUp)] as const)
+      try {
+        await committed
+      } catch (error) {
+        await cleaned.catch(() => {})
+        await end(db, client, `rollback; ${state.cleanUp}`)
+        throw error
+      }
+      await cleaned.catch(() => condemned(db, client))
+      return { value }
     }
     try {
       await client.query(`${state.cleanUp}; commit`)
@@ -137,13 +162,15 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
 
 /** The session's first request: ask for its challenge (0019), or learn that it must be asked per transaction. */
 async function askSession(client: pg.PoolClient): Promise<SessionState> {
-  const state: SessionState = { next: 'per transaction', citus: false, cleanUp: CLEAN_UP_CALL }
+  const state: SessionState = { next: 'per transaction', citus: false, outside: false, cleanUp: CLEAN_UP_CALL }
   try {
-    const { rows } = await client.query<{ c: string | null }>('select tenant_context.session_challenge() as c')
+    const { rows } = await client.query<{ c: string | null; pid: number }>('select tenant_context.session_challenge() as c, pg_catalog.pg_backend_pid() as pid')
     const challenge = rows[0]?.c
-    state.citus = challenge === null
     // A pooler's connection shows a pid of its own, not the server's (PgBouncer makes one up).
-    if (challenge && Number(challenge.split(':')[0]) === (client as { processID?: number }).processID) state.next = challenge
+    const direct = rows[0]?.pid === (client as { processID?: number }).processID
+    state.citus = challenge === null
+    state.outside = state.citus && direct
+    if (challenge && direct) state.next = challenge
   } catch (error) {
     // A database before 0019 has neither session_challenge() nor clean_up().
     if ((error as { code?: string }).code !== '42883') throw error
@@ -206,11 +233,13 @@ function inOneWrite<T>(client: pg.PoolClient, send: () => T): T {
  * setting of the transaction itself (read-only, isolation) is taken up by BEGIN before it.
  */
 async function enterAsking(client: pg.PoolClient, state: SessionState, entry: Entry): Promise<Entered> {
-  const [begun, cleaned, asked] = inOneWrite(client, () => [
-    client.query('begin'),
-    client.query(state.cleanUp),
-    client.query<{ c: string }>(`select ${lockTimeout(entry, 1)}tenant_context.challenge() as c`, lockTimeoutValue(entry)),
-  ] as const)
+  const [begun, cleaned, asked] = inOneWrite(client, () => {
+    // Queued in the order they run: the clean-up before BEGIN, or just after it.
+    const first = client.query(state.outside ? state.cleanUp : 'begin')
+    const second = client.query(state.outside ? 'begin' : state.cleanUp)
+    const challenge = client.query<{ c: string }>(`select ${lockTimeout(entry, 1)}tenant_context.challenge() as c`, lockTimeoutValue(entry))
+    return state.outside ? [second, first, challenge] as const : [first, second, challenge] as const
+  })
   const entered: Entered = { outcome: Promise.resolve() }
   let challenge: string
   try {
@@ -248,9 +277,13 @@ async function end(db: Kysely<DB>, client: pg.PoolClient, statements: string): P
   try {
     await client.query(statements)
   } catch {
-    sessions.delete(client)
-    condemnSession(db, (client as { processID?: number }).processID ?? -1)
+    condemned(db, client)
   }
+}
+
+function condemned(db: Kysely<DB>, client: pg.PoolClient): void {
+  sessions.delete(client)
+  condemnSession(db, (client as { processID?: number }).processID ?? -1)
 }
 
 /**
