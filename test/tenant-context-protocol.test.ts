@@ -206,14 +206,28 @@ describe('withTenant\'s round trips', () => {
     const counter = countingQueries()
     try {
       expect(await lookup()).toEqual([{ id: 'sA1' }])
+      // Nothing was sent on the connection since the last request's clean-up: none at the start.
       expect(counter.sent.map((s) => [s.roundTrip, s.text.replace(/\s+/g, ' ').slice(0, 40)])).toEqual([
-        [1, 'select tenant_context.clean_up()'],
         [1, 'begin'],
         [1, 'select tenant_context.enter($1::text, $2'],
         [2, 'select "id" from "skills" where "slug" ='],
         [3, 'select tenant_context.clean_up(); commit'],
       ])
       expect(counter.roundTrips()).toBe(3)
+    } finally {
+      counter.restore()
+    }
+  })
+
+  it('a query sent on the connection outside withTenant since the last request puts the clean-up back at the next request\'s start, in the same write', async () => {
+    await withTenant(app, A, async () => {})
+    await sql`select 1`.execute(app)
+    const counter = countingQueries()
+    try {
+      await withTenant(app, B, async () => {})
+      expect(counter.sent.map((s) => [s.roundTrip, s.text.slice(0, 32)])).toEqual([
+        [1, 'select tenant_context.clean_up()'], [1, 'begin'], [1, 'select tenant_context.enter($1::'], [2, 'select tenant_context.clean_up()'],
+      ])
     } finally {
       counter.restore()
     }
@@ -230,7 +244,7 @@ describe('withTenant\'s round trips', () => {
     }
     expect(runs).toBe(1)
     expect(counter.sent.map((s) => s.text.replace(/ as c(, pg_catalog.pg_backend_pid\(\) as pid)?$/, ''))).toEqual([
-      'select tenant_context.clean_up()', 'begin', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'rollback; select tenant_context.clean_up()',
+      'begin', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'rollback; select tenant_context.clean_up()',
       'select tenant_context.session_challenge()', 'begin', 'select tenant_context.clean_up()', 'select tenant_context.challenge()', 'select tenant_context.enter($1::text, $2::text)',
       'select "id" from "skills" order by "id"', 'select tenant_context.clean_up(); commit',
     ])

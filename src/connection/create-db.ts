@@ -1,7 +1,7 @@
 import { Kysely, PostgresDialect, type Dialect } from 'kysely'
 import pg from 'pg'
 import type { DB } from '../db-types.ts'
-import { notingCheckouts } from './checked-out-client.ts'
+import { countingQueries, notingCheckouts } from './checked-out-client.ts'
 import { condemnableSessions } from './condemned-sessions.ts'
 import { ConnectionError, describeConnectionError } from './connection-error.ts'
 import { parseDatabaseUrl, type DatabaseTarget } from './database-url.ts'
@@ -71,6 +71,7 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
   pool.on('error', () => {})
   pool.on('connect', (client) => {
     client.on('error', () => {})
+    countingQueries(client)
     if (options.onNotice) client.on('notice', options.onNotice)
   })
   const condemn = condemnableSessions(pool)

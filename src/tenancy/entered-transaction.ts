@@ -1,6 +1,6 @@
 import { Transaction, type Dialect, type Driver, type Kysely, type QueryExecutor } from 'kysely'
 import type pg from 'pg'
-import { withCheckedOutClient } from '../connection/checked-out-client.ts'
+import { queriesSent, withCheckedOutClient } from '../connection/checked-out-client.ts'
 import { condemnSession, dialectOf } from '../connection/create-db.ts'
 import type { DB } from '../db-types.ts'
 import { signTenantContext, type TenantKey } from './tenant-key.ts'
@@ -41,6 +41,13 @@ interface SessionState {
    * Behind a pooler it must be inside, to run on the request's server connection.
    */
   outside: boolean
+  /**
+   * The count of the connection's queries (checked-out-client.ts) when it was last known clean:
+   * after the clean-up that ended a request, or a new connection's first query. While it is the
+   * same, nothing can have left anything on the session, and a request skips the clean-up at its
+   * start.
+   */
+  cleanAt?: number
   /** How the session's clean-up is sent: 0019's function, or (before it) the commands themselves. */
   cleanUp: string
 }
@@ -150,6 +157,7 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
     }
     try {
       await client.query(`${state.cleanUp}; commit`)
+      state.cleanAt = queriesSent(client)
     } catch (error) {
       await end(db, client, `rollback; ${state.cleanUp}`)
       throw (error as { code?: string }).code === '25P02'
@@ -176,6 +184,7 @@ async function askSession(client: pg.PoolClient): Promise<SessionState> {
     if ((error as { code?: string }).code !== '42883') throw error
     state.cleanUp = CLEAN_UP
   }
+  state.cleanAt = queriesSent(client)
   sessions.set(client, state)
   return state
 }
@@ -190,14 +199,16 @@ interface Entered {
  * The clean-up, BEGIN and enter() sent together, signed for the challenge the session holds, in
  * one write (a write costs this client more than the server's whole work for enter()); enter()
  * answers the challenge after it. The clean-up goes before BEGIN, so that a setting SQL left on
- * the session (default_transaction_read_only, say) is gone before the transaction takes it up.
+ * the session (default_transaction_read_only, say) is gone before the transaction takes it up;
+ * it is left out when no query has been sent on the connection since the last request's clean-up.
  * The values are bound parameters: a statement's text is shown to every session of the role
  * (pg_stat_activity), and the tenant and signature must not be.
  */
 function enterKnowing(client: pg.PoolClient, state: SessionState, challenge: string, entry: Entry): Entered {
   const entered: Entered = { outcome: Promise.resolve() }
+  const clean = state.cleanAt === undefined || queriesSent(client) !== state.cleanAt
   const [cleaned, begun, answer] = inOneWrite(client, () => [
-    client.query(state.cleanUp),
+    clean ? client.query(state.cleanUp) : undefined,
     client.query('begin'),
     client.query<{ next: string }>(`select ${lockTimeout(entry, 4)}tenant_context.enter($1::text, $2::text, $3::text) as next`,
       [entry.tenantId, challenge, signTenantContext(entry.key, entry.tenantId, challenge), ...lockTimeoutValue(entry)]),
