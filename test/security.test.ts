@@ -18,6 +18,7 @@ const DOCUMENTED_PRIVILEGES = [
   'function tenant_context.challenge(): EXECUTE',
   'function tenant_context.clean_up(): EXECUTE', // 0019: withTenant's clean-up of the caller's own session, in one statement
   'function tenant_context.current_tenant(): EXECUTE',
+  'function tenant_context.end_request(boolean): EXECUTE', // 0019: refuses a COMMIT of a transaction no longer entered
   'function tenant_context.enter(text, text): EXECUTE',
   'function tenant_context.enter(text, text, text): EXECUTE', // 0019: with the session's challenge
   'function tenant_context.resolve_api_key(text, text): EXECUTE', // 0012: within the tenant a key names
@@ -75,6 +76,7 @@ describe('what the application role cannot do', () => {
       { f: 'tenant_context.challenge', definer: false }, // pid and time, reads nothing
       { f: 'tenant_context.clean_up', definer: false }, // utility commands on the caller's session, reads nothing
       { f: 'tenant_context.current_tenant', definer: true },
+      { f: 'tenant_context.end_request', definer: false }, // current_tenant() and clean_up(), reads nothing
       { f: 'tenant_context.enter', definer: true },
       { f: 'tenant_context.enter', definer: true },
       { f: 'tenant_context.resolve_api_key', definer: true },

@@ -1,4 +1,4 @@
-import { Kysely, PostgresDialect, sql } from 'kysely'
+import { Kysely, PostgresDialect, sql, type Transaction } from 'kysely'
 import pg from 'pg'
 import { afterEach, beforeAll, describe, expect, inject, it } from 'vitest'
 import { createDb } from '../src/connection/create-db.ts'
@@ -211,7 +211,7 @@ describe('withTenant\'s round trips', () => {
         [1, 'begin'],
         [1, 'select tenant_context.enter($1::text, $2'],
         [2, 'select "id" from "skills" where "slug" ='],
-        [3, 'select tenant_context.clean_up(); commit'],
+        [3, 'select tenant_context.end_request(true);'],
       ])
       expect(counter.roundTrips()).toBe(3)
     } finally {
@@ -226,15 +226,16 @@ describe('withTenant\'s round trips', () => {
     try {
       await withTenant(app, B, async () => {})
       expect(counter.sent.map((s) => [s.roundTrip, s.text.slice(0, 32)])).toEqual([
-        [1, 'select tenant_context.clean_up()'], [1, 'begin'], [1, 'select tenant_context.enter($1::'], [2, 'select tenant_context.clean_up()'],
+        [1, 'select tenant_context.clean_up()'], [1, 'begin'], [1, 'select tenant_context.enter($1::'], [2, 'select tenant_context.end_reques'],
       ])
     } finally {
       counter.restore()
     }
   })
 
-  it('SQL of fn that asks for a new challenge costs the next request two round trips more (it asks again, then in its transaction), and runs its fn once', async () => {
-    await withTenant(app, A, (trx) => sql`select tenant_context.session_challenge()`.execute(trx))
+  it('SQL of fn that asks for a new challenge fails its own request, and costs the next two round trips more (it asks again, then in its transaction), running its fn once', async () => {
+    // It moves the session's mark, so its own request has no tenant at the end, and fails.
+    await expect(withTenant(app, A, (trx) => sql`select tenant_context.session_challenge()`.execute(trx))).rejects.toThrow(/no tenant was entered any more/)
     let runs = 0
     const counter = countingQueries()
     try {
@@ -244,9 +245,10 @@ describe('withTenant\'s round trips', () => {
     }
     expect(runs).toBe(1)
     expect(counter.sent.map((s) => s.text.replace(/ as c(, pg_catalog.pg_backend_pid\(\) as pid)?$/, ''))).toEqual([
-      'begin', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'rollback; select tenant_context.clean_up()',
-      'select tenant_context.session_challenge()', 'begin', 'select tenant_context.clean_up()', 'select tenant_context.challenge()', 'select tenant_context.enter($1::text, $2::text)',
-      'select "id" from "skills" order by "id"', 'select tenant_context.clean_up(); commit',
+      // The failed request above left no clean state to trust: this one cleans first.
+      'select tenant_context.clean_up()', 'begin', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'rollback; select tenant_context.clean_up()',
+      'select tenant_context.clean_up()', 'select tenant_context.session_challenge()', 'begin', 'select tenant_context.clean_up()', 'select tenant_context.challenge()', 'select tenant_context.enter($1::text, $2::text)',
+      'select "id" from "skills" order by "id"', 'select tenant_context.end_request(true); commit',
     ])
   })
 
@@ -281,10 +283,53 @@ describe('withTenant\'s round trips', () => {
       await trx.updateTable('skills').set({ name: 'ended early' }).where('id', '=', 'sA1').execute()
       await sql.raw(statement).execute(trx)
       return 'ok'
-    })).rejects.toThrow(/SQL in fn ended the transaction/)
+    })).rejects.toThrow(/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/)
     expect((await sql<{ name: string }>`select name from skills where id = 'sA1'`.execute(t.admin)).rows[0]!.name).toBe(after)
     await sql`update skills set name = 'Lint' where id = 'sA1'`.execute(t.admin)
     expect(await withTenant(app, B, (trx) => trx.selectFrom('skills').select('id').orderBy('id').execute())).toEqual([{ id: 'sB1' }, { id: 'sB2' }])
+  })
+
+  // From a second outside review: each of these reached the next request, or made withTenant
+  // report a request of which nothing was committed.
+  it('queries fn started and did not wait for run inside its transaction, before its clean-up: none reaches the next request', async () => {
+    await withTenant(app, A, async () => {})
+    let third: unknown
+    await withTenant(app, A, async (trx) => {
+      void sql`select pg_sleep(0.2)`.execute(trx).catch(() => {})
+      void sql`select set_config('app.leak', 'from-A', false)`.execute(trx).catch(() => {})
+      sql<{ id: string }>`select id from skills order by id`.execute(trx).then((r) => { third = r.rows }, (e) => { third = String(e) })
+    })
+    expect(third).toEqual([{ id: 'sA1' }, { id: 'sA2' }])
+    expect(await withTenant(app, B, async (trx) => (await sql<{ leak: string | null }>`select current_setting('app.leak', true) as leak`.execute(trx)).rows[0]!.leak)).toBe('')
+    // And a query started after fn returned is refused.
+    let kept: Parameters<Parameters<typeof withTenant>[2]>[0] | undefined
+    await withTenant(app, A, async (trx) => { kept = trx })
+    await expect(kept!.selectFrom('skills').select('id').execute()).rejects.toThrow(/this withTenant transaction has ended/)
+  })
+
+  it.each([
+    ['ROLLBACK; BEGIN in one statement', (trx: Transaction<DB>) => sql.raw('rollback; begin').execute(trx)],
+    ['COMMIT; BEGIN in one statement', (trx: Transaction<DB>) => sql.raw('commit; begin').execute(trx)],
+    ['a ROLLBACK it did not wait for', async (trx: Transaction<DB>) => void sql`rollback`.execute(trx).catch(() => {})],
+  ])('SQL in fn that ends the transaction by %s fails the request', async (_label, end) => {
+    const before = (await sql<{ n: number }>`select count(*)::int as n from usage_events`.execute(t.admin)).rows[0]!.n
+    await expect(withTenant(app, A, async (trx) => {
+      await trx.insertInto('usage_events').values({ id: `ended-${_label.replace(/\W/g, '')}`, tool_name: 'cli', skill_id: 'sA1', user_id: 'uA1' }).execute()
+      await end(trx)
+      return 'ok'
+    })).rejects.toThrow(/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/)
+    const after = (await sql<{ n: number }>`select count(*)::int as n from usage_events`.execute(t.admin)).rows[0]!.n
+    expect(after - before).toBe(_label.startsWith('COMMIT') ? 1 : 0)
+  })
+
+  it('what SQL sent on a new connection before its first request left (a setting, a lock, a prepared statement, a read-only default) is gone when it enters', async () => {
+    const fresh = t.connectAs(inject('appRole'), 'test', 1)
+    await sql`select set_config('app.leak', 'outside', false), pg_advisory_lock(42), set_config('default_transaction_read_only', 'on', false)`.execute(fresh)
+    await sql`prepare p as select 1`.execute(fresh)
+    expect(await withTenant(fresh, B, async (trx) => (await sql<{ leak: string; prepared: number; locks: number }>`select current_setting('app.leak', true) as leak,
+      (select count(*)::int from pg_prepared_statements) as prepared,
+      (select count(*)::int from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()) as locks`.execute(trx)).rows[0])).toEqual({ leak: '', prepared: 0, locks: 0 })
+    await fresh.destroy()
   })
 
   it('what SQL outside withTenant left on a session (a read-only default, a setting of its own) is gone before the next request enters', async () => {

@@ -126,7 +126,41 @@ const cleanUp = databaseFunction({
     end $$`,
 })
 
-const steps: Step[] = [sessionChallenge, enter, cleanUp]
+/**
+ * The end of a request, before its COMMIT: refuses (SQLSTATE TC002) when no tenant is entered in
+ * this transaction any more, which is what SQL of fn's that ended withTenant's transaction and
+ * began another leaves (`rollback; begin`: an outside review had withTenant report success for a
+ * request of which nothing was committed). The mark binds the tenant to the transaction's start,
+ * so no SQL can make a later transaction look entered. Then, when asked, the clean-up.
+ */
+const endRequest = databaseFunction({
+  signature: 'tenant_context.end_request(boolean)',
+  executeBy: 'app role',
+  definition: sql`
+    create or replace function tenant_context.end_request(clean boolean) returns void
+    language plpgsql volatile
+    as $$
+    declare
+      entered pg_catalog.text;
+    begin
+      -- Through EXECUTE: current_tenant() is IMMUTABLE for the planner, so a cached plan of this
+      -- function's would keep the value of its first call (0011 reads it the same way). SQL that
+      -- made the session forget its mark (DISCARD SEQUENCES) gets currval's error there: no tenant.
+      begin
+        execute 'select tenant_context.current_tenant()' into entered;
+      exception when object_not_in_prerequisite_state then
+        entered := null;
+      end;
+      if coalesce(entered, '') operator(pg_catalog.=) '' then
+        raise exception 'the transaction withTenant entered was ended by SQL in fn' using errcode = 'TC002';
+      end if;
+      if clean then
+        perform tenant_context.clean_up();
+      end if;
+    end $$`,
+})
+
+const steps: Step[] = [sessionChallenge, enter, cleanUp, endRequest]
 
 export const up = (db: Kysely<any>) => applySteps(db, steps)
 export const down = (db: Kysely<any>) => revertSteps(db, steps)

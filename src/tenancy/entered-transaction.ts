@@ -50,6 +50,8 @@ interface SessionState {
   cleanAt?: number
   /** How the session's clean-up is sent: 0019's function, or (before it) the commands themselves. */
   cleanUp: string
+  /** 0019's end_request() is there to check, before COMMIT, that fn left the transaction entered. */
+  endRequest: boolean
 }
 const sessions = new WeakMap<pg.ClientBase, SessionState>()
 
@@ -119,18 +121,17 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
       await end(db, client, `rollback; ${state.cleanUp}`)
       throw entered.error
     }
-    const open = { now: true }
+    const open = { now: true, pending: new Set<Promise<unknown>>() }
     let value: T
     try {
       value = await fn(transactionOn(conn, dialect, open))
     } catch (error) {
-      open.now = false
+      await closed(open)
       await end(db, client, `rollback; ${state.cleanUp}`)
       if (state.citus && error && typeof error === 'object') raisedOnCitus.add(error)
       throw error
-    } finally {
-      open.now = false
     }
+    await closed(open)
     // SQL of fn's that ended the transaction (COMMIT, ROLLBACK): what came before it is committed
     // or not as that SQL chose, and what came after ran with no tenant. The request fails.
     const status = (client as { getTransactionStatus?: () => string | null }).getTransactionStatus?.()
@@ -142,27 +143,39 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
       await end(db, client, `rollback; ${state.cleanUp}`)
       throw new Error('withTenant: fn returned, but one of its statements had failed and aborted the transaction: nothing was committed')
     }
+    const ended = (error: unknown) => (error as { code?: string }).code === 'TC002'
+      ? new Error('withTenant: no tenant was entered any more when fn returned (SQL in fn ended the transaction, or reset or switched the tenant context); the request failed and was rolled back (what such SQL committed itself stays)', { cause: error })
+      : error
     if (state.outside) {
-      // COMMIT, then the clean-up, in one write; only COMMIT decides the request's outcome.
-      const [committed, cleaned] = inOneWrite(client, () => [client.query('commit'), client.query(state.cleanUp)] as const)
+      // The check, COMMIT, then the clean-up, in one write; the check and COMMIT decide the outcome
+      // (COMMIT of a transaction the check aborted answers ROLLBACK, without an error).
+      const [checked, committed, cleaned] = inOneWrite(client, () => [
+        state.endRequest ? client.query('select tenant_context.end_request(false)') : Promise.resolve(),
+        client.query('commit'),
+        client.query(state.cleanUp),
+      ] as const)
       try {
+        await checked
         await committed
       } catch (error) {
-        await cleaned.catch(() => {})
+        await Promise.allSettled([committed, cleaned])
         await end(db, client, `rollback; ${state.cleanUp}`)
-        throw error
+        throw ended(error)
       }
       await cleaned.catch(() => condemned(db, client))
       return { value }
     }
+    const ending = client.query(state.endRequest ? 'select tenant_context.end_request(true); commit' : `${state.cleanUp}; commit`)
+    // Counted as sent now: a query sent after this one, before its answer, makes the next request clean first.
+    const cleanAt = queriesSent(client)
     try {
-      await client.query(`${state.cleanUp}; commit`)
-      state.cleanAt = queriesSent(client)
+      await ending
+      state.cleanAt = cleanAt
     } catch (error) {
       await end(db, client, `rollback; ${state.cleanUp}`)
       throw (error as { code?: string }).code === '25P02'
         ? new Error('withTenant: fn returned, but one of its statements had failed and aborted the transaction: nothing was committed', { cause: error })
-        : error
+        : ended(error)
     }
     return { value }
   }))
@@ -170,21 +183,31 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
 
 /** The session's first request: ask for its challenge (0019), or learn that it must be asked per transaction. */
 async function askSession(client: pg.PoolClient): Promise<SessionState> {
-  const state: SessionState = { next: 'per transaction', citus: false, outside: false, cleanUp: CLEAN_UP_CALL }
+  const state: SessionState = { next: 'per transaction', citus: false, outside: false, cleanUp: CLEAN_UP_CALL, endRequest: true }
+  // The clean-up first, in the same write: SQL sent on the new connection before its first request
+  // (a read-only default, a setting, a lock) is gone before session_challenge() and the request.
+  const [cleaned, asked] = inOneWrite(client, () => [
+    client.query(CLEAN_UP_CALL),
+    client.query<{ c: string | null; pid: number }>('select tenant_context.session_challenge() as c, pg_catalog.pg_backend_pid() as pid'),
+  ] as const)
+  const cleanAt = queriesSent(client)
   try {
-    const { rows } = await client.query<{ c: string | null; pid: number }>('select tenant_context.session_challenge() as c, pg_catalog.pg_backend_pid() as pid')
+    await cleaned
+    const { rows } = await asked
     const challenge = rows[0]?.c
     // A pooler's connection shows a pid of its own, not the server's (PgBouncer makes one up).
     const direct = rows[0]?.pid === (client as { processID?: number }).processID
     state.citus = challenge === null
     state.outside = state.citus && direct
     if (challenge && direct) state.next = challenge
+    state.cleanAt = cleanAt
   } catch (error) {
+    await asked.catch(() => {})
     // A database before 0019 has neither session_challenge() nor clean_up().
     if ((error as { code?: string }).code !== '42883') throw error
     state.cleanUp = CLEAN_UP
+    state.endRequest = false
   }
-  state.cleanAt = queriesSent(client)
   sessions.set(client, state)
   return state
 }
@@ -298,19 +321,30 @@ function condemned(db: Kysely<DB>, client: pg.PoolClient): void {
 }
 
 /**
- * fn's transaction: Kysely's Transaction over the connection withTenant holds. Once the request
- * has ended it refuses every query, so a `trx` kept past withTenant cannot reach the connection's
- * next user (Kysely's own transactions do the same).
+ * fn's transaction: Kysely's Transaction over the connection withTenant holds. Once fn has
+ * returned or thrown it refuses every query, and the queries fn started and did not wait for are
+ * waited for before the request ends (an outside review had a chain of them run inside the next
+ * request, another tenant's, and read its rows): nothing of fn's reaches the connection's next user.
  */
-function transactionOn(conn: Kysely<DB>, dialect: Dialect, open: { now: boolean }): Transaction<DB> {
+function transactionOn(conn: Kysely<DB>, dialect: Dialect, open: { now: boolean; pending: Set<Promise<unknown>> }): Transaction<DB> {
   const inner = conn.getExecutor()
   const executor: QueryExecutor = inner.withConnectionProvider({
     provideConnection(consumer) {
-      if (!open.now) throw new Error('this withTenant transaction has ended: use trx only inside fn')
-      return inner.provideConnection(consumer)
+      if (!open.now) throw new Error('this withTenant transaction has ended: use trx only inside fn, and wait for its queries there')
+      const running = inner.provideConnection(consumer)
+      const settled = running.then(() => {}, () => {})
+      open.pending.add(settled)
+      void settled.then(() => open.pending.delete(settled))
+      return running
     },
   })
   return new Transaction<DB>({ config: { dialect }, dialect, driver: NO_DRIVER, executor })
+}
+
+/** No query of fn's from now on; those it started are waited for. */
+async function closed(open: { now: boolean; pending: Set<Promise<unknown>> }): Promise<void> {
+  open.now = false
+  while (open.pending.size > 0) await Promise.all([...open.pending])
 }
 
 /** A Transaction has no use for a driver (it refuses transaction(), connection() and destroy()). */
