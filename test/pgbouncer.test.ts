@@ -40,7 +40,7 @@ afterAll(async () => {
 
 describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in transaction mode${PGBOUNCER_MISSING ? ` (not run: ${PGBOUNCER_MISSING})` : ''}`, () => {
   // A request may wait for one of the 10 clients behind many others on a loaded machine.
-  const pooled = () => createDb<DB>(bouncer.url, { max: 10, tenantKey: TEST_TENANT_KEY, connectionTimeoutMillis: 120_000 })
+  const pooled = () => createDb<DB>(bouncer.url, { max: 10, tenantKey: TEST_TENANT_KEY, connectionTimeoutMillis: 120_000, pipelinedWithTenant: true })
 
   it('two tenants\' requests interleaved over 4 server connections: 0 errors, 0 rows of the other tenant', async () => {
     const app = pooled()
@@ -119,8 +119,8 @@ describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in
   it('SQL that ends A\'s transaction and leaves session state: A\'s request fails, and B\'s next request on that server connection finds nothing of it', async () => {
     const one = await startPgBouncer(appUrl, { poolSize: 1 })
     if ('notRun' in one) throw new Error(one.notRun)
-    const attackerApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY })
-    const victimApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY })
+    const attackerApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY, pipelinedWithTenant: true })
+    const victimApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY, pipelinedWithTenant: true })
     try {
       let left!: () => void
       const stateLeft = new Promise<void>((r) => { left = r })

@@ -10,6 +10,8 @@ import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 import { A, B, seedTwoTenants } from './support/tenants.ts'
 
 const KEY = parseTenantKey(TEST_TENANT_KEY, 'test key')
+/** The way of withTenant these tests are about (createDb's option; off by default). */
+const PIPELINED = { pipelinedWithTenant: true }
 const OTHER_KEY = parseTenantKey('test:ffffffffffffffffffffffffffffffff-other', 'other key')
 
 /**
@@ -139,7 +141,7 @@ describe('entering with the session\'s challenge (0019)', () => {
   })
 
   it('withTenant\'s statements show the other sessions of the role no tenant and no signature (pg_stat_activity)', async () => {
-    const app = createDb<DB>(url, { max: 2, tenantKey: TEST_TENANT_KEY })
+    const app = createDb<DB>(url, { max: 2, tenantKey: TEST_TENANT_KEY, ...PIPELINED })
     const watcher = new pg.Client({ connectionString: url })
     watcher.on('error', () => {})
     await watcher.connect()
@@ -197,7 +199,7 @@ describe('withTenant\'s round trips', () => {
   let app: Kysely<DB>
   beforeAll(async () => {
     await seedTwoTenants(t.admin)
-    app = t.connectAs(inject('appRole'), 'test', 1)
+    app = t.connectAs(inject('appRole'), 'test', 1, PIPELINED)
   })
 
   it('a point lookup takes 3 round trips once the connection has its challenge (6 before 0019; the classic pattern takes 4)', async () => {
@@ -323,7 +325,7 @@ describe('withTenant\'s round trips', () => {
   })
 
   it('what SQL sent on a new connection before its first request left (a setting, a lock, a prepared statement, a read-only default) is gone when it enters', async () => {
-    const fresh = t.connectAs(inject('appRole'), 'test', 1)
+    const fresh = t.connectAs(inject('appRole'), 'test', 1, PIPELINED)
     await sql`select set_config('app.leak', 'outside', false), pg_advisory_lock(42), set_config('default_transaction_read_only', 'on', false)`.execute(fresh)
     await sql`prepare p as select 1`.execute(fresh)
     expect(await withTenant(fresh, B, async (trx) => (await sql<{ leak: string; prepared: number; locks: number }>`select current_setting('app.leak', true) as leak,
@@ -370,7 +372,7 @@ describe('the pool under withTenant', () => {
     select state, count(*)::int as n from pg_stat_activity where application_name = ${applicationName} group by state order by state`.execute(t.admin)).rows
 
   it('a flood of 1,000 requests that throw inside fn leaves the pool as it was: as many sessions, none idle in transaction', async () => {
-    const app = createDb<DB>(url, { max: 10, applicationName: 'flood-test', tenantKey: TEST_TENANT_KEY })
+    const app = createDb<DB>(url, { max: 10, applicationName: 'flood-test', tenantKey: TEST_TENANT_KEY, ...PIPELINED })
     try {
       await Promise.all(Array.from({ length: 10 }, () => withTenant(app, A, (trx) => sql`select pg_sleep(0.05)`.execute(trx))))
       const before = await sessionsOf('flood-test')
@@ -389,7 +391,7 @@ describe('the pool under withTenant', () => {
   })
 
   it('32 callers on a pool of 10, some requests killing their own session: the others are served, none waits on a dead session', async () => {
-    const app = createDb<DB>(url, { max: 10, applicationName: 'condemn-test', tenantKey: TEST_TENANT_KEY })
+    const app = createDb<DB>(url, { max: 10, applicationName: 'condemn-test', tenantKey: TEST_TENANT_KEY, ...PIPELINED })
     try {
       const started = performance.now()
       const outcomes = await Promise.allSettled(Array.from({ length: 32 * 20 }, (_, i) => withTenant(app, i % 2 ? A : B, async (trx) => {
@@ -421,7 +423,7 @@ describe('withTenant on a database before 0019 (the app deployed before its migr
   })
 
   it('asks for the challenge per transaction and cleans up with the commands themselves', async () => {
-    const app = t.connectAs(inject('appRole'), 'test', 1)
+    const app = t.connectAs(inject('appRole'), 'test', 1, PIPELINED)
     await withTenant(app, A, (trx) => sql`set search_path = pg_catalog`.execute(trx))
     const counter = countingQueries()
     try {

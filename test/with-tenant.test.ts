@@ -83,7 +83,8 @@ describe('withTenant and recordAudit', () => {
     expect(outcome).toMatchObject({ code: '40001', message: 'shard for the given value does not exist' })
   }))
 
-  it('on one server, SQL raising Citus\'s codes and messages does not make fn run again (an outside review ran it 3 times)', async () => {
+  it('on one server, SQL raising Citus\'s codes and messages does not make fn run again, with createDb\'s pipelinedWithTenant (an outside review ran it 3 times)', async () => {
+    const app = t.connectAs(inject('appRole'), 'test', 4, { pipelinedWithTenant: true })
     for (const [code, message] of [['40001', 'shard for the given value does not exist'], ['40P01', 'canceling the transaction since it was involved in a distributed deadlock']]) {
       let tries = 0
       const outcome = await withTenant(app, A, async (trx) => {

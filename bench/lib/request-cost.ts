@@ -111,7 +111,7 @@ async function measureSideBySide(url: string, tenant: string, skills: number, re
   const pools: Record<Variant, Kysely<DB>> = {
     plain: createDb<DB>(url, { max: 10 }),
     classic: createDb<DB>(url, { max: 10 }),
-    withTenant: createDb<DB>(url, { max: 10, tenantKey: BENCH_TENANT_KEY }),
+    withTenant: createDb<DB>(url, { max: 10, tenantKey: BENCH_TENANT_KEY, pipelinedWithTenant: true }),
   }
   const arms: Record<Variant, (run: Statements, n: number) => Promise<unknown>> = {
     plain: (run, n) => run(pools.plain, 'rc_plain', tenant, n),

@@ -31,6 +31,14 @@ export interface CreateDbOptions {
    */
   lockTimeoutMs?: number
   /**
+   * withTenant in fewer round trips (issue 18, migration 0019): BEGIN and the tenant's entry in
+   * one, the clean-up and COMMIT in one more, with the checks that come with it (a request whose
+   * fn ended or left its transaction fails). Off by default: with it on, Citus's `distribute` under
+   * the app's load ran out of its lock budget in most runs, which is not understood yet (README,
+   * "Per-request cost"). Off, withTenant sends each statement on its own, as before 0019.
+   */
+  pipelinedWithTenant?: boolean
+  /**
    * Called with each NOTICE (or WARNING) the server sends on the pool's connections: a RAISE
    * NOTICE of a function, or Citus's `citus.log_remote_commands`, which says where each statement
    * of a distributed query went.
@@ -62,24 +70,23 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
     max: options.max ?? 10,
     application_name: options.applicationName ?? 'skills-db',
     connectionTimeoutMillis: options.connectionTimeoutMillis ?? 10_000,
-    // withTenant sends BEGIN and enter() without waiting for the first's answer (one round trip);
-    // everything else awaits each query, as without it.
-    pipeline: true,
   })
   // A client dying (server restart, pg_terminate_backend) must not crash the process: the query
   // in flight fails with the error anyway, and the pool replaces the client.
   pool.on('error', () => {})
   pool.on('connect', (client) => {
     client.on('error', () => {})
-    countingQueries(client)
+    if (options.pipelinedWithTenant) countingQueries(client)
     if (options.onNotice) client.on('notice', options.onNotice)
   })
   const condemn = condemnableSessions(pool)
-  notingCheckouts(pool)
   const dialect = new PostgresDialect({ pool })
   const db = new Kysely<T>({ dialect })
   targets.set(db, target)
-  dialects.set(db, dialect)
+  if (options.pipelinedWithTenant) {
+    notingCheckouts(pool)
+    dialects.set(db, dialect)
+  }
   condemners.set(db, condemn)
   if (options.tenantKey !== undefined) tenantKeys.set(db, options.tenantKey)
   if (options.auditKey !== undefined) auditKeys.set(db, options.auditKey)
@@ -126,7 +133,7 @@ export function condemnSession(db: object, pid: number): boolean {
   return condemn !== undefined
 }
 
-/** The dialect of a Kysely instance made by {@link createDb} (withTenant builds its transactions with it). */
+/** The dialect of a Kysely instance made by {@link createDb} with `pipelinedWithTenant` (withTenant builds its transactions with it). */
 export function dialectOf(db: object): Dialect | undefined {
   return dialects.get(db)
 }

@@ -35,13 +35,6 @@ interface SessionState {
   /** session_challenge() answered NULL: the database is distributed by Citus. */
   citus: boolean
   /**
-   * Clean up outside the transaction (before BEGIN, after COMMIT): on Citus, where RESET ALL and
-   * the rest inside a distributed transaction hold its locks on every node longer (distribute
-   * could not get a lock between the app's requests), when the connection is the server's own.
-   * Behind a pooler it must be inside, to run on the request's server connection.
-   */
-  outside: boolean
-  /**
    * The count of the connection's queries (checked-out-client.ts) when it was last known clean:
    * after the clean-up that ended a request, or a new connection's first query. While it is the
    * same, nothing can have left anything on the session, and a request skips the clean-up at its
@@ -57,16 +50,6 @@ const sessions = new WeakMap<pg.ClientBase, SessionState>()
 
 /** enter()'s answer to a challenge that is not the session's current one (0019), or a session never given one (currval's). */
 const STALE = new Set(['TC001', '55000'])
-
-/**
- * Errors of fn's raised in a session of a Citus database: only those may be Citus's rollbacks that
- * withTenant runs a request again for (on one server, SQL that raises the same code and message
- * must not make fn run again).
- */
-const raisedOnCitus = new WeakSet<object>()
-export function wasRaisedOnCitus(error: unknown): boolean {
-  return typeof error === 'object' && error !== null && raisedOnCitus.has(error)
-}
 
 /** The challenge of an entry was not the session's: fn has not run; run the request again, asking first. */
 export class StaleChallenge extends Error {
@@ -108,13 +91,17 @@ export interface Entry {
  * ROLLBACK) fails. Undefined when `db` was not made by createDb (no pipelined client to send on):
  * the caller enters one statement at a time.
  */
-export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: (trx: Transaction<DB>) => Promise<T>): Promise<{ value: T } | undefined> {
+export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: (trx: Transaction<DB>) => Promise<T>,
+  oneAtATime: (conn: Kysely<DB>) => Promise<T>): Promise<{ value: T; citus?: true } | undefined> {
   const dialect = dialectOf(db)
   if (!dialect) return undefined
   return withCheckedOutClient((clientOf) => db.connection().execute(async (conn) => {
     const client = clientOf()
-    if (!client?.pipeline) return undefined
+    if (!client) return undefined
     const state = sessions.get(client) ?? await askSession(client)
+    // On Citus, the request one statement at a time on this connection, as before 0019:
+    // docs/design/tenant-context.md.
+    if (state.citus) return { value: await oneAtATime(conn), citus: true as const }
     const entered = state.next === 'per transaction' || entry.askInTransaction ? await enterAsking(client, state, entry) : enterKnowing(client, state, state.next, entry)
     await entered.outcome
     if (entered.error) {
@@ -128,8 +115,7 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
     } catch (error) {
       await closed(open)
       await end(db, client, `rollback; ${state.cleanUp}`)
-      if (state.citus && error && typeof error === 'object') raisedOnCitus.add(error)
-      throw error
+        throw error
     }
     await closed(open)
     // SQL of fn's that ended the transaction (COMMIT, ROLLBACK): what came before it is committed
@@ -146,25 +132,6 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
     const ended = (error: unknown) => (error as { code?: string }).code === 'TC002'
       ? new Error('withTenant: no tenant was entered any more when fn returned (SQL in fn ended the transaction, or reset or switched the tenant context); the request failed and was rolled back (what such SQL committed itself stays)', { cause: error })
       : error
-    if (state.outside) {
-      // The check, COMMIT, then the clean-up, in one write; the check and COMMIT decide the outcome
-      // (COMMIT of a transaction the check aborted answers ROLLBACK, without an error).
-      const [checked, committed, cleaned] = inOneWrite(client, () => [
-        state.endRequest ? client.query('select tenant_context.end_request(false)') : Promise.resolve(),
-        client.query('commit'),
-        client.query(state.cleanUp),
-      ] as const)
-      try {
-        await checked
-        await committed
-      } catch (error) {
-        await Promise.allSettled([committed, cleaned])
-        await end(db, client, `rollback; ${state.cleanUp}`)
-        throw ended(error)
-      }
-      await cleaned.catch(() => condemned(db, client))
-      return { value }
-    }
     const ending = client.query(state.endRequest ? 'select tenant_context.end_request(true); commit' : `${state.cleanUp}; commit`)
     // Counted as sent now: a query sent after this one, before its answer, makes the next request clean first.
     const cleanAt = queriesSent(client)
@@ -183,7 +150,7 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
 
 /** The session's first request: ask for its challenge (0019), or learn that it must be asked per transaction. */
 async function askSession(client: pg.PoolClient): Promise<SessionState> {
-  const state: SessionState = { next: 'per transaction', citus: false, outside: false, cleanUp: CLEAN_UP_CALL, endRequest: true }
+  const state: SessionState = { next: 'per transaction', citus: false, cleanUp: CLEAN_UP_CALL, endRequest: true }
   // The clean-up first, in the same write: SQL sent on the new connection before its first request
   // (a read-only default, a setting, a lock) is gone before session_challenge() and the request.
   const [cleaned, asked] = inOneWrite(client, () => [
@@ -191,6 +158,7 @@ async function askSession(client: pg.PoolClient): Promise<SessionState> {
     client.query<{ c: string | null; pid: number }>('select tenant_context.session_challenge() as c, pg_catalog.pg_backend_pid() as pid'),
   ] as const)
   const cleanAt = queriesSent(client)
+  await pipelineOff(client, [cleaned, asked])
   try {
     await cleaned
     const { rows } = await asked
@@ -198,11 +166,9 @@ async function askSession(client: pg.PoolClient): Promise<SessionState> {
     // A pooler's connection shows a pid of its own, not the server's (PgBouncer makes one up).
     const direct = rows[0]?.pid === (client as { processID?: number }).processID
     state.citus = challenge === null
-    state.outside = state.citus && direct
     if (challenge && direct) state.next = challenge
     state.cleanAt = cleanAt
   } catch (error) {
-    await asked.catch(() => {})
     // A database before 0019 has neither session_challenge() nor clean_up().
     if ((error as { code?: string }).code !== '42883') throw error
     state.cleanUp = CLEAN_UP
@@ -236,7 +202,7 @@ function enterKnowing(client: pg.PoolClient, state: SessionState, challenge: str
     client.query<{ next: string }>(`select ${lockTimeout(entry, 4)}tenant_context.enter($1::text, $2::text, $3::text) as next`,
       [entry.tenantId, challenge, signTenantContext(entry.key, entry.tenantId, challenge), ...lockTimeoutValue(entry)]),
   ] as const)
-  entered.outcome = Promise.all([cleaned, begun, answer]).then(([, , { rows }]) => {
+  entered.outcome = pipelineOff(client, [cleaned, begun, answer]).then(() => Promise.all([cleaned, begun, answer])).then(([, , { rows }]) => {
     state.next = rows[0]!.next
   }, (error) => {
     // A refusal raises before the mark moves, so the challenge stays good; a stale one is asked for again.
@@ -252,7 +218,13 @@ function enterKnowing(client: pg.PoolClient, state: SessionState, challenge: str
  * them as it would anyway: one write each, same order.
  */
 function inOneWrite<T>(client: pg.PoolClient, send: () => T): T {
-  const stream = (client as { connection?: { stream?: { cork?: () => void; uncork?: () => void } } }).connection?.stream
+  const c = client as { pipeline?: boolean; connection?: { stream?: { cork?: () => void; uncork?: () => void } } }
+  const stream = c.connection?.stream
+  // pg's pipeline mode for these queries only (the caller turns it off once they are all answered:
+  // pg reads the flag when it sends, and when an answer comes for what it sent). On for every query
+  // of the pool, the app's transactions sat idle between statements long enough that Citus's
+  // distribute, under the app's load, ran out of its lock budget (4 runs of 5; off, 0 of 2).
+  c.pipeline = true
   stream?.cork?.()
   try {
     return send()
@@ -261,19 +233,24 @@ function inOneWrite<T>(client: pg.PoolClient, send: () => T): T {
   }
 }
 
+/** Back to one query at a time, once everything sent in one write is answered. */
+async function pipelineOff(client: pg.PoolClient, sent: readonly unknown[]): Promise<void> {
+  await Promise.allSettled(sent)
+  ;(client as { pipeline?: boolean }).pipeline = false
+}
+
 /**
  * BEGIN, the clean-up and challenge() in one round trip, then enter(). Behind a pooler in
  * transaction mode the clean-up must be inside the transaction to run on its server connection; a
  * setting of the transaction itself (read-only, isolation) is taken up by BEGIN before it.
  */
 async function enterAsking(client: pg.PoolClient, state: SessionState, entry: Entry): Promise<Entered> {
-  const [begun, cleaned, asked] = inOneWrite(client, () => {
-    // Queued in the order they run: the clean-up before BEGIN, or just after it.
-    const first = client.query(state.outside ? state.cleanUp : 'begin')
-    const second = client.query(state.outside ? 'begin' : state.cleanUp)
-    const challenge = client.query<{ c: string }>(`select ${lockTimeout(entry, 1)}tenant_context.challenge() as c`, lockTimeoutValue(entry))
-    return state.outside ? [second, first, challenge] as const : [first, second, challenge] as const
-  })
+  const [begun, cleaned, asked] = inOneWrite(client, () => [
+    client.query('begin'),
+    client.query(state.cleanUp),
+    client.query<{ c: string }>(`select ${lockTimeout(entry, 1)}tenant_context.challenge() as c`, lockTimeoutValue(entry)),
+  ] as const)
+  await pipelineOff(client, [begun, cleaned, asked])
   const entered: Entered = { outcome: Promise.resolve() }
   let challenge: string
   try {
@@ -281,7 +258,6 @@ async function enterAsking(client: pg.PoolClient, state: SessionState, entry: En
     await cleaned
     challenge = (await asked).rows[0]!.c
   } catch (error) {
-    await Promise.allSettled([cleaned, asked])
     entered.error = refused(error)
     return entered
   }

@@ -1,6 +1,6 @@
 import { Kysely } from 'kysely'
 import { afterAll, beforeAll, inject } from 'vitest'
-import { createDb } from '../../src/connection/create-db.ts'
+import { createDb, type CreateDbOptions } from '../../src/connection/create-db.ts'
 import { createScratchDatabase, dropScratchDatabase, scratchName } from '../../src/connection/scratch-database.ts'
 import type { DB } from '../../src/db-types.ts'
 import { buildLegacyDatabase } from '../../fixtures/legacy.ts'
@@ -14,7 +14,7 @@ export interface TestDatabase {
   /** Connections made by {@link connectAs}; closed with the database. */
   close(): Promise<void>
   /** A typed connection logged in as `user` (e.g. the application role). */
-  connectAs(user: string, password?: string, max?: number): Kysely<DB>
+  connectAs(user: string, password?: string, max?: number, options?: CreateDbOptions): Kysely<DB>
 }
 
 /** A fresh database for this test file: a clone of the migrated template, or empty. */
@@ -28,11 +28,11 @@ export async function createTestDatabase(kind: 'migrated' | 'empty' = 'migrated'
     name,
     url,
     admin,
-    connectAs(user, password = 'test', max = 4) {
+    connectAs(user, password = 'test', max = 4, options = {}) {
       const u = new URL(url)
       u.username = user
       u.password = password
-      const db = createDb<DB>(u.toString(), { max })
+      const db = createDb<DB>(u.toString(), { ...options, max })
       others.push(db)
       return db
     },
