@@ -88,8 +88,8 @@ export interface Entry {
  * reaches fn's code, and a request run again after a stale challenge has run nothing of fn's.
  * (Sending fn's first statement behind enter() would save a round trip more, but run fn's code for
  * a tenant that is then refused.) A request whose fn ended the transaction (SQL's COMMIT or
- * ROLLBACK) fails. Undefined when `db` was not made by createDb (no pipelined client to send on):
- * the caller enters one statement at a time.
+ * ROLLBACK) fails. Undefined when `db` was not made by createDb with `pipelinedWithTenant`: the
+ * caller enters one statement at a time.
  */
 export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: (trx: Transaction<DB>) => Promise<T>,
   oneAtATime: (conn: Kysely<DB>) => Promise<T>): Promise<{ value: T; citus?: true } | undefined> {
@@ -115,7 +115,7 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
     } catch (error) {
       await closed(open)
       await end(db, client, `rollback; ${state.cleanUp}`)
-        throw error
+      throw error
     }
     await closed(open)
     // SQL of fn's that ended the transaction (COMMIT, ROLLBACK): what came before it is committed
