@@ -88,12 +88,18 @@ describe('distribute\'s building blocks, on the contracted schema: the order of 
     try {
       let commit = () => {}
       const held = new Promise<void>((r) => (commit = r))
+      let pointed = () => {}
+      const updated = new Promise<void>((r) => (pointed = r))
       const appDone = app.transaction().execute(async (trx) => {
         await sql.raw(`set local skills_db.all_tenants = on;
           insert into skills (id, tenant_id, slug, name, description, content, category) values ('race-new', '${A}', 'race-new', 'n', 'd', 'c', 'c');
           update ratings set skill_id = 'race-new' where id = 'race-r'`).execute(trx)
+        pointed()
         await held
       })
+      // The app's update holds the rating's row before the sweep starts (on a loaded machine the
+      // sweep once ran first, and rightly deleted the rating, dangling then: the test's race).
+      await updated
       const swept = inRun({ lockTimeoutMs: 10_000, lockRetryBudgetMs: 30_000 }, () => referencesBack(sweeper, keys))
       // The sweep waits for the rating's row lock.
       for (let i = 0; i < 200; i++) {
