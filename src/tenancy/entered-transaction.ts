@@ -92,7 +92,7 @@ export interface Entry {
  * caller enters one statement at a time.
  */
 export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: (trx: Transaction<DB>) => Promise<T>,
-  oneAtATime: (conn: Kysely<DB>) => Promise<T>): Promise<{ value: T; citus?: true } | undefined> {
+  oneAtATime: (conn: Kysely<DB>) => Promise<T>): Promise<{ value: T } | undefined> {
   const dialect = dialectOf(db)
   if (!dialect) return undefined
   return withCheckedOutClient((clientOf) => db.connection().execute(async (conn) => {
@@ -101,7 +101,7 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
     const state = sessions.get(client) ?? await askSession(client)
     // On Citus, the request one statement at a time on this connection, as before 0019:
     // docs/design/tenant-context.md.
-    if (state.citus) return { value: await oneAtATime(conn), citus: true as const }
+    if (state.citus) return { value: await oneAtATime(conn) }
     const entered = state.next === 'per transaction' || entry.askInTransaction ? await enterAsking(client, state, entry) : enterKnowing(client, state, state.next, entry)
     await entered.outcome
     if (entered.error) {
@@ -220,10 +220,9 @@ function enterKnowing(client: pg.PoolClient, state: SessionState, challenge: str
 function inOneWrite<T>(client: pg.PoolClient, send: () => T): T {
   const c = client as { pipeline?: boolean; connection?: { stream?: { cork?: () => void; uncork?: () => void } } }
   const stream = c.connection?.stream
-  // pg's pipeline mode for these queries only (the caller turns it off once they are all answered:
-  // pg reads the flag when it sends, and when an answer comes for what it sent). On for every query
-  // of the pool, the app's transactions sat idle between statements long enough that Citus's
-  // distribute, under the app's load, ran out of its lock budget (4 runs of 5; off, 0 of 2).
+  // pg's pipeline mode for these queries only: the caller turns it off once they are all answered
+  // (pg reads the flag when it sends, and when an answer comes for what it sent), so the pool's
+  // other queries go one at a time as without it.
   c.pipeline = true
   stream?.cork?.()
   try {
@@ -271,7 +270,7 @@ const lockTimeout = (entry: Entry, parameter: number) =>
 const lockTimeoutValue = (entry: Entry) => entry.lockTimeoutMs === undefined ? [] : [`${entry.lockTimeoutMs}ms`]
 
 /** enter()'s refusal (42501, with a hint) as one line; anything else as it came. */
-function refused(error: unknown): Error {
+export function refused(error: unknown): Error {
   const e = error as { code?: string; message?: string; hint?: string }
   if (e?.code !== '42501' || !e.message) return error as Error
   return new EnterRefused(e.hint ? `${e.message}: ${e.hint}` : e.message, { cause: error })

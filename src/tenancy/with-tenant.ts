@@ -2,7 +2,7 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import { sql, type Kysely, type Transaction } from 'kysely'
 import { condemnSession, lockTimeoutOf, tenantKeyOf } from '../connection/create-db.ts'
 import type { DB } from '../db-types.ts'
-import { CLEAN_UP, EnterRefused, inEnteredTransaction, StaleChallenge } from './entered-transaction.ts'
+import { CLEAN_UP, EnterRefused, inEnteredTransaction, refused, StaleChallenge } from './entered-transaction.ts'
 import { parseTenantKey, signTenantContext, type TenantKey } from './tenant-key.ts'
 
 export const MAX_TENANT_ID_LENGTH = 128
@@ -143,9 +143,8 @@ export async function enterTenant(trx: Kysely<any>, tenantId: string, key: Tenan
   try {
     await sql`select tenant_context.enter(${tenantId}::text, ${signature}::text)`.execute(trx)
   } catch (error) {
-    const e = error as { code?: string; message?: string; hint?: string }
-    if (e.code !== '42501' || !e.message) throw error
-    throw new TenantError(e.hint ? `${e.message}: ${e.hint}` : e.message, { cause: error })
+    const refusal = refused(error)
+    throw refusal instanceof EnterRefused ? new TenantError(refusal.message, { cause: error }) : error
   }
   return { pid }
 }
