@@ -179,6 +179,8 @@ async function transactionsInFlightEnded(db: Kysely<any>, app: string, what: str
     -- logs in as another role and SETs ROLE: an outside review lost an update through one), but
     -- not a superuser's or this command's role's.
     where l.locktype = 'virtualxid' and l.granted and a.pid <> pg_catalog.pg_backend_pid()
+      -- (This database's: the app role's transactions in another database never see this one's state.)
+      and a.datname = pg_catalog.current_database()
       and (a.usename = ${app} or (pg_catalog.pg_has_role(a.usesysid, ${app}, 'MEMBER') and not r.rolsuper and a.usename <> current_user))`.execute(db)
   const deadline = Date.now() + run().lockRetryBudgetMs
   for (;;) {

@@ -100,7 +100,10 @@ async function lockHolders(db: Kysely<any>, table: string): Promise<string> {
     select string_agg(h.who, '; ' order by h.who) as who from (
       select ${sessionLabel(sql`', holds ' || string_agg(distinct l.relation::regclass::text, ', ')`)} as who
       from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
-      where l.relation in (select rel from (${RELATED(table)}) r where r.rel is not null) and l.granted and l.pid <> pg_catalog.pg_backend_pid()
+      -- Only this database's locks: a database cloned from another (or from the same template) has
+      -- the same relation oids, and a session there holding its own table is not in the way.
+      where l.database = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())
+        and l.relation in (select rel from (${RELATED(table)}) r where r.rel is not null) and l.granted and l.pid <> pg_catalog.pg_backend_pid()
       group by a.pid, a.application_name, a.usename, a.state, a.query) h`.execute(db)
   return rows[0]?.who ?? 'a session that has since finished'
 }

@@ -1,9 +1,11 @@
 import { sql } from 'kysely'
-import { describe, expect, it } from 'vitest'
+import { createDb } from '../../src/connection/create-db.ts'
+import { describe, expect, inject, it } from 'vitest'
 import { LockRetryExhausted, withLockRetry } from '../../src/online/lock-retry.ts'
 import { inRun } from '../../src/online/run-context.ts'
 import { useTestDatabase } from '../support/database.ts'
 import { connectClient } from '../../src/connection/pg-client.ts'
+import { createScratchDatabase, dropScratchDatabase, scratchName } from '../../src/connection/scratch-database.ts'
 
 describe('online/lock-retry', () => {
   const t = useTestDatabase('empty')
@@ -69,5 +71,43 @@ describe('online/lock-retry', () => {
       await sql`select no_such_column from toy`.execute(trx)
     })).rejects.toThrow(/no_such_column/)
     expect(calls).toBe(1)
+  })
+})
+
+/**
+ * CI's finding: a database cloned from another has the same relation oids, and the holders named
+ * were whoever held "the same" oid in any database (the other test files' app sessions).
+ */
+describe('online/lock-retry: the holders named are of this database only', () => {
+  it('a session holding the same table of a clone is not named; the one holding it here is', async () => {
+    const adminUrl = inject('adminUrl')
+    const here = scratchName(`${inject('runId')}_lh`)
+    const clone = scratchName(`${inject('runId')}_lc`)
+    const url = await createScratchDatabase(adminUrl, here)
+    const closing: (() => Promise<unknown>)[] = [() => dropScratchDatabase(adminUrl, here)]
+    try {
+      const setUp = await connectClient({ connectionString: url })
+      await setUp.query('create table toy (id int primary key)')
+      await setUp.end()
+      const cloneUrl = await createScratchDatabase(adminUrl, clone, here)
+      closing.unshift(() => dropScratchDatabase(adminUrl, clone))
+      const holders = [] as Awaited<ReturnType<typeof connectClient>>[]
+      for (const [at, name] of [[cloneUrl, 'the clone holder'], [url, 'the lock holder']] as const) {
+        const c = await connectClient({ connectionString: at, application_name: name })
+        closing.unshift(() => c.end())
+        await c.query('begin; lock table toy in access share mode')
+        holders.push(c)
+      }
+      const sameOid = await Promise.all(holders.map(async (c) => (await c.query(`select 'toy'::regclass::oid as oid`)).rows[0].oid))
+      expect(sameOid[0]).toBe(sameOid[1])
+      const db = createDb<any>(url, { max: 1 })
+      closing.unshift(() => db.destroy())
+      const attempt = inRun({ lockTimeoutMs: 20, lockRetryBudgetMs: 200 }, () =>
+        withLockRetry(db, 'toy', (trx) => sql`alter table toy add column w int`.execute(trx)))
+      await expect(attempt).rejects.toThrow(/held by pid \d+ \(the lock holder, idle in transaction, holds toy, [^)]*\); end that session/)
+      await expect(attempt).rejects.not.toThrow(/the clone holder/)
+    } finally {
+      for (const close of closing) await close().catch(() => {})
+    }
   })
 })
