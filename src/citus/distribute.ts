@@ -3,7 +3,7 @@ import { appRoleName } from '../online/app-role.ts'
 import { resolverWithoutJoin } from './api-key-resolver.ts'
 import { readRecorded, record } from '../online/recorded-settings.ts'
 import type { MigrationLogger } from '../migrator/migration-logger.ts'
-import { withLockRetry } from '../online/lock-retry.ts'
+import { lockInOrder, withLockRetry } from '../online/lock-retry.ts'
 import { progress } from '../online/run-context.ts'
 import { citusLeftoversDropped, copyPlan, distributeOnline, onlineDistribution, onlineWitnessOff, onlineWitnessOn, rowSecurityForcedAgain, sizeOf } from './online-distribution.ts'
 import { citusReadiness, DISTRIBUTED } from './readiness.ts'
@@ -109,10 +109,11 @@ export async function distribute(db: Kysely<any>, options: DistributeOptions = {
     // distributed, the keys and triggers on their way back) dropped them again, and stopped by its
     // lock budget, left the app's writes unchecked that were checked before it (an outside review).
     if (tablesLeft.length > 0) {
-      for (const k of keys) await step(`drop foreign key ${k.table}.${k.name} (added back below)`, () => withLockRetry(conn, k.table, (trx) => sql`alter table ${sql.table(k.table)} drop constraint if exists ${sql.id(k.name)}`.execute(trx)))
+      for (const k of keys) await step(`drop foreign key ${k.table}.${k.name} (added back below)`, () => dropForeignKey(conn, k))
     }
     await clearingTriggersOff(conn, tablesLeft.length)
 
+    await step('the tenant context by the session\'s challenge (0019): off, the app asks per transaction', () => sessionEntryOff(conn))
     for (const table of ['public.tenants', 'skills_db.tenant_context_keys']) {
       if (!(await isReference(conn, table))) {
         await step(`${table}: a reference table`, () => withoutTriggers(conn, table, (trx) => sql`select create_reference_table(${table}::regclass)`.execute(trx)))
@@ -214,6 +215,28 @@ async function asyncFilter<T>(items: T[], keep: (item: T) => Promise<boolean>): 
 }
 
 
+/** The single-node tenant context functions, for undistribute to put back (recorded once: a rerun finds Citus's). */
+async function singleNodeFunctionsRecorded(db: Kysely<any>): Promise<void> {
+  if (await readRecorded(db, REPLACED_FUNCTIONS)) return
+  const { rows: defs } = await sql<{ fn: string; def: string }>`select p.oid::regprocedure::text as fn, pg_catalog.pg_get_functiondef(p.oid) as def
+    from pg_catalog.pg_proc p where p.oid = any(array[${sql.join([...TENANT_CONTEXT_FUNCTIONS, SESSION_ENTER].map((f) => sql`pg_catalog.to_regprocedure(${f})`))}]) order by 1`.execute(db)
+  await record(db, REPLACED_FUNCTIONS, JSON.stringify(defs), { replace: true })
+}
+
+/**
+ * 0019's entry by the session's challenge, replaced by its refusal on Citus (recorded first) before
+ * `tenants` and the tenant keys become reference tables: its one join of the two failed now and
+ * then in between, on a cluster without the coordinator in the metadata (Citus's "could not find
+ * the intermediate result file", in 2 runs of 4 under the app's load). From here on a connection
+ * that knew its session's challenge is refused as stale and asks again, session_challenge()
+ * answers NULL (the record), and the app enters per transaction, as on Citus. Idempotent.
+ */
+async function sessionEntryOff(db: Kysely<any>): Promise<void> {
+  await singleNodeFunctionsRecorded(db)
+  const { rows } = await sql<{ f: string | null }>`select pg_catalog.to_regprocedure(${SESSION_ENTER})::text as f`.execute(db)
+  if (rows[0]?.f) await CITUS_SESSION_ENTER.execute(db)
+}
+
 /**
  * The tenant context every node checks (worker-tenant-context.ts), in place of the single-node one
  * (recorded first, for undistribute): done as soon as site_settings, the table challenge() reads to
@@ -232,12 +255,7 @@ async function tenantContextOnEveryNode(db: Kysely<any>, app: string): Promise<v
     await sql`revoke all on function tenant_context.copy_keys_to_nodes() from public`.execute(db)
     await sql`select tenant_context.copy_keys_to_nodes()`.execute(db)
   })
-  // The single-node versions, for undistribute to put back (recorded once: a rerun finds Citus's).
-  if (!(await readRecorded(db, REPLACED_FUNCTIONS))) {
-    const { rows: defs } = await sql<{ fn: string; def: string }>`select p.oid::regprocedure::text as fn, pg_catalog.pg_get_functiondef(p.oid) as def
-      from pg_catalog.pg_proc p where p.oid = any(array[${sql.join([...TENANT_CONTEXT_FUNCTIONS, SESSION_ENTER].map((f) => sql`pg_catalog.to_regprocedure(${f})`))}]) order by 1`.execute(db)
-    await record(db, REPLACED_FUNCTIONS, JSON.stringify(defs), { replace: true })
-  }
+  await singleNodeFunctionsRecorded(db)
   // In one transaction: a request that got the new challenge gets the new enter() too, and the new
   // enter() takes the old challenge's signature (a request that asked for it just before); a
   // request that entered by the old enter() is known by its mark (current_tenant()).
@@ -245,10 +263,6 @@ async function tenantContextOnEveryNode(db: Kysely<any>, app: string): Promise<v
     await CITUS_CHALLENGE.execute(trx)
     await CITUS_ENTER.execute(trx)
     await CITUS_CURRENT_TENANT.execute(trx)
-    // A connection that learnt its session's challenge before (0019) is refused as stale, asks
-    // again, and session_challenge() answers NULL from here on (the record above): per transaction.
-    const { rows } = await sql<{ f: string | null }>`select pg_catalog.to_regprocedure(${SESSION_ENTER})::text as f`.execute(trx)
-    if (rows[0]?.f) await CITUS_SESSION_ENTER.execute(trx)
   })
   for (const fn of TENANT_CONTEXT_FUNCTIONS) {
     await sql`select create_distributed_function(${fn}::regprocedure)`.execute(db)
@@ -355,4 +369,23 @@ async function foreignKeysBetween(db: Kysely<any>, tables: string[], alsoTo: str
       and not c.relispartition and c.relname = any(${tables}) and p.relname = any(${[...tables, ...alsoTo]})
     order by 1, 2`.execute(db)
   return rows
+}
+
+/**
+ * Drops foreign key `key`, with its table and the table it references locked first, in the app's
+ * order behind the tenant context keys (lockInOrder): the app's requests in flight finish, and the
+ * next wait at their entry, holding nothing. Dropping a key locks both tables; taken as the ALTER
+ * takes them (the table, then the one it references), a request that had written a user and then
+ * read skills waited on this step while it waited on the request, until its lock timeout, every
+ * try: under the new app's load, distribute ran out of its lock budget (with withTenant's
+ * pipelined way on, in most runs).
+ */
+function dropForeignKey(conn: Kysely<any>, key: { table: string; name: string }): Promise<unknown> {
+  return withLockRetry(conn, key.table, async (trx) => {
+    const { rows } = await sql<{ parent: string }>`select c.confrelid::regclass::text as parent from pg_catalog.pg_constraint c
+      where c.conrelid = pg_catalog.to_regclass(${key.table}::text) and c.conname = ${key.name}`.execute(trx)
+    const parent = rows[0]?.parent
+    if (parent) await lockInOrder(trx, parent === key.table ? [key.table] : [key.table, parent])
+    await sql`alter table ${sql.table(key.table)} drop constraint if exists ${sql.id(key.name)}`.execute(trx)
+  })
 }
