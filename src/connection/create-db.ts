@@ -1,7 +1,7 @@
 import { Kysely, PostgresDialect, type Dialect } from 'kysely'
 import pg from 'pg'
 import type { DB } from '../db-types.ts'
-import { countingQueries, notingCheckouts } from './checked-out-client.ts'
+import { countingQueries } from './query-count.ts'
 import { condemnableSessions } from './condemned-sessions.ts'
 import { ConnectionError, describeConnectionError } from './connection-error.ts'
 import { parseDatabaseUrl, type DatabaseTarget } from './database-url.ts'
@@ -31,11 +31,11 @@ export interface CreateDbOptions {
    */
   lockTimeoutMs?: number
   /**
-   * withTenant in fewer round trips (issue 18, migration 0019): BEGIN and the tenant's entry in
-   * one, the clean-up and COMMIT in one more, with the checks that come with it (a request whose
-   * fn ended or left its transaction fails). Off by default: with it on, Citus's `distribute` under
-   * the app's load ran out of its lock budget in most runs, which is not understood yet (README,
-   * "Per-request cost"). Off, withTenant sends each statement on its own, as before 0019.
+   * withTenant in fewer round trips (issue 18, migration 0019), the default: BEGIN and the tenant's
+   * entry in one round trip, the clean-up and COMMIT in one more, with the checks that come with it
+   * (a request whose fn ended or left its transaction fails). `false` sends each statement on its
+   * own, as before 0019 (5 round trips besides fn's): for a proxy that mishandles pipelined
+   * messages. On Citus withTenant enters one statement at a time either way.
    */
   pipelinedWithTenant?: boolean
   /**
@@ -65,6 +65,7 @@ export interface ServerNotice {
  */
 export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Kysely<T> {
   const target = parseDatabaseUrl(url)
+  const pipelined = options.pipelinedWithTenant ?? false
   const pool = new pg.Pool({
     connectionString: url,
     max: options.max ?? 10,
@@ -76,17 +77,14 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
   pool.on('error', () => {})
   pool.on('connect', (client) => {
     client.on('error', () => {})
-    if (options.pipelinedWithTenant) countingQueries(client)
+    if (pipelined) countingQueries(client)
     if (options.onNotice) client.on('notice', options.onNotice)
   })
   const condemn = condemnableSessions(pool)
   const dialect = new PostgresDialect({ pool })
   const db = new Kysely<T>({ dialect })
   targets.set(db, target)
-  if (options.pipelinedWithTenant) {
-    notingCheckouts(pool)
-    dialects.set(db, dialect)
-  }
+  if (pipelined) pools.set(db, { pool, dialect })
   condemners.set(db, condemn)
   if (options.tenantKey !== undefined) tenantKeys.set(db, options.tenantKey)
   if (options.auditKey !== undefined) auditKeys.set(db, options.auditKey)
@@ -98,7 +96,7 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
 }
 
 const targets = new WeakMap<object, DatabaseTarget>()
-const dialects = new WeakMap<object, Dialect>()
+const pools = new WeakMap<object, { pool: pg.Pool; dialect: Dialect }>()
 const condemners = new WeakMap<object, (pid: number) => void>()
 const tenantKeys = new WeakMap<object, string>()
 const auditKeys = new WeakMap<object, string>()
@@ -133,9 +131,12 @@ export function condemnSession(db: object, pid: number): boolean {
   return condemn !== undefined
 }
 
-/** The dialect of a Kysely instance made by {@link createDb} with `pipelinedWithTenant` (withTenant builds its transactions with it). */
-export function dialectOf(db: object): Dialect | undefined {
-  return dialects.get(db)
+/**
+ * The pool and dialect of a Kysely instance made by {@link createDb} (unless `pipelinedWithTenant: false`):
+ * withTenant checks its connection out of the pool itself, and builds fn's transaction with the dialect.
+ */
+export function poolOf(db: object): { pool: pg.Pool; dialect: Dialect } | undefined {
+  return pools.get(db)
 }
 
 /** The tenant key a Kysely instance was made with ({@link CreateDbOptions.tenantKey}), if any. */

@@ -1,7 +1,8 @@
-import { Transaction, type Dialect, type Driver, type Kysely, type QueryExecutor } from 'kysely'
+import { Transaction, type Dialect, type Driver, type Kysely } from 'kysely'
 import type pg from 'pg'
-import { queriesSent, withCheckedOutClient } from '../connection/checked-out-client.ts'
-import { condemnSession, dialectOf } from '../connection/create-db.ts'
+import { condemnSession, poolOf } from '../connection/create-db.ts'
+import { queriesSent } from '../connection/query-count.ts'
+import { ClientConnection } from './client-connection.ts'
 import type { DB } from '../db-types.ts'
 import { signTenantContext, type TenantKey } from './tenant-key.ts'
 
@@ -35,7 +36,7 @@ interface SessionState {
   /** session_challenge() answered NULL: the database is distributed by Citus. */
   citus: boolean
   /**
-   * The count of the connection's queries (checked-out-client.ts) when it was last known clean:
+   * The count of the connection's queries (query-count.ts) when it was last known clean:
    * after the clean-up that ended a request, or a new connection's first query. While it is the
    * same, nothing can have left anything on the session, and a request skips the clean-up at its
    * start.
@@ -74,13 +75,15 @@ export interface Entry {
 }
 
 /**
- * Runs `fn` in a transaction entered for `entry.tenantId`, on a connection of createDb's pool, in
- * as few round trips as the session allows besides fn's own statements:
+ * Runs `fn` in a transaction entered for `entry.tenantId`, on a connection it checks out of
+ * createDb's pool itself (fn's queries go to that client through {@link ClientConnection}), in as
+ * few round trips as the session allows besides fn's own statements:
  * - the session's challenge known (every request after a connection's first: enter() answers the
  *   next one): the clean-up, BEGIN and `enter()` in one round trip, the clean-up and COMMIT in one
  *   more;
- * - asked per transaction (behind a pooler, on Citus): BEGIN, the clean-up and `challenge()` in
- *   one, `enter()`, the clean-up and COMMIT.
+ * - asked per transaction (behind a pooler): BEGIN, the clean-up and `challenge()` in one,
+ *   `enter()`, the clean-up and COMMIT;
+ * - on Citus: `oneAtATime`, on a connection Kysely checks out.
  *
  * The clean-up at the start undoes what SQL outside withTenant left on the session (on this pool's
  * connection or, behind a pooler, on whichever server connection the transaction landed on); the
@@ -88,64 +91,79 @@ export interface Entry {
  * reaches fn's code, and a request run again after a stale challenge has run nothing of fn's.
  * (Sending fn's first statement behind enter() would save a round trip more, but run fn's code for
  * a tenant that is then refused.) A request whose fn ended the transaction (SQL's COMMIT or
- * ROLLBACK) fails. Undefined when `db` was not made by createDb with `pipelinedWithTenant`: the
- * caller enters one statement at a time.
+ * ROLLBACK) fails. Undefined when `db` was not made by createDb, or with `pipelinedWithTenant: false`:
+ * the caller enters one statement at a time.
  */
 export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: (trx: Transaction<DB>) => Promise<T>,
   oneAtATime: (conn: Kysely<DB>) => Promise<T>): Promise<{ value: T } | undefined> {
-  const dialect = dialectOf(db)
-  if (!dialect) return undefined
-  return withCheckedOutClient((clientOf) => db.connection().execute(async (conn) => {
-    const client = clientOf()
-    if (!client) return undefined
-    const state = sessions.get(client) ?? await askSession(client)
-    // On Citus, the request one statement at a time on this connection, as before 0019:
-    // docs/design/tenant-context.md.
-    if (state.citus) return { value: await oneAtATime(conn) }
-    const entered = state.next === 'per transaction' || entry.askInTransaction ? await enterAsking(client, state, entry) : enterKnowing(client, state, state.next, entry)
-    await entered.outcome
-    if (entered.error) {
-      await end(db, client, `rollback; ${state.cleanUp}`)
-      throw entered.error
-    }
-    const open = { now: true, pending: new Set<Promise<unknown>>() }
-    let value: T
-    try {
-      value = await fn(transactionOn(conn, dialect, open))
-    } catch (error) {
-      await closed(open)
-      await end(db, client, `rollback; ${state.cleanUp}`)
-      throw error
-    }
+  const made = poolOf(db)
+  if (!made) return undefined
+  const client = await made.pool.connect()
+  let state: SessionState
+  try {
+    state = sessions.get(client) ?? await askSession(client)
+  } catch (error) {
+    client.release()
+    throw error
+  }
+  // On Citus, the request one statement at a time, through Kysely, as before 0019:
+  // docs/design/tenant-context.md.
+  if (state.citus) {
+    client.release()
+    return { value: await db.connection().execute(oneAtATime) }
+  }
+  try {
+    return { value: await entered(db, client, made.dialect, state, entry, fn) }
+  } finally {
+    client.release()
+  }
+}
+
+/** The request on `client`, checked out of createDb's pool for it: see {@link inEnteredTransaction}. */
+async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialect, state: SessionState, entry: Entry, fn: (trx: Transaction<DB>) => Promise<T>): Promise<T> {
+  const entered = state.next === 'per transaction' || entry.askInTransaction ? await enterAsking(client, state, entry) : enterKnowing(client, state, state.next, entry)
+  await entered.outcome
+  if (entered.error) {
+    await end(db, client, `rollback; ${state.cleanUp}`)
+    throw entered.error
+  }
+  const open = { now: true, pending: new Set<Promise<unknown>>() }
+  let value: T
+  try {
+    value = await fn(transactionOn(db, client, dialect, open))
+  } catch (error) {
     await closed(open)
-    // SQL of fn's that ended the transaction (COMMIT, ROLLBACK): what came before it is committed
-    // or not as that SQL chose, and what came after ran with no tenant. The request fails.
-    const status = (client as { getTransactionStatus?: () => string | null }).getTransactionStatus?.()
-    if (status === 'I') {
-      await end(db, client, state.cleanUp)
-      throw new Error('withTenant: SQL in fn ended the transaction (COMMIT or ROLLBACK); the request failed, and what it wrote before that may have been committed')
-    }
-    if (status === 'E') {
-      await end(db, client, `rollback; ${state.cleanUp}`)
-      throw new Error('withTenant: fn returned, but one of its statements had failed and aborted the transaction: nothing was committed')
-    }
-    const ended = (error: unknown) => (error as { code?: string }).code === 'TC002'
-      ? new Error('withTenant: no tenant was entered any more when fn returned (SQL in fn ended the transaction, or reset or switched the tenant context); the request failed and was rolled back (what such SQL committed itself stays)', { cause: error })
-      : error
-    const ending = client.query(state.endRequest ? 'select tenant_context.end_request(true); commit' : `${state.cleanUp}; commit`)
-    // Counted as sent now: a query sent after this one, before its answer, makes the next request clean first.
-    const cleanAt = queriesSent(client)
-    try {
-      await ending
-      state.cleanAt = cleanAt
-    } catch (error) {
-      await end(db, client, `rollback; ${state.cleanUp}`)
-      throw (error as { code?: string }).code === '25P02'
-        ? new Error('withTenant: fn returned, but one of its statements had failed and aborted the transaction: nothing was committed', { cause: error })
-        : ended(error)
-    }
-    return { value }
-  }))
+    await end(db, client, `rollback; ${state.cleanUp}`)
+    throw error
+  }
+  await closed(open)
+  // SQL of fn's that ended the transaction (COMMIT, ROLLBACK): what came before it is committed
+  // or not as that SQL chose, and what came after ran with no tenant. The request fails.
+  const status = (client as { getTransactionStatus?: () => string | null }).getTransactionStatus?.()
+  if (status === 'I') {
+    await end(db, client, state.cleanUp)
+    throw new Error('withTenant: SQL in fn ended the transaction (COMMIT or ROLLBACK); the request failed, and what it wrote before that may have been committed')
+  }
+  if (status === 'E') {
+    await end(db, client, `rollback; ${state.cleanUp}`)
+    throw new Error('withTenant: fn returned, but one of its statements had failed and aborted the transaction: nothing was committed')
+  }
+  const ended = (error: unknown) => (error as { code?: string }).code === 'TC002'
+    ? new Error('withTenant: no tenant was entered any more when fn returned (SQL in fn ended the transaction, or reset or switched the tenant context); the request failed and was rolled back (what such SQL committed itself stays)', { cause: error })
+    : error
+  const ending = client.query(state.endRequest ? 'select tenant_context.end_request(true); commit' : `${state.cleanUp}; commit`)
+  // Counted as sent now: a query sent after this one, before its answer, makes the next request clean first.
+  const cleanAt = queriesSent(client)
+  try {
+    await ending
+    state.cleanAt = cleanAt
+  } catch (error) {
+    await end(db, client, `rollback; ${state.cleanUp}`)
+    throw (error as { code?: string }).code === '25P02'
+      ? new Error('withTenant: fn returned, but one of its statements had failed and aborted the transaction: nothing was committed', { cause: error })
+      : ended(error)
+  }
+  return value
 }
 
 /** The session's first request: ask for its challenge (0019), or learn that it must be asked per transaction. */
@@ -301,12 +319,12 @@ function condemned(db: Kysely<DB>, client: pg.PoolClient): void {
  * waited for before the request ends (an outside review had a chain of them run inside the next
  * request, another tenant's, and read its rows): nothing of fn's reaches the connection's next user.
  */
-function transactionOn(conn: Kysely<DB>, dialect: Dialect, open: { now: boolean; pending: Set<Promise<unknown>> }): Transaction<DB> {
-  const inner = conn.getExecutor()
-  const executor: QueryExecutor = inner.withConnectionProvider({
+function transactionOn(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialect, open: { now: boolean; pending: Set<Promise<unknown>> }): Transaction<DB> {
+  const connection = new ClientConnection(client)
+  const executor = db.getExecutor().withConnectionProvider({
     provideConnection(consumer) {
       if (!open.now) throw new Error('this withTenant transaction has ended: use trx only inside fn, and wait for its queries there')
-      const running = inner.provideConnection(consumer)
+      const running = consumer(connection)
       const settled = running.then(() => {}, () => {})
       open.pending.add(settled)
       void settled.then(() => open.pending.delete(settled))
