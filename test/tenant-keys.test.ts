@@ -60,7 +60,7 @@ describe('tenant keys: what withTenant signs with, and the database checks again
   it('a key with the right id and another secret is refused, saying the keys differ', async () => {
     const wrong = appAs(`test:${'w'.repeat(40)}`)
     try {
-      await expect(sees(wrong)).rejects.toThrow(/the tenant context signature is not valid for this transaction: the app's key and the database's copy of it differ/)
+      await expect(sees(wrong)).rejects.toThrow(/the tenant context signature is not valid for this session's challenge: the app's key and the database's copy of it differ/)
     } finally {
       await wrong.destroy()
     }

@@ -26,7 +26,8 @@ describe('when withTenant\'s clean-up fails, the session does not serve the next
   let dir: string
   let server: EmbeddedServer
   let admin: Kysely<any>
-  let app: Kysely<DB>
+  let u: URL
+  const apps: Kysely<DB>[] = []
   beforeAll(async () => {
     dir = mkdtempSync(path.join(tmpdir(), 'skills-db-test-locks-'))
     chmodSync(dir, 0o755)
@@ -50,21 +51,28 @@ describe('when withTenant\'s clean-up fails, the session does not serve the next
     // given back here, as an operator might, the clean-up must still not leave a session behind.
     await sql.raw(`alter role ${appRole} password 'test'; grant temporary on database skills to ${appRole}`).execute(admin)
     await seedTwoTenants(admin)
-    const u = new URL(url)
+    u = new URL(url)
     u.username = appRole
     u.password = 'test'
-    // A pool of one: the next request gets the very session the attack left, unless it was ended.
-    app = createDb<DB>(u.toString(), { max: 1, tenantKey: TEST_TENANT_KEY })
   }, 240_000)
   afterAll(async () => {
-    await app?.destroy()
+    for (const app of apps) await app.destroy()
     await admin?.destroy()
     await server?.stop()
     if (dir) rmSync(dir, { recursive: true, force: true })
   })
 
-  it('an attack that leaves a view shadowing skills and makes the clean-up fail: B\'s next request gets a new session and the real table', async () => {
-    const attacked = await withTenant(app, A, async (trx) => {
+  // The default way ends a request with the clean-up and COMMIT in one message; the other sends
+  // each statement on its own, and cleans up after COMMIT.
+  it.each([
+    ['the default way', { fails: true }],
+    ['one statement at a time (pipelinedWithTenant: false)', { pipelinedWithTenant: false, fails: false }],
+  ] as const)('%s: an attack that leaves a view shadowing skills and makes the clean-up fail: B\'s next request gets a new session and the real table', async (_way, { fails, ...options }) => {
+    // A pool of one: the next request gets the very session the attack left, unless it was ended.
+    const app = createDb<DB>(u.toString(), { max: 1, tenantKey: TEST_TENANT_KEY, ...options })
+    apps.push(app)
+    let attacked = 0
+    const attack = withTenant(app, A, async (trx) => {
       await sql.raw(`create temp view skills as select * from public.skills where false`).execute(trx)
       // Outside withTenant's transaction, a batch per transaction, so that creating them fits.
       await sql`commit`.execute(trx)
@@ -72,8 +80,14 @@ describe('when withTenant\'s clean-up fails, the session does not serve the next
         await sql.raw(`do $$ begin for i in ${batch * 10}..${batch * 10 + 9} loop execute format('create domain pg_temp.d%s as int', i); end loop; end $$`).execute(trx)
       }
       await sql`begin`.execute(trx)
-      return (await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(trx)).rows[0]!.pid
+      attacked = (await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(trx)).rows[0]!.pid
     })
+    // By default the request fails: its transaction is no longer the entered one (the attacker's
+    // COMMIT and BEGIN). One statement at a time, that goes unseen (the attacker's transaction
+    // commits); either way the clean-up fails, so the session is condemned.
+    if (fails) await expect(attack).rejects.toThrow(/out of shared memory|no tenant was entered any more/)
+    else await attack
+    expect(attacked).toBeGreaterThan(0)
     const next = await withTenant(app, B, async (trx) => ({
       pid: (await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(trx)).rows[0]!.pid,
       temp: (await sql<{ n: number }>`select count(*)::int as n from pg_class where relnamespace = pg_my_temp_schema()`.execute(trx)).rows[0]!.n,

@@ -65,7 +65,7 @@ export interface ServerNotice {
  */
 export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Kysely<T> {
   const target = parseDatabaseUrl(url)
-  const pipelined = options.pipelinedWithTenant ?? false
+  const pipelined = options.pipelinedWithTenant ?? true
   const pool = new pg.Pool({
     connectionString: url,
     max: options.max ?? 10,
