@@ -10,7 +10,7 @@ import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 import { A, B, seedTwoTenants } from './support/tenants.ts'
 
 const KEY = parseTenantKey(TEST_TENANT_KEY, 'test key')
-/** The way of withTenant these tests are about (createDb's option; off by default). */
+/** The way of withTenant these tests are about (createDb's option; the default since 08f475f, named so that a change of default does not change what they test). */
 const PIPELINED = { pipelinedWithTenant: true }
 const OTHER_KEY = parseTenantKey('test:ffffffffffffffffffffffffffffffff-other', 'other key')
 
