@@ -88,7 +88,7 @@ describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in
       pg.Client.prototype.query = original
       await app.destroy()
     }
-    expect(sent).toEqual(['begin', 'select tenant_context.clean_up()', 'select tenant_context.challenge() as c', 'select tenant_context.enter($1::text, $2::text)',
+    expect(sent).toEqual(['begin read write', 'select tenant_context.clean_up()', 'select tenant_context.challenge() as c', 'select tenant_context.enter($1::text, $2::text)',
       'select "id" from "skills"', 'select tenant_context.end_request(true); commit'])
   })
 
@@ -111,6 +111,42 @@ describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in
       }
     } finally {
       await app.destroy()
+    }
+  })
+
+  // From an outside review: a read-only default left on a server connection made the next
+  // request there read-only from its BEGIN, before the clean-up, and enter()'s setval failed.
+  it('SQL that ends A\'s transaction and makes the session read-only by default: B\'s next request on that server connection still writes', async () => {
+    const one = await startPgBouncer(appUrl, { poolSize: 1 })
+    if ('notRun' in one) throw new Error(one.notRun)
+    const attackerApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY })
+    const victimApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY })
+    try {
+      // B's connection has had its first request (whose clean-up, outside a transaction, would undo the setting).
+      await withTenant(victimApp, B, async () => {})
+      let left!: () => void
+      const stateLeft = new Promise<void>((r) => { left = r })
+      let goOn!: () => void
+      const resume = new Promise<void>((r) => { goOn = r })
+      const attacker = withTenant(attackerApp, A, async (trx) => {
+        await sql`commit`.execute(trx)
+        await sql`set default_transaction_read_only = on`.execute(trx)
+        left()
+        await resume
+      })
+      await stateLeft
+      const written = await withTenant(victimApp, B, async (trx) => {
+        const readOnly = (await sql<{ ro: string }>`select current_setting('transaction_read_only') as ro`.execute(trx)).rows[0]!.ro
+        const updated = await trx.updateTable('skills').set({ name: 'written under a read-only default' }).where('id', '=', 'sB1').returning('id').execute()
+        return { readOnly, updated: updated.map((r) => r.id) }
+      })
+      goOn()
+      await expect(attacker).rejects.toThrow(/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/)
+      expect(written).toEqual({ readOnly: 'off', updated: ['sB1'] })
+    } finally {
+      await attackerApp.destroy()
+      await victimApp.destroy()
+      await one.stop()
     }
   })
 

@@ -210,7 +210,7 @@ describe('withTenant\'s round trips', () => {
       expect(await lookup()).toEqual([{ id: 'sA1' }])
       // Nothing was sent on the connection since the last request's clean-up: none at the start.
       expect(counter.sent.map((s) => [s.roundTrip, s.text.replace(/\s+/g, ' ').slice(0, 40)])).toEqual([
-        [1, 'begin'],
+        [1, 'begin read write'],
         [1, 'select tenant_context.enter($1::text, $2'],
         [2, 'select "id" from "skills" where "slug" ='],
         [3, 'select tenant_context.end_request(true);'],
@@ -228,7 +228,7 @@ describe('withTenant\'s round trips', () => {
     try {
       await withTenant(app, B, async () => {})
       expect(counter.sent.map((s) => [s.roundTrip, s.text.slice(0, 32)])).toEqual([
-        [1, 'select tenant_context.clean_up()'], [1, 'begin'], [1, 'select tenant_context.enter($1::'], [2, 'select tenant_context.end_reques'],
+        [1, 'select tenant_context.clean_up()'], [1, 'begin read write'], [1, 'select tenant_context.enter($1::'], [2, 'select tenant_context.end_reques'],
       ])
     } finally {
       counter.restore()
@@ -248,8 +248,8 @@ describe('withTenant\'s round trips', () => {
     expect(runs).toBe(1)
     expect(counter.sent.map((s) => s.text.replace(/ as c(, pg_catalog.pg_backend_pid\(\) as pid)?$/, ''))).toEqual([
       // The failed request above left no clean state to trust: this one cleans first.
-      'select tenant_context.clean_up()', 'begin', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'rollback; select tenant_context.clean_up()',
-      'select tenant_context.clean_up()', 'select tenant_context.session_challenge()', 'begin', 'select tenant_context.clean_up()', 'select tenant_context.challenge()', 'select tenant_context.enter($1::text, $2::text)',
+      'select tenant_context.clean_up()', 'begin read write', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'rollback; select tenant_context.clean_up()',
+      'select tenant_context.clean_up()', 'select tenant_context.session_challenge()', 'begin read write', 'select tenant_context.clean_up()', 'select tenant_context.challenge()', 'select tenant_context.enter($1::text, $2::text)',
       'select "id" from "skills" order by "id"', 'select tenant_context.end_request(true); commit',
     ])
   })
@@ -434,7 +434,7 @@ describe('withTenant on a database before 0019 (the app deployed before its migr
     } finally {
       counter.restore()
     }
-    expect(counter.sent.map((s) => s.text.slice(0, 34))).toEqual(['begin', 'reset all; close all; deallocate a', 'select tenant_context.challenge() ', 'select tenant_context.enter($1::te',
+    expect(counter.sent.map((s) => s.text.slice(0, 34))).toEqual(['begin read write', 'reset all; close all; deallocate a', 'select tenant_context.challenge() ', 'select tenant_context.enter($1::te',
       'select "id" from "skills" order by', 'select current_setting(\'search_pat', 'reset all; close all; deallocate a'])
   })
 })

@@ -24,6 +24,15 @@ export const CLEAN_UP = 'reset all; close all; deallocate all; discard temp; unl
 const CLEAN_UP_CALL = 'select tenant_context.clean_up()'
 
 /**
+ * Read-write whatever the session's default: behind a transaction-mode pooler, SQL of another
+ * request that committed and then set `default_transaction_read_only` on its server connection made
+ * the next request there read-only from its BEGIN, before the clean-up could undo the setting, and
+ * so failed (an outside review: 98 of about 3,200 of the other tenant's requests). enter() writes
+ * (the mark), so a withTenant transaction is never read-only.
+ */
+const BEGIN = 'begin read write'
+
+/**
  * What the app knows of a connection's session: the challenge of its next `enter()`
  * (`<pid>:<mark>`, migration 0019), or that it must ask for one in each transaction: behind a
  * pooler in transaction mode (the connection's pid is not the server's: each transaction may land
@@ -216,7 +225,7 @@ function enterKnowing(client: pg.PoolClient, state: SessionState, challenge: str
   const clean = state.cleanAt === undefined || queriesSent(client) !== state.cleanAt
   const [cleaned, begun, answer] = inOneWrite(client, () => [
     clean ? client.query(state.cleanUp) : undefined,
-    client.query('begin'),
+    client.query(BEGIN),
     client.query<{ next: string }>(`select ${lockTimeout(entry, 4)}tenant_context.enter($1::text, $2::text, $3::text) as next`,
       [entry.tenantId, challenge, signTenantContext(entry.key, entry.tenantId, challenge), ...lockTimeoutValue(entry)]),
   ] as const)
@@ -259,11 +268,12 @@ async function pipelineOff(client: pg.PoolClient, sent: readonly unknown[]): Pro
 /**
  * BEGIN, the clean-up and challenge() in one round trip, then enter(). Behind a pooler in
  * transaction mode the clean-up must be inside the transaction to run on its server connection; a
- * setting of the transaction itself (read-only, isolation) is taken up by BEGIN before it.
+ * setting of the transaction itself is taken up by BEGIN before it: read-only no more ({@link BEGIN}
+ * says read-write), but the isolation level still.
  */
 async function enterAsking(client: pg.PoolClient, state: SessionState, entry: Entry): Promise<Entered> {
   const [begun, cleaned, asked] = inOneWrite(client, () => [
-    client.query('begin'),
+    client.query(BEGIN),
     client.query(state.cleanUp),
     client.query<{ c: string }>(`select ${lockTimeout(entry, 1)}tenant_context.challenge() as c`, lockTimeoutValue(entry)),
   ] as const)
