@@ -1,4 +1,4 @@
-import { sql } from 'kysely'
+import { sql, type Kysely, type RawBuilder } from 'kysely'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { PGBOUNCER_MISSING, startPgBouncer, type PgBouncer } from '../fixtures/pgbouncer.ts'
@@ -124,24 +124,15 @@ describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in
     try {
       // B's connection has had its first request (whose clean-up, outside a transaction, would undo the setting).
       await withTenant(victimApp, B, async () => {})
-      let left!: () => void
-      const stateLeft = new Promise<void>((r) => { left = r })
-      let goOn!: () => void
-      const resume = new Promise<void>((r) => { goOn = r })
-      const attacker = withTenant(attackerApp, A, async (trx) => {
-        await sql`commit`.execute(trx)
-        await sql`set default_transaction_read_only = on`.execute(trx)
-        left()
-        await resume
-      })
-      await stateLeft
+      const attacker = heldAfter(attackerApp, sql`set default_transaction_read_only = on`)
+      await attacker.left
       const written = await withTenant(victimApp, B, async (trx) => {
         const readOnly = (await sql<{ ro: string }>`select current_setting('transaction_read_only') as ro`.execute(trx)).rows[0]!.ro
         const updated = await trx.updateTable('skills').set({ name: 'written under a read-only default' }).where('id', '=', 'sB1').returning('id').execute()
         return { readOnly, updated: updated.map((r) => r.id) }
       })
-      goOn()
-      await expect(attacker).rejects.toThrow(/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/)
+      attacker.resume()
+      await expect(attacker.request).rejects.toThrow(/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/)
       expect(written).toEqual({ readOnly: 'off', updated: ['sB1'] })
     } finally {
       await attackerApp.destroy()
@@ -158,23 +149,13 @@ describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in
     const attackerApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY, pipelinedWithTenant: true })
     const victimApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY, pipelinedWithTenant: true })
     try {
-      let left!: () => void
-      const stateLeft = new Promise<void>((r) => { left = r })
-      let goOn!: () => void
-      const resume = new Promise<void>((r) => { goOn = r })
-      const attacker = withTenant(attackerApp, A, async (trx) => {
-        await sql`commit`.execute(trx)
-        await sql`select set_config('app.leak', 'left-by-A', false), set_config('statement_timeout', '123456', false), pg_advisory_lock(4242)`.execute(trx)
-        left()
-        await resume
-        return 'ok'
-      })
-      await stateLeft
+      const attacker = heldAfter(attackerApp, sql`select set_config('app.leak', 'left-by-A', false), set_config('statement_timeout', '123456', false), pg_advisory_lock(4242)`)
+      await attacker.left
       const seen = await withTenant(victimApp, B, async (trx) => (await sql<{ leak: string | null; locks: number; timeout: string }>`
         select current_setting('app.leak', true) as leak, current_setting('statement_timeout') as timeout,
           (select count(*)::int from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()) as locks`.execute(trx)).rows[0])
-      goOn()
-      await expect(attacker).rejects.toThrow(/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/)
+      attacker.resume()
+      await expect(attacker.request).rejects.toThrow(/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/)
       expect(seen).toEqual({ leak: '', timeout: '0', locks: 0 })
     } finally {
       await attackerApp.destroy()
@@ -183,3 +164,22 @@ describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in
     }
   })
 })
+
+/**
+ * A's request whose fn commits, runs `leave` outside any transaction (on the server connection
+ * PgBouncer gave it, which it hands to the next transaction), and is held there until `resume()`.
+ */
+function heldAfter(app: Kysely<DB>, leave: RawBuilder<unknown>) {
+  let left!: () => void
+  let resume!: () => void
+  const reached = new Promise<void>((r) => { left = r })
+  const resumed = new Promise<void>((r) => { resume = r })
+  const request = withTenant(app, A, async (trx) => {
+    await sql`commit`.execute(trx)
+    await leave.execute(trx)
+    left()
+    await resumed
+  })
+  request.catch(() => {})
+  return { left: reached, resume, request }
+}
