@@ -1,6 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { beforeAll, describe, expect, inject, it } from 'vitest'
 import { recordAudit } from '../src/audit/record-audit.ts'
+import { createDb } from '../src/connection/create-db.ts'
 import type { DB } from '../src/db-types.ts'
 import { TenantError, withTenant } from '../src/tenancy/with-tenant.ts'
 import { useTestDatabase } from './support/database.ts'
@@ -26,6 +27,21 @@ describe('withTenant and recordAudit', () => {
     const audit = await withTenant(app, A, (trx) => trx.selectFrom('audit_logs').selectAll().where('action', '=', 'skill.create').execute())
     expect(audit).toMatchObject([{ tenant_id: A, actor_id: 'uA1', resource_id: result.id, metadata: { slug: 'new' } }])
     expect(await withTenant(app, B, (trx) => trx.selectFrom('audit_logs').select('id').where('action', '=', 'skill.create').execute())).toEqual([])
+  })
+
+  it('db.destroy() closes the connections withTenant opened (a newcomer\'s script waited 10 s for the pool\'s idle timeout)', async () => {
+    const u = new URL(t.url)
+    u.username = inject('appRole')
+    u.password = 'test'
+    const name = `destroy-test-${process.pid}`
+    const own = createDb<DB>(u.toString(), { max: 3, applicationName: name })
+    await Promise.all([A, B, A].map((tenant) => withTenant(own, tenant, (trx) => trx.selectFrom('skills').select('id').execute())))
+    const open = async () => (await sql<{ n: number }>`select count(*)::int as n from pg_stat_activity where application_name = ${name}`.execute(t.admin)).rows[0]!.n
+    expect(await open()).toBeGreaterThan(0)
+    await own.destroy()
+    // The server sees a session go a moment after its client ends it.
+    for (let i = 0; i < 50 && (await open()) > 0; i++) await new Promise((r) => setTimeout(r, 20))
+    expect(await open()).toBe(0)
   })
 
   it('an audit row rolls back with the change it records', async () => {

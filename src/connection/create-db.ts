@@ -83,6 +83,15 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
   const condemn = condemnableSessions(pool)
   const dialect = new PostgresDialect({ pool })
   const db = new Kysely<T>({ dialect })
+  // withTenant checks its connections out of the pool itself, and Kysely ends the pool on destroy()
+  // only if it checked one out first: a pool only withTenant used stayed open (a newcomer's script
+  // waited 10 s for the idle timeout after destroy()). (Not for an instance derived by
+  // withSchema() or withPlugin(), whose destroy() is Kysely's alone: destroy this one.)
+  const destroy = db.destroy.bind(db)
+  db.destroy = async () => {
+    await destroy()
+    if (!pool.ending) await pool.end()
+  }
   targets.set(db, target)
   if (pipelined) pools.set(db, { pool, dialect })
   condemners.set(db, condemn)
