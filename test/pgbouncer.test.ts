@@ -105,7 +105,9 @@ describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in
         const left = await withTenant(app, B, async (trx) => ({
           searchPath: (await sql<{ s: string }>`select current_setting('search_path') as s`.execute(trx)).rows[0]!.s,
           prepared: (await sql<{ n: number }>`select count(*)::int as n from pg_prepared_statements`.execute(trx)).rows[0]!.n,
-          locks: (await sql<{ n: number }>`select count(*)::int as n from pg_locks where locktype = 'advisory'`.execute(trx)).rows[0]!.n,
+          // A's lock on any server connection (not others' advisory locks: CI saw a migrator's, of another test's database).
+          locks: (await sql<{ n: number }>`select count(*)::int as n from pg_locks where locktype = 'advisory' and objid = 4242 and objsubid = 1
+            and database = (select oid from pg_database where datname = current_database())`.execute(trx)).rows[0]!.n,
         }))
         expect(left).toEqual({ searchPath: '"$user", public', prepared: 0, locks: 0 })
       }
