@@ -1,6 +1,7 @@
-import { Kysely, PostgresDialect, type Dialect } from 'kysely'
+import { Kysely, PostgresDialect } from 'kysely'
 import pg from 'pg'
 import type { DB } from '../db-types.ts'
+import { pipelinedPool } from './pipelined-pools.ts'
 import { countingQueries } from './query-count.ts'
 import { condemnableSessions } from './condemned-sessions.ts'
 import { ConnectionError, describeConnectionError } from './connection-error.ts'
@@ -93,7 +94,7 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
     if (!pool.ending) await pool.end()
   }
   targets.set(db, target)
-  if (pipelined) pools.set(db, { pool, dialect })
+  if (pipelined) pipelinedPool(db, pool, dialect)
   condemners.set(db, condemn)
   if (options.tenantKey !== undefined) tenantKeys.set(db, options.tenantKey)
   if (options.auditKey !== undefined) auditKeys.set(db, options.auditKey)
@@ -105,7 +106,6 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
 }
 
 const targets = new WeakMap<object, DatabaseTarget>()
-const pools = new WeakMap<object, { pool: pg.Pool; dialect: Dialect }>()
 const condemners = new WeakMap<object, (pid: number) => void>()
 const tenantKeys = new WeakMap<object, string>()
 const auditKeys = new WeakMap<object, string>()
@@ -138,14 +138,6 @@ export function condemnSession(db: object, pid: number): boolean {
   const condemn = condemners.get(db)
   condemn?.(pid)
   return condemn !== undefined
-}
-
-/**
- * The pool and dialect of a Kysely instance made by {@link createDb} (unless `pipelinedWithTenant: false`):
- * withTenant checks its connection out of the pool itself, and builds fn's transaction with the dialect.
- */
-export function poolOf(db: object): { pool: pg.Pool; dialect: Dialect } | undefined {
-  return pools.get(db)
 }
 
 /** The tenant key a Kysely instance was made with ({@link CreateDbOptions.tenantKey}), if any. */

@@ -1,6 +1,7 @@
 import { Transaction, type Dialect, type Driver, type Kysely } from 'kysely'
 import type pg from 'pg'
-import { condemnSession, poolOf } from '../connection/create-db.ts'
+import { condemnSession } from '../connection/create-db.ts'
+import { poolOf } from '../connection/pipelined-pools.ts'
 import { queriesSent } from '../connection/query-count.ts'
 import { ClientConnection } from './client-connection.ts'
 import type { DB } from '../db-types.ts'
