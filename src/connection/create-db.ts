@@ -89,8 +89,8 @@ export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Ky
   // waited 10 s for the idle timeout after destroy()). (Not for an instance derived by
   // withSchema() or withPlugin(), whose destroy() is Kysely's alone: destroy this one.)
   const destroy = db.destroy.bind(db)
-  db.destroy = async () => {
-    await destroy()
+  db.destroy = async (...args: Parameters<typeof destroy>) => {
+    await destroy(...args)
     if (!pool.ending) await pool.end()
   }
   targets.set(db, target)
