@@ -92,8 +92,7 @@ export interface Entry {
  *   next one): the clean-up, BEGIN and `enter()` in one round trip, the clean-up and COMMIT in one
  *   more;
  * - asked per transaction (behind a pooler): BEGIN, the clean-up and `challenge()` in one,
- *   `enter()`, the clean-up and COMMIT;
- * - on Citus: `oneAtATime`, on a connection Kysely checks out.
+ *   `enter()`, the clean-up and COMMIT.
  *
  * The clean-up at the start undoes what SQL outside withTenant left on the session (on this pool's
  * connection or, behind a pooler, on whichever server connection the transaction landed on); the
@@ -101,29 +100,17 @@ export interface Entry {
  * reaches fn's code, and a request run again after a stale challenge has run nothing of fn's.
  * (Sending fn's first statement behind enter() would save a round trip more, but run fn's code for
  * a tenant that is then refused.) A request whose fn ended the transaction (SQL's COMMIT or
- * ROLLBACK) fails. Undefined when `db` was not made by createDb, or with `pipelinedWithTenant: false`:
- * the caller enters one statement at a time.
+ * ROLLBACK) fails. Undefined when `db` was not made by createDb, or with `pipelinedWithTenant: false`,
+ * or on Citus (the session says so: docs/design/tenant-context.md): the caller enters one statement
+ * at a time.
  */
-export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: (trx: Transaction<DB>) => Promise<T>,
-  oneAtATime: (conn: Kysely<DB>) => Promise<T>): Promise<{ value: T } | undefined> {
+export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: (trx: Transaction<DB>) => Promise<T>): Promise<{ value: T } | undefined> {
   const made = poolOf(db)
   if (!made) return undefined
   const client = await made.pool.connect()
-  let state: SessionState
   try {
-    state = sessions.get(client) ?? await askSession(client)
-  } catch (error) {
-    client.release()
-    throw error
-  }
-  // On Citus, the request one statement at a time, through Kysely, as before 0019:
-  // docs/design/tenant-context.md.
-  if (state.citus) {
-    client.release()
-    return { value: await db.connection().execute(oneAtATime) }
-  }
-  try {
-    return { value: await entered(db, client, made.dialect, state, entry, fn) }
+    const state = sessions.get(client) ?? await askSession(client)
+    return state.citus ? undefined : { value: await entered(db, client, made.dialect, state, entry, fn) }
   } finally {
     client.release()
   }
@@ -131,11 +118,13 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
 
 /** The request on `client`, checked out of createDb's pool for it: see {@link inEnteredTransaction}. */
 async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialect, state: SessionState, entry: Entry, fn: (trx: Transaction<DB>) => Promise<T>): Promise<T> {
-  const entered = state.next === 'per transaction' || entry.askInTransaction ? await enterAsking(client, state, entry) : enterKnowing(client, state, state.next, entry)
-  await entered.outcome
-  if (entered.error) {
-    await end(db, client, `rollback; ${state.cleanUp}`)
-    throw entered.error
+  // A request that will not commit: ROLLBACK first (fn's error may have aborted the transaction).
+  const rolledBack = () => end(db, client, `rollback; ${state.cleanUp}`)
+  const entering = state.next === 'per transaction' || entry.askInTransaction ? await enterAsking(client, state, entry) : enterKnowing(client, state, state.next, entry)
+  await entering.outcome
+  if (entering.error) {
+    await rolledBack()
+    throw entering.error
   }
   const open = { now: true, pending: new Set<Promise<unknown>>() }
   let value: T
@@ -143,7 +132,7 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
     value = await fn(transactionOn(db, client, dialect, open))
   } catch (error) {
     await closed(open)
-    await end(db, client, `rollback; ${state.cleanUp}`)
+    await rolledBack()
     throw error
   }
   await closed(open)
@@ -155,12 +144,9 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
     throw new Error('withTenant: SQL in fn ended the transaction (COMMIT or ROLLBACK); the request failed, and what it wrote before that may have been committed')
   }
   if (status === 'E') {
-    await end(db, client, `rollback; ${state.cleanUp}`)
-    throw new Error('withTenant: fn returned, but one of its statements had failed and aborted the transaction: nothing was committed')
+    await rolledBack()
+    throw new Error(ABORTED)
   }
-  const ended = (error: unknown) => (error as { code?: string }).code === 'TC002'
-    ? new Error('withTenant: no tenant was entered any more when fn returned (SQL in fn ended the transaction, or reset or switched the tenant context); the request failed and was rolled back (what such SQL committed itself stays)', { cause: error })
-    : error
   const ending = client.query(state.endRequest ? 'select tenant_context.end_request(true); commit' : `${state.cleanUp}; commit`)
   // Counted as sent now: a query sent after this one, before its answer, makes the next request clean first.
   const cleanAt = queriesSent(client)
@@ -168,13 +154,16 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
     await ending
     state.cleanAt = cleanAt
   } catch (error) {
-    await end(db, client, `rollback; ${state.cleanUp}`)
-    throw (error as { code?: string }).code === '25P02'
-      ? new Error('withTenant: fn returned, but one of its statements had failed and aborted the transaction: nothing was committed', { cause: error })
-      : ended(error)
+    await rolledBack()
+    const code = (error as { code?: string }).code
+    if (code === '25P02') throw new Error(ABORTED, { cause: error })
+    if (code === 'TC002') throw new Error('withTenant: no tenant was entered any more when fn returned (SQL in fn ended the transaction, or reset or switched the tenant context); the request failed and was rolled back (what such SQL committed itself stays)', { cause: error })
+    throw error
   }
   return value
 }
+
+const ABORTED = 'withTenant: fn returned, but one of its statements had failed and aborted the transaction: nothing was committed'
 
 /** The session's first request: ask for its challenge (0019), or learn that it must be asked per transaction. */
 async function askSession(client: pg.PoolClient): Promise<SessionState> {

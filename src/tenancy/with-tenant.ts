@@ -67,15 +67,13 @@ export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: 
   const entry = { tenantId, key, ...(lockTimeoutMs === undefined ? {} : { lockTimeoutMs }) }
   const run = (trx: Transaction<DB>) => inside.run({ tenantId, db }, () => fn(trx, { tenantId }))
   let staleRetried = false
-  let alone = false
   for (let attempt = 1; ; attempt++) {
+    // Whether this try went one statement at a time (the only way Citus's rollbacks are run again).
+    let alone = false
     try {
-      if (!alone) {
-        const pipelined = await inEnteredTransaction(db, staleRetried ? { ...entry, askInTransaction: true } : entry, run,
-          (conn) => { alone = true; return oneStatementAtATime(db, conn, entry, run) })
-        if (pipelined) return pipelined.value
-        alone = true
-      }
+      const pipelined = await inEnteredTransaction(db, staleRetried ? { ...entry, askInTransaction: true } : entry, run)
+      if (pipelined) return pipelined.value
+      alone = true
       return await db.connection().execute((conn) => oneStatementAtATime(db, conn, entry, run))
     } catch (error) {
       // The session's challenge had moved on (SQL of an earlier request asked for a new one):
@@ -90,7 +88,6 @@ export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: 
       // session): on one server, SQL of fn's raising the same code and message must not make fn
       // run again (an outside review ran it 3 times).
       if (attempt >= CITUS_RETRY_ATTEMPTS || !citusRetryable(error) || !alone) throw error
-      alone = false
     }
   }
 }
