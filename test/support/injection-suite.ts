@@ -132,10 +132,8 @@ export function describeInjectionSuite(subject: InjectionSubject): void {
           await sql`rollback to savepoint attack`.execute(trx).catch(() => {})
         }
         reached = await reachB(trx)
-      }).catch((error: Error) => {
-        // An attack that ends the transaction fails the request (what it reached is checked above).
-        if (!/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/.test(error.message)) throw error
-      })
+        // An attack that ends the transaction fails the request (what it reached is checked below).
+      }).catch(failingOnlyWith(/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/))
       expect(reached).toEqual([])
       expect(await snapshotB(subject.admin())).toEqual(bRows)
       // Nothing the attack left reaches the next user of the connection (the same session).
@@ -189,7 +187,7 @@ export function describeInjectionSuite(subject: InjectionSubject): void {
           await sql`rollback to savepoint s`.execute(trx)
         }
         reached = await reachB(trx)
-      }).catch((error: Error) => { if (!/no tenant was entered any more/.test(error.message)) throw error })
+      }).catch(failingOnlyWith(/no tenant was entered any more/))
       expect(reached).toEqual([])
     })
 
@@ -263,7 +261,7 @@ export function describeInjectionSuite(subject: InjectionSubject): void {
         await sql`select set_config('app.current_tenant_id', ${B}, true)`.execute(trx)
         const named = (await sql<{ tenant_id: string }>`select tenant_id from skills`.execute(trx)).rows.map((r) => r.tenant_id)
         seen = { own: [...new Set(own)], named }
-      }).catch((error: Error) => { if (!/no tenant was entered any more/.test(error.message)) throw error })
+      }).catch(failingOnlyWith(/no tenant was entered any more/))
       // On Citus the workers keep the tenant enter() propagated, and set_config() does not reach
       // them: A's rows or none (the isolation matrix's tampered contexts), never B's.
       if (subject.shardNames) expect([...new Set(seen!.named)]).toBeOneOf([[], [A]])
@@ -303,4 +301,9 @@ export function describeInjectionSuite(subject: InjectionSubject): void {
       })).rejects.toMatchObject({ rollback: true })
     })
   })
+}
+
+/** A request's rejection handler that lets through only the failure `expected` names. */
+const failingOnlyWith = (expected: RegExp) => (error: Error) => {
+  if (!expected.test(error.message)) throw error
 }
