@@ -24,3 +24,16 @@ export function databaseFunction(spec: FunctionSpec): Step {
     down: async (db) => void (await sql`drop function if exists ${signature}`.execute(db)),
   }
 }
+
+/**
+ * A new body for a function an earlier migration made, which triggers or callers already name: `up`
+ * puts `definition` in place, `down` the `previous` one (that migration's own, copied in). Grants and
+ * the triggers that call it are untouched either way.
+ */
+export function replacedFunction(spec: { signature: string; definition: RawBuilder<unknown>; previous: RawBuilder<unknown> }): Step {
+  return {
+    name: `new body of ${spec.signature}`,
+    up: async (db) => void (await spec.definition.execute(db)),
+    down: async (db) => void (await spec.previous.execute(db)),
+  }
+}
