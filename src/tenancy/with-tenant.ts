@@ -163,7 +163,7 @@ async function cleanUp(db: Kysely<DB>, conn: Kysely<DB>, pid: number | undefined
 const parsed = new Map<string, TenantKey>()
 
 /** The key of `db` (createDb's tenantKey), else SKILLS_DB_TENANT_KEY; parsed once. */
-function keyFor(db: object): TenantKey {
+export function keyFor(db: object): TenantKey {
   const [text, what] = tenantKeyOf(db) !== undefined
     ? [tenantKeyOf(db)!, 'createDb option tenantKey']
     : [process.env.SKILLS_DB_TENANT_KEY, 'SKILLS_DB_TENANT_KEY']

@@ -21,7 +21,13 @@ export const NOT_THE_OLD_APP = `select set_config('skills_db.unconfined_sessions
  */
 export async function seedTwoTenants(admin: Kysely<any>): Promise<void> {
   await sql.raw(`${NOT_THE_OLD_APP}
-    insert into tenants (id, name, slug) values ('${A}', 'A', 'a'), ('${B}', 'B', 'b');
+    insert into tenants (id, name, slug) values ('${A}', 'A', 'a'), ('${B}', 'B', 'b');`).execute(admin)
+  await seedRowsOfTwoTenants(admin)
+}
+
+/** {@link seedTwoTenants}'s rows of tenants A and B, once the two tenants exist (made by createTenant, say). */
+export async function seedRowsOfTwoTenants(admin: Kysely<any>): Promise<void> {
+  await sql.raw(`
     insert into users (id, tenant_id, email) values
       ('uA1', '${A}', 'ann@a'), ('uA2', '${A}', 'al@a'), ('uB1', '${B}', 'ann@a'), ('uB2', '${B}', 'bo@b');
     insert into skills (id, tenant_id, name, slug, description, category, content, author_id) values

@@ -1,0 +1,236 @@
+import { createHmac } from 'node:crypto'
+import { sql, type Kysely } from 'kysely'
+import { beforeAll, describe, expect, inject, it } from 'vitest'
+import { createDb } from '../src/connection/create-db.ts'
+import type { DB } from '../src/db-types.ts'
+import { createTenant } from '../src/tenancy/create-tenant.ts'
+import { lifecycleRequest } from '../src/tenancy/lifecycle-request.ts'
+import { resolveApiKey } from '../src/tenancy/resolve-api-key.ts'
+import { resolveTenant } from '../src/tenancy/resolve-tenant.ts'
+import { TenantRequestError, TenantTakenError } from '../src/tenancy/tenant-errors.ts'
+import { activateTenant, suspendTenant } from '../src/tenancy/tenant-status.ts'
+import { withTenant } from '../src/tenancy/with-tenant.ts'
+import { parseTenantKey } from '../src/tenancy/tenant-key.ts'
+import { useTestDatabase } from './support/database.ts'
+import { describeIsolationMatrix } from './support/isolation-matrix.ts'
+import { TEST_TENANT_KEY } from './support/tenant-key.ts'
+import { A, B, seedRowsOfTwoTenants } from './support/tenants.ts'
+
+const KEY = parseTenantKey(TEST_TENANT_KEY, 'test key')
+const sign = (request: string, challenge: string) => `${KEY.id}:${createHmac('sha256', KEY.secret).update(`${request}:${challenge}`, 'utf8').digest('hex')}`
+
+/** What an outcome was, so that refusals compare whole: class, message, SQLSTATE. */
+async function outcome(p: Promise<unknown>): Promise<unknown> {
+  try {
+    return { ok: await p }
+  } catch (error) {
+    const e = error as Error & { code?: string; cause?: { code?: string } }
+    return { name: e.name, message: e.message, code: e.code ?? e.cause?.code }
+  }
+}
+
+/**
+ * Runs `fn` on a superuser connection that is closed when it returns: no superuser session may be
+ * connected while a tenant is created (0005's guard against an unconfined single-tenant app), so
+ * this file never keeps one open (t.admin's pool would).
+ */
+async function asSuperuser<T>(url: string, fn: (db: Kysely<any>) => Promise<T>): Promise<T> {
+  const db = createDb<any>(url, { max: 1 })
+  try {
+    return await fn(db)
+  } finally {
+    await db.destroy()
+  }
+}
+
+// The tenant lifecycle from the app's own connection: the application role, no owner, no superuser.
+describe('tenants created, resolved, suspended and reactivated by the app role', () => {
+  const t = useTestDatabase('migrated')
+  let app: Kysely<DB>
+  beforeAll(async () => {
+    app = t.connectAs(inject('appRole'), 'test', 12)
+    expect(await createTenant(app, { id: A, name: 'A', slug: 'a' })).toEqual({ tenantId: A, created: true })
+    expect(await createTenant(app, { id: B, name: 'B', slug: 'b', domain: 'B.Example.com' })).toEqual({ tenantId: B, created: true })
+    await asSuperuser(t.url, seedRowsOfTwoTenants)
+  })
+
+  describe('the isolation matrix, on two tenants createTenant made', () => {
+    describeIsolationMatrix(() => app, { role: () => inject('appRole') })
+  })
+
+  it('createTenant makes the tenant and its first admin in one go; withTenant enters it at once', async () => {
+    const made = await createTenant(app, { name: 'Acme Inc', slug: 'acme', plan: 'pro' }, { email: 'ann@acme.example', name: 'Ann' })
+    expect(made).toMatchObject({ created: true, adminId: expect.any(String) })
+    const users = await withTenant(app, made.tenantId, (trx) => trx.selectFrom('users').select(['id', 'email', 'role', 'tenant_id']).execute())
+    expect(users).toEqual([{ id: made.adminId, email: 'ann@acme.example', role: 'admin', tenant_id: made.tenantId }])
+    const { rows } = await asSuperuser(t.url, (admin) => sql`select name, slug, plan, is_active from tenants where id = ${made.tenantId}`.execute(admin))
+    expect(rows).toEqual([{ name: 'Acme Inc', slug: 'acme', plan: 'pro', is_active: true }])
+    // And the other tenants see none of it.
+    expect(await withTenant(app, A, (trx) => trx.selectFrom('users').select('id').where('email', '=', 'ann@acme.example').execute())).toEqual([])
+  })
+
+  it('resolveTenant: a slug or a domain (any case) to the id and active flag; nothing for an unknown one', async () => {
+    expect(await resolveTenant(app, { slug: 'a' })).toEqual({ tenantId: A, active: true })
+    expect(await resolveTenant(app, { domain: 'b.example.COM' })).toEqual({ tenantId: B, active: true })
+    expect(await resolveTenant(app, { slug: 'nobody' })).toBeUndefined()
+    expect(await resolveTenant(app, { domain: 'nobody.example.com' })).toBeUndefined()
+    await expect(resolveTenant(app, {} as never)).rejects.toThrow(TenantRequestError)
+    await expect(resolveTenant(app, { slug: 'a', domain: 'b.example.com' } as never)).rejects.toThrow('one of them')
+  })
+
+  it('resolve_tenant is one lookup of a unique index, by slug and by domain (EXPLAIN as the owner, who runs it; no seq scan allowed)', async () => {
+    const plans = await asSuperuser(t.url, (admin) => admin.transaction().execute(async (trx) => {
+      await sql`set local enable_seqscan = off`.execute(trx)
+      const plan = async (query: ReturnType<typeof sql>) => (await query.execute(trx)).rows.map((r: any) => r['QUERY PLAN']).join('\n')
+      return [
+        await plan(sql`explain select t.id, t.is_active from public.tenants t where t.slug = 'b' collate skills_db.internal`),
+        await plan(sql`explain select t.id, t.is_active from public.tenants t where t.domain = 'b.example.com' collate skills_db.internal`),
+      ]
+    }))
+    expect(plans[0]).toMatch(/^Index Scan using tenants_slug_unique_internal/)
+    expect(plans[1]).toMatch(/^Index Scan using tenants_domain_unique_internal/)
+  })
+
+  it('the one answer about another tenant is "taken": the same for its slug, its domain, its id, or its id and slug together', async () => {
+    const answers = await Promise.all([
+      outcome(createTenant(app, { name: 'X', slug: 'a' })),
+      outcome(createTenant(app, { name: 'X', slug: 'x-new-1', domain: 'b.example.com' })),
+      outcome(createTenant(app, { name: 'X', slug: 'x-new-2', id: B })),
+      // Knowing a tenant's id and slug is no retry of its sign-up: that needs the request key.
+      outcome(createTenant(app, { name: 'A', slug: 'a', id: A })),
+    ])
+    expect(answers).toEqual(Array(4).fill({ name: 'TenantTakenError', message: 'the slug or domain is taken', code: '23505' }))
+    const { rows } = await asSuperuser(t.url, (admin) => sql`select slug from tenants where slug like 'x-new%'`.execute(admin))
+    expect(rows).toEqual([])
+  })
+
+  it('a retry of the same request (id and request key) answers created: false; another key for the same id and slug is "taken"', async () => {
+    const request = { id: 'retry-tenant', name: 'Retry', slug: 'retry', requestKey: 'sign-up-form-session-123' }
+    expect(await createTenant(app, request, { email: 'r@retry.example' })).toMatchObject({ tenantId: 'retry-tenant', created: true })
+    expect(await createTenant(app, request, { email: 'r@retry.example' })).toEqual({ tenantId: 'retry-tenant', created: false })
+    await expect(createTenant(app, { ...request, requestKey: 'someone-else-entirely' })).rejects.toThrow(TenantTakenError)
+    const { rows } = await asSuperuser(t.url, (admin) => sql<{ n: number }>`select count(*)::int as n from users where tenant_id = 'retry-tenant'`.execute(admin))
+    expect(rows[0]!.n).toBe(1)
+  })
+
+  it('concurrent sign-ups of one slug make one tenant; the others are told it is taken', async () => {
+    const results = await Promise.all(Array.from({ length: 10 }, (_, i) =>
+      outcome(createTenant(app, { name: `Racer ${i}`, slug: 'race' }, { email: `r${i}@race.example` }))))
+    expect(results.filter((r) => (r as { ok?: { created: boolean } }).ok?.created === true)).toHaveLength(1)
+    expect(results.filter((r) => (r as { name?: string }).name === 'TenantTakenError')).toHaveLength(9)
+    const { rows } = await asSuperuser(t.url, (admin) => sql<{ n: number }>`select count(*)::int as n from users u join tenants t on t.id = u.tenant_id where t.slug = 'race'`.execute(admin))
+    expect(rows[0]!.n).toBe(1)
+  })
+
+  it('concurrent retries of one request make one tenant, and every try answers its id', async () => {
+    const request = { id: 'same-request', name: 'Same', slug: 'same-request', requestKey: 'one-request-key-abcdef' }
+    const results = await Promise.all(Array.from({ length: 6 }, () => createTenant(app, request, { email: 'x@same.example' })))
+    expect(results.filter((r) => r.created)).toHaveLength(1)
+    expect(new Set(results.map((r) => r.tenantId))).toEqual(new Set(['same-request']))
+  })
+
+  it('a suspended tenant is refused by the next withTenant, on a connection that served it before, and its API keys resolve to nobody; activating brings it back', async () => {
+    const made = await createTenant(app, { name: 'Sus', slug: 'sus' }, { email: 's@sus.example' })
+    await withTenant(app, made.tenantId, (trx) => trx.insertInto('api_keys').values({ user_id: made.adminId!, key_hash: 'sus-hash', key_prefix: 'sk', name: 'k' }).execute())
+    // Every connection of the pool has served the tenant (and kept its pipelined session challenge).
+    await Promise.all(Array.from({ length: 12 }, () => withTenant(app, made.tenantId, (trx) => trx.selectFrom('skills').select('id').execute())))
+    expect(await resolveApiKey(app, { tenantId: made.tenantId, keyHash: 'sus-hash' })).toEqual({ tenantId: made.tenantId, userId: made.adminId })
+    expect(await suspendTenant(app, made.tenantId)).toBe('suspended')
+    expect(await suspendTenant(app, made.tenantId)).toBe('unchanged')
+    const refused = await Promise.all(Array.from({ length: 12 }, () => outcome(withTenant(app, made.tenantId, (trx) => trx.selectFrom('skills').select('id').execute()))))
+    expect(new Set(refused.map((r) => JSON.stringify(r)))).toEqual(new Set([JSON.stringify({ name: 'TenantError', message: `unknown or inactive tenant "${made.tenantId}"`, code: '42501' })]))
+    expect(await resolveApiKey(app, { tenantId: made.tenantId, keyHash: 'sus-hash' })).toBeUndefined()
+    expect(await resolveTenant(app, { slug: 'sus' })).toEqual({ tenantId: made.tenantId, active: false })
+    expect(await activateTenant(app, made.tenantId)).toBe('activated')
+    expect(await withTenant(app, made.tenantId, (trx) => trx.selectFrom('users').select('email').execute())).toEqual([{ email: 's@sus.example' }])
+    const { rows } = await asSuperuser(t.url, (admin) => sql`select event from skills_db.tenant_lifecycle where tenant_id = ${made.tenantId} order by at`.execute(admin))
+    expect(rows.map((r: any) => r.event)).toEqual(['created', 'suspended', 'activated'])
+  })
+
+  it('bad input: one clear error each, and nothing created', async () => {
+    const cases: [Parameters<typeof createTenant>[1], string][] = [
+      [{ name: '', slug: 'ok' }, 'name has 1 to 200 characters'],
+      [{ name: 'N', slug: 'Bad Slug' }, 'slug "Bad Slug" is not'],
+      [{ name: 'N', slug: '-x' }, 'slug "-x" is not'],
+      [{ name: 'N', slug: 'ok', domain: 'not a domain' }, 'domain "not a domain" is not a host name'],
+      [{ name: 'N', slug: 'ok', plan: 'Gold Plan' }, 'plan "Gold Plan" is not'],
+      [{ name: 'N', slug: 'ok', id: 'has space' }, 'tenant id "has space" is not'],
+      [{ name: 'N', slug: 'ok', requestKey: 'short' }, 'requestKey has at least 16 characters'],
+    ]
+    for (const [input, message] of cases) await expect(createTenant(app, input)).rejects.toThrow(message)
+    await expect(createTenant(app, { name: 'N', slug: 'ok' }, { email: 'no-at-sign' })).rejects.toThrow('email "no-at-sign" is not an address')
+    await expect(suspendTenant(app, 'no-such-tenant')).rejects.toThrow('no tenant has the id "no-such-tenant"')
+    const { rows } = await asSuperuser(t.url, (admin) => sql`select 1 from tenants where slug = 'ok'`.execute(admin))
+    expect(rows).toEqual([])
+  })
+
+  describe('SQL injected as the app role, without the tenant key', () => {
+    /** Runs `fn` in one transaction of the app role, as injected SQL would. */
+    const asInjected = <T>(fn: (trx: Kysely<DB>) => Promise<T>) => outcome(app.transaction().execute(fn))
+    const createArgs = (slug: string) => ['evil-id', 'Evil', slug, null, 'freemium', null, null, null, 'h'.repeat(64)] as const
+    const callCreate = (trx: Kysely<DB>, args: readonly (string | null)[], signature: string) => sql`select tenant_context.create_tenant(
+      ${args[0]}::text, ${args[1]}::text, ${args[2]}::text, ${args[3]}::text, ${args[4]}::text, ${args[5]}::text, ${args[6]}::text, ${args[7]}::text, ${args[8]}::text, ${signature}::text)`.execute(trx)
+
+    it('creates nothing with a signature of its own making, nor with a genuine one from another transaction', async () => {
+      const args = createArgs('evil')
+      const request = lifecycleRequest('create', [...args])
+      expect(await asInjected((trx) => callCreate(trx, args, `${KEY.id}:${'0'.repeat(64)}`))).toMatchObject({ code: '42501' })
+      expect(await asInjected((trx) => callCreate(trx, args, `nokey:${'0'.repeat(64)}`))).toMatchObject({ code: '42501' })
+      // A signature the app made in one transaction (seen, say, in a log), replayed in the next.
+      let seen = ''
+      await app.transaction().execute(async (trx) => {
+        const { rows } = await sql<{ c: string }>`select tenant_context.challenge() as c`.execute(trx)
+        seen = sign(request, rows[0]!.c)
+      })
+      expect(await asInjected((trx) => callCreate(trx, args, seen))).toMatchObject({ message: 'the tenant request\'s signature is not valid for this transaction', code: '42501' })
+      const { rows } = await asSuperuser(t.url, (admin) => sql`select 1 from tenants where slug = 'evil'`.execute(admin))
+      expect(rows).toEqual([])
+    })
+
+    it('cannot suspend another tenant, nor reactivate one, with a replayed signature', async () => {
+      let seen = ''
+      await app.transaction().execute(async (trx) => {
+        const { rows } = await sql<{ c: string }>`select tenant_context.challenge() as c`.execute(trx)
+        seen = sign(lifecycleRequest('suspended', [B]), rows[0]!.c)
+      })
+      expect(await asInjected((trx) => sql`select tenant_context.set_tenant_active(${B}::text, false, ${seen}::text)`.execute(trx))).toMatchObject({ code: '42501' })
+      expect(await resolveTenant(app, { slug: 'b' })).toEqual({ tenantId: B, active: true })
+    })
+
+    it('a signature for one request is no signature for another in the same transaction (the request is signed whole)', async () => {
+      expect(await asInjected(async (trx) => {
+        const { rows } = await sql<{ c: string }>`select tenant_context.challenge() as c`.execute(trx)
+        const signedForA = sign(lifecycleRequest('suspended', [A]), rows[0]!.c)
+        return sql`select tenant_context.set_tenant_active(${B}::text, false, ${signedForA}::text)`.execute(trx)
+      })).toMatchObject({ code: '42501' })
+    })
+
+    it('cannot read the private lifecycle tables, delete audit rows, or import audit rows of its making', async () => {
+      for (const table of ['tenant_lifecycle', 'tenant_signups', 'tenant_removals', 'tenant_imports']) {
+        expect(await asInjected((trx) => sql`select * from ${sql.table(`skills_db.${table}`)}`.execute(trx))).toMatchObject({ code: '42501' })
+      }
+      expect(await asInjected((trx) => sql`select skills_db.tenant_being_deleted(${A}::text)`.execute(trx))).toMatchObject({ code: '42501' })
+      // Naming the tenant as deleted or imported in its own session settings changes nothing.
+      const viaSettings = await asInjected(async (trx) => {
+        await sql`select set_config('skills_db.deleting_tenant', ${A}, true), set_config('skills_db.importing_tenant', ${A}, true)`.execute(trx)
+        await withTenantInside(trx)
+        return sql`delete from audit_logs`.execute(trx)
+      })
+      expect(viaSettings).toMatchObject({ code: '42501' })
+      const forged = await withTenant(app, A, async (trx) => {
+        await sql`select set_config('skills_db.importing_tenant', ${A}, true)`.execute(trx)
+        return (await sql<{ seq: string; row_hash: Buffer }>`insert into audit_logs (action, seq, prev_hash, row_hash)
+          values ('forged', 999, '\\x00'::bytea, '\\x00'::bytea) returning seq::text, row_hash`.execute(trx)).rows[0]!
+      })
+      expect(forged.seq).not.toBe('999')
+      expect(forged.row_hash.equals(Buffer.from([0]))).toBe(false)
+    })
+  })
+})
+
+/** Enters tenant A inside an open transaction (the old two-round-trip way the tests' helpers use). */
+async function withTenantInside(trx: Kysely<DB>): Promise<void> {
+  const { rows } = await sql<{ c: string }>`select tenant_context.challenge() as c`.execute(trx)
+  const signature = `${KEY.id}:${createHmac('sha256', KEY.secret).update(`${A}:${rows[0]!.c}`, 'utf8').digest('hex')}`
+  await sql`select tenant_context.enter(${A}::text, ${signature}::text)`.execute(trx)
+}
