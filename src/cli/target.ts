@@ -9,7 +9,7 @@ import type { OptionValues } from './command.ts'
  * says which one, hands it to `cb`, and always closes it (and stops an embedded server).
  */
 export async function usingTarget<T>(values: OptionValues, cb: (db: Kysely<any>, source: DatabaseSource) => Promise<T>,
-  { connections = 1 }: { connections?: number } = {}): Promise<T> {
+  { connections = 1, quiet = false }: { connections?: number; quiet?: boolean } = {}): Promise<T> {
   const url = typeof values.url === 'string' ? values.url : process.env.DATABASE_URL
   try {
     if (url) parseDatabaseUrl(url)
@@ -18,7 +18,8 @@ export async function usingTarget<T>(values: OptionValues, cb: (db: Kysely<any>,
     throw error
   }
   return usingDatabase({ ...process.env, DATABASE_URL: url ?? '' }, async (source) => {
-    console.log(!source.embedded ? `database ${redactUrl(source.url)}`
+    // quiet: stdout carries the command's JSON alone.
+    ;(quiet ? console.error : console.log)(!source.embedded ? `database ${redactUrl(source.url)}`
       : `embedded PostgreSQL on port ${source.embedded.port} (data in ${source.embedded.dataDir}${source.embedded.attached ? ', the server npm run db:embedded runs' : ', started for this command'})`)
     // connections: 2 for the Citus commands that watch their own waits on the workers (src/citus/remote-waits.ts).
     const db = await openDb(source.url, { max: connections, applicationName: 'skills-db migrator' })

@@ -1,0 +1,99 @@
+import { setTimeout as sleep } from 'node:timers/promises'
+import { sql, type Kysely } from 'kysely'
+import { asOperator, TenantAdminError } from './operator-session.ts'
+import { TENANT_TABLES } from './tenant-tables.ts'
+
+const CONTRACT_MIGRATION = '0015_contract_without_side_channels'
+
+export interface DeleteOptions {
+  /** Rows per transaction (default 1000): each holds the locks of that many rows of one suspended tenant. */
+  batchSize?: number
+  onProgress?: (p: { table: string; deleted: number }) => void
+}
+
+/**
+ * Removes a suspended tenant and every row of it, its audit trail included, in short transactions
+ * of `batchSize` rows, children before parents; the other tenants' requests go on (each batch locks
+ * only rows of this tenant, which nobody else reads or writes while it is suspended). The tenant is
+ * listed in skills_db.tenant_removals first, so a run killed at any point resumes when run again, and
+ * the tenant cannot be reactivated half-deleted. skills_db.tenant_lifecycle keeps the record: when,
+ * by which role, how many rows of each table, and the audit chain's last hash (so an export made
+ * before can be shown to be the trail that was removed).
+ *
+ * @example
+ * await suspendTenant(db, tenantId)
+ * await deleteTenant(db, tenantId)
+ */
+export async function deleteTenant(db: Kysely<any>, tenantId: string, options: DeleteOptions = {}): Promise<{ rows: Record<string, number>; resumed: boolean }> {
+  const batchSize = options.batchSize ?? 1000
+  if (!Number.isInteger(batchSize) || batchSize < 1) throw new TenantAdminError('batchSize is a whole number of rows, 1 or more')
+  return asOperator(db, async (conn, migrations) => {
+    const { rows: found } = await sql<{ slug: string | null; is_active: boolean | null; removing: boolean }>`
+      select t.slug, t.is_active, exists (select 1 from skills_db.tenant_removals r where r.tenant_id = ${tenantId}) as removing
+      from (select 1) one left join public.tenants t on t.id = ${tenantId}`.execute(conn)
+    const { slug, is_active: active, removing } = found[0]!
+    if (slug === null && !removing) throw new TenantAdminError(`no tenant has the id "${tenantId}": skills-db tenant list shows the ids`)
+    if (slug === 'default' && !migrations.includes(CONTRACT_MIGRATION)) {
+      throw new TenantAdminError('the default tenant holds what the single-tenant app writes until the contract phase (skills-db contract): it is not deleted before')
+    }
+    if (active) throw new TenantAdminError(`tenant "${tenantId}" is active: suspend it first (skills-db tenant suspend ${tenantId}), so that no request writes to it while it is removed`)
+    if (!removing) {
+      const { rows: head } = await sql<{ seq: string; hash: string }>`
+        select seq::text, encode(row_hash, 'hex') as hash from skills_db.audit_chain_heads where tenant_id = ${tenantId}`.execute(conn)
+      await conn.transaction().execute(async (trx) => {
+        await sql`insert into skills_db.tenant_removals (tenant_id, slug) values (${tenantId}, ${slug})`.execute(trx)
+        await sql`insert into skills_db.tenant_lifecycle (tenant_id, slug, event, detail)
+          values (${tenantId}, ${slug}, 'deletion started', ${JSON.stringify({ auditHead: head[0] ?? null })}::jsonb)`.execute(trx)
+      })
+    }
+    const rows: Record<string, number> = {}
+    for (const { table, key } of [...TENANT_TABLES].reverse()) {
+      rows[table] = 0
+      for (;;) {
+        const n = await inShortTransaction(conn, tenantId, async (trx) => {
+          const { rows: gone } = await sql<{ n: number }>`with gone as (
+              delete from ${sql.table(`public.${table}`)} where tenant_id = ${tenantId} and ${sql.id(key)} in (
+                select ${sql.id(key)} from ${sql.table(`public.${table}`)} where tenant_id = ${tenantId} limit ${batchSize})
+              returning 1)
+            select count(*)::int as n from gone`.execute(trx)
+          return gone[0]!.n
+        })
+        rows[table] += n
+        if (n > 0) options.onProgress?.({ table, deleted: rows[table] })
+        if (n < batchSize) break
+      }
+    }
+    await inShortTransaction(conn, tenantId, async (trx) => {
+      await sql`delete from skills_db.audit_chain_heads where tenant_id = ${tenantId}`.execute(trx)
+      await sql`delete from skills_db.tenant_signups where tenant_id = ${tenantId}`.execute(trx)
+      await sql`delete from public.tenants where id = ${tenantId}`.execute(trx)
+      await sql`delete from skills_db.tenant_removals where tenant_id = ${tenantId}`.execute(trx)
+      await sql`insert into skills_db.tenant_lifecycle (tenant_id, slug, event, detail)
+        values (${tenantId}, ${slug ?? (await removalSlug(trx, tenantId))}, 'deleted', ${JSON.stringify({ rows })}::jsonb)`.execute(trx)
+    })
+    return { rows, resumed: removing }
+  })
+}
+
+async function removalSlug(trx: Kysely<any>, tenantId: string): Promise<string | null> {
+  const { rows } = await sql<{ slug: string }>`select slug from skills_db.tenant_removals where tenant_id = ${tenantId}`.execute(trx)
+  return rows[0]?.slug ?? null
+}
+
+/**
+ * One batch: a short lock timeout (a batch waits for nobody's long transaction; it tries again),
+ * and this session named as the one deleting the tenant, which is what lets its audit rows go (0020).
+ */
+async function inShortTransaction<T>(conn: Kysely<any>, tenantId: string, fn: (trx: Kysely<any>) => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await conn.transaction().execute(async (trx) => {
+        await sql`select pg_catalog.set_config('lock_timeout', '50ms', true), pg_catalog.set_config('skills_db.deleting_tenant', ${tenantId}::text, true)`.execute(trx)
+        return fn(trx)
+      })
+    } catch (error) {
+      if ((error as { code?: string }).code !== '55P03' || attempt >= 200) throw error
+      await sleep(Math.min(1000, 20 * attempt))
+    }
+  }
+}

@@ -1,0 +1,169 @@
+import { createHash } from 'node:crypto'
+import { createInterface } from 'node:readline'
+import type { Readable } from 'node:stream'
+import { sql, type Kysely } from 'kysely'
+import type { ExportHeader, ExportManifest, ExportProgress } from './export-tenant.ts'
+import { asOperator, TenantAdminError } from './operator-session.ts'
+import { TENANT_TABLES } from './tenant-tables.ts'
+
+export interface ImportOptions {
+  /**
+   * Create the tenant although superuser or BYPASSRLS sessions are connected (the guard of 0005,
+   * which stops tenants being made beside an unconfined single-tenant app): when none of them is the old app.
+   */
+  allowUnconfinedSessions?: boolean
+  onProgress?: (p: ExportProgress) => void
+}
+
+const ORDER = ['tenants', ...TENANT_TABLES.map((t) => t.table)]
+const BATCH = 500
+
+/**
+ * Loads a tenant that {@link exportTenant} wrote into this database, which must run the same
+ * schema (the same migrations applied). In one transaction: a file that is truncated, altered (a
+ * count or checksum of the manifest, or an audit row that does not continue its hash chain), of
+ * another schema, or whose tenant id, slug or domain (or any row's key) is already here, changes
+ * nothing, and the error says which. The audit trail keeps its ids, times and hashes; the chain is
+ * checked row by row as it is loaded. Exporting the imported tenant gives the same file.
+ * Holds the migration lock.
+ *
+ * @example
+ * const manifest = await importTenant(db, createReadStream('acme.ndjson'))
+ */
+export async function importTenant(db: Kysely<any>, input: Readable, options: ImportOptions = {}): Promise<ExportManifest & { tenant: string }> {
+  return asOperator(db, async (conn, migrations) => {
+    const lines = createInterface({ input, crlfDelay: Infinity })[Symbol.asyncIterator]()
+    const first = await lines.next()
+    const header = parseHeader(first.done ? undefined : first.value)
+    if (header.migrations.join(',') !== migrations.join(',')) {
+      const missing = header.migrations.filter((m) => !migrations.includes(m))
+      const extra = migrations.filter((m) => !header.migrations.includes(m))
+      throw new TenantAdminError(`the file is of another schema: ${missing.length ? `this database lacks ${missing.join(', ')}` : ''}${missing.length && extra.length ? '; ' : ''}${extra.length ? `the file predates ${extra.join(', ')}` : ''}; import into a database migrated exactly as the one exported from`)
+    }
+    const tenant = header.tenant
+    await sql`begin`.execute(conn)
+    try {
+      if (options.allowUnconfinedSessions) await sql`select pg_catalog.set_config('skills_db.unconfined_sessions_ok', 'on', true)`.execute(conn)
+      const file = createHash('sha256').update(`${first.value}\n`)
+      const seen: ExportManifest['tables'] = {}
+      const hashes = new Map<string, ReturnType<typeof createHash>>()
+      let at = 0
+      let batch: string[] = []
+      let lineNo = 1
+      const flush = async () => {
+        if (batch.length === 0) return
+        const table = ORDER[at]!
+        const json = `[${batch.join(',')}]`
+        const count = batch.length
+        batch = []
+        if (table === 'tenants') {
+          await claimTenant(conn, tenant, json, count)
+        } else {
+          const { rows } = await sql<{ n: number }>`with added as (
+              insert into ${sql.table(`public.${table}`)} select r.* from pg_catalog.jsonb_populate_recordset(null::${sql.table(`public.${table}`)}, ${json}::jsonb) r
+              where r.tenant_id = ${tenant}::text returning 1)
+            select count(*)::int as n from added`.execute(conn).catch((error: unknown) => { throw collision(error, table) })
+          if (rows[0]!.n !== count) throw new TenantAdminError(`the file's ${table} rows include rows of another tenant than ${tenant}: the file was altered`)
+        }
+        options.onProgress?.({ table, rows: seen[table]!.rows })
+      }
+      let manifest: ExportManifest | undefined
+      for (;;) {
+        const next = await lines.next()
+        if (next.done) break
+        lineNo++
+        const line = `${next.value}\n`
+        if (manifest) throw new TenantAdminError(`line ${lineNo} follows the manifest: the file is not one export`)
+        if (next.value.startsWith('{"manifest":')) {
+          await flush()
+          manifest = parseManifest(next.value, lineNo)
+          continue
+        }
+        const m = /^\{"t":"([a-z_]+)","r":(\{.*\})\}$/.exec(next.value)
+        const index = m ? ORDER.indexOf(m[1]!) : -1
+        if (!m || index < 0) throw new TenantAdminError(`line ${lineNo} is not a row of a skills-db tenant export`)
+        if (index < at) throw new TenantAdminError(`line ${lineNo}: a row of ${m[1]} after rows of ${ORDER[at]}: the file was altered`)
+        if (index > at) {
+          await flush()
+          at = index
+        }
+        file.update(line)
+        const table = m[1]!
+        if (!hashes.has(table)) hashes.set(table, createHash('sha256'))
+        hashes.get(table)!.update(line)
+        seen[table] = { rows: (seen[table]?.rows ?? 0) + 1, sha256: '' }
+        batch.push(m[2]!)
+        if (batch.length >= BATCH || table === 'tenants') await flush()
+      }
+      if (!manifest) throw new TenantAdminError(`the file ends at line ${lineNo} without its manifest: it is truncated; export the tenant again`)
+      for (const [table, h] of hashes) seen[table]!.sha256 = h.digest('hex')
+      for (const table of ORDER) {
+        const want = manifest.tables[table] ?? { rows: 0, sha256: createHash('sha256').digest('hex') }
+        const got = seen[table] ?? { rows: 0, sha256: createHash('sha256').digest('hex') }
+        if (want.rows !== got.rows || want.sha256 !== got.sha256) {
+          throw new TenantAdminError(`the file's ${table} rows do not match its manifest (${got.rows} row(s) read, ${want.rows} listed${want.rows === got.rows ? ', checksums differ' : ''}): the file was altered or damaged`)
+        }
+      }
+      if (manifest.sha256 !== file.digest('hex')) throw new TenantAdminError('the file does not match its manifest\'s checksum: it was altered or damaged')
+      if (!seen.tenants) throw new TenantAdminError('the file has no tenants row: it is not an export of a tenant')
+      await sql`delete from skills_db.tenant_imports where tenant_id = ${tenant}`.execute(conn)
+      await sql`insert into skills_db.tenant_lifecycle (tenant_id, slug, event, detail)
+        select id, slug, 'imported', ${JSON.stringify({ rows: manifest.rows, sha256: manifest.sha256 })}::jsonb from public.tenants where id = ${tenant}`.execute(conn)
+      await sql`commit`.execute(conn)
+      return { ...manifest, tenant }
+    } catch (error) {
+      await sql`rollback`.execute(conn).catch(() => {})
+      throw error
+    }
+  })
+}
+
+/** The tenants row: refused when its id, slug or domain is taken here; then the import is under way for it. */
+async function claimTenant(conn: Kysely<any>, tenant: string, json: string, count: number): Promise<void> {
+  if (count !== 1) throw new TenantAdminError('the file has more than one tenants row: it is not an export of one tenant')
+  const { rows: row } = await sql<{ id: string; slug: string; domain: string | null }>`
+    select r.id, r.slug, r.domain from pg_catalog.jsonb_populate_recordset(null::public.tenants, ${json}::jsonb) r`.execute(conn)
+  const r = row[0]!
+  if (r.id !== tenant) throw new TenantAdminError(`the file's tenants row is "${r.id}", not the tenant its header names ("${tenant}"): the file was altered`)
+  const { rows: taken } = await sql<{ id: string; slug: string; domain: string | null }>`
+    select id, slug, domain from public.tenants where id = ${r.id} or slug = ${r.slug} or (domain is not null and domain = ${r.domain})`.execute(conn)
+  for (const t of taken) {
+    if (t.id === r.id) throw new TenantAdminError(`tenant "${r.id}" already exists in this database: delete it first (skills-db tenant delete), or import elsewhere`)
+    if (t.slug === r.slug) throw new TenantAdminError(`slug "${r.slug}" is taken here by tenant "${t.id}": the import would collide`)
+    throw new TenantAdminError(`domain "${r.domain}" is taken here by tenant "${t.id}": the import would collide`)
+  }
+  await sql`insert into public.tenants select r.* from pg_catalog.jsonb_populate_recordset(null::public.tenants, ${json}::jsonb) r`.execute(conn)
+  await sql`insert into skills_db.tenant_imports (tenant_id) values (${tenant})`.execute(conn)
+  await sql`select pg_catalog.set_config('skills_db.importing_tenant', ${tenant}::text, true)`.execute(conn)
+}
+
+function collision(error: unknown, table: string): unknown {
+  const e = error as { code?: string; constraint?: string; message?: string }
+  if (e.code === '23505') return new TenantAdminError(`a row of ${table} collides with a row already in this database (${e.constraint}): the tenant's rows were imported here before, or the file was altered`, { cause: error })
+  if (e.code === '23503') return new TenantAdminError(`a row of ${table} references a row the file does not hold (${e.constraint}): the file was altered`, { cause: error })
+  if (e.code === 'XX001') return new TenantAdminError(`${e.message}`, { cause: error })
+  return error
+}
+
+function parseHeader(line: string | undefined): ExportHeader {
+  let header: Partial<ExportHeader> | undefined
+  try {
+    header = line === undefined ? undefined : JSON.parse(line)
+  } catch {
+    header = undefined
+  }
+  if (header?.format !== 'skills-db tenant export') throw new TenantAdminError('the file is not a skills-db tenant export (its first line is not an export\'s header)')
+  if (header.version !== 1) throw new TenantAdminError(`the file is an export of version ${String(header.version)}; this skills-db reads version 1`)
+  if (!Array.isArray(header.migrations) || typeof header.tenant !== 'string') throw new TenantAdminError('the export\'s header is damaged')
+  return header as ExportHeader
+}
+
+function parseManifest(line: string, lineNo: number): ExportManifest {
+  try {
+    const { manifest } = JSON.parse(line) as { manifest: ExportManifest }
+    if (manifest && typeof manifest.sha256 === 'string' && typeof manifest.tables === 'object') return manifest
+  } catch {
+    // reported below
+  }
+  throw new TenantAdminError(`line ${lineNo}, the manifest, is damaged`)
+}

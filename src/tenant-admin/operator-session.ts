@@ -1,0 +1,32 @@
+import { sql, type Kysely } from 'kysely'
+import { withMigrationLock } from '../migrator/migration-lock.ts'
+import { readAppliedMigrations } from '../migrator/migration-table.ts'
+
+export class TenantAdminError extends Error {
+  override name = 'TenantAdminError'
+}
+
+const LIFECYCLE_MIGRATION = '0020_tenant_lifecycle'
+
+/**
+ * Runs `fn` on one connection of `db` with the migrator's view of every tenant: it holds the
+ * migration lock (so no migration changes the tables under it, and the owner's policies show every
+ * tenant, 0014), on a database that has the tenant lifecycle (0020). Returns what the database has
+ * applied, which is the schema an export names and an import must find.
+ */
+export async function asOperator<T>(db: Kysely<any>, fn: (conn: Kysely<any>, migrations: string[]) => Promise<T>): Promise<T> {
+  return db.connection().execute((conn) => withMigrationLock(conn, async () => {
+    const migrations = (await readAppliedMigrations(conn)).map((m) => m.name).sort()
+    if (!migrations.includes(LIFECYCLE_MIGRATION)) {
+      throw new TenantAdminError(`this database has no tenant lifecycle yet (migration ${LIFECYCLE_MIGRATION}): run skills-db open (before a second tenant), or skills-db latest on a database already opened`)
+    }
+    return fn(conn, migrations)
+  }))
+}
+
+/** The tenant's row as the operator sees it, or an error that says how to find the right id. */
+export async function tenantRow(conn: Kysely<any>, tenantId: string): Promise<{ id: string; slug: string; is_active: boolean }> {
+  const { rows } = await sql<{ id: string; slug: string; is_active: boolean }>`select id, slug, is_active from public.tenants where id = ${tenantId}`.execute(conn)
+  if (!rows[0]) throw new TenantAdminError(`no tenant has the id "${tenantId}": skills-db tenant list shows the ids`)
+  return rows[0]
+}

@@ -1,0 +1,318 @@
+import { spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { sql, type Kysely } from 'kysely'
+import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
+import { recordAudit } from '../src/audit/record-audit.ts'
+import { createDb } from '../src/connection/create-db.ts'
+import type { DB } from '../src/db-types.ts'
+import { withTenant } from '../src/tenancy/with-tenant.ts'
+import { ROOT, runScript } from './support/cli.ts'
+import { useLegacyDatabases, type TestDatabase } from './support/database.ts'
+import { TEST_AUDIT_KEY, TEST_TENANT_KEY } from './support/tenant-key.ts'
+
+const TABLES = ['users', 'skills', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'ratings', 'usage_events', 'api_keys', 'site_settings', 'audit_logs', 'audit_signatures']
+
+/** A superuser connection closed when `fn` returns: none may stay open while a tenant is created (0005's guard). */
+async function asSuperuser<T>(url: string, fn: (db: Kysely<any>) => Promise<T>): Promise<T> {
+  const db = createDb<any>(url, { max: 1 })
+  try {
+    return await fn(db)
+  } finally {
+    await db.destroy()
+  }
+}
+
+/** Every row of the tenant, table by table, as PostgreSQL prints it: what "identical rows" is checked against. */
+async function tenantDigest(url: string, tenantId: string): Promise<Record<string, string>> {
+  return asSuperuser(url, async (db) => {
+    const digest: Record<string, string> = {}
+    for (const table of ['tenants', ...TABLES]) {
+      const where = table === 'tenants' ? sql`x.id = ${tenantId}` : sql`x.tenant_id = ${tenantId}`
+      const { rows } = await sql<{ d: string | null; n: number }>`select md5(string_agg(x::text, '|' order by x::text collate "C")) as d, count(*)::int as n
+        from ${sql.table(table)} x where ${where}`.execute(db)
+      digest[table] = `${rows[0]!.n}:${rows[0]!.d}`
+    }
+    return digest
+  })
+}
+
+const oneLine = (stderr: string) => stderr.trim().split('\n')
+
+describe('skills-db tenant, on a fresh legacy database', () => {
+  const legacy = useLegacyDatabases()
+  let t: TestDatabase
+  let env: Record<string, string>
+  let dir: string
+  let app: Kysely<DB>
+  const cli = (...args: string[]) => runScript(['tenant', ...args], env)
+  const json = async (...args: string[]) => {
+    const r = await cli(...args, '--json')
+    expect(r.stderr.split('\n').filter((l) => l.startsWith('error')), r.stderr).toEqual([])
+    expect(r.code).toBe(0)
+    return JSON.parse(r.stdout)
+  }
+
+  beforeAll(async () => {
+    t = await legacy()
+    // The legacy rows were written through this superuser pool; it must not stay connected (see asSuperuser).
+    await t.admin.destroy()
+    env = { DATABASE_URL: t.url, SKILLS_DB_TENANT_KEYS: TEST_TENANT_KEY, SKILLS_DB_TENANT_KEY: '', SKILLS_DB_AUDIT_KEYS: TEST_AUDIT_KEY }
+    dir = mkdtempSync(path.join(tmpdir(), 'skills-db-tenant-'))
+    const up = await runScript(['latest', '--no-codegen', '--app-role', inject('appRole')], env)
+    expect(up.code, up.stderr).toBe(0)
+    app = t.connectAs(inject('appRole'))
+  })
+  afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+  it('before the open phase, every tenant command says to run skills-db open, and creates nothing', async () => {
+    const r = await cli('create', '--name', 'Acme', '--slug', 'acme')
+    expect(r.code).toBe(1)
+    expect(oneLine(r.stderr)).toEqual(['error: this database has no tenant lifecycle yet (migration 0020_tenant_lifecycle): run skills-db open (before a second tenant), or skills-db latest on a database already opened'])
+    const opened = await runScript(['open', '--no-codegen'], env)
+    expect(opened.code, opened.stderr).toBe(0)
+    expect((await json('list')).map((x: { slug: string }) => x.slug)).toEqual(['default'])
+  })
+
+  it('the bar: create, export, suspend (withTenant refuses), delete, import: the same rows, the same file, a verified audit trail', async () => {
+    const created = await json('create', '--name', 'Acme', '--slug', 'acme', '--domain', 'acme.example.com', '--admin-email', 'ann@acme.example')
+    const tenant: string = created.tenantId
+    // The app at work in the new tenant: skills, ratings, usage, an API key, settings, and audit rows the app signs.
+    await withTenant(app, tenant, async (trx) => {
+      for (let i = 0; i < 30; i++) {
+        const skill = await trx.insertInto('skills').values({ name: `S${i}`, slug: `s${i}`, description: 'd', category: 'c', content: `x${i}`, author_id: created.adminId, tags: ['a', `t${i}`] })
+          .returning('id').executeTakeFirstOrThrow()
+        await trx.insertInto('ratings').values({ skill_id: skill.id, user_id: created.adminId, rating: 1 + (i % 5), comment: i % 2 ? null : 'ok "quoted" \\ \n', hours_saved: i }).execute()
+        await trx.insertInto('skill_embeddings').values({ skill_id: skill.id, embedding: [0.1, 1 / 3, -2.5e-7], model_name: 'm', model_version: '1', input_hash: 'h' }).execute()
+        await trx.insertInto('usage_events').values({ skill_id: skill.id, user_id: created.adminId, tool_name: 'cli', metadata: { n: i, nested: { a: [1, 'ü'] } } }).execute()
+        await recordAudit(trx, { actorId: created.adminId, action: 'skill.create', resourceType: 'skill', resourceId: skill.id, metadata: { i } })
+      }
+      await trx.insertInto('api_keys').values({ user_id: created.adminId, key_hash: 'acme-key', key_prefix: 'sk', name: 'ci' }).execute()
+      await trx.insertInto('site_settings').values({ id: 'default', ollama_model: 'acme-model' }).execute()
+    })
+    const before = await tenantDigest(t.url, tenant)
+    expect(before.audit_logs).toMatch(/^30:/)
+
+    const file = path.join(dir, 'acme.ndjson')
+    const exported = await json('export', tenant, '--out', file)
+    expect(exported).toMatchObject({ tenantId: tenant, rows: 1 + 1 + 30 * 5 + 2 + 30, tables: { skills: { rows: 30 }, audit_signatures: { rows: 30 } } })
+    expect(exported.peakRssMb).toBeGreaterThan(0)
+
+    expect(await json('suspend', tenant)).toEqual({ tenantId: tenant, outcome: 'suspended' })
+    await expect(withTenant(app, tenant, (trx) => trx.selectFrom('skills').select('id').execute())).rejects.toThrow(`unknown or inactive tenant "${tenant}"`)
+
+    const deleted = await json('delete', tenant, '--yes', '--batch-size', '7')
+    expect(deleted).toMatchObject({ tenantId: tenant, resumed: false, rows: { skills: 30, audit_logs: 30, audit_signatures: 30, users: 1 } })
+    expect(Object.values(await tenantDigest(t.url, tenant)).every((d) => d.startsWith('0:'))).toBe(true)
+    expect((await json('list')).map((x: { slug: string }) => x.slug)).toEqual(['default'])
+
+    const imported = await json('import', file)
+    expect(imported).toMatchObject({ tenant, rows: exported.rows, sha256: exported.sha256, tables: exported.tables })
+    // Identical rows, as PostgreSQL itself prints them, and an identical file when exported again.
+    const after = await tenantDigest(t.url, tenant)
+    expect({ ...after, tenants: 'compared below' }).toEqual({ ...before, tenants: 'compared below' })
+    // The tenants row is as exported: active (it was exported before the suspension).
+    expect(after.tenants).toBe((await tenantDigest(t.url, tenant)).tenants)
+    const again = path.join(dir, 'acme-again.ndjson')
+    await json('export', tenant, '--out', again)
+    expect(readFileSync(again).equals(readFileSync(file))).toBe(true)
+    const verify = await runScript(['audit', 'verify', '--tenant', tenant], env)
+    expect(verify.code, verify.stderr).toBe(0)
+    expect(verify.stdout).toContain('30 chained row(s)')
+    // The app carries on in the imported tenant: its chain goes on from the imported head.
+    await withTenant(app, tenant, (trx) => recordAudit(trx, { actorId: created.adminId, action: 'after.import' }))
+    expect((await runScript(['audit', 'verify', '--tenant', tenant], env)).code).toBe(0)
+    const shown = await json('show', tenant)
+    expect(shown).toMatchObject({ id: tenant, slug: 'acme', domain: 'acme.example.com', active: true, tables: { skills: { rows: 30 }, audit_logs: { rows: 31 } } })
+    expect(shown.tables.skills.bytes).toBeGreaterThan(0)
+    expect(shown.history.map((h: { event: string }) => h.event)).toEqual(['created', 'suspended', 'deletion started', 'deleted', 'imported'])
+  })
+
+  describe('bad input: one line on stderr, exit 1, nothing half-done', () => {
+    let file: string
+    let tenant: string
+    beforeAll(async () => {
+      const made = await json('create', '--name', 'Bad', '--slug', 'bad-input', '--admin-email', 'b@bad.example')
+      tenant = made.tenantId
+      await withTenant(app, tenant, async (trx) => {
+        await recordAudit(trx, { actorId: made.adminId, action: 'one' })
+        await recordAudit(trx, { actorId: made.adminId, action: 'two' })
+      })
+      file = path.join(dir, 'bad.ndjson')
+      await json('export', tenant, '--out', file)
+      await json('suspend', tenant)
+      await json('delete', tenant, '--yes')
+    })
+    const lines = () => readFileSync(file, 'utf8').trimEnd().split('\n')
+    /** The file with its manifest's counts and checksums made to fit the altered rows (what a careful forger does). */
+    const refit = (rows: string[]) => {
+      const header = rows[0]!
+      const body = rows.slice(1, -1)
+      const tables: Record<string, { rows: number; sha256: string }> = {}
+      for (const table of ['tenants', ...TABLES]) {
+        const mine = body.filter((l) => l.startsWith(`{"t":"${table}",`)).map((l) => `${l}\n`)
+        if (mine.length) tables[table] = { rows: mine.length, sha256: createHash('sha256').update(mine.join('')).digest('hex') }
+        else tables[table] = { rows: 0, sha256: createHash('sha256').digest('hex') }
+      }
+      const sha256 = createHash('sha256').update([header, ...body].map((l) => `${l}\n`).join('')).digest('hex')
+      return [header, ...body, JSON.stringify({ manifest: { tables, rows: body.length, sha256 } })]
+    }
+    const importOf = async (name: string, rows: string[]) => {
+      const altered = path.join(dir, name)
+      writeFileSync(altered, `${rows.join('\n')}\n`)
+      const r = await cli('import', altered)
+      expect(r.code).toBe(1)
+      expect(await tenantDigest(t.url, tenant)).toMatchObject({ tenants: '0:null', users: '0:null', audit_logs: '0:null' })
+      return oneLine(r.stderr).filter((l) => !l.startsWith('database '))
+    }
+
+    it.each([
+      ['show'], ['export', '--out', path.join(tmpdir(), `skills-db-unknown-${process.pid}.ndjson`)], ['suspend'], ['activate'], ['delete', '--yes'],
+    ])('tenant %s of an unknown id', async (command, ...rest) => {
+      const r = await cli(command, 'no-such-tenant', ...rest)
+      expect(r.code).toBe(1)
+      expect(oneLine(r.stderr).filter((l) => !l.startsWith('database '))).toEqual([expect.stringMatching(/^error: no tenant has the id "no-such-tenant"/)])
+    })
+
+    it('delete without --yes, delete of an active tenant, export over an existing file, create with a bad slug', async () => {
+      const noYes = await cli('delete', 'default-tenant-000-0000-000000000000')
+      expect(oneLine(noYes.stderr)).toEqual([expect.stringMatching(/^error: tenant delete removes every row of tenant .* add --yes/)])
+      const other = (await json('create', '--name', 'Active', '--slug', 'still-active')).tenantId
+      const active = await cli('delete', other, '--yes')
+      expect(active.code).toBe(1)
+      expect(active.stderr).toContain(`error: tenant "${other}" is active: suspend it first`)
+      const exists = await cli('export', other, '--out', file)
+      expect(oneLine(exists.stderr)).toEqual([`error: ${file} exists: give another --out, or remove it first; see skills-db tenant export --help`])
+      const slug = await cli('create', '--name', 'X', '--slug', 'Not A Slug')
+      expect(slug.code).toBe(1)
+      expect(slug.stderr).toContain('error: slug "Not A Slug" is not 1 to 63 lowercase letters')
+      const taken = await cli('create', '--name', 'X', '--slug', 'still-active')
+      expect(oneLine(taken.stderr).filter((l) => !l.startsWith('database '))).toEqual(['error: the slug or domain is taken'])
+      const defaultTenant = await cli('delete', 'default-tenant-000-0000-000000000000', '--yes')
+      expect(defaultTenant.stderr).toContain('error: the default tenant holds what the single-tenant app writes until the contract phase')
+    })
+
+    it('import: a truncated file', async () => {
+      expect(await importOf('truncated.ndjson', lines().slice(0, -3))).toEqual([expect.stringMatching(/^error: the file ends at line \d+ without its manifest: it is truncated/)])
+    })
+
+    it('import: a row altered', async () => {
+      const rows = lines().map((l) => l.replace('"b@bad.example"', '"mallory@bad.example"'))
+      expect(await importOf('altered.ndjson', rows)).toEqual([expect.stringMatching(/^error: the file's users rows do not match its manifest .*checksums differ/)])
+    })
+
+    it('import: an audit row altered, with the manifest refitted to it: the hash chain says so', async () => {
+      const rows = refit(lines().map((l) => l.replace('"action": "two"', '"action": "deux"')))
+      expect(await importOf('chain.ndjson', rows)).toEqual([expect.stringMatching(/^error: imported audit row .* \(seq 2\) does not continue the tenant's hash chain: the file was altered/)])
+    })
+
+    it('import: an audit row removed, with the manifest refitted', async () => {
+      const rows = refit(lines().filter((l) => !l.includes('"action": "one"')))
+      expect(await importOf('removed.ndjson', rows)).toEqual([expect.stringMatching(/^error: imported audit row .* \(seq 2\) does not continue/)])
+    })
+
+    it('import: a file of another schema version', async () => {
+      const rows = lines()
+      rows[0] = rows[0]!.replace('"0020_tenant_lifecycle"', '"0020_tenant_lifecycle","0021_from_the_future"')
+      expect(await importOf('future.ndjson', rows)).toEqual(['error: the file is of another schema: this database lacks 0021_from_the_future; import into a database migrated exactly as the one exported from'])
+    })
+
+    it('import: not an export at all, and a row of another tenant slipped in', async () => {
+      expect(await importOf('garbage.ndjson', ['hello'])).toEqual(['error: the file is not a skills-db tenant export (its first line is not an export\'s header)'])
+      const rows = refit(lines().map((l) => l.startsWith('{"t":"users"') ? l.replaceAll(tenant, 'default-tenant-000-0000-000000000000') : l))
+      expect(await importOf('foreign.ndjson', rows)).toEqual([expect.stringMatching(/^error: the file's users rows include rows of another tenant/)])
+    })
+
+    it('import: a tenant that exists here, and a slug taken here', async () => {
+      expect((await json('import', file)).tenant).toBe(tenant)
+      const again = await cli('import', file)
+      expect(oneLine(again.stderr).filter((l) => !l.startsWith('database '))).toEqual([`error: tenant "${tenant}" already exists in this database: delete it first (skills-db tenant delete), or import elsewhere`])
+      await json('suspend', tenant)
+      await json('delete', tenant, '--yes')
+      const squatter = (await json('create', '--name', 'Squat', '--slug', 'bad-input')).tenantId
+      const taken = await cli('import', file)
+      expect(oneLine(taken.stderr).filter((l) => !l.startsWith('database '))).toEqual([`error: slug "bad-input" is taken here by tenant "${squatter}": the import would collide`])
+    })
+  })
+
+  it('delete resumes after kill -9, and the half-deleted tenant cannot be reactivated meanwhile', async () => {
+    const tenant: string = (await json('create', '--name', 'Big', '--slug', 'big', '--admin-email', 'big@big.example')).tenantId
+    await asSuperuser(t.url, (db) => sql`insert into usage_events (tenant_id, tool_name, user_id)
+      select ${tenant}, 'cli', null from generate_series(1, 3000)`.execute(db))
+    await json('suspend', tenant)
+    const left = async () => (await asSuperuser(t.url, (db) => sql<{ n: number }>`select count(*)::int as n from usage_events where tenant_id = ${tenant}`.execute(db))).rows[0]!.n
+    // Killed once it has deleted some, not all, of the rows.
+    const child = spawn(process.execPath, ['--import', pathToFileURL(path.join(ROOT, 'node_modules/tsx/dist/loader.mjs')).href, path.join(ROOT, 'src/cli/bin.ts'), 'tenant', 'delete', tenant, '--yes', '--batch-size', '5'],
+      { env: { ...process.env, ...env }, stdio: 'ignore' })
+    const exited = new Promise((resolve) => child.on('exit', resolve))
+    for (let i = 0; i < 600 && (await left()) === 3000; i++) await new Promise((r) => setTimeout(r, 50))
+    child.kill('SIGKILL')
+    await exited
+    const remaining = await left()
+    expect(remaining).toBeGreaterThan(0)
+    expect(remaining).toBeLessThan(3000)
+    const reactivate = await cli('activate', tenant)
+    expect(reactivate.stderr).toContain(`error: tenant "${tenant}" is being deleted: finish it with skills-db tenant delete`)
+    const resumed = await json('delete', tenant, '--yes')
+    expect(resumed).toMatchObject({ resumed: true })
+    expect(await left()).toBe(0)
+    expect(Object.values(await tenantDigest(t.url, tenant)).every((d) => d.startsWith('0:'))).toBe(true)
+  })
+
+  it('deleting a tenant beside the other tenants\' requests: none of them fails', async () => {
+    const tenant: string = (await json('create', '--name', 'Going', '--slug', 'going', '--admin-email', 'g@going.example')).tenantId
+    const stays: string = (await json('create', '--name', 'Stays', '--slug', 'stays', '--admin-email', 's@stays.example')).tenantId
+    await asSuperuser(t.url, (db) => sql`insert into usage_events (tenant_id, tool_name) select ${tenant}, 'cli' from generate_series(1, 5000)`.execute(db))
+    await json('suspend', tenant)
+    let running = true
+    const errors: unknown[] = []
+    const slowest = { ms: 0 }
+    const load = Promise.all(Array.from({ length: 4 }, async (_, i) => {
+      while (running) {
+        const started = performance.now()
+        await withTenant(app, i % 2 ? stays : 'default-tenant-000-0000-000000000000', async (trx) => {
+          await trx.insertInto('usage_events').values({ tool_name: 'load' }).execute()
+          return trx.selectFrom('usage_events').select('id').limit(5).execute()
+        }).catch((e) => errors.push(e))
+        slowest.ms = Math.max(slowest.ms, performance.now() - started)
+      }
+    }))
+    const deleted = await json('delete', tenant, '--yes', '--batch-size', '500')
+    running = false
+    await load
+    expect(deleted.rows.usage_events).toBe(5000)
+    expect(errors).toEqual([])
+    console.log(`tenant delete beside 4 callers of other tenants: slowest request ${slowest.ms.toFixed(0)} ms (a measure, not a goal of this test: see npm run bench)`)
+  })
+
+  it('a superuser session connected: create refuses and names it; --force goes ahead', async () => {
+    const held = createDb<any>(t.url, { max: 1, applicationName: 'dba-psql' })
+    try {
+      await sql`select 1`.execute(held)
+      const refused = await cli('create', '--name', 'Guarded', '--slug', 'guarded')
+      expect(refused.code).toBe(1)
+      expect(refused.stderr).toMatch(/error: refusing to create tenant "guarded": sessions that row-level security cannot confine are connected: pid \d+ \(postgres, dba-psql\)/)
+      expect((await json('create', '--name', 'Guarded', '--slug', 'guarded', '--force')).created).toBe(true)
+    } finally {
+      await held.destroy()
+    }
+  })
+
+  it('--help for every tenant command, and the list of them', async () => {
+    const all = await runScript(['tenant', '--help'], env)
+    expect(all.code).toBe(0)
+    for (const command of ['list', 'show', 'create', 'suspend', 'activate', 'export', 'import', 'delete']) {
+      expect(all.stdout).toContain(`  ${command} `)
+      const help = await cli(command, '--help')
+      expect(help.code).toBe(0)
+      expect(help.stdout).toMatch(new RegExp(`^skills-db tenant ${command}`))
+      expect(help.stdout).toContain('--json')
+    }
+    const unknown = await cli('rename')
+    expect(unknown.code).toBe(1)
+    expect(oneLine(unknown.stderr)).toEqual(['error: unknown tenant command "rename" (list, show, create, suspend, activate, export, import, delete); see skills-db tenant --help'])
+  })
+})
