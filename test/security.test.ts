@@ -17,12 +17,15 @@ const DOCUMENTED_PRIVILEGES = [
   'function public.audit_signatures_append_only(): EXECUTE', // a trigger function, likewise
   'function tenant_context.challenge(): EXECUTE',
   'function tenant_context.clean_up(): EXECUTE', // 0019: withTenant's clean-up of the caller's own session, in one statement
+  'function tenant_context.create_tenant(text, text, text, text, text, text, text, text, text, text): EXECUTE', // 0020: with the tenant key's signature of the request and transaction
   'function tenant_context.current_tenant(): EXECUTE',
   'function tenant_context.end_request(boolean): EXECUTE', // 0019: refuses a COMMIT of a transaction no longer entered
   'function tenant_context.enter(text, text): EXECUTE',
   'function tenant_context.enter(text, text, text): EXECUTE', // 0019: with the session's challenge
   'function tenant_context.resolve_api_key(text, text): EXECUTE', // 0012: within the tenant a key names
+  'function tenant_context.resolve_tenant(text, text): EXECUTE', // 0020: the id and active flag of the slug or domain named, nothing else
   'function tenant_context.session_challenge(): EXECUTE', // 0019: sets the session's counter to a new random value only
+  'function tenant_context.set_tenant_active(text, boolean, text): EXECUTE', // 0020: with the tenant key's signature, as create_tenant
   'language plpgsql: USAGE', // for DO blocks (it may create no function: no CREATE on public, no TEMPORARY)
   'language sql: USAGE',
   'role attributes: LOGIN', // NOINHERIT, and a member of no role
@@ -71,16 +74,19 @@ describe('what the application role cannot do', () => {
       select n.nspname || '.' || p.proname as f, p.prosecdef as definer from pg_proc p join pg_namespace n on n.oid = p.pronamespace
       where n.nspname not in ('pg_catalog', 'information_schema') and has_function_privilege(${role}, p.oid, 'execute') order by 1`.execute(t.admin)
     expect(rows).toEqual([
-      { f: 'public.audit_logs_append_only', definer: false }, // raises, reads nothing
-      { f: 'public.audit_signatures_append_only', definer: false }, // raises, reads nothing
+      { f: 'public.audit_logs_append_only', definer: false }, // raises, or asks the owner's tenant_being_deleted (0020); reads nothing itself
+      { f: 'public.audit_signatures_append_only', definer: false }, // likewise
       { f: 'tenant_context.challenge', definer: false }, // pid and time, reads nothing
       { f: 'tenant_context.clean_up', definer: false }, // utility commands on the caller's session, reads nothing
+      { f: 'tenant_context.create_tenant', definer: true },
       { f: 'tenant_context.current_tenant', definer: true },
       { f: 'tenant_context.end_request', definer: false }, // current_tenant() and clean_up(), reads nothing
       { f: 'tenant_context.enter', definer: true },
       { f: 'tenant_context.enter', definer: true },
       { f: 'tenant_context.resolve_api_key', definer: true },
+      { f: 'tenant_context.resolve_tenant', definer: true },
       { f: 'tenant_context.session_challenge', definer: true },
+      { f: 'tenant_context.set_tenant_active', definer: true },
     ])
   })
 
@@ -126,12 +132,14 @@ describe('what the application role cannot do', () => {
       where c.relkind in ('v', 'm', 'S') and n.nspname not in ('pg_catalog', 'information_schema')
         and (has_table_privilege(${role}, c.oid, 'select') or (c.relkind = 'S' and has_sequence_privilege(${role}, c.oid, 'usage')))`.execute(t.admin)
     expect(rows).toEqual([])
-    // The SECURITY DEFINER functions it may call: the resolver answers for an exact key hash of the tenant it names, never a pattern.
+    // The SECURITY DEFINER functions it may call: the resolvers answer for an exact key hash of the tenant it names, an exact slug or domain, never a pattern.
     const definers = await sql<{ f: string }>`select proname as f from pg_proc where prosecdef and has_function_privilege(${role}, oid, 'execute') order by 1`.execute(t.admin)
-    expect(definers.rows.map((r) => r.f)).toEqual(['current_tenant', 'enter', 'enter', 'resolve_api_key', 'session_challenge'])
+    expect(definers.rows.map((r) => r.f)).toEqual(['create_tenant', 'current_tenant', 'enter', 'enter', 'resolve_api_key', 'resolve_tenant', 'session_challenge', 'set_tenant_active'])
     const found = await sql<{ n: number }>`select count(*)::int as n from tenant_context.resolve_api_key(${B}, '%')
-      union all select count(*)::int from tenant_context.resolve_api_key(${B}, 'hash-%') union all select count(*)::int from tenant_context.resolve_api_key('%', 'hash-b')`.execute(app)
-    expect(found.rows).toEqual([{ n: 0 }, { n: 0 }, { n: 0 }])
+      union all select count(*)::int from tenant_context.resolve_api_key(${B}, 'hash-%') union all select count(*)::int from tenant_context.resolve_api_key('%', 'hash-b')
+      union all select count(*)::int from tenant_context.resolve_tenant('%', null) union all select count(*)::int from tenant_context.resolve_tenant(null, '%')
+      union all select count(*)::int from tenant_context.resolve_tenant('B', null) union all select count(*)::int from tenant_context.resolve_tenant(' b', null)`.execute(app)
+    expect(found.rows).toEqual(Array(7).fill({ n: 0 }))
     const ownTenantOnly = await sql`select count(*)::int as n from skills where tenant_id = ${A}`.execute(app)
     expect(ownTenantOnly.rows).toEqual([{ n: 0 }])
   })

@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process'
-import { createHash } from 'node:crypto'
+import { createHash, createHmac } from 'node:crypto'
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
@@ -9,6 +9,9 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { recordAudit } from '../src/audit/record-audit.ts'
 import { createDb } from '../src/connection/create-db.ts'
 import type { DB } from '../src/db-types.ts'
+import { exportMacText } from '../src/tenant-admin/export-tenant.ts'
+import { parseTenantKey } from '../src/tenancy/tenant-key.ts'
+import { activateTenant } from '../src/tenancy/tenant-status.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { ROOT, runScript } from './support/cli.ts'
 import { useLegacyDatabases, type TestDatabase } from './support/database.ts'
@@ -125,7 +128,7 @@ describe('skills-db tenant, on a fresh legacy database', () => {
     // The app carries on in the imported tenant: its chain goes on from the imported head.
     await withTenant(app, tenant, (trx) => recordAudit(trx, { actorId: created.adminId, action: 'after.import' }))
     expect((await runScript(['audit', 'verify', '--tenant', tenant], env)).code).toBe(0)
-    const shown = await json('show', tenant)
+    const shown = await json('show', 'acme') // by its slug
     expect(shown).toMatchObject({ id: tenant, slug: 'acme', domain: 'acme.example.com', active: true, tables: { skills: { rows: 30 }, audit_logs: { rows: 31 } } })
     expect(shown.tables.skills.bytes).toBeGreaterThan(0)
     expect(shown.history.map((h: { event: string }) => h.event)).toEqual(['created', 'suspended', 'deletion started', 'deleted', 'imported'])
@@ -147,10 +150,14 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       await json('delete', tenant, '--yes')
     })
     const lines = () => readFileSync(file, 'utf8').trimEnd().split('\n')
-    /** The file with its manifest's counts and checksums made to fit the altered rows (what a careful forger does). */
-    const refit = (rows: string[]) => {
+    /**
+     * The file with its manifest's counts and checksums made to fit the altered rows (what a careful
+     * forger does), and, with `key`, sealed again with it: what only a holder of the tenant key can do.
+     */
+    const refit = (rows: string[], key?: string) => {
       const header = rows[0]!
       const body = rows.slice(1, -1)
+      const old = JSON.parse(rows.at(-1)!).manifest
       const tables: Record<string, { rows: number; sha256: string }> = {}
       for (const table of ['tenants', ...TABLES]) {
         const mine = body.filter((l) => l.startsWith(`{"t":"${table}",`)).map((l) => `${l}\n`)
@@ -158,7 +165,9 @@ describe('skills-db tenant, on a fresh legacy database', () => {
         else tables[table] = { rows: 0, sha256: createHash('sha256').digest('hex') }
       }
       const sha256 = createHash('sha256').update([header, ...body].map((l) => `${l}\n`).join('')).digest('hex')
-      return [header, ...body, JSON.stringify({ manifest: { tables, rows: body.length, sha256 } })]
+      const k = key ? parseTenantKey(key, 'test key') : undefined
+      const mac = k ? `${k.id}:${createHmac('sha256', k.secret).update(exportMacText(tenant, { sha256, auditHead: old.auditHead }), 'utf8').digest('hex')}` : old.mac
+      return [header, ...body, JSON.stringify({ manifest: { tables, rows: body.length, sha256, auditHead: old.auditHead, mac } })]
     }
     const importOf = async (name: string, rows: string[]) => {
       const altered = path.join(dir, name)
@@ -204,14 +213,23 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       expect(await importOf('altered.ndjson', rows)).toEqual([expect.stringMatching(/^error: the file's users rows do not match its manifest .*checksums differ/)])
     })
 
-    it('import: an audit row altered, with the manifest refitted to it: the hash chain says so', async () => {
-      const rows = refit(lines().map((l) => l.replace('"action": "two"', '"action": "deux"')))
+    it('import: a row altered with the checksums refitted, by someone without the tenant key: the seal says so', async () => {
+      const rows = refit(lines().map((l) => l.replace('"b@bad.example"', '"mallory@bad.example"')))
+      expect(await importOf('refitted.ndjson', rows)).toEqual(['error: the file\'s seal (the tenant key\'s MAC of its checksum) does not match: it was altered, its checksums refitted'])
+      const unknownKey = refit(lines(), 'other:0123456789abcdef0123456789abcdef-other')
+      expect(await importOf('other-key.ndjson', unknownKey)).toEqual(['error: the file is sealed with tenant key "other", which this database does not hold: import into a database given the same SKILLS_DB_TENANT_KEYS as the one exported from'])
+    })
+
+    it('import: an audit row altered, even sealed again with the tenant key: the hash chain says so', async () => {
+      const rows = refit(lines().map((l) => l.replace('"action": "two"', '"action": "deux"')), TEST_TENANT_KEY)
       expect(await importOf('chain.ndjson', rows)).toEqual([expect.stringMatching(/^error: imported audit row .* \(seq 2\) does not continue the tenant's hash chain: the file was altered/)])
     })
 
-    it('import: an audit row removed, with the manifest refitted', async () => {
-      const rows = refit(lines().filter((l) => !l.includes('"action": "one"')))
+    it('import: an audit row removed, or the last ones cut off, even sealed again with the tenant key', async () => {
+      const rows = refit(lines().filter((l) => !l.includes('"action": "one"')), TEST_TENANT_KEY)
       expect(await importOf('removed.ndjson', rows)).toEqual([expect.stringMatching(/^error: imported audit row .* \(seq 2\) does not continue/)])
+      const cut = refit(lines().filter((l) => !l.includes('"action": "two"') && !(l.startsWith('{"t":"audit_signatures"') && l.includes('"seq": 2'))), TEST_TENANT_KEY)
+      expect(await importOf('cut.ndjson', cut)).toEqual(['error: the imported audit chain ends at seq 1, the file\'s manifest says seq 2: the file was altered'])
     })
 
     it('import: a file of another schema version', async () => {
@@ -222,7 +240,7 @@ describe('skills-db tenant, on a fresh legacy database', () => {
 
     it('import: not an export at all, and a row of another tenant slipped in', async () => {
       expect(await importOf('garbage.ndjson', ['hello'])).toEqual(['error: the file is not a skills-db tenant export (its first line is not an export\'s header)'])
-      const rows = refit(lines().map((l) => l.startsWith('{"t":"users"') ? l.replaceAll(tenant, 'default-tenant-000-0000-000000000000') : l))
+      const rows = refit(lines().map((l) => l.startsWith('{"t":"users"') ? l.replaceAll(tenant, 'default-tenant-000-0000-000000000000') : l), TEST_TENANT_KEY)
       expect(await importOf('foreign.ndjson', rows)).toEqual([expect.stringMatching(/^error: the file's users rows include rows of another tenant/)])
     })
 
@@ -262,6 +280,31 @@ describe('skills-db tenant, on a fresh legacy database', () => {
     expect(Object.values(await tenantDigest(t.url, tenant)).every((d) => d.startsWith('0:'))).toBe(true)
   })
 
+  it('a reactivation racing the start of a delete: either the delete refuses, or the reactivation does (an outside review had both succeed)', async () => {
+    const tenant: string = (await json('create', '--name', 'Race', '--slug', 'race-delete')).tenantId
+    await json('suspend', tenant)
+    // Holds the delete between its check and its listing of the tenant (an uncommitted listing of the same tenant).
+    const blocker = createDb<any>(t.url, { max: 1, applicationName: 'blocker' })
+    try {
+      await sql`begin`.execute(blocker)
+      await sql`insert into skills_db.tenant_removals (tenant_id, slug) values (${tenant}, 'race-delete')`.execute(blocker)
+      const deleting = cli('delete', tenant, '--yes')
+      const waiting = async () => (await asSuperuser(t.url, (db) => sql`select 1 from pg_stat_activity where datname = current_database()
+        and application_name = 'skills-db migrator' and wait_event_type = 'Lock'`.execute(db))).rows.length > 0
+      for (let i = 0; i < 400 && !(await waiting()); i++) await new Promise((r) => setTimeout(r, 50))
+      expect(await waiting()).toBe(true)
+      const reactivating = activateTenant(app, tenant).then((o) => ({ ok: o }), (e: Error) => ({ error: e.message }))
+      await new Promise((r) => setTimeout(r, 300))
+      await sql`rollback`.execute(blocker)
+      const [deleted, reactivated] = await Promise.all([deleting, reactivating])
+      expect(deleted.code, deleted.stderr).toBe(0)
+      expect(reactivated).toEqual({ error: `tenant "${tenant}" is being deleted: finish it with skills-db tenant delete` })
+      expect((await tenantDigest(t.url, tenant)).tenants).toBe('0:null')
+    } finally {
+      await blocker.destroy()
+    }
+  })
+
   it('deleting a tenant beside the other tenants\' requests: none of them fails', async () => {
     const tenant: string = (await json('create', '--name', 'Going', '--slug', 'going', '--admin-email', 'g@going.example')).tenantId
     const stays: string = (await json('create', '--name', 'Stays', '--slug', 'stays', '--admin-email', 's@stays.example')).tenantId
@@ -294,7 +337,7 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       await sql`select 1`.execute(held)
       const refused = await cli('create', '--name', 'Guarded', '--slug', 'guarded')
       expect(refused.code).toBe(1)
-      expect(refused.stderr).toMatch(/error: refusing to create tenant "guarded": sessions that row-level security cannot confine are connected: pid \d+ \(postgres, dba-psql\)/)
+      expect(oneLine(refused.stderr).filter((l) => !l.startsWith('database '))).toEqual([expect.stringMatching(/^error: refusing to create a tenant while superuser or BYPASSRLS sessions are connected to the database \(pid \d+ \(postgres, dba-psql\)\): .* create it with skills-db tenant create --force$/)])
       expect((await json('create', '--name', 'Guarded', '--slug', 'guarded', '--force')).created).toBe(true)
     } finally {
       await held.destroy()

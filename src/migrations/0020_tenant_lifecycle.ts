@@ -21,12 +21,15 @@ import { applySteps, revertSteps, type Step } from '../online/step.ts'
  *   'exists'; nothing else does, so knowing a tenant's id and slug claims nothing.
  * - Every change is logged in skills_db.tenant_lifecycle, which outlives the tenant.
  * - Deleting a tenant (the operator's `skills-db tenant delete`) removes its audit trail: the
- *   append-only triggers let the owner (or a superuser) delete the rows of a suspended tenant that
- *   is listed in skills_db.tenant_removals, in a session that names it in skills_db.deleting_tenant.
+ *   append-only triggers let the owner (or a superuser) delete the rows of a suspended tenant, in a
+ *   transaction that names it in skills_db.deleting_tenant. skills_db.tenant_removals lists the
+ *   tenants being deleted, so a deletion resumes and its tenant is not reactivated half-deleted.
  * - Importing a tenant keeps its audit rows as exported, their ids, times and hashes: the stamp
- *   trigger checks that each continues the tenant's chain instead of making it, for the owner's
- *   session that names the tenant in skills_db.importing_tenant while it is listed in
- *   skills_db.tenant_imports (inside the importing transaction only).
+ *   trigger checks that each continues the tenant's chain instead of making it, in the owner's
+ *   transaction that names the tenant in skills_db.importing_tenant.
+ * - The triggers look at those two settings first, and only then call the owner's function that
+ *   checks who asks: an ordinary insert or delete pays one current_setting(). What they read is on
+ *   every Citus node (the setting, propagated by SET LOCAL; tenants, a reference table).
  * - Domains are unique, in the internal collation (0014): lookups by the owner's functions only.
  */
 export const phase = 'open'
@@ -35,7 +38,7 @@ export const phase = 'open'
 // was written (see README.md in this folder).
 
 const privateTables: Step = {
-  name: 'tables skills_db.tenant_lifecycle, tenant_signups, tenant_removals, tenant_imports',
+  name: 'tables skills_db.tenant_lifecycle, tenant_signups, tenant_removals',
   async up(db) {
     await sql`create table if not exists skills_db.tenant_lifecycle (
       at timestamptz not null default now(),
@@ -48,13 +51,12 @@ const privateTables: Step = {
     await sql`create table if not exists skills_db.tenant_signups (tenant_id text primary key, request_hash text not null)`.execute(db)
     await sql`create table if not exists skills_db.tenant_removals (
       tenant_id text primary key, slug text not null, started_at timestamptz not null default now())`.execute(db)
-    await sql`create table if not exists skills_db.tenant_imports (tenant_id text primary key)`.execute(db)
-    for (const table of ['tenant_lifecycle', 'tenant_signups', 'tenant_removals', 'tenant_imports']) {
+    for (const table of ['tenant_lifecycle', 'tenant_signups', 'tenant_removals']) {
       await sql`revoke all on ${sql.table(`skills_db.${table}`)} from public`.execute(db)
     }
   },
   async down(db) {
-    for (const table of ['tenant_imports', 'tenant_removals', 'tenant_signups', 'tenant_lifecycle']) {
+    for (const table of ['tenant_removals', 'tenant_signups', 'tenant_lifecycle']) {
       await sql`drop table if exists ${sql.table(`skills_db.${table}`)}`.execute(db)
     }
   },
@@ -181,7 +183,7 @@ const setTenantActive = databaseFunction({
       end if;
       select t.slug into slug_of from public.tenants t where t.id = tenant for update;
       if not found then
-        raise exception 'no tenant has the id "%"', left(tenant, 128) using errcode = 'no_data_found';
+        raise exception 'no tenant has the id "%"', left(tenant, 128) using errcode = 'no_data_found', hint = 'skills-db tenant list shows the ids';
       end if;
       if active and exists (select 1 from skills_db.tenant_removals r where r.tenant_id = tenant) then
         raise exception 'tenant "%" is being deleted: finish it with skills-db tenant delete', left(tenant, 128)
@@ -197,8 +199,9 @@ const setTenantActive = databaseFunction({
 })
 
 /**
- * Whether this session may delete `tenant`'s audit rows: the owner's (or a superuser's), naming the
- * tenant in skills_db.deleting_tenant, while the tenant is suspended and listed for removal.
+ * Whether this transaction may delete `tenant`'s audit rows: the owner's (or a superuser's), naming
+ * the tenant in skills_db.deleting_tenant, while the tenant is suspended. The app role is no member
+ * of the owner, so no setting of its own lets it.
  */
 const beingDeleted = databaseFunction({
   signature: 'skills_db.tenant_being_deleted(text)',
@@ -210,12 +213,11 @@ const beingDeleted = databaseFunction({
     begin
       return pg_has_role(session_user, current_user, 'MEMBER')
         and current_setting('skills_db.deleting_tenant', true) = tenant
-        and exists (select 1 from skills_db.tenant_removals r where r.tenant_id = tenant)
-        and not exists (select 1 from public.tenants t where t.id = tenant and t.is_active);
+        and exists (select 1 from public.tenants t where t.id = tenant and not t.is_active);
     end $$`,
 })
 
-/** Whether this session imports `tenant`'s rows as exported: the owner's, inside its importing transaction. */
+/** Whether this transaction imports `tenant`'s audit rows as exported: the owner's, naming the tenant in skills_db.importing_tenant. */
 const beingImported = databaseFunction({
   signature: 'skills_db.tenant_being_imported(text)',
   definition: sql`
@@ -225,8 +227,7 @@ const beingImported = databaseFunction({
     as $$
     begin
       return pg_has_role(session_user, current_user, 'MEMBER')
-        and current_setting('skills_db.importing_tenant', true) = tenant
-        and exists (select 1 from skills_db.tenant_imports i where i.tenant_id = tenant);
+        and current_setting('skills_db.importing_tenant', true) = tenant;
     end $$`,
 })
 
@@ -234,8 +235,10 @@ const appendOnlyBody = (table: 'audit_logs' | 'audit_signatures', deletable: boo
   create or replace function ${sql.raw(`public.${table}_append_only`)}() returns trigger language plpgsql
   set search_path = pg_catalog, pg_temp as $$
   begin
-    ${deletable ? sql.raw(`if tg_op = 'DELETE' and skills_db.tenant_being_deleted(old.tenant_id) then
-      return old;
+    ${deletable ? sql.raw(`if tg_op = 'DELETE' and current_setting('skills_db.deleting_tenant', true) = old.tenant_id then
+      if skills_db.tenant_being_deleted(old.tenant_id) then
+        return old;
+      end if;
     end if;`) : sql``}
     raise exception '% is append-only: % is not allowed', tg_table_name, tg_op
       using errcode = 'insufficient_privilege';
@@ -263,7 +266,8 @@ const stampBody = (importing: boolean) => sql`
     head record;
     entered text;
   begin
-    ${importing ? sql.raw(`if skills_db.tenant_being_imported(new.tenant_id) then
+    ${importing ? sql.raw(`if current_setting('skills_db.importing_tenant', true) = new.tenant_id then
+     if skills_db.tenant_being_imported(new.tenant_id) then
       -- A row as exported: its id, time and hashes kept, and checked to continue the chain.
       select h.seq, h.row_hash into head from skills_db.audit_chain_heads h where h.tenant_id = new.tenant_id for update;
       if new.seq is null then
@@ -285,6 +289,7 @@ const stampBody = (importing: boolean) => sql`
       end if;
       update skills_db.audit_chain_heads set seq = new.seq, row_hash = new.row_hash where tenant_id = new.tenant_id;
       return new;
+     end if;
     end if;`) : sql``}
     new.id := gen_random_uuid();
     -- A row the app role may not write (another tenant's, or with no tenant entered) is left for row
@@ -328,9 +333,14 @@ const actorBody = (importing: boolean) => sql`
     was text := current_setting('skills_db.all_tenants', true);
     known boolean;
   begin
-    if new.actor_id is null${importing ? sql.raw(' or skills_db.tenant_being_imported(new.tenant_id)') : sql``} then
+    if new.actor_id is null then
       return null;
-    end if;
+    end if;${importing ? sql.raw(`
+    if current_setting('skills_db.importing_tenant', true) = new.tenant_id then
+      if skills_db.tenant_being_imported(new.tenant_id) then
+        return null;
+      end if;
+    end if;`) : sql``}
     perform set_config('skills_db.all_tenants', 'on', true);
     known := exists (select 1 from public.users u where u.id = new.actor_id and u.tenant_id = new.tenant_id);
     perform set_config('skills_db.all_tenants', coalesce(was, ''), true);

@@ -62,7 +62,7 @@ const EMAIL = /^[^\s@]+@[^\s@]+$/
  * await withTenant(db, tenantId, (trx) => recordAudit(trx, { actorId: adminId, action: 'tenant.signup' }))
  */
 export async function createTenant(db: Kysely<DB>, tenant: NewTenant, firstAdmin?: FirstAdmin): Promise<CreatedTenant> {
-  const key = keyFor(db)
+  const key = keyFor(db, 'createTenant')
   const id = tenant.id ?? randomUUID()
   const name = tenant.name
   const slug = tenant.slug

@@ -25,7 +25,7 @@ export function activateTenant(db: Kysely<DB>, tenantId: string): Promise<Tenant
 
 async function setActive(db: Kysely<DB>, tenantId: string, active: boolean): Promise<TenantStatusChange> {
   if (typeof tenantId !== 'string' || tenantId === '' || tenantId.length > 128) throw new TenantRequestError('a tenant id has 1 to 128 characters')
-  const key = keyFor(db)
+  const key = keyFor(db, active ? 'activateTenant' : 'suspendTenant')
   const request = lifecycleRequest(active ? 'activated' : 'suspended', [tenantId])
   try {
     return await inSignedTransaction(db, key, request, async (trx, signature) => {

@@ -162,13 +162,13 @@ async function cleanUp(db: Kysely<DB>, conn: Kysely<DB>, pid: number | undefined
 
 const parsed = new Map<string, TenantKey>()
 
-/** The key of `db` (createDb's tenantKey), else SKILLS_DB_TENANT_KEY; parsed once. */
-export function keyFor(db: object): TenantKey {
+/** The key of `db` (createDb's tenantKey), else SKILLS_DB_TENANT_KEY; parsed once. `caller` names the API that needs it. */
+export function keyFor(db: object, caller = 'withTenant'): TenantKey {
   const [text, what] = tenantKeyOf(db) !== undefined
     ? [tenantKeyOf(db)!, 'createDb option tenantKey']
     : [process.env.SKILLS_DB_TENANT_KEY, 'SKILLS_DB_TENANT_KEY']
   if (!text) {
-    throw new TenantError('withTenant has no tenant key: pass createDb(url, { tenantKey }) or set SKILLS_DB_TENANT_KEY to one of the keys the migrator was given (SKILLS_DB_TENANT_KEYS)')
+    throw new TenantError(`${caller} has no tenant key: pass createDb(url, { tenantKey }) or set SKILLS_DB_TENANT_KEY to one of the keys the migrator was given (SKILLS_DB_TENANT_KEYS)`)
   }
   let key = parsed.get(text)
   if (!key) {

@@ -38,15 +38,25 @@ export async function deleteTenant(db: Kysely<any>, tenantId: string, options: D
     }
     if (active) throw new TenantAdminError(`tenant "${tenantId}" is active: suspend it first (skills-db tenant suspend ${tenantId}), so that no request writes to it while it is removed`)
     if (!removing) {
-      const { rows: head } = await sql<{ seq: string; hash: string }>`
-        select seq::text, encode(row_hash, 'hex') as hash from skills_db.audit_chain_heads where tenant_id = ${tenantId}`.execute(conn)
       await conn.transaction().execute(async (trx) => {
+        // The tenant's row locked while it is listed: a reactivation either committed before (and is
+        // seen here) or waits, then finds the listing and is refused. Read once, outside this, it
+        // could be reactivated between the check and the listing (an outside review did so).
+        const { rows: locked } = await sql<{ is_active: boolean }>`select is_active from public.tenants where id = ${tenantId} for update`.execute(trx)
+        if (locked[0]?.is_active !== false) throw new TenantAdminError(`tenant "${tenantId}" is active: suspend it first (skills-db tenant suspend ${tenantId}), so that no request writes to it while it is removed`)
+        const { rows: head } = await sql<{ seq: string; hash: string }>`
+          select seq::text, encode(row_hash, 'hex') as hash from skills_db.audit_chain_heads where tenant_id = ${tenantId}`.execute(trx)
+        const counts: Record<string, number> = { tenants: 1 }
+        for (const { table } of TENANT_TABLES) {
+          counts[table] = (await sql<{ n: number }>`select count(*)::int as n from ${sql.table(`public.${table}`)} where tenant_id = ${tenantId}`.execute(trx)).rows[0]!.n
+        }
         await sql`insert into skills_db.tenant_removals (tenant_id, slug) values (${tenantId}, ${slug})`.execute(trx)
         await sql`insert into skills_db.tenant_lifecycle (tenant_id, slug, event, detail)
-          values (${tenantId}, ${slug}, 'deletion started', ${JSON.stringify({ auditHead: head[0] ?? null })}::jsonb)`.execute(trx)
+          values (${tenantId}, ${slug}, 'deletion started', ${JSON.stringify({ auditHead: head[0] ?? null, rows: counts })}::jsonb)`.execute(trx)
       })
     }
     const rows: Record<string, number> = {}
+    let total = rows
     for (const { table, key } of [...TENANT_TABLES].reverse()) {
       rows[table] = 0
       for (;;) {
@@ -68,10 +78,15 @@ export async function deleteTenant(db: Kysely<any>, tenantId: string, options: D
       await sql`delete from skills_db.tenant_signups where tenant_id = ${tenantId}`.execute(trx)
       await sql`delete from public.tenants where id = ${tenantId}`.execute(trx)
       await sql`delete from skills_db.tenant_removals where tenant_id = ${tenantId}`.execute(trx)
+      // The counts taken when the deletion started: a resumed run deleted only what was left.
       await sql`insert into skills_db.tenant_lifecycle (tenant_id, slug, event, detail)
-        values (${tenantId}, ${slug ?? (await removalSlug(trx, tenantId))}, 'deleted', ${JSON.stringify({ rows })}::jsonb)`.execute(trx)
+        select ${tenantId}, ${slug ?? (await removalSlug(trx, tenantId))}, 'deleted', jsonb_build_object('rows', l.detail -> 'rows')
+        from skills_db.tenant_lifecycle l where l.tenant_id = ${tenantId} and l.event = 'deletion started' order by l.at desc limit 1`.execute(trx)
+      const { rows: started } = await sql<{ rows: Record<string, number> }>`select detail -> 'rows' as rows from skills_db.tenant_lifecycle
+        where tenant_id = ${tenantId} and event = 'deleted' order by at desc limit 1`.execute(trx)
+      total = started[0]?.rows ?? rows
     })
-    return { rows, resumed: removing }
+    return { rows: total, resumed: removing }
   })
 }
 
@@ -82,13 +97,15 @@ async function removalSlug(trx: Kysely<any>, tenantId: string): Promise<string |
 
 /**
  * One batch: a short lock timeout (a batch waits for nobody's long transaction; it tries again),
- * and this session named as the one deleting the tenant, which is what lets its audit rows go (0020).
+ * and this transaction named as the one deleting the tenant, which is what lets its audit rows go (0020).
  */
 async function inShortTransaction<T>(conn: Kysely<any>, tenantId: string, fn: (trx: Kysely<any>) => Promise<T>): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     try {
       return await conn.transaction().execute(async (trx) => {
-        await sql`select pg_catalog.set_config('lock_timeout', '50ms', true), pg_catalog.set_config('skills_db.deleting_tenant', ${tenantId}::text, true)`.execute(trx)
+        await sql`select pg_catalog.set_config('lock_timeout', '50ms', true)`.execute(trx)
+        // SET LOCAL (a literal: SET takes no parameter) rather than set_config(), so Citus sends it to the nodes whose triggers read it.
+        await sql`set local skills_db.deleting_tenant = ${sql.lit(tenantId)}`.execute(trx)
         return fn(trx)
       })
     } catch (error) {

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import type { Writable } from 'node:stream'
 import { sql, type Kysely } from 'kysely'
-import { asOperator, tenantRow } from './operator-session.ts'
+import { asOperator, TenantAdminError, tenantRow } from './operator-session.ts'
 import { exportOrder, TENANT_TABLES } from './tenant-tables.ts'
 
 /** The first line of an export: what it is, of which schema, of which tenant. */
@@ -14,11 +14,36 @@ export interface ExportHeader {
   tenant: string
 }
 
-/** The last line: per table (tenants first), its rows and the SHA-256 of their lines; and of the file before it. */
+/**
+ * The last line: per table (tenants first), its rows and the SHA-256 of their lines; the SHA-256 of
+ * the file before it; the audit chain's head; and `mac`, the tenant key's HMAC of those ({@link exportMacText}),
+ * so that a file edited at rest, its checksums refitted, is refused by any database holding that key.
+ */
 export interface ExportManifest {
   tables: Record<string, { rows: number; sha256: string }>
   rows: number
   sha256: string
+  auditHead: { seq: string; hash: string } | null
+  /** `<tenant key id>:<HMAC-SHA256, hex>` */
+  mac: string
+}
+
+/** What the manifest's MAC is of. */
+export function exportMacText(tenant: string, m: Pick<ExportManifest, 'sha256' | 'auditHead'>): string {
+  return `skills-db tenant export v1:${tenant}:${m.sha256}:${m.auditHead ? `${m.auditHead.seq}:${m.auditHead.hash}` : '-'}`
+}
+
+/**
+ * The HMAC of `text` under the tenant key `keyId` (the newest one the database holds, when not
+ * named), computed by the database from its copy of the key's pads (as enter() checks a
+ * signature): the operator needs no secret of its own. Undefined when it holds no such key.
+ */
+export async function tenantKeyMac(conn: Kysely<any>, text: string, keyId?: string): Promise<string | undefined> {
+  const { rows } = await sql<{ mac: string }>`
+    select k.key_id || ':' || encode(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(${text}::text, 'UTF8'))), 'hex') as mac
+    from skills_db.tenant_context_keys k where ${keyId === undefined ? sql`true` : sql`k.key_id = ${keyId}`}
+    order by k.added_at desc, k.key_id limit 1`.execute(conn)
+  return rows[0]?.mac
 }
 
 export interface ExportProgress {
@@ -32,8 +57,8 @@ const FETCH = 1000
  * Writes every row of one tenant, in every tenant table, its audit trail included, to `out` as
  * NDJSON: a header line ({@link ExportHeader}), one line per row (`{"t":"<table>","r":<the row as
  * PostgreSQL's to_jsonb writes it>}`, tenants first, then parents before children, each table in a
- * fixed order), and a manifest line ({@link ExportManifest}) with counts and checksums. A file
- * without its manifest is truncated, and import says so. Reads one snapshot (REPEATABLE READ, READ
+ * fixed order), and a manifest line ({@link ExportManifest}) with counts and checksums, sealed
+ * with the tenant key. A file without its manifest is truncated, and import says so. Reads one snapshot (REPEATABLE READ, READ
  * ONLY), a thousand rows at a time through a cursor, so memory stays flat; waits for `out` when it
  * is slower. The same rows always give the same bytes. Holds the migration lock while it reads.
  *
@@ -77,7 +102,12 @@ export async function exportTenant(db: Kysely<any>, tenantId: string, out: Writa
         await sql`close tenant_rows`.execute(conn)
         tables[table] = { rows, sha256: hash.digest('hex') }
       }
-      const manifest: ExportManifest = { tables, rows: Object.values(tables).reduce((n, t) => n + t.rows, 0), sha256: file.digest('hex') }
+      const { rows: head } = await sql<{ seq: string; hash: string }>`
+        select seq::text as seq, encode(row_hash, 'hex') as hash from skills_db.audit_chain_heads where tenant_id = ${tenantId}`.execute(conn)
+      const sealed = { sha256: file.digest('hex'), auditHead: head[0] ?? null }
+      const mac = await tenantKeyMac(conn, exportMacText(tenantId, sealed))
+      if (!mac) throw new TenantAdminError('the database holds no tenant key to seal the export with: run the migrator with SKILLS_DB_TENANT_KEYS')
+      const manifest: ExportManifest = { tables, rows: Object.values(tables).reduce((n, t) => n + t.rows, 0), ...sealed, mac }
       await write(`${JSON.stringify({ manifest })}\n`, false)
       return manifest
     } finally {

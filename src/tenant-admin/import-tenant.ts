@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { createInterface } from 'node:readline'
 import type { Readable } from 'node:stream'
 import { sql, type Kysely } from 'kysely'
-import type { ExportHeader, ExportManifest, ExportProgress } from './export-tenant.ts'
+import { exportMacText, tenantKeyMac, type ExportHeader, type ExportManifest, type ExportProgress } from './export-tenant.ts'
 import { asOperator, TenantAdminError } from './operator-session.ts'
 import { TENANT_TABLES } from './tenant-tables.ts'
 
@@ -20,10 +20,10 @@ const BATCH = 500
 
 /**
  * Loads a tenant that {@link exportTenant} wrote into this database, which must run the same
- * schema (the same migrations applied). In one transaction: a file that is truncated, altered (a
- * count or checksum of the manifest, or an audit row that does not continue its hash chain), of
- * another schema, or whose tenant id, slug or domain (or any row's key) is already here, changes
- * nothing, and the error says which. The audit trail keeps its ids, times and hashes; the chain is
+ * schema (the same migrations applied) and holding the tenant key the file is sealed with. In one
+ * transaction: a file that is truncated, altered (a count or checksum of the manifest, its seal,
+ * or an audit row that does not continue its hash chain), of another schema, or whose tenant id,
+ * slug or domain (or any row's key) is already here, changes nothing, and the error says which. The audit trail keeps its ids, times and hashes; the chain is
  * checked row by row as it is loaded. Exporting the imported tenant gives the same file.
  * Holds the migration lock.
  *
@@ -95,7 +95,7 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
         batch.push(m[2]!)
         if (batch.length >= BATCH || table === 'tenants') await flush()
       }
-      if (!manifest) throw new TenantAdminError(`the file ends at line ${lineNo} without its manifest: it is truncated; export the tenant again`)
+      if (!manifest) throw new TenantAdminError(`the file ends at line ${lineNo} without its manifest: it is truncated; use a complete copy of the export`)
       for (const [table, h] of hashes) seen[table]!.sha256 = h.digest('hex')
       for (const table of ORDER) {
         const want = manifest.tables[table] ?? { rows: 0, sha256: createHash('sha256').digest('hex') }
@@ -105,8 +105,17 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
         }
       }
       if (manifest.sha256 !== file.digest('hex')) throw new TenantAdminError('the file does not match its manifest\'s checksum: it was altered or damaged')
+      // The seal: checksums anyone can recompute; the tenant key's MAC only its holders.
+      const keyId = manifest.mac.split(':')[0]!
+      const expected = await tenantKeyMac(conn, exportMacText(tenant, manifest), keyId)
+      if (expected === undefined) throw new TenantAdminError(`the file is sealed with tenant key "${keyId}", which this database does not hold: import into a database given the same SKILLS_DB_TENANT_KEYS as the one exported from`)
+      if (expected !== manifest.mac) throw new TenantAdminError('the file\'s seal (the tenant key\'s MAC of its checksum) does not match: it was altered, its checksums refitted')
+      const { rows: head } = await sql<{ seq: string; hash: string }>`
+        select seq::text as seq, encode(row_hash, 'hex') as hash from skills_db.audit_chain_heads where tenant_id = ${tenant}`.execute(conn)
+      if (JSON.stringify(head[0] ?? null) !== JSON.stringify(manifest.auditHead)) {
+        throw new TenantAdminError(`the imported audit chain ends at ${head[0] ? `seq ${head[0].seq}` : 'no chained row'}, the file's manifest says ${manifest.auditHead ? `seq ${manifest.auditHead.seq}` : 'none'}: the file was altered`)
+      }
       if (!seen.tenants) throw new TenantAdminError('the file has no tenants row: it is not an export of a tenant')
-      await sql`delete from skills_db.tenant_imports where tenant_id = ${tenant}`.execute(conn)
       await sql`insert into skills_db.tenant_lifecycle (tenant_id, slug, event, detail)
         select id, slug, 'imported', ${JSON.stringify({ rows: manifest.rows, sha256: manifest.sha256 })}::jsonb from public.tenants where id = ${tenant}`.execute(conn)
       await sql`commit`.execute(conn)
@@ -133,8 +142,8 @@ async function claimTenant(conn: Kysely<any>, tenant: string, json: string, coun
     throw new TenantAdminError(`domain "${r.domain}" is taken here by tenant "${t.id}": the import would collide`)
   }
   await sql`insert into public.tenants select r.* from pg_catalog.jsonb_populate_recordset(null::public.tenants, ${json}::jsonb) r`.execute(conn)
-  await sql`insert into skills_db.tenant_imports (tenant_id) values (${tenant})`.execute(conn)
-  await sql`select pg_catalog.set_config('skills_db.importing_tenant', ${tenant}::text, true)`.execute(conn)
+  // SET LOCAL (a literal: SET takes no parameter) rather than set_config(), so Citus sends it to the nodes whose triggers read it.
+  await sql`set local skills_db.importing_tenant = ${sql.lit(tenant)}`.execute(conn)
 }
 
 function collision(error: unknown, table: string): unknown {
@@ -161,7 +170,8 @@ function parseHeader(line: string | undefined): ExportHeader {
 function parseManifest(line: string, lineNo: number): ExportManifest {
   try {
     const { manifest } = JSON.parse(line) as { manifest: ExportManifest }
-    if (manifest && typeof manifest.sha256 === 'string' && typeof manifest.tables === 'object') return manifest
+    if (manifest && typeof manifest.sha256 === 'string' && typeof manifest.tables === 'object' && typeof manifest.mac === 'string' && manifest.mac.includes(':')
+      && (manifest.auditHead === null || (typeof manifest.auditHead?.seq === 'string' && typeof manifest.auditHead?.hash === 'string'))) return manifest
   } catch {
     // reported below
   }

@@ -20,7 +20,15 @@ export async function asOperator<T>(db: Kysely<any>, fn: (conn: Kysely<any>, mig
     if (!migrations.includes(LIFECYCLE_MIGRATION)) {
       throw new TenantAdminError(`this database has no tenant lifecycle yet (migration ${LIFECYCLE_MIGRATION}): run skills-db open (before a second tenant), or skills-db latest on a database already opened`)
     }
-    return fn(conn, migrations)
+    // On Citus, the SET LOCALs of tenant delete and import go to the nodes, whose triggers read them.
+    const { rows: citus } = await sql`select 1 from pg_catalog.pg_extension where extname = 'citus'`.execute(conn)
+    if (citus.length === 0) return fn(conn, migrations)
+    await sql`set citus.propagate_set_commands = 'local'`.execute(conn)
+    try {
+      return await fn(conn, migrations)
+    } finally {
+      await sql`reset citus.propagate_set_commands`.execute(conn).catch(() => {})
+    }
   }))
 }
 

@@ -17,6 +17,15 @@ import type { DB } from '../../src/db-types.ts'
 import { migrateContract, migrateOpen, migrateToLatest } from '../../src/migrator/migrate.ts'
 import { resolveApiKey } from '../../src/tenancy/resolve-api-key.ts'
 import { withTenant } from '../../src/tenancy/with-tenant.ts'
+import { createTenant } from '../../src/tenancy/create-tenant.ts'
+import { resolveTenant } from '../../src/tenancy/resolve-tenant.ts'
+import { activateTenant, suspendTenant } from '../../src/tenancy/tenant-status.ts'
+import { asOperator } from '../../src/tenant-admin/operator-session.ts'
+import { exportTenant } from '../../src/tenant-admin/export-tenant.ts'
+import { importTenant } from '../../src/tenant-admin/import-tenant.ts'
+import { deleteTenant } from '../../src/tenant-admin/delete-tenant.ts'
+import { showTenant } from '../../src/tenant-admin/show-tenant.ts'
+import { Readable, Writable } from 'node:stream'
 import { takeCatalogSnapshot, type CatalogSnapshot } from './catalog-snapshot.ts'
 import { startCitusServer, type CitusServer } from './citus-server.ts'
 import { renderTypes } from '../../src/codegen/generate-types.ts'
@@ -161,6 +170,51 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
       const added = after.filter((r) => r.tenant_id === A && !carried.some((b) => b.id === r.id))
       expect(added).toMatchObject([{ seq: String(Number(lastOfA.seq) + 1), prev_hash: lastOfA.row_hash, action: 'after distribute', signed: true }])
       expect((await verifyAuditTrail(admin, { keys: [TEST_AUDIT_KEY] })).problems).toEqual(auditBefore.problems)
+    })
+
+    it('the tenant lifecycle on the distributed tables: create, resolve, suspend (refused at once), export, delete, import the same rows and file, show its shard', async () => {
+      // Created through the operator's connection (this suite's superuser sessions are connected: 0005's guard), as skills-db tenant create --force does.
+      const made = await asOperator(admin, async (conn) => {
+        await sql`select set_config('skills_db.unconfined_sessions_ok', 'on', false)`.execute(conn)
+        try {
+          return await createTenant(conn, { name: 'Lifecycle', slug: 'lifecycle', domain: 'life.example.com' }, { email: 'l@life.example' })
+        } finally {
+          await sql`select set_config('skills_db.unconfined_sessions_ok', '', false)`.execute(conn)
+        }
+      })
+      const tenant = made.tenantId
+      expect(await resolveTenant(app, { domain: 'life.example.com' })).toEqual({ tenantId: tenant, active: true })
+      await withTenant(app, tenant, async (trx) => {
+        for (let i = 0; i < 5; i++) {
+          const skill = await trx.insertInto('skills').values({ name: `L${i}`, slug: `l${i}`, description: 'd', category: 'c', content: 'x', author_id: made.adminId!, tenant_id: tenant })
+            .returning('id').executeTakeFirstOrThrow()
+          await trx.insertInto('ratings').values({ skill_id: skill.id, user_id: made.adminId!, rating: 5, tenant_id: tenant }).execute()
+          await recordAudit(trx, { actorId: made.adminId!, action: 'skill.create', resourceId: skill.id })
+        }
+      })
+      const shown = await showTenant(admin, tenant)
+      expect(shown).toMatchObject({ tables: { skills: { rows: 5 }, audit_logs: { rows: 5 } }, citus: { shardId: expect.stringMatching(/^\d+$/), node: expect.stringMatching(/:\d+$/) } })
+      const write = () => {
+        const chunks: Buffer[] = []
+        return { out: new Writable({ write(chunk, _e, done) { chunks.push(Buffer.from(chunk)); done() } }), text: () => Buffer.concat(chunks).toString('utf8') }
+      }
+      const first = write()
+      const manifest = await exportTenant(admin, tenant, first.out)
+      expect(manifest.tables).toMatchObject({ skills: { rows: 5 }, ratings: { rows: 5 }, audit_logs: { rows: 5 }, audit_signatures: { rows: 5 }, users: { rows: 1 } })
+      expect(await suspendTenant(app, tenant)).toBe('suspended')
+      await expect(withTenant(app, tenant, (trx) => trx.selectFrom('skills').select('id').where('tenant_id', '=', tenant).execute())).rejects.toThrow('unknown or inactive tenant')
+      expect((await deleteTenant(admin, tenant, { batchSize: 2 })).rows).toMatchObject({ skills: 5, ratings: 5, audit_logs: 5, audit_signatures: 5, users: 1 })
+      expect(await resolveTenant(app, { slug: 'lifecycle' })).toBeUndefined()
+      expect((await importTenant(admin, Readable.from([first.text()]), { allowUnconfinedSessions: true })).sha256).toBe(manifest.sha256)
+      const again = write()
+      await exportTenant(admin, tenant, again.out)
+      expect(again.text()).toBe(first.text())
+      expect((await verifyAuditTrail(admin, { keys: [TEST_AUDIT_KEY], tenantId: tenant })).problems).toEqual([])
+      expect(await activateTenant(app, tenant)).toBe('unchanged')
+      await withTenant(app, tenant, (trx) => recordAudit(trx, { actorId: made.adminId!, action: 'after import' }))
+      // Gone again, so that what follows finds the two tenants it was given.
+      await suspendTenant(app, tenant)
+      await deleteTenant(admin, tenant)
     })
 
     it('EXPLAIN and EXPLAIN ANALYZE work inside withTenant, with the remote plans, and its transaction commits', async () => {

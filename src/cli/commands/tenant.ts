@@ -16,7 +16,7 @@ const JSON_OUT: Record<string, OptionSpec> = {
   json: { type: 'boolean', help: 'print the result as JSON on stdout (and nothing else there)' },
 }
 const COMMON = { ...TARGET, ...JSON_OUT }
-const TENANT_ID = [{ name: '<tenant id>', required: true, help: 'the tenant (tenants.id; skills-db tenant list shows them)' }]
+const TENANT_ID = [{ name: '<tenant>', required: true, help: 'the tenant\'s id, or its slug (skills-db tenant list shows both)' }]
 
 /** Prints the result: JSON with --json, else the human lines. */
 function report(values: OptionValues, json: unknown, human: () => void): number {
@@ -37,10 +37,17 @@ function progressLine(values: OptionValues): ((text: string) => void) & { done()
   return show
 }
 
-function tenantIdOf(positionals: string[]): string {
+function tenantArg(positionals: string[]): string {
   const id = positionals[0]!
   if (!id.trim()) throw new UsageError('the tenant id is empty')
   return id
+}
+
+/** The id of the tenant the argument names: its id, else its slug (what `tenant list` and URLs show); as given when neither. */
+async function tenantIdOf(db: Kysely<any>, arg: string): Promise<string> {
+  const { rows } = await sql<{ id: string }>`select id from (select id, 1 as o from public.tenants where id = ${arg}
+    union all select id, 2 from public.tenants where slug = ${arg}) t order by o limit 1`.execute(db)
+  return rows[0]?.id ?? arg
 }
 
 /** The key the lifecycle calls sign with: SKILLS_DB_TENANT_KEY, else the first of the migrator's SKILLS_DB_TENANT_KEYS. */
@@ -68,7 +75,8 @@ const list: Command = {
   run: (values) => usingTarget(values, async (db) => {
     const tenants = await listTenants(db)
     return report(values, tenants, () => {
-      for (const t of tenants) console.log(`${t.id}  ${t.slug}  ${t.active ? 'active' : 'suspended'}  ${t.plan}${t.domain ? `  ${t.domain}` : ''}  "${t.name}"`)
+      console.log('id  slug  status  plan  domain  "name"')
+      for (const t of tenants) console.log(`${t.id}  ${t.slug}  ${t.active ? 'active' : 'suspended'}  ${t.plan}  ${t.domain ?? '-'}  "${t.name}"`)
       console.log(`${tenants.length} tenant(s)`)
     })
   }, { quiet: Boolean(values.json) }),
@@ -80,7 +88,7 @@ const show: Command = {
   positionals: TENANT_ID,
   options: COMMON,
   run: (values, positionals) => usingTarget(values, async (db) => {
-    const t = await showTenant(db, tenantIdOf(positionals))
+    const t = await showTenant(db, await tenantIdOf(db, tenantArg(positionals)))
     return report(values, t, () => {
       console.log(`${t.id}  ${t.slug}  ${t.active ? 'active' : 'suspended'}  plan ${t.plan}${t.domain ? `  domain ${t.domain}` : ''}  "${t.name}"  created ${t.createdAt}`)
       for (const [table, { rows, bytes }] of Object.entries(t.tables)) console.log(`  ${table.padEnd(18)} ${String(rows).padStart(10)} row(s) ${String(bytes).padStart(14)} bytes`)
@@ -102,7 +110,7 @@ const create: Command = {
     id: { type: 'string', value: '<id>', help: 'its id (default a new UUID)' },
     'admin-email': { type: 'string', value: '<email>', help: 'the first admin user\'s email' },
     'admin-name': { type: 'string', value: '<name>', help: 'the first admin user\'s name' },
-    force: { type: 'boolean', help: 'create it although superuser or BYPASSRLS sessions are connected, none of them the single-tenant app' },
+    force: { type: 'boolean', help: 'create it although superuser or BYPASSRLS sessions are connected (a psql session as postgres, say), none of them the single-tenant app' },
   },
   run(values) {
     if (typeof values.name !== 'string' || typeof values.slug !== 'string') throw new UsageError('tenant create needs --name and --slug')
@@ -130,7 +138,7 @@ const statusCommand = (name: 'suspend' | 'activate'): Command => ({
   positionals: TENANT_ID,
   options: COMMON,
   run: (values, positionals) => asOperatorCall(values, async (conn) => {
-    const id = tenantIdOf(positionals)
+    const id = await tenantIdOf(conn, tenantArg(positionals))
     const outcome = await (name === 'suspend' ? suspendTenant : activateTenant)(conn, id)
     return report(values, { tenantId: id, outcome }, () => console.log(`tenant ${id}: ${outcome === 'unchanged' ? `already ${name === 'suspend' ? 'suspended' : 'active'}` : outcome}`))
   }),
@@ -145,12 +153,13 @@ const exportCommand: Command = {
     out: { type: 'string', value: '<file>', help: 'where to write it (required; refused if it exists). Written as <file>.partial, renamed when complete' },
   },
   run(values, positionals) {
-    const id = tenantIdOf(positionals)
+    const arg = tenantArg(positionals)
     if (typeof values.out !== 'string' || values.out === '') throw new UsageError('tenant export needs --out <file>')
     const out = values.out
     if (existsSync(out)) throw new UsageError(`${out} exists: give another --out, or remove it first`)
     const partial = `${out}.partial`
     return usingTarget(values, async (db) => {
+      const id = await tenantIdOf(db, arg)
       const progress = progressLine(values)
       let fd: number
       try {
@@ -217,11 +226,12 @@ const deleteCommand: Command = {
     'batch-size': { type: 'string', value: '<rows>', help: 'rows per transaction (default 1000)' },
   },
   run(values, positionals) {
-    const id = tenantIdOf(positionals)
-    if (!values.yes) throw new UsageError(`tenant delete removes every row of tenant ${id} for good: add --yes (export it first: skills-db tenant export ${id} --out <file>)`)
+    const arg = tenantArg(positionals)
+    if (!values.yes) throw new UsageError(`tenant delete removes every row of tenant ${arg} for good: add --yes (export it first: skills-db tenant export ${arg} --out <file>)`)
     const batchSize = values['batch-size'] === undefined ? undefined : Number(values['batch-size'])
     if (batchSize !== undefined && (!Number.isInteger(batchSize) || batchSize < 1)) throw new UsageError(`--batch-size ${String(values['batch-size'])} is not a whole number of rows, 1 or more`)
     return usingTarget(values, async (db) => {
+      const id = await tenantIdOf(db, arg)
       const progress = progressLine(values)
       try {
         const outcome = await deleteTenant(db, id, { ...(batchSize ? { batchSize } : {}), onProgress: (p) => progress(`delete ${id}: ${p.table} ${p.deleted} row(s)`) })
