@@ -28,6 +28,7 @@ import { formatRlsOverhead, measureNoopBoot, measureRlsOverhead } from './lib/rl
 import { runPlan, runSkillsDb, type MigrationRun } from './lib/variants.ts'
 import { formatAuditCost, measureAuditCost } from './lib/audit-cost.ts'
 import { formatLockStall, measureLockStall } from './lib/lock-stall.ts'
+import { formatTenantLifecycle, measureTenantLifecycle } from './lib/tenant-lifecycle.ts'
 import { formatDistributeUnderLoad, measureDistributeUnderLoad } from './lib/citus-distribute.ts'
 import { underNewAppLoad } from './lib/under-new-app-load.ts'
 import { formatRequestCost, measureRequestCost } from './lib/request-cost.ts'
@@ -308,7 +309,8 @@ async function measureOpenAndContract(counts: Counts) {
     await sql`select set_config('skills_db.unconfined_sessions_ok', 'on', false)`.execute(db)
     await sql`insert into tenants (id, name, slug) values ('bench-tenant-b', 'B', 'bench-b') on conflict do nothing`.execute(db)
     const lockStall = await measureLockStall(as(url, appRole), tenant, 'bench-tenant-b')
-    return { open: { ...open, rlsOverhead: openRls }, contract: { ...contract, rlsOverhead: rls }, audit, lockStall }
+    const tenantLifecycle = await measureTenantLifecycle(url, as(url, appRole), tenant, counts, { connections, leadMs })
+    return { open: { ...open, rlsOverhead: openRls }, contract: { ...contract, rlsOverhead: rls }, audit, lockStall, tenantLifecycle }
   } finally {
     await db.destroy()
   }
@@ -356,6 +358,8 @@ function reportPhases(phases: Awaited<ReturnType<typeof measureOpenAndContract>>
   console.log(formatAuditCost(phases.audit))
   console.log('A table lock taken by SQL of the app role in one tenant\'s request, and another tenant\'s read of that table:')
   console.log(formatLockStall(phases.lockStall))
+  console.log('\nThe tenant lifecycle (skills-db tenant, on the opened and contracted copy):')
+  console.log(formatTenantLifecycle(phases.tenantLifecycle))
 }
 
 async function defaultTenant(url: string): Promise<string> {
