@@ -1,5 +1,5 @@
 /**
- * npm run bench -- [--scale 1] [--connections 4] [--load-seconds 3] [--out bench-results] [--keep-snapshot] [--only citus|request-cost]
+ * npm run bench -- [--scale 1] [--connections 4] [--load-seconds 3] [--out bench-results] [--keep-snapshot] [--only citus|request-cost|tenant-lifecycle]
  *
  * Builds a copy of the production database, runs the single-tenant app against it, and migrates
  * it twice on fresh copies while the app runs: (a) skills-db's migrateToLatest, (b) the plan's SQL
@@ -7,7 +7,8 @@
  * open and contract phases under the new app's load (e, f) with the audit trail's cost per append,
  * and distribute on a Citus cluster of its own under the same load (g; not run without Citus).
  * `--only citus` runs g alone; `--only request-cost` the per-request cost of withTenant against the
- * classic SET LOCAL pattern and a plain query, on a migrated copy (no migration under load).
+ * classic SET LOCAL pattern and a plain query, on a migrated copy (no migration under load);
+ * `--only tenant-lifecycle` the tenant export (peak RSS) and delete (beside the new app's load) on an opened copy.
  * Prints side-by-side tables, writes results.json and chart.svg.
  * Uses TEST_DATABASE_URL's server (an admin URL, never production) or an embedded PostgreSQL.
  */
@@ -50,8 +51,8 @@ if (!(scale > 0) || !(connections > 0) || !(leadMs >= 0)) {
   console.error('error: --scale, --connections and --load-seconds must be positive numbers')
   process.exit(1)
 }
-if (args.only !== undefined && args.only !== 'citus' && args.only !== 'request-cost') {
-  console.error(`error: --only takes "citus" (distribute on Citus under load) or "request-cost" (withTenant against the classic pattern), not "${args.only}"`)
+if (args.only !== undefined && args.only !== 'citus' && args.only !== 'request-cost' && args.only !== 'tenant-lifecycle') {
+  console.error(`error: --only takes "citus" (distribute on Citus under load), "request-cost" (withTenant against the classic pattern) or "tenant-lifecycle" (tenant export and delete), not "${args.only}"`)
   process.exit(1)
 }
 
@@ -113,6 +114,8 @@ try {
     writeFileSync(`${args.out}/citus.json`, JSON.stringify({ scale, connections, counts, citusDistribute: citus }, null, 2))
   } else if (args.only === 'request-cost') {
     await requestCostAlone(counts)
+  } else if (args.only === 'tenant-lifecycle') {
+    await tenantLifecycleAlone(counts)
   } else {
     await everything(counts)
   }
@@ -379,6 +382,22 @@ async function measureMigratedReads(url: string, counts: Counts) {
   const requestCost = await measureRequestCost(url, as(url, appRole), await defaultTenant(url), counts.skills, smoke)
   const noop = await measureNoopBoot(url)
   return { rlsOverhead: rls, requestCost, noopMigrateToLatest: noop }
+}
+
+/** `--only tenant-lifecycle`: a copy of the snapshot, migrated and opened, then the tenant export and delete. */
+async function tenantLifecycleAlone(counts: Counts): Promise<void> {
+  await ensureSnapshot(counts)
+  const name = `${tag}_tl`
+  created.push(name)
+  const url = await createScratchDatabase(admin, name, snapshot)
+  const run = await runSkillsDb(url, appRole, { open: true })
+  if (!run.ok) throw new Error(`migrating the copy failed: ${run.error}`)
+  await adminQuery(admin, `alter role ${appRole} password 'bench'`)
+  const version = (await adminQuery(admin, 'show server_version')).rows[0]!.server_version as string
+  const lifecycle = await measureTenantLifecycle(url, as(url, appRole), await defaultTenant(url), counts, { connections, leadMs })
+  console.log(`\nthe tenant lifecycle, PostgreSQL ${version}, scale ${scale} (${counts.usage_events} usage_events):\n${formatTenantLifecycle(lifecycle)}`)
+  mkdirSync(args.out!, { recursive: true })
+  writeFileSync(`${args.out}/tenant-lifecycle.json`, JSON.stringify({ scale, server: server.source, version, counts, tenantLifecycle: lifecycle }, null, 2))
 }
 
 /** `--only request-cost`: a copy of the snapshot, migrated with nothing else running, then the per-request cost. */
