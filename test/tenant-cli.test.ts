@@ -305,6 +305,24 @@ describe('skills-db tenant, on a fresh legacy database', () => {
     }
   })
 
+  it('a request that entered before the suspension and writes after it: delete waits for it, then removes what it wrote (an outside review had such a row outlive the tenant)', async () => {
+    const made = await json('create', '--name', 'Late', '--slug', 'late-writer', '--admin-email', 'l@late.example')
+    const tenant: string = made.tenantId
+    // Long enough that the delete (a process of its own, started after the suspension) lists the tenant while it sleeps.
+    const late = withTenant(app, tenant, async (trx) => {
+      await sql`select pg_sleep(8)`.execute(trx)
+      await recordAudit(trx, { actorId: made.adminId, action: 'written after the suspension' })
+    })
+    await new Promise((r) => setTimeout(r, 500))
+    await json('suspend', tenant)
+    const deleted = await json('delete', tenant, '--yes')
+    await late
+    expect(deleted.rows).toMatchObject({ users: 1 })
+    expect(Object.values(await tenantDigest(t.url, tenant)).every((d) => d.startsWith('0:'))).toBe(true)
+    const { rows } = await asSuperuser(t.url, (db) => sql`select 1 from skills_db.audit_chain_heads where tenant_id = ${tenant}`.execute(db))
+    expect(rows).toEqual([])
+  })
+
   it('deleting a tenant beside the other tenants\' requests: none of them fails', async () => {
     const tenant: string = (await json('create', '--name', 'Going', '--slug', 'going', '--admin-email', 'g@going.example')).tenantId
     const stays: string = (await json('create', '--name', 'Stays', '--slug', 'stays', '--admin-email', 's@stays.example')).tenantId

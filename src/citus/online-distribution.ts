@@ -1,6 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { LockRetryExhausted, sessionLabel, withLockRetry } from '../online/lock-retry.ts'
+import { withLockRetry } from '../online/lock-retry.ts'
+import { transactionsInFlightEnded } from '../online/transactions-in-flight.ts'
 import { forget, readRecorded, record } from '../online/recorded-settings.ts'
 import { progress, run } from '../online/run-context.ts'
 import { step } from './steps.ts'
@@ -95,7 +96,7 @@ export async function distributeOnline(db: Kysely<any>, table: string, colocateW
   // when the copy switches it to its shards (such a write was lost: Citus rerouted it to no shard).
   const { rows: inMetadata } = await sql`select 1 from pg_dist_partition where logicalrelid = ${table}::regclass`.execute(db)
   if (inMetadata.length === 0) await withLockRetry(db, table, (trx) => sql`select citus_add_local_table_to_metadata(${table}::regclass)`.execute(trx))
-  await transactionsInFlightEnded(db, app, `entered before ${table} became a Citus local table`)
+  await transactionsInFlightEnded(db, app, `entered before ${table} became a Citus local table`, run().lockRetryBudgetMs)
   const settings = run()
   // Citus waits for its subscriptions to catch up in a loop that checks, then sleeps 1 s on this
   // session's latch; its last wait holds the app's writes, so every request that came meanwhile
@@ -154,7 +155,7 @@ export async function onlineWitnessOn(db: Kysely<any>, app: string): Promise<voi
   const { rows } = await sql<{ n: number }>`select count(*)::int as n from pg_dist_partition where logicalrelid = ${COORDINATOR_WITNESS}::regclass`.execute(db)
   if (rows[0]!.n === 0) await sql`select citus_add_local_table_to_metadata(${COORDINATOR_WITNESS}::regclass)`.execute(db)
   await record(db, ONLINE_MARKER, 'on', { replace: true })
-  await transactionsInFlightEnded(db, app, 'entered before the coordinator\'s witness')
+  await transactionsInFlightEnded(db, app, 'entered before the coordinator\'s witness', run().lockRetryBudgetMs)
 }
 
 /** After the last table went online (or at undistribute, after a kill): no witness on the coordinator any more. */
@@ -162,35 +163,9 @@ export async function onlineWitnessOff(db: Kysely<any>, app: string): Promise<vo
   if (await readRecorded(db, ONLINE_MARKER)) {
     await forget(db, ONLINE_MARKER)
     // A request that saw the marker reads the table: it ends before the table goes.
-    await transactionsInFlightEnded(db, app, 'entered with the coordinator\'s witness')
+    await transactionsInFlightEnded(db, app, 'entered with the coordinator\'s witness', run().lockRetryBudgetMs)
   }
   await withLockRetry(db, COORDINATOR_WITNESS, (trx) => sql`drop table if exists ${sql.raw(COORDINATOR_WITNESS)}`.execute(trx))
-}
-
-/**
- * Waits until every transaction open now on this node of a session that acts as `app` has ended
- * (by its own transaction lock, which every session holds), for up to the run's retry budget.
- */
-async function transactionsInFlightEnded(db: Kysely<any>, app: string, what: string): Promise<void> {
-  const { rows } = await sql<{ vxids: string[] }>`select coalesce(array_agg(l.virtualxid), '{}') as vxids from pg_catalog.pg_locks l
-    join pg_catalog.pg_stat_activity a on a.pid = l.pid
-    join pg_catalog.pg_roles r on r.oid = a.usesysid
-    -- The app role's sessions, and those of a role that can act as it (a member, or a pooler that
-    -- logs in as another role and SETs ROLE: an outside review lost an update through one), but
-    -- not a superuser's or this command's role's.
-    where l.locktype = 'virtualxid' and l.granted and a.pid <> pg_catalog.pg_backend_pid()
-      -- (This database's: the app role's transactions in another database never see this one's state.)
-      and a.datname = pg_catalog.current_database()
-      and (a.usename = ${app} or (pg_catalog.pg_has_role(a.usesysid, ${app}, 'MEMBER') and not r.rolsuper and a.usename <> current_user))`.execute(db)
-  const deadline = Date.now() + run().lockRetryBudgetMs
-  for (;;) {
-    const { rows: open } = await sql<{ n: number; who: string | null }>`select count(*)::int as n,
-      string_agg(${sessionLabel(sql`''`)}, '; ') as who from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
-      where l.locktype = 'virtualxid' and l.virtualxid = any(${rows[0]!.vxids})`.execute(db)
-    if (open[0]!.n === 0) return
-    if (Date.now() > deadline) throw new LockRetryExhausted(`gave up waiting for the app's transactions ${what} to end: ${open[0]!.who}; end them or run the command again (it goes on from there)`)
-    await sleep(20)
-  }
 }
 
 /**

@@ -1,5 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { sql, type Kysely } from 'kysely'
+import { appRoleName } from '../online/app-role.ts'
+import { transactionsInFlightEnded } from '../online/transactions-in-flight.ts'
 import { asOperator, TenantAdminError } from './operator-session.ts'
 import { TENANT_TABLES } from './tenant-tables.ts'
 
@@ -9,6 +11,8 @@ export interface DeleteOptions {
   /** Rows per transaction (default 1000): each holds the locks of that many rows of one suspended tenant. */
   batchSize?: number
   onProgress?: (p: { table: string; deleted: number }) => void
+  /** How long to wait for the app's transactions open when the deletion starts (default 120 000 ms); then it stops, naming them, and a rerun goes on. */
+  waitBudgetMs?: number
 }
 
 /**
@@ -55,6 +59,11 @@ export async function deleteTenant(db: Kysely<any>, tenantId: string, options: D
           values (${tenantId}, ${slug}, 'deletion started', ${JSON.stringify({ auditHead: head[0] ?? null, rows: counts })}::jsonb)`.execute(trx)
       })
     }
+    // A request that entered the tenant before its suspension may still write to it (an outside review
+    // had one append an audit row after the deletion, which then nothing could remove): the tenant is
+    // listed now, and nothing enters it, so once every transaction of the app's open at this point has
+    // ended, nothing writes to it any more. Again on a resumed run (no harm: it waits for nothing new).
+    await transactionsInFlightEnded(conn, await appRoleName(conn), 'open when the tenant was listed for removal (one may still write to it)', options.waitBudgetMs ?? 120_000)
     const rows: Record<string, number> = {}
     let total = rows
     for (const { table, key } of [...TENANT_TABLES].reverse()) {
@@ -74,6 +83,11 @@ export async function deleteTenant(db: Kysely<any>, tenantId: string, options: D
       }
     }
     await inShortTransaction(conn, tenantId, async (trx) => {
+      // The chain's head locked first: no append can slip in between the last batch and this.
+      await sql`select 1 from skills_db.audit_chain_heads where tenant_id = ${tenantId} for update`.execute(trx)
+      const { rows: late } = await sql<{ n: number }>`select (select count(*) from public.audit_logs where tenant_id = ${tenantId})::int
+        + (select count(*) from public.audit_signatures where tenant_id = ${tenantId})::int as n`.execute(trx)
+      if (late[0]!.n > 0) throw new TenantAdminError(`tenant "${tenantId}" gained ${late[0]!.n} audit row(s) while it was deleted: a request still wrote to it; run the delete again`)
       await sql`delete from skills_db.audit_chain_heads where tenant_id = ${tenantId}`.execute(trx)
       await sql`delete from skills_db.tenant_signups where tenant_id = ${tenantId}`.execute(trx)
       await sql`delete from public.tenants where id = ${tenantId}`.execute(trx)
