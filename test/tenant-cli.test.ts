@@ -14,20 +14,10 @@ import { parseTenantKey } from '../src/tenancy/tenant-key.ts'
 import { activateTenant } from '../src/tenancy/tenant-status.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { ROOT, runScript } from './support/cli.ts'
-import { useLegacyDatabases, type TestDatabase } from './support/database.ts'
+import { asSuperuser, useLegacyDatabases, type TestDatabase } from './support/database.ts'
 import { TEST_AUDIT_KEY, TEST_TENANT_KEY } from './support/tenant-key.ts'
 
 const TABLES = ['users', 'skills', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'ratings', 'usage_events', 'api_keys', 'site_settings', 'audit_logs', 'audit_signatures']
-
-/** A superuser connection closed when `fn` returns: none may stay open while a tenant is created (0005's guard). */
-async function asSuperuser<T>(url: string, fn: (db: Kysely<any>) => Promise<T>): Promise<T> {
-  const db = createDb<any>(url, { max: 1 })
-  try {
-    return await fn(db)
-  } finally {
-    await db.destroy()
-  }
-}
 
 /** Every row of the tenant, table by table, as PostgreSQL prints it: what "identical rows" is checked against. */
 async function tenantDigest(url: string, tenantId: string): Promise<Record<string, string>> {

@@ -1,7 +1,6 @@
 import { createHmac } from 'node:crypto'
 import { sql, type Kysely } from 'kysely'
 import { beforeAll, describe, expect, inject, it } from 'vitest'
-import { createDb } from '../src/connection/create-db.ts'
 import type { DB } from '../src/db-types.ts'
 import { createTenant } from '../src/tenancy/create-tenant.ts'
 import { lifecycleRequest } from '../src/tenancy/lifecycle-request.ts'
@@ -11,7 +10,7 @@ import { TenantRequestError, TenantTakenError } from '../src/tenancy/tenant-erro
 import { activateTenant, suspendTenant } from '../src/tenancy/tenant-status.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { parseTenantKey } from '../src/tenancy/tenant-key.ts'
-import { useTestDatabase } from './support/database.ts'
+import { asSuperuser, useTestDatabase } from './support/database.ts'
 import { describeIsolationMatrix } from './support/isolation-matrix.ts'
 import { TEST_TENANT_KEY } from './support/tenant-key.ts'
 import { A, B, seedRowsOfTwoTenants } from './support/tenants.ts'
@@ -29,21 +28,9 @@ async function outcome(p: Promise<unknown>): Promise<unknown> {
   }
 }
 
-/**
- * Runs `fn` on a superuser connection that is closed when it returns: no superuser session may be
- * connected while a tenant is created (0005's guard against an unconfined single-tenant app), so
- * this file never keeps one open (t.admin's pool would).
- */
-async function asSuperuser<T>(url: string, fn: (db: Kysely<any>) => Promise<T>): Promise<T> {
-  const db = createDb<any>(url, { max: 1 })
-  try {
-    return await fn(db)
-  } finally {
-    await db.destroy()
-  }
-}
-
 // The tenant lifecycle from the app's own connection: the application role, no owner, no superuser.
+// t.admin is never used: its pool would keep a superuser session connected, and tenants are not
+// created beside one (0005's guard); asSuperuser's connection closes at once.
 describe('tenants created, resolved, suspended and reactivated by the app role', () => {
   const t = useTestDatabase('migrated')
   let app: Kysely<DB>

@@ -66,3 +66,17 @@ export function useLegacyDatabases(): () => Promise<TestDatabase> {
     return t
   }
 }
+
+/**
+ * Runs `fn` on a superuser connection of `url` that is closed when it returns. No superuser session
+ * may stay connected while a tenant is created (0005's guard against an unconfined single-tenant
+ * app), which a TestDatabase's admin pool would be.
+ */
+export async function asSuperuser<T>(url: string, fn: (db: Kysely<any>) => Promise<T>): Promise<T> {
+  const db = createDb<any>(url, { max: 1 })
+  try {
+    return await fn(db)
+  } finally {
+    await db.destroy()
+  }
+}
