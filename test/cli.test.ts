@@ -71,7 +71,7 @@ describe('CLI', () => {
       expect(r.code, `${args.join(' ')}: ${r.stdout}${r.stderr}`).toBe(1)
       expect(oneLineError(r.stderr)).toMatch(expected)
     }
-  })
+  }, 120_000) // 22 child processes: on a loaded 2-CPU machine (the tenant CLI's tests spawn beside it) a minute was not always enough
 
   it('a refusal an option overrules names the flag, not the library option', async () => {
     const d = await createTestDatabase('empty')
