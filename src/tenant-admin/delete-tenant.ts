@@ -41,7 +41,15 @@ export async function deleteTenant(db: Kysely<any>, tenantId: string, options: D
       throw new TenantAdminError('the default tenant holds what the single-tenant app writes until the contract phase (skills-db contract): it is not deleted before')
     }
     if (active) throw new TenantAdminError(`tenant "${tenantId}" is active: suspend it first (skills-db tenant suspend ${tenantId}), so that no request writes to it while it is removed`)
+    // A request that entered the tenant before its suspension may still write to it (an outside review
+    // had one append an audit row after the deletion, which then nothing could remove). Nothing enters
+    // it now, so once the app's transactions open at this point have ended, nothing writes to it:
+    // waited for before the counts are taken, and again once it is listed (it might have been
+    // reactivated, and suspended again, in between).
+    const app = await appRoleName(conn)
+    const inFlightEnded = () => transactionsInFlightEnded(conn, app, 'open when the tenant was suspended or listed for removal (one may still write to it)', options.waitBudgetMs ?? 120_000)
     if (!removing) {
+      await inFlightEnded()
       await conn.transaction().execute(async (trx) => {
         // The tenant's row locked while it is listed: a reactivation either committed before (and is
         // seen here) or waits, then finds the listing and is refused. Read once, outside this, it
@@ -59,11 +67,9 @@ export async function deleteTenant(db: Kysely<any>, tenantId: string, options: D
           values (${tenantId}, ${slug}, 'deletion started', ${JSON.stringify({ auditHead: head[0] ?? null, rows: counts })}::jsonb)`.execute(trx)
       })
     }
-    // A request that entered the tenant before its suspension may still write to it (an outside review
-    // had one append an audit row after the deletion, which then nothing could remove): the tenant is
-    // listed now, and nothing enters it, so once every transaction of the app's open at this point has
-    // ended, nothing writes to it any more. Again on a resumed run (no harm: it waits for nothing new).
-    await transactionsInFlightEnded(conn, await appRoleName(conn), 'open when the tenant was listed for removal (one may still write to it)', options.waitBudgetMs ?? 120_000)
+    // Listed, it cannot be reactivated; and a transaction open when it was listed (or when it was
+    // suspended, waited for above) has ended: nothing writes to it any more.
+    await inFlightEnded()
     const rows: Record<string, number> = {}
     let total = rows
     for (const { table, key } of [...TENANT_TABLES].reverse()) {
