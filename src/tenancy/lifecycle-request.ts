@@ -1,6 +1,5 @@
-import { createHmac } from 'node:crypto'
 import { sql, type Kysely, type Transaction } from 'kysely'
-import type { TenantKey } from './tenant-key.ts'
+import { signTenantContext, type TenantKey } from './tenant-key.ts'
 
 /**
  * A tenant lifecycle request as the database signs it (0020): 'skills-db tenant lifecycle v1 ', the
@@ -20,7 +19,8 @@ export function lifecycleRequest(operation: string, values: readonly (string | n
 export async function inSignedTransaction<T>(db: Kysely<any>, key: TenantKey, request: string, call: (trx: Transaction<any>, signature: string) => Promise<T>): Promise<T> {
   return db.transaction().execute(async (trx) => {
     const { rows } = await sql<{ challenge: string }>`select tenant_context.challenge() as challenge`.execute(trx)
-    const signature = `${key.id}:${createHmac('sha256', key.secret).update(`${request}:${rows[0]!.challenge}`, 'utf8').digest('hex')}`
+    // enter()'s signature over "<text>:<challenge>", the text being the request instead of a tenant id.
+    const signature = signTenantContext(key, request, rows[0]!.challenge)
     return call(trx, signature)
   })
 }

@@ -1,6 +1,6 @@
-import { setTimeout as sleep } from 'node:timers/promises'
 import { sql, type Kysely } from 'kysely'
 import { appRoleName } from '../online/app-role.ts'
+import { withLockRetry } from '../online/lock-retry.ts'
 import { transactionsInFlightEnded } from '../online/transactions-in-flight.ts'
 import { asOperator, TenantAdminError } from './operator-session.ts'
 import { TENANT_TABLES } from './tenant-tables.ts'
@@ -71,11 +71,10 @@ export async function deleteTenant(db: Kysely<any>, tenantId: string, options: D
     // suspended, waited for above) has ended: nothing writes to it any more.
     await inFlightEnded()
     const rows: Record<string, number> = {}
-    let total = rows
     for (const { table, key } of [...TENANT_TABLES].reverse()) {
       rows[table] = 0
       for (;;) {
-        const n = await inShortTransaction(conn, tenantId, async (trx) => {
+        const n = await inShortTransaction(conn, tenantId, `public.${table}`, async (trx) => {
           const { rows: gone } = await sql<{ n: number }>`with gone as (
               delete from ${sql.table(`public.${table}`)} where tenant_id = ${tenantId} and ${sql.id(key)} in (
                 select ${sql.id(key)} from ${sql.table(`public.${table}`)} where tenant_id = ${tenantId} limit ${batchSize})
@@ -88,7 +87,7 @@ export async function deleteTenant(db: Kysely<any>, tenantId: string, options: D
         if (n < batchSize) break
       }
     }
-    await inShortTransaction(conn, tenantId, async (trx) => {
+    const total = await inShortTransaction(conn, tenantId, 'public.tenants', async (trx) => {
       // The chain's head locked first: no append can slip in between the last batch and this.
       await sql`select 1 from skills_db.audit_chain_heads where tenant_id = ${tenantId} for update`.execute(trx)
       const { rows: late } = await sql<{ n: number }>`select (select count(*) from public.audit_logs where tenant_id = ${tenantId})::int
@@ -99,12 +98,12 @@ export async function deleteTenant(db: Kysely<any>, tenantId: string, options: D
       await sql`delete from public.tenants where id = ${tenantId}`.execute(trx)
       await sql`delete from skills_db.tenant_removals where tenant_id = ${tenantId}`.execute(trx)
       // The counts taken when the deletion started: a resumed run deleted only what was left.
+      const { rows: started } = await sql<{ rows: Record<string, number> | null }>`select detail -> 'rows' as rows from skills_db.tenant_lifecycle
+        where tenant_id = ${tenantId} and event = 'deletion started' order by at desc limit 1`.execute(trx)
+      const counts = started[0]?.rows ?? rows
       await sql`insert into skills_db.tenant_lifecycle (tenant_id, slug, event, detail)
-        select ${tenantId}, ${slug ?? (await removalSlug(trx, tenantId))}, 'deleted', jsonb_build_object('rows', l.detail -> 'rows')
-        from skills_db.tenant_lifecycle l where l.tenant_id = ${tenantId} and l.event = 'deletion started' order by l.at desc limit 1`.execute(trx)
-      const { rows: started } = await sql<{ rows: Record<string, number> }>`select detail -> 'rows' as rows from skills_db.tenant_lifecycle
-        where tenant_id = ${tenantId} and event = 'deleted' order by at desc limit 1`.execute(trx)
-      total = started[0]?.rows ?? rows
+        values (${tenantId}, ${slug ?? (await removalSlug(trx, tenantId))}, 'deleted', ${JSON.stringify({ rows: counts })}::jsonb)`.execute(trx)
+      return counts
     })
     return { rows: total, resumed: removing }
   })
@@ -116,21 +115,14 @@ async function removalSlug(trx: Kysely<any>, tenantId: string): Promise<string |
 }
 
 /**
- * One batch: a short lock timeout (a batch waits for nobody's long transaction; it tries again),
- * and this transaction named as the one deleting the tenant, which is what lets its audit rows go (0020).
+ * One batch, under withLockRetry's short lock timeout and retries (a batch waits for nobody's long
+ * transaction), in a transaction that names the tenant being deleted, which is what lets its audit
+ * rows go (0020).
  */
-async function inShortTransaction<T>(conn: Kysely<any>, tenantId: string, fn: (trx: Kysely<any>) => Promise<T>): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await conn.transaction().execute(async (trx) => {
-        await sql`select pg_catalog.set_config('lock_timeout', '50ms', true)`.execute(trx)
-        // SET LOCAL (a literal: SET takes no parameter) rather than set_config(), so Citus sends it to the nodes whose triggers read it.
-        await sql`set local skills_db.deleting_tenant = ${sql.lit(tenantId)}`.execute(trx)
-        return fn(trx)
-      })
-    } catch (error) {
-      if ((error as { code?: string }).code !== '55P03' || attempt >= 200) throw error
-      await sleep(Math.min(1000, 20 * attempt))
-    }
-  }
+function inShortTransaction<T>(conn: Kysely<any>, tenantId: string, table: string, fn: (trx: Kysely<any>) => Promise<T>): Promise<T> {
+  return withLockRetry(conn, table, async (trx) => {
+    // SET LOCAL (a literal: SET takes no parameter) rather than set_config(), so Citus sends it to the nodes whose triggers read it.
+    await sql`set local skills_db.deleting_tenant = ${sql.lit(tenantId)}`.execute(trx)
+    return fn(trx)
+  })
 }

@@ -45,8 +45,8 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
     try {
       if (options.allowUnconfinedSessions) await sql`select pg_catalog.set_config('skills_db.unconfined_sessions_ok', 'on', true)`.execute(conn)
       const file = createHash('sha256').update(`${first.value}\n`)
-      const seen: ExportManifest['tables'] = {}
-      const hashes = new Map<string, ReturnType<typeof createHash>>()
+      // Per table: its rows read, and the SHA-256 of their lines so far.
+      const seen = new Map<string, { rows: number; hash: ReturnType<typeof createHash> }>()
       let at = 0
       let batch: string[] = []
       let lineNo = 1
@@ -65,7 +65,7 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
             select count(*)::int as n from added`.execute(conn).catch((error: unknown) => { throw collision(error, table) })
           if (rows[0]!.n !== count) throw new TenantAdminError(`the file's ${table} rows include rows of another tenant than ${tenant}: the file was altered`)
         }
-        options.onProgress?.({ table, rows: seen[table]!.rows })
+        options.onProgress?.({ table, rows: seen.get(table)!.rows })
       }
       let manifest: ExportManifest | undefined
       for (;;) {
@@ -89,17 +89,18 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
         }
         file.update(line)
         const table = m[1]!
-        if (!hashes.has(table)) hashes.set(table, createHash('sha256'))
-        hashes.get(table)!.update(line)
-        seen[table] = { rows: (seen[table]?.rows ?? 0) + 1, sha256: '' }
+        if (!seen.has(table)) seen.set(table, { rows: 0, hash: createHash('sha256') })
+        const read = seen.get(table)!
+        read.rows++
+        read.hash.update(line)
         batch.push(m[2]!)
         if (batch.length >= BATCH || table === 'tenants') await flush()
       }
       if (!manifest) throw new TenantAdminError(`the file ends at line ${lineNo} without its manifest: it is truncated; use a complete copy of the export`)
-      for (const [table, h] of hashes) seen[table]!.sha256 = h.digest('hex')
       for (const table of ORDER) {
         const want = manifest.tables[table] ?? { rows: 0, sha256: createHash('sha256').digest('hex') }
-        const got = seen[table] ?? { rows: 0, sha256: createHash('sha256').digest('hex') }
+        const read = seen.get(table)
+        const got = { rows: read?.rows ?? 0, sha256: (read?.hash ?? createHash('sha256')).digest('hex') }
         if (want.rows !== got.rows || want.sha256 !== got.sha256) {
           throw new TenantAdminError(`the file's ${table} rows do not match its manifest (${got.rows} row(s) read, ${want.rows} listed${want.rows === got.rows ? ', checksums differ' : ''}): the file was altered or damaged`)
         }
@@ -115,7 +116,7 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
       if (JSON.stringify(head[0] ?? null) !== JSON.stringify(manifest.auditHead)) {
         throw new TenantAdminError(`the imported audit chain ends at ${head[0] ? `seq ${head[0].seq}` : 'no chained row'}, the file's manifest says ${manifest.auditHead ? `seq ${manifest.auditHead.seq}` : 'none'}: the file was altered`)
       }
-      if (!seen.tenants) throw new TenantAdminError('the file has no tenants row: it is not an export of a tenant')
+      if (!seen.has('tenants')) throw new TenantAdminError('the file has no tenants row: it is not an export of a tenant')
       await sql`insert into skills_db.tenant_lifecycle (tenant_id, slug, event, detail)
         select id, slug, 'imported', ${JSON.stringify({ rows: manifest.rows, sha256: manifest.sha256 })}::jsonb from public.tenants where id = ${tenant}`.execute(conn)
       await sql`commit`.execute(conn)
