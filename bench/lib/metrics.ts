@@ -15,11 +15,16 @@ export function latencyStats(samples: Sample[], from = -Infinity, to = Infinity,
 
 /** The longest interval inside [from, to] in which no app statement completed. */
 export function longestStall(samples: Sample[], from: number, to: number): number {
+  return longestStallWindow(samples, from, to).ms
+}
+
+/** The longest interval inside [from, to] in which no app statement completed, and when it began (epoch ms, to set beside a server log). */
+export function longestStallWindow(samples: Sample[], from: number, to: number): { ms: number; start: number } {
   const ends = samples.map((s) => s.end).filter((e) => e >= from && e <= to).sort((a, b) => a - b)
-  let longest = 0
+  let longest = { ms: 0, start: from }
   let previous = from
   for (const end of [...ends, to]) {
-    longest = Math.max(longest, end - previous)
+    if (end - previous > longest.ms) longest = { ms: end - previous, start: previous }
     previous = end
   }
   return longest

@@ -2,12 +2,16 @@ import { sql, type Kysely } from 'kysely'
 import { now } from '../../fixtures/clock.ts'
 import { startNewAppWorker } from '../../fixtures/load-worker.ts'
 import type { Counts } from '../../fixtures/production-copy.ts'
-import { errorsByMessage, latencyStats, longestStall, type LatencyStats } from './metrics.ts'
+import { errorsByMessage, latencyStats, longestStallWindow, type LatencyStats } from './metrics.ts'
 import { BENCH_TENANT_KEY } from './rls-overhead.ts'
 
 export interface UnderLoad {
   wallMs: number
   longestStallMs: number
+  /** when the longest stall began (ISO time, to set beside the server's log) */
+  longestStallAt: string
+  /** the longest stall in the leadMs of the same load before the action: what the machine gives without it */
+  longestStallBeforeMs: number
   appErrors: Record<string, number>
   acknowledged: number
   missingRows: number
@@ -34,10 +38,13 @@ export async function underNewAppLoad<T>(db: Kysely<any>, appUrl: string, tenant
   await new Promise((r) => setTimeout(r, leadMs))
   const app = await load.stop()
   const { rows } = await sql<{ n: number }>`select count(*)::int as n from usage_events where id = any(${app.acknowledged})`.execute(db)
+  const stall = longestStallWindow(app.samples, start, end)
   return {
     result,
     wallMs: end - start,
-    longestStallMs: longestStall(app.samples, start, end),
+    longestStallMs: stall.ms,
+    longestStallAt: new Date(stall.start).toISOString(),
+    longestStallBeforeMs: longestStallWindow(app.samples, origin, start).ms,
     appErrors: errorsByMessage(app.samples),
     acknowledged: app.acknowledged.length,
     missingRows: app.acknowledged.length - rows[0]!.n,
