@@ -8,12 +8,14 @@ import { createDb } from '../../src/connection/create-db.ts'
 import { now } from '../../fixtures/clock.ts'
 import type { Counts } from '../../fixtures/production-copy.ts'
 import { BENCH_TENANT_KEY } from './rls-overhead.ts'
+import { formatTakenTiming, measureTakenTiming, type TakenTiming } from './tenant-taken-timing.ts'
 import { underNewAppLoad, type UnderLoad } from './under-new-app-load.ts'
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 
 export interface TenantLifecycleBench {
   export: { rows: number; bytes: number; ms: number; peakRssMb: number }
+  taken: TakenTiming
   /** A second tenant of as many usage events as the default one, deleted beside the new app's load in the default tenant. */
   delete: { rows: number } & UnderLoad
 }
@@ -33,8 +35,9 @@ function tenantCli(url: string, args: string[]): Promise<unknown> {
 
 /**
  * Issue 19's figures: the default tenant (every row of the copy) exported by the CLI, with its peak
- * RSS; then a tenant of as many usage events deleted by the CLI while the new app serves the
- * default tenant, with the longest stall and the errors of that load. On an opened copy.
+ * RSS; createTenant's "taken" timed per way of being taken; then a tenant of as many usage events
+ * deleted by the CLI while the new app serves the default tenant, with the longest stall and the
+ * errors of that load. On an opened copy.
  */
 export async function measureTenantLifecycle(url: string, appUrl: string, tenant: string, counts: Counts,
   { connections, leadMs }: { connections: number; leadMs: number }): Promise<TenantLifecycleBench> {
@@ -45,6 +48,7 @@ export async function measureTenantLifecycle(url: string, appUrl: string, tenant
     const started = now()
     const exported = await tenantCli(url, ['export', tenant, '--out', file]) as { rows: number; peakRssMb: number }
     const exportRun = { rows: exported.rows, bytes: statSync(file).size, ms: now() - started, peakRssMb: exported.peakRssMb }
+    const taken = await measureTakenTiming(appUrl)
     const made = await tenantCli(url, ['create', '--name', 'Leaving', '--slug', 'bench-leaving', '--force']) as { tenantId: string }
     const { rows } = await sql<{ n: number }>`with added as (insert into usage_events (tenant_id, tool_name, metadata, created_at)
         select ${made.tenantId}, tool_name, metadata, created_at from usage_events where tenant_id = ${tenant} returning 1)
@@ -52,7 +56,7 @@ export async function measureTenantLifecycle(url: string, appUrl: string, tenant
     await tenantCli(url, ['suspend', made.tenantId])
     const { result, ...load } = await underNewAppLoad(db, appUrl, tenant, counts, { connections, leadMs }, () => tenantCli(url, ['delete', made.tenantId, '--yes']))
     void result
-    return { export: exportRun, delete: { rows: rows[0]!.n, ...load } }
+    return { export: exportRun, taken, delete: { rows: rows[0]!.n, ...load } }
   } finally {
     await db.destroy()
     rmSync(dir, { recursive: true, force: true })
@@ -65,6 +69,7 @@ export function formatTenantLifecycle(r: TenantLifecycleBench): string {
   const errors = Object.values(d.appErrors).reduce((x, y) => x + y, 0)
   return [
     `  tenant export (the default tenant): ${e.rows} rows, ${(e.bytes / 1048576).toFixed(1)} MB in ${(e.ms / 1000).toFixed(1)} s (${Math.round(e.rows / (e.ms / 1000))} rows/s); peak RSS of the CLI ${e.peakRssMb} MB`,
+    formatTakenTiming(r.taken),
     `  tenant delete of ${d.rows} usage events beside the new app's load: ${Math.round(d.wallMs)} ms; longest app stall ${Math.round(d.longestStallMs)} ms (goal ≤ 100 ms; ${Math.round(d.longestStallBeforeMs)} ms in the load before it), at ${d.longestStallAt}; app errors ${errors} (goal 0)`,
     ...Object.entries(d.appErrors).map(([m, n]) => `    app error ×${n}: ${m}`),
   ].join('\n')

@@ -10,7 +10,7 @@ export interface UnderLoad {
   longestStallMs: number
   /** when the longest stall began (ISO time, to set beside the server's log) */
   longestStallAt: string
-  /** the longest stall in the leadMs of the same load before the action: what the machine gives without it */
+  /** the longest stall of the same load before the action (from its first answer): what the machine gives without it */
   longestStallBeforeMs: number
   appErrors: Record<string, number>
   acknowledged: number
@@ -44,7 +44,8 @@ export async function underNewAppLoad<T>(db: Kysely<any>, appUrl: string, tenant
     wallMs: end - start,
     longestStallMs: stall.ms,
     longestStallAt: new Date(stall.start).toISOString(),
-    longestStallBeforeMs: longestStallWindow(app.samples, origin, start).ms,
+    // From the load's first answer: before it, the workers were still connecting.
+    longestStallBeforeMs: longestStallWindow(app.samples, app.samples.reduce((first, x) => Math.min(first, x.end), start), start).ms,
     appErrors: errorsByMessage(app.samples),
     acknowledged: app.acknowledged.length,
     missingRows: app.acknowledged.length - rows[0]!.n,
