@@ -19,10 +19,10 @@ describe('distribute without Citus', () => {
 
   it('refuses in one line and changes nothing, from the API and from the CLI', async () => {
     const before = await takeSchemaSnapshot(t.admin)
-    await expect(distribute(t.admin)).rejects.toThrow(new DistributeRefused('this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see the README, "Scale-out on Citus"'))
+    await expect(distribute(t.admin)).rejects.toThrow(new DistributeRefused('this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see docs/citus.md, "Scale-out on Citus"'))
     const cli = await runScript(['distribute'], { DATABASE_URL: t.url })
     expect(cli.code).toBe(1)
-    expect(cli.stderr.trim().split('\n')).toEqual(['error: this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see the README, "Scale-out on Citus"'])
+    expect(cli.stderr.trim().split('\n')).toEqual(['error: this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see docs/citus.md, "Scale-out on Citus"'])
     expect(await takeSchemaSnapshot(t.admin)).toEqual(before)
   })
 

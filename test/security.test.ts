@@ -6,7 +6,7 @@ import { effectivePrivileges } from './support/effective-privileges.ts'
 import { A, B, seedTwoTenants } from './support/tenants.ts'
 
 /**
- * What the application role may do, as the README documents it: its effective privileges, as
+ * What the application role may do, as docs/security.md ("The application role") documents it: its effective privileges, as
  * effectivePrivileges() lists them (grants to PUBLIC and through membership included; an object
  * it has nothing on is not listed). Anything else is a finding; a migration that changes what the
  * role may do changes its line here.

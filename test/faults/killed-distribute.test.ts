@@ -286,7 +286,7 @@ describe.skipIf(notRun !== undefined)(`distribute killed with SIGKILL before a s
       await Promise.all(sessions.map((x) => x.destroy()))
     }
     // Not under the load: undistribute does not get skills from these steady requests within its
-    // budget, even with a lock timeout of 1 s (an open item of the README's).
+    // budget, even with a lock timeout of 1 s (an open item of docs/citus.md, "Open on Citus").
     await undistribute(admin)
     // Citus's record of what the killed copy left (its new shards, tables of public beside skills
     // on the coordinator: CI found them in the catalog after undistribute) is empty.

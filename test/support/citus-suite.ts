@@ -486,7 +486,7 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         expect(unknown.code).toBe(1)
         expect(unknown.stderr.trim()).toBe('error: there is no tenant "no-such-tenant": nothing was changed')
       }, 180_000)
-      // The README's one-node recipe and Citus's single-node image give the coordinator shards.
+      // docs/citus.md's one-node recipe and Citus's single-node image give the coordinator shards.
       if (topology === 'coordinator-in-metadata') {
         it('isolate-tenant of a tenant whose shards are on the coordinator, under the load of both tenants: done, no request fails but Citus\'s deadlock cancellation of one of that shard\'s', async () => {
           const { rows: coord } = await sql<{ host: string; port: number }>`select nodename as host, nodeport as port from pg_dist_node where groupid = 0`.execute(admin)

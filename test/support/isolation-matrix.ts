@@ -40,7 +40,7 @@ export interface MatrixOptions {
   role: () => string
   /**
    * On Citus the row security error comes from a worker and names the shard
-   * (`"users_102008"`), not the table: the README's "Scale-out on Citus" tells apps so.
+   * (`"users_102008"`), not the table: docs/app.md, "What an app changes on Citus", tells apps so.
    */
   shardNames?: boolean
   /**
@@ -61,8 +61,8 @@ export function describeIsolationMatrix(app: () => Kysely<DB>, options: MatrixOp
   // On Citus the workers check the tenant context that enter() propagated (SET LOCAL), and a
   // set_config() after it does not reach them, while the coordinator plans with the setting it
   // sees: a context tampered with that way answers for the tenant entered or for none, a shard
-  // at a time (the README's "Scale-out on Citus" says so). Never for another tenant: that is
-  // what these cases then check.
+  // at a time (docs/citus.md, "Measured on the test clusters", says so). Never for another
+  // tenant: that is what these cases then check.
   const expectRefused = (r: Awaited<ReturnType<typeof attempt>>, table: string, citusCode: '22004' | '0A000') => {
     if (options.citus && !r.ok && r.error.code === citusCode) return
     expect(r).toMatchObject({ ok: false, error: { code: '42501', message: refused(table) } })

@@ -112,8 +112,8 @@ export function tenantSeen(context: TenantContext): string | undefined {
 
 /**
  * Row security's refusal of a new row in `table`, as Postgres words it (after `prefix`). On Citus
- * the error comes from a worker and names the shard (`"users_102008"`), as the README's "Scale-out
- * on Citus" tells apps.
+ * the error comes from a worker and names the shard (`"users_102008"`), as docs/app.md, "What an app
+ * changes on Citus", tells apps.
  */
 export function rowSecurityRefusal(table: string, { shardNames = false, prefix = '' } = {}): unknown {
   const message = `new row violates row-level security policy for table "${table}"`
