@@ -194,6 +194,25 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
       })
       const shown = await showTenant(admin, tenant)
       expect(shown).toMatchObject({ tables: { skills: { rows: 5 }, audit_logs: { rows: 5 } }, citus: { shardId: expect.stringMatching(/^\d+$/), node: expect.stringMatching(/:\d+$/) } })
+      expect(shown.citus!.stats, 'citus_stat_tenants keeps nothing while tracking is off (the default)').toBeUndefined()
+      // Where the cluster keeps citus_stat_tenants (citus.stat_tenants_track, a superuser's setting on
+      // every node), `tenant show` adds the tenant's row of it: run as the operator runs it, the CLI.
+      const statTenantsTrack = async (value: 'all' | 'none') => {
+        await sql.raw(`select run_command_on_all_nodes($$alter system set citus.stat_tenants_track = '${value}'$$)`).execute(admin)
+        await sql`select run_command_on_all_nodes('select pg_reload_conf()')`.execute(admin)
+        await new Promise((r) => setTimeout(r, 300)) // the sessions read the reloaded file at their next command
+      }
+      await statTenantsTrack('all')
+      try {
+        for (let i = 0; i < 3; i++) await withTenant(app, tenant, (trx) => trx.selectFrom('skills').select('id').where('tenant_id', '=', tenant).execute())
+        const cli = await runScript(['tenant', 'show', tenant, '--json'], { DATABASE_URL: server.url })
+        expect(cli.code, cli.stderr).toBe(0)
+        const viaCli = JSON.parse(cli.stdout)
+        expect(viaCli).toMatchObject({ id: tenant, citus: { shardId: shown.citus!.shardId, node: shown.citus!.node, stats: { tenant_attribute: tenant } } })
+        expect(Number(viaCli.citus.stats.read_count_in_this_period), 'the three reads above').toBeGreaterThanOrEqual(3)
+      } finally {
+        await statTenantsTrack('none')
+      }
       const write = () => {
         const chunks: Buffer[] = []
         return { out: new Writable({ write(chunk, _e, done) { chunks.push(Buffer.from(chunk)); done() } }), text: () => Buffer.concat(chunks).toString('utf8') }
