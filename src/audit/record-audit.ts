@@ -6,17 +6,25 @@ import { parseTenantKey, type TenantKey } from '../tenancy/tenant-key.ts'
 import { withTenantDb } from '../tenancy/with-tenant.ts'
 import { rowHash, signatureOf, type AuditRowText } from './audit-chain.ts'
 
+/** What {@link recordAudit} writes: who did what to which resource. The tenant is the transaction's. */
 export interface AuditEvent {
+  /** The user who acted (users.id), or null for the system (a job, a webhook). */
   actorId: string | null
+  /** What was done, e.g. `'skill.archive'`; not empty. */
   action: string
+  /** The kind of thing acted on, e.g. `'skill'`. */
   resourceType?: string
+  /** The id of the thing acted on. */
   resourceId?: string
+  /** The client's IP address, as PostgreSQL's inet reads it. */
   ipAddress?: string
+  /** Anything else worth keeping, as JSON; stored as written and covered by the row's hash. */
   metadata?: Record<string, unknown>
 }
 
 /** An audit row could not be written as asked, or the database answered with something else than what was written. */
 export class AuditError extends Error {
+  /** Always `'AuditError'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'AuditError'
 }
 
