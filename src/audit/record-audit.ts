@@ -44,8 +44,8 @@ export class AuditError extends Error {
  *
  * @example
  * await withTenant(db, tenantId, async (trx) => {
- *   await trx.updateTable('skills').set({ status: 'archived' }).where('id', '=', id).execute()
- *   await recordAudit(trx, { actorId: userId, action: 'skill.archive', resourceType: 'skill', resourceId: id })
+ *   await trx.updateTable('skills').set({ status: 'archived' }).where('id', '=', skillId).execute()
+ *   await recordAudit(trx, { actorId: userId, action: 'skill.archive', resourceType: 'skill', resourceId: skillId })
  * })
  */
 export async function recordAudit(trx: Transaction<DB>, event: AuditEvent): Promise<string> {

@@ -65,7 +65,7 @@ const EMAIL = /^[^\s@]+@[^\s@]+$/
  *
  * @example
  * const { tenantId, adminId } = await createTenant(db, { name: 'Acme', slug: 'acme' }, { email: 'ann@acme.example' })
- * await withTenant(db, tenantId, (trx) => recordAudit(trx, { actorId: adminId, action: 'tenant.signup' }))
+ * await withTenant(db, tenantId, (trx) => recordAudit(trx, { actorId: adminId ?? null, action: 'tenant.signup' }))
  */
 export async function createTenant(db: Kysely<DB>, tenant: NewTenant, firstAdmin?: FirstAdmin): Promise<CreatedTenant> {
   const key = keyFor(db, 'createTenant')

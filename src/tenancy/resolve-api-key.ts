@@ -44,6 +44,7 @@ const KEY_PATTERN = /^sk_([A-Za-z0-9_-]+)\.[A-Za-z0-9_-]+$/
  * 32 random bytes, base64url). Throws when the secret is not base64url.
  *
  * @example
+ * import { createHash, randomBytes } from 'node:crypto'
  * const key = formatApiKey(tenantId, randomBytes(32).toString('base64url'))   // shown to the user once
  * const keyHash = createHash('sha256').update(key).digest('hex')              // stored as api_keys.key_hash
  */
