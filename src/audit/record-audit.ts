@@ -16,9 +16,9 @@ export interface AuditEvent {
   resourceType?: string
   /** The id of the thing acted on. */
   resourceId?: string
-  /** The client's IP address, as PostgreSQL's inet reads it. */
+  /** The client's IP address, stored as the text given (the column is text, not inet). */
   ipAddress?: string
-  /** Anything else worth keeping, as JSON; stored as written and covered by the row's hash. */
+  /** Anything else worth keeping: stored as jsonb, and covered by the row's hash like every other field. */
   metadata?: Record<string, unknown>
 }
 
