@@ -12,21 +12,9 @@
  *
  * Each problem prints as `<file>:<line>: <what is wrong>`; the exit code is 1 when there is one.
  */
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { tmpdir } from 'node:os'
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
-import ts from 'typescript'
-
-const ROOT = fileURLToPath(new URL('../', import.meta.url))
-const DIST_TYPES = path.join(ROOT, 'dist/index.d.ts')
-
-/** kysely-ctl is no dependency of this repository (the consumer test runs the README's config
- * against the real one); a block that imports it is checked against this much of it. */
-const STUBS = `declare module 'kysely-ctl' { export function defineConfig<T>(config: T): T }\n`
-
-interface Block { file: string; line: number; code: string }
-interface Problem { file: string; line: number; message: string }
+import { DIST_TYPES, ROOT, STUBS, typeCheck, type Block, type Problem } from './type-check-blocks.ts'
 
 function markdownFiles(): string[] {
   const docs = readdirSync(path.join(ROOT, 'docs'), { recursive: true, encoding: 'utf8' })
@@ -50,43 +38,6 @@ function tsBlocks(file: string, lines: string[]): Block[] {
     }
   })
   return blocks
-}
-
-function typeCheck(blocks: Block[]): Problem[] {
-  const dir = mkdtempSync(path.join(tmpdir(), 'skills-db-docs-'))
-  try {
-    const modules = new Map<string, Block>()
-    blocks.forEach((block, i) => {
-      const name = path.join(dir, `block-${i}.ts`)
-      writeFileSync(name, block.code + '\n')
-      modules.set(name, block)
-    })
-    writeFileSync(path.join(dir, 'stubs.d.ts'), STUBS)
-    const options: ts.CompilerOptions = {
-      target: ts.ScriptTarget.ES2022,
-      module: ts.ModuleKind.ES2022,
-      moduleResolution: ts.ModuleResolutionKind.Bundler,
-      moduleDetection: ts.ModuleDetectionKind.Force,
-      lib: ['lib.es2023.d.ts'],
-      strict: true,
-      noEmit: true,
-      skipLibCheck: true,
-      types: ['node'],
-      typeRoots: [path.join(ROOT, 'node_modules/@types')],
-      // The blocks live outside the repository: their packages are this checkout's.
-      paths: { 'skills-db': [DIST_TYPES], '*': [path.join(ROOT, 'node_modules/*'), path.join(ROOT, 'node_modules/@types/*')] },
-    }
-    const program = ts.createProgram([...modules.keys(), path.join(dir, 'stubs.d.ts')], options)
-    return ts.getPreEmitDiagnostics(program).map((d) => {
-      const message = ts.flattenDiagnosticMessageText(d.messageText, ' ')
-      const block = d.file && modules.get(path.normalize(d.file.fileName))
-      if (!d.file || !block) return { file: d.file?.fileName ?? 'tsc', line: 0, message }
-      const { line } = d.file.getLineAndCharacterOfPosition(d.start ?? 0)
-      return { file: block.file, line: block.line + line, message }
-    })
-  } finally {
-    rmSync(dir, { recursive: true, force: true })
-  }
 }
 
 /** GitHub's anchor for a heading: lowercased, punctuation but - and _ dropped, spaces as -. */
@@ -149,7 +100,7 @@ for (const file of files) {
   links += found.checked
   problems.push(...found.problems)
 }
-problems.push(...typeCheck(blocks))
+problems.push(...typeCheck(blocks, { 'stubs.d.ts': STUBS }))
 for (const p of problems.sort((a, b) => a.file.localeCompare(b.file) || a.line - b.line)) console.error(`${p.file}:${p.line}: ${p.message}`)
 console.log(`docs:check: ${files.length} files, ${blocks.length} ts blocks, ${links} relative links; ${problems.length} problem${problems.length === 1 ? '' : 's'}`)
 process.exit(problems.length === 0 ? 0 : 1)

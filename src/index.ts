@@ -1,3 +1,15 @@
+/**
+ * skills-db: the PostgreSQL schema of the skills marketplace, its migrations, and the runtime of a
+ * multi-tenant app on it, on Kysely. The runtime: {@link createDb}, then {@link withTenant} for every
+ * request (row-level security shows one tenant's rows), {@link createTenant} and
+ * {@link resolveTenant} for the tenants, {@link recordAudit} for the audit log. The migrator:
+ * {@link migrateToLatest} at boot, or `skills-db latest`. Scale-out: {@link distribute} on Citus.
+ * The schema's types: {@link DB}, {@link TableRow}.
+ *
+ * The README says how to set up; docs/app.md, docs/production.md and docs/security.md say the rest.
+ *
+ * @packageDocumentation
+ */
 // The runtime: what the multi-tenant app calls.
 export { createDb, openDb, type CreateDbOptions, type ServerNotice } from './connection/create-db.ts'
 export { ConnectionError } from './connection/connection-error.ts'

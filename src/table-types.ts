@@ -11,5 +11,7 @@ import type { DB } from './db-types.ts'
  * type NewSkill = NewTableRow<'skills'>    // id and tenant_id optional (the database fills them)
  */
 export type TableRow<T extends keyof DB> = Selectable<DB[T]>
+/** A row of table `T` as an insert takes it: the columns the database fills in (`Generated`) and the nullable ones optional. See {@link TableRow}. */
 export type NewTableRow<T extends keyof DB> = Insertable<DB[T]>
+/** A row of table `T` as an update's `set` takes it: every column optional. See {@link TableRow}. */
 export type TableRowUpdate<T extends keyof DB> = Updateable<DB[T]>

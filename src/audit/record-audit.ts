@@ -6,17 +6,25 @@ import { parseTenantKey, type TenantKey } from '../tenancy/tenant-key.ts'
 import { withTenantDb } from '../tenancy/with-tenant.ts'
 import { rowHash, signatureOf, type AuditRowText } from './audit-chain.ts'
 
+/** What {@link recordAudit} writes: who did what to which resource. The tenant is the transaction's. */
 export interface AuditEvent {
+  /** The user who acted (users.id), or null for the system (a job, a webhook). */
   actorId: string | null
+  /** What was done, e.g. `'skill.archive'`; not empty. */
   action: string
+  /** The kind of thing acted on, e.g. `'skill'`. */
   resourceType?: string
+  /** The id of the thing acted on. */
   resourceId?: string
+  /** The client's IP address, stored as the text given (the column is text, not inet). */
   ipAddress?: string
+  /** Anything else worth keeping: stored as jsonb, and covered by the row's hash like every other field. */
   metadata?: Record<string, unknown>
 }
 
 /** An audit row could not be written as asked, or the database answered with something else than what was written. */
 export class AuditError extends Error {
+  /** Always `'AuditError'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'AuditError'
 }
 
@@ -36,8 +44,8 @@ export class AuditError extends Error {
  *
  * @example
  * await withTenant(db, tenantId, async (trx) => {
- *   await trx.updateTable('skills').set({ status: 'archived' }).where('id', '=', id).execute()
- *   await recordAudit(trx, { actorId: userId, action: 'skill.archive', resourceType: 'skill', resourceId: id })
+ *   await trx.updateTable('skills').set({ status: 'archived' }).where('id', '=', skillId).execute()
+ *   await recordAudit(trx, { actorId: userId, action: 'skill.archive', resourceType: 'skill', resourceId: skillId })
  * })
  */
 export async function recordAudit(trx: Transaction<DB>, event: AuditEvent): Promise<string> {

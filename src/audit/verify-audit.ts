@@ -5,29 +5,59 @@ import { chainAnchor, rowHash, signatureOf, type AuditRowText } from './audit-ch
 
 /** Where a tenant's chain ends: its last seq and row_hash (hex). */
 export interface AuditHead {
+  /** The tenant whose chain this is. */
   tenantId: string
+  /** The seq of the chain's last row, as decimal text (a bigint). */
   seq: string
+  /** That row's row_hash, in hex. */
   rowHash: string
 }
 
+/**
+ * What an {@link AuditProblem} found: a row `changed` after it was written, rows `deleted` from
+ * the chain's middle, a row `out-of-order`, a row `backdated` (dated before the row it follows, or
+ * before the app signed it), a row `outside-chain` (written while the chain's trigger was off), a
+ * row `unsigned`, with a `bad-signature` or signed with an `unknown-key` (one not passed in
+ * `keys`); the chain's end `truncated` or `rewritten` (against its recorded head, or a head of
+ * `expectedHeads`); a `schema` change of the audit tables themselves; or a chain that could not be
+ * read at all, `unverifiable`.
+ */
 export type AuditProblemKind =
   | 'changed' | 'deleted' | 'out-of-order' | 'backdated' | 'outside-chain'
   | 'unsigned' | 'bad-signature' | 'unknown-key' | 'truncated' | 'rewritten' | 'schema' | 'unverifiable'
 
 /** One thing that shows the trail was tampered with: the first found per tenant, or a change of the tables themselves. */
 export interface AuditProblem {
+  /** What was found; see {@link AuditProblemKind}. */
   kind: AuditProblemKind
+  /** The tenant whose chain it is in; absent for a problem of the tables (`schema`). */
   tenantId?: string
+  /** The seq of the row it concerns, as decimal text, when there is one. */
   seq?: string
+  /** The id of the row it concerns, when there is one. */
   rowId?: string
+  /** One line for a person: which tenant, which row, what is wrong with it. */
   message: string
 }
 
+/** What {@link verifyAuditTrail} found: each tenant's chain, and the problems (none when the trail is intact). */
 export interface AuditReport {
-  tenants: { tenantId: string; rows: number; legacyRows: number; head: AuditHead | null }[]
+  /** Each tenant verified, in id order. */
+  tenants: {
+    /** The tenant's id. */
+    tenantId: string
+    /** The chain's rows verified before the first problem (all of them when there is none). */
+    rows: number
+    /** Rows from before the chain began (no seq): not chained one by one, but hashed into the chain's anchor. */
+    legacyRows: number
+    /** Where the chain ends, to pass as `expectedHeads` next time; null when it has no rows, or when one of its rows showed a problem. */
+    head: AuditHead | null
+  }[]
+  /** The tables' problems, then the first of each tenant's chain, then each expected head no longer in its chain; empty when the trail verifies. */
   problems: AuditProblem[]
 }
 
+/** What {@link verifyAuditTrail} checks with, and how much. */
 export interface VerifyAuditOptions {
   /** The audit keys the app signs (or signed) with, `<id>:<secret>`: the current one, and older ones still in the trail. */
   keys: string[]

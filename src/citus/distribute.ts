@@ -13,7 +13,9 @@ export { DistributeFailed, DistributeRefused } from './steps.ts'
 import { CITUS_CHALLENGE, CITUS_COPY_KEYS, CITUS_CURRENT_TENANT, CITUS_ENTER, CITUS_NODE_KEYS, CITUS_SESSION_ENTER } from './worker-tenant-context.ts'
 
 
+/** How {@link distribute} reports, and how long it lets the app's requests wait for it. Every option has a default. */
 export interface DistributeOptions {
+  /** Where the run reports its progress, a line per step (`console` will do); default: nowhere. */
   logger?: MigrationLogger
   /** How long one statement waits for a lock before it is retried, in ms (default 50): the app's requests queue behind it no longer. */
   lockTimeoutMs?: number
@@ -52,8 +54,15 @@ const SESSION_ENTER = 'tenant_context.enter(text, text, text)'
  * Idempotent, and a rerun after a kill completes: each table is distributed once, and the foreign
  * keys between tenant tables, which must be dropped for Citus to distribute the tables in order,
  * are recorded before they are dropped and added back after.
+ *
+ * @example
+ * const { distributed } = await distribute(db, { logger: console })
+ * console.log(distributed.length === 0 ? 'already distributed' : `distributed ${distributed.join(', ')}`)
  */
-export async function distribute(db: Kysely<any>, options: DistributeOptions = {}): Promise<{ distributed: string[] }> {
+export async function distribute(db: Kysely<any>, options: DistributeOptions = {}): Promise<{
+  /** The tables this run distributed by tenant_id (without `public.`); empty when a run before had done it all. */
+  distributed: string[]
+}> {
   return onCoordinator(db, options, {
     noCitus: 'this database has no citus extension, and distribute needs Citus (12 or later): nothing was changed; see docs/citus.md, "Scale-out on Citus"',
     unsafeTriggers: true,

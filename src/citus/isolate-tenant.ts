@@ -5,7 +5,9 @@ import { progress, run } from '../online/run-context.ts'
 import { watchedAfter } from './remote-waits.ts'
 import { DistributeRefused, onCoordinator, step } from './steps.ts'
 
+/** How {@link isolateTenant} reports, and how long it lets the app's requests wait for it. Every option has a default. */
 export interface IsolateTenantOptions {
+  /** Where the run reports its progress, a line per step (`console` will do); default: nowhere. */
   logger?: MigrationLogger
   /** How long one statement waits for a lock before it is retried, in ms (default 50): the app's requests queue behind it no longer. */
   lockTimeoutMs?: number
@@ -13,10 +15,19 @@ export interface IsolateTenantOptions {
   lockRetryBudgetMs?: number
 }
 
+/** What {@link isolateTenant} left: the tenant's own shards, and where they are. */
 export interface IsolatedTenant {
+  /** The tenant isolated. */
   tenantId: string
   /** The tenant's shard of each colocated table: it holds that tenant's rows only. */
-  shards: { table: string; shardId: string; node: string }[]
+  shards: {
+    /** The table, as PostgreSQL names it (`users`, `skills`, …). */
+    table: string
+    /** Citus's id of the shard (pg_dist_shard.shardid), as decimal text. */
+    shardId: string
+    /** The node that holds it, `host:port`. */
+    node: string
+  }[]
   /** It already had shards of its own: nothing was moved. */
   already: boolean
 }
@@ -28,6 +39,10 @@ export interface IsolatedTenant {
  * (citus_rebalance_start) spread them. Every request waits while it copies one shard of each
  * table (lockOutRequests says why and when not; about 0.4 s on the test cluster). Its queries still go to one shard.
  * Idempotent: a tenant with shards of its own is left as it is.
+ *
+ * @example
+ * const isolated = await isolateTenant(db, tenantId, { logger: console })
+ * for (const shard of isolated.shards) console.log(`${shard.table}: shard ${shard.shardId} on ${shard.node}`)
  */
 export async function isolateTenant(db: Kysely<any>, tenantId: string, options: IsolateTenantOptions = {}): Promise<IsolatedTenant> {
   return onCoordinator(db, options, { noCitus: 'this database has no citus extension: isolate-tenant moves a tenant between shards of a distributed database (skills-db distribute first)', watchWorkers: true }, async (conn) => {

@@ -2,8 +2,11 @@ import { sql, type Kysely } from 'kysely'
 
 /** One thing in the schema that Citus would refuse, or run wrongly, once the tables are distributed by tenant_id. */
 export interface CitusViolation {
+  /** The rule it breaks, in a few words (`keys include tenant_id`, …); the same for every object that breaks it. */
   rule: string
+  /** What breaks it: a table, or one of its parts as `table.part` (a column, index, constraint, trigger, policy), or a function with its arguments. */
   object: string
+  /** What is wrong with it, in one line. */
   message: string
 }
 

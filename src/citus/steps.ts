@@ -8,11 +8,13 @@ import type { MigrationLogger } from '../migrator/migration-logger.ts'
 
 /** A Citus command refused before changing anything: no citus extension, a schema not ready, an unknown tenant. */
 export class DistributeRefused extends Error {
+  /** Always `'DistributeRefused'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'DistributeRefused'
 }
 
 /** A statement of distribute or undistribute failed on the server; the message carries Citus's DETAIL and HINT. */
 export class DistributeFailed extends Error {
+  /** Always `'DistributeFailed'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'DistributeFailed'
 }
 

@@ -9,7 +9,9 @@ import { CLEARING_TRIGGERS, FOREIGN_KEYS, referencesBack } from './references-du
 import { citusLeftoversDropped, onlineWitnessOff, rowSecurityForcedAgain } from './online-distribution.ts'
 import { isSuperuser, onCoordinator, step, withoutTriggers } from './steps.ts'
 
+/** How {@link undistribute} reports, and how long it lets the app's requests wait for it. Every option has a default. */
 export interface UndistributeOptions {
+  /** Where the run reports its progress, a line per step (`console` will do); default: nowhere. */
   logger?: MigrationLogger
   /** How long one statement waits for a lock before it is retried, in ms (default 50): the app's requests queue behind it no longer. */
   lockTimeoutMs?: number
@@ -31,8 +33,14 @@ const OURS = ['public', 'skills_db', 'tenant_context']
  * Idempotent: a rerun after a kill does what is left. Each table moves in one transaction of its
  * own, with its triggers off (the copy would fire the audit stamp on every row again), and the
  * tenant context goes back last, once no table is distributed.
+ *
+ * @example
+ * const { undistributed } = await undistribute(db, { logger: console, lockTimeoutMs: 100 })
  */
-export async function undistribute(db: Kysely<any>, options: UndistributeOptions = {}): Promise<{ undistributed: string[] }> {
+export async function undistribute(db: Kysely<any>, options: UndistributeOptions = {}): Promise<{
+  /** The tables this run made plain tables of this node again; empty when none was distributed. */
+  undistributed: string[]
+}> {
   return onCoordinator(db, options, { noCitus: 'this database has no citus extension, so nothing is distributed: nothing was changed', unsafeTriggers: true, watchWorkers: true }, async (conn) => {
     // The statistics targets as distribute left them (0015 turned statistics off on the columns the
     // app role reads); undistribute_table makes new tables, which would keep statistics again.

@@ -2,6 +2,7 @@ import type { DatabaseTarget } from './database-url.ts'
 
 /** A failure to reach or use the database, phrased as one line that says what to do. */
 export class ConnectionError extends Error {
+  /** Always `'ConnectionError'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'ConnectionError'
 }
 

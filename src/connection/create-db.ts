@@ -7,11 +7,13 @@ import { condemnableSessions } from './condemned-sessions.ts'
 import { ConnectionError, describeConnectionError } from './connection-error.ts'
 import { parseDatabaseUrl, type DatabaseTarget } from './database-url.ts'
 
+/** How {@link createDb} and {@link openDb} set up the pool and what withTenant and recordAudit sign with; every option has a default. */
 export interface CreateDbOptions {
   /** Pool size; the migrator needs one connection, an app instance usually 10. */
   max?: number
   /** `application_name` shown in pg_stat_activity, so operators can tell sessions apart. */
   applicationName?: string
+  /** How long to wait for a new connection to the server before failing, in ms (default 10 000). */
   connectionTimeoutMillis?: number
   /**
    * The key withTenant signs the tenant context with (`<id>:<secret>`), one of those the migrator
@@ -49,10 +51,15 @@ export interface CreateDbOptions {
 
 /** A NOTICE or WARNING of the server, as pg hands it over. */
 export interface ServerNotice {
+  /** `NOTICE`, `WARNING`, … as the server names it. */
   severity?: string
+  /** The SQLSTATE, e.g. `00000` for a plain RAISE NOTICE. */
   code?: string
+  /** The notice's text. */
   message?: string
+  /** The server's DETAIL line, when it sent one. */
   detail?: string
+  /** The server's HINT line, when it sent one. */
   hint?: string
 }
 
@@ -111,7 +118,12 @@ const tenantKeys = new WeakMap<object, string>()
 const auditKeys = new WeakMap<object, string>()
 const lockTimeouts = new WeakMap<object, number>()
 
-/** Like {@link createDb}, but proves the server answers; throws {@link ConnectionError} with a one-line reason. */
+/**
+ * Like {@link createDb}, but proves the server answers; throws {@link ConnectionError} with a one-line reason.
+ *
+ * @example
+ * const db = await openDb(process.env.DATABASE_URL!, { applicationName: 'skills-web' })
+ */
 export async function openDb<T = DB>(url: string, options: CreateDbOptions = {}): Promise<Kysely<T>> {
   const db = createDb<T>(url, options)
   try {

@@ -9,8 +9,12 @@ export interface DatabaseTarget {
 
 /** What is wrong with a connection string; `problem` completes a sentence about wherever it came from. */
 export class DatabaseUrlError extends Error {
+  /** Always `'DatabaseUrlError'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'DatabaseUrlError'
-  constructor(readonly problem: string) {
+  constructor(
+    /** What is wrong, as the end of a sentence: `has no host (expected …)`. */
+    readonly problem: string,
+  ) {
     super(`the database URL ${problem}`)
   }
 }

@@ -6,9 +6,18 @@ import { readAppliedMigrations, recordApplied } from './migration-table.ts'
 
 export const BASELINE_MIGRATION = '0001_baseline'
 
+/**
+ * The database has tables but no skills-db migration history, and they are not the legacy schema the
+ * migrator adopts: it changed nothing. A failed run's {@link MigrationError} (kind `schema-mismatch`)
+ * carries it as its cause, and its `differences` as its `details`.
+ */
 export class SchemaMismatchError extends Error {
+  /** Always `'SchemaMismatchError'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'SchemaMismatchError'
-  constructor(readonly differences: string[]) {
+  constructor(
+    /** Each way the database differs from the legacy schema, one line each (a table, column, index, … missing, extra or other). */
+    readonly differences: string[],
+  ) {
     super(
       `the database has tables but no skills-db migration history, and its schema is not the legacy schema ` +
         `(${differences.length} difference${differences.length === 1 ? '' : 's'}, first: ${differences[0]}). ` +

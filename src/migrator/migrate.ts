@@ -15,7 +15,9 @@ import { MIGRATION_SCHEMA, MIGRATION_TABLE, readAppliedMigrations } from './migr
 import { preflight } from './preflight.ts'
 import { storedTenantKeyIds, storeTenantKeys, tenantKeysOption } from './tenant-context-keys.ts'
 
+/** How a run of the migrator goes: who it reports to, which roles and keys it sets up, what it may do. Every option has a default. */
 export interface MigrateOptions {
+  /** Where the run reports its progress, a line at a time (`console` will do); default: nowhere. */
   logger?: MigrationLogger
   /** Role the app connects as once multi-tenant; created when missing. Default `app_user`. */
   appRole?: string
@@ -50,11 +52,15 @@ export interface MigrateOptions {
   timestampsAreUtc?: boolean
 }
 
+/** One migration a run applied or rolled back. */
 export interface MigrationStep {
+  /** The migration's name: its file name without the extension (`0020_tenant_lifecycle`). */
   name: string
+  /** `Up` when it was applied, `Down` when it was rolled back. */
   direction: 'Up' | 'Down'
   /** When it started, and how long it took. */
   startedAt: Date
+  /** How long it took, in ms. */
   durationMs: number
 }
 
@@ -64,9 +70,34 @@ export interface MigrationStep {
  * this run left for their commands.
  */
 export type MigrationOutcome =
-  | { status: 'applied'; steps: MigrationStep[]; adopted: boolean; waiting: string[] }
-  | { status: 'up-to-date'; steps: []; adopted: boolean; waiting: string[] }
-  | { status: 'error'; steps: MigrationStep[]; error: MigrationError }
+  | {
+    /** The run applied (or rolled back) one migration or more. */
+    status: 'applied'
+    /** What it applied or rolled back, in order. */
+    steps: MigrationStep[]
+    /** True when the database was the single-tenant app's, without history, and was recorded at the baseline (0001) first. */
+    adopted: boolean
+    /** The pending migrations of a phase not reached yet, left for `migrateOpen` or `migrateContract`; empty after a rollback. */
+    waiting: string[]
+  }
+  | {
+    /** There was nothing to apply (another instance may just have applied it). */
+    status: 'up-to-date'
+    /** Always empty. */
+    steps: []
+    /** As for `applied` (when true, the adoption is all this run did). */
+    adopted: boolean
+    /** As for `applied`. */
+    waiting: string[]
+  }
+  | {
+    /** The run failed; what it completed before, it keeps. */
+    status: 'error'
+    /** What it applied or rolled back before the error. */
+    steps: MigrationStep[]
+    /** What went wrong, classified, with the original as its `cause`. */
+    error: MigrationError
+  }
 
 type Target =
   | { kind: 'latest' } | { kind: 'up' } | { kind: 'down' } | { kind: 'all-down' }
@@ -96,6 +127,10 @@ export function migrateToLatest(db: Kysely<any>, options: MigrateOptions = {}): 
  * migrations of the expand and open phases. The single-tenant app's global keys and indexes go, so
  * it must run on a confined role (not a superuser or BYPASSRLS one): refuses while such sessions
  * are connected, unless `allowOldAppSessions`.
+ *
+ * @example
+ * const outcome = await migrateOpen(db, { logger: console, oldAppRoles: ['legacy_app'] })
+ * if (outcome.status === 'error') console.error(`${outcome.error.kind}: ${outcome.error.message}`)
  */
 export function migrateOpen(db: Kysely<any>, options: MigrateOptions = {}): Promise<MigrationOutcome> {
   return run(db, { kind: 'open' }, options)
@@ -105,12 +140,22 @@ export function migrateOpen(db: Kysely<any>, options: MigrateOptions = {}): Prom
  * The contract phase, for the operator once the single-tenant app is retired: applies every
  * pending migration, those that `migrateToLatest` leaves waiting included. Refuses while sessions
  * of the old app's roles are connected, unless `allowOldAppSessions`.
+ *
+ * @example
+ * const outcome = await migrateContract(db, { logger: console })
+ * if (outcome.status === 'error' && outcome.error.kind === 'old-app-sessions') console.error('stop the old app first')
  */
 export function migrateContract(db: Kysely<any>, options: MigrateOptions = {}): Promise<MigrationOutcome> {
   return run(db, { kind: 'contract' }, options)
 }
 
-/** Applies the next pending migration (not one of the contract phase). */
+/**
+ * Applies the next pending migration (not one of the contract phase).
+ *
+ * @example
+ * const outcome = await migrateUp(db)
+ * if (outcome.status === 'applied') console.log(`applied ${outcome.steps[0]?.name}`)
+ */
 export function migrateUp(db: Kysely<any>, options: MigrateOptions = {}): Promise<MigrationOutcome> {
   return run(db, { kind: 'up' }, options)
 }
@@ -118,12 +163,21 @@ export function migrateUp(db: Kysely<any>, options: MigrateOptions = {}): Promis
 /**
  * Brings the database to exactly `name`: applies the migrations up to it, or rolls back those after
  * it, as Kysely's `migrateTo` does. With `'all'`, rolls back everything.
+ *
+ * @example
+ * await migrateTo(db, '0019_tenant_context_per_session_challenge', { allowDataLoss: false })
  */
 export function migrateTo(db: Kysely<any>, name: string, options: MigrateOptions = {}): Promise<MigrationOutcome> {
   return run(db, name === 'all' ? { kind: 'all-down' } : { kind: 'move', name }, options)
 }
 
-/** Rolls back one migration, down to (not including) `to`, or everything with `to: 'all'`. */
+/**
+ * Rolls back one migration, down to (not including) `to`, or everything with `to: 'all'`.
+ *
+ * @example
+ * const outcome = await migrateDown(db, { to: '0019_tenant_context_per_session_challenge' })
+ * if (outcome.status === 'error' && outcome.error.kind === 'data-loss') console.error(outcome.error.message)
+ */
 export function migrateDown(
   db: Kysely<any>,
   options: MigrateOptions & { to?: string } = {},

@@ -35,8 +35,11 @@ export type MigrationErrorKind =
 
 /** A failed run: what kind, in which migration, the one-line message, and the original error. */
 export class MigrationError extends Error {
+  /** Always `'MigrationError'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'MigrationError'
+  /** What went wrong, to decide what to do about it; see {@link MigrationErrorKind}. */
   readonly kind: MigrationErrorKind
+  /** The migration that failed (its file name, without extension); absent when the run failed outside one. */
   readonly migration?: string
   /** More lines, where one cannot say it all (the differences of a schema mismatch). */
   readonly details?: string[]

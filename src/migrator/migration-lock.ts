@@ -3,7 +3,14 @@ import { sql, type Kysely } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { inRun, progress } from '../online/run-context.ts'
 
+/**
+ * Another migrator (or audit verify, a Citus command, a tenant export, import or delete) held the
+ * database's migration lock for longer than a run waits (30 minutes); the message names the session
+ * that holds it. A failed
+ * run's {@link MigrationError} (kind `lock-timeout`) carries it as its cause.
+ */
 export class MigrationLockTimeout extends Error {
+  /** Always `'MigrationLockTimeout'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'MigrationLockTimeout'
 }
 

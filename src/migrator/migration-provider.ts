@@ -10,7 +10,12 @@ export const MIGRATIONS_DIR = fileURLToPath(new URL('../migrations/', import.met
 /** The guard that stops other migrators at the start of the folder (see the file); never run here. */
 export const GUARD_MIGRATION = '0000_use_the_skills_db_migrator'
 
+/**
+ * A file of the migrations folder does not load, or exports no `up(db)` function; the message
+ * names the file. A failed run's {@link MigrationError} (kind `invalid-migration`) carries it as its cause.
+ */
 export class InvalidMigrationError extends Error {
+  /** Always `'InvalidMigrationError'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'InvalidMigrationError'
 }
 

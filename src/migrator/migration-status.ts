@@ -3,8 +3,14 @@ import { phaseRank, reachedPhase, type Phase } from './migration-phases.ts'
 import { skillsDbMigrationProvider } from './migration-provider.ts'
 import { readAppliedMigrations, type AppliedMigration } from './migration-table.ts'
 
+/** Where the database stands against this code's migrations, from {@link migrationStatus}. */
 export interface MigrationStatus {
+  /**
+   * The migrations of this code that the database records as applied, oldest first, each as
+   * `{ name, appliedAt }` (appliedAt: the ISO time Kysely recorded).
+   */
   applied: AppliedMigration[]
+  /** This code's migrations the database has not applied, by name, in order. */
   pending: string[]
   /**
    * The pending migrations that wait for the operator: those of a phase (open, contract) the
@@ -15,10 +21,18 @@ export interface MigrationStatus {
   unknown: AppliedMigration[]
   /** The furthest phase the database has reached (see migration-phases.ts), and each migration's. */
   phase: Phase
+  /** Each migration of this code by name, with the phase it belongs to. */
   phases: Record<string, Phase>
 }
 
-/** Compares the migrations in the code with those recorded in the database. Read-only. */
+/**
+ * Compares the migrations in the code with those recorded in the database. Read-only.
+ *
+ * @example
+ * const status = await migrationStatus(db)
+ * if (status.unknown.length > 0) throw new Error(`this code is older than the database: ${status.unknown.map((m) => m.name).join(', ')}`)
+ * console.log(`phase ${status.phase}; pending: ${status.pending.join(', ') || 'none'}`)
+ */
 export async function migrationStatus(db: Kysely<any>, migrationsDir?: string): Promise<MigrationStatus> {
   const provider = skillsDbMigrationProvider(migrationsDir ? { folder: migrationsDir } : {})
   const known = Object.keys(await provider.getMigrations()).sort()

@@ -12,6 +12,7 @@ const MIN_SERVER_VERSION = 150000
 
 /** The server or a role is not fit for the run; thrown before anything changes. */
 export class PreflightRefused extends Error {
+  /** Always `'PreflightRefused'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'PreflightRefused'
 }
 

@@ -22,6 +22,12 @@ export function skillsDbMigrator(options: MigrateOptions = {}): (db: Kysely<any>
   return (db) => new SkillsDbMigrator(db, options)
 }
 
+/**
+ * What {@link skillsDbMigrator} gives kysely-ctl: the methods of Kysely's `Migrator` it calls, each
+ * running skills-db's own (`migrateToLatest`, …) and answering as Kysely's does: a
+ * `MigrationResultSet` with the migrations that ran, then the one that failed, and the run's
+ * {@link MigrationError} as `error`. Never throws for a failed run.
+ */
 export class SkillsDbMigrator {
   readonly #db: Kysely<any>
   readonly #options: MigrateOptions
@@ -41,18 +47,25 @@ export class SkillsDbMigrator {
     }).getMigrations()
   }
 
+  /** {@link migrateToLatest}, answered as Kysely's `Migrator.migrateToLatest`. */
   async migrateToLatest(): Promise<MigrationResultSet> {
     return resultSet(await migrateToLatest(this.#db, this.#options), 'Up')
   }
 
+  /** {@link migrateUp}, answered as Kysely's `Migrator.migrateUp`. */
   async migrateUp(): Promise<MigrationResultSet> {
     return resultSet(await migrateUp(this.#db, this.#options), 'Up')
   }
 
+  /** {@link migrateDown} (one migration), answered as Kysely's `Migrator.migrateDown`. */
   async migrateDown(): Promise<MigrationResultSet> {
     return resultSet(await migrateDown(this.#db, this.#options), 'Down')
   }
 
+  /**
+   * {@link migrateTo}, answered as Kysely's `Migrator.migrateTo`: to the migration `target`, up or
+   * down, or everything down with Kysely's `NO_MIGRATIONS`.
+   */
   async migrateTo(target: string | typeof NO_MIGRATIONS): Promise<MigrationResultSet> {
     if (target === NO_MIGRATIONS) return resultSet(await migrateTo(this.#db, 'all', this.#options), 'Down')
     const name = target as string

@@ -8,6 +8,7 @@ const DEFAULT_APP_ROLE = 'app_user'
 
 /** A role the run names that cannot be used: not a plain name, or not the database's application role. */
 export class RoleNameError extends Error {
+  /** Always `'RoleNameError'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'RoleNameError'
 }
 

@@ -5,6 +5,7 @@ import type { Step } from './step.ts'
 
 /** A `down` that would destroy data it cannot restore; the run's `allowDataLoss` accepts the loss. */
 export class DataLossRefused extends Refusal {
+  /** Always `'DataLossRefused'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'DataLossRefused'
   constructor(what: string) {
     super('data-loss', `refusing to roll back: ${what}`, 'allowDataLoss accepts the loss')
@@ -13,6 +14,7 @@ export class DataLossRefused extends Refusal {
 
 /** A `down` that cannot rebuild what came before while the data is as it is: no option overrules it, the data must change. */
 export class DownBlocked extends Refusal {
+  /** Always `'DownBlocked'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'DownBlocked'
   constructor(message: string) {
     super('down-blocked', message)

@@ -3,7 +3,14 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { RemoteLockWait, remoteLockWait } from './remote-lock-wait.ts'
 import { run } from './run-context.ts'
 
+/**
+ * A step of a migration or a Citus command gave up: the lock it needs, or the end of the app's
+ * transactions it waits for, did not come within its retry budget. The message names the table and
+ * the sessions in the way, and says what to do; a rerun goes on from where it stopped. A failed
+ * run's {@link MigrationError} (kind `lock-timeout`) carries it as its cause.
+ */
 export class LockRetryExhausted extends Error {
+  /** Always `'LockRetryExhausted'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'LockRetryExhausted'
 }
 

@@ -5,6 +5,7 @@ import { inSignedTransaction, lifecycleRequest } from './lifecycle-request.ts'
 import { tenantRefusal, TenantRequestError } from './tenant-errors.ts'
 import { keyFor } from './with-tenant.ts'
 
+/** The tenant {@link createTenant} creates: checked here, each field's rule below, before anything is sent. */
 export interface NewTenant {
   /** Shown to people: 1 to 200 characters. */
   name: string
@@ -24,12 +25,17 @@ export interface NewTenant {
   requestKey?: string
 }
 
+/** The tenant's first user, created with it in the same transaction, with the role `admin`. */
 export interface FirstAdmin {
+  /** Its email address (users.email): something@something, up to 320 characters. */
   email: string
+  /** Its name as shown to people (users.name). */
   name?: string
 }
 
+/** What {@link createTenant} answers: the tenant's id, whether this call created it, and the admin's id. */
 export interface CreatedTenant {
+  /** The tenant's id: `NewTenant.id`, or the UUID made for it. */
   tenantId: string
   /** The first admin's user id (a new UUID), when one was given. */
   adminId?: string
@@ -59,7 +65,7 @@ const EMAIL = /^[^\s@]+@[^\s@]+$/
  *
  * @example
  * const { tenantId, adminId } = await createTenant(db, { name: 'Acme', slug: 'acme' }, { email: 'ann@acme.example' })
- * await withTenant(db, tenantId, (trx) => recordAudit(trx, { actorId: adminId, action: 'tenant.signup' }))
+ * await withTenant(db, tenantId, (trx) => recordAudit(trx, { actorId: adminId ?? null, action: 'tenant.signup' }))
  */
 export async function createTenant(db: Kysely<DB>, tenant: NewTenant, firstAdmin?: FirstAdmin): Promise<CreatedTenant> {
   const key = keyFor(db, 'createTenant')

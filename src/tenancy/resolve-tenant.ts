@@ -3,7 +3,19 @@ import type { DB } from '../db-types.ts'
 import { tenantRefusal, TenantRequestError } from './tenant-errors.ts'
 
 /** What a request's URL names: the tenant's slug (`app.example.com/acme`) or its own domain (`acme.example.com`). */
-export type TenantLookup = { slug: string; domain?: never } | { domain: string; slug?: never }
+export type TenantLookup =
+  | {
+    /** The tenant's slug, as {@link NewTenant.slug}. */
+    slug: string
+    /** Not with `slug`: a lookup names one or the other. */
+    domain?: never
+  }
+  | {
+    /** A host name; compared in lowercase. */
+    domain: string
+    /** Not with `domain`: a lookup names one or the other. */
+    slug?: never
+  }
 
 /**
  * The tenant a slug or domain names, and whether it is active; undefined when none has it. Callable
@@ -12,11 +24,16 @@ export type TenantLookup = { slug: string; domain?: never } | { domain: string; 
  * domain the caller names exists, as any public URL of the app would; it lists nothing.
  *
  * @example
- * const tenant = await resolveTenant(db, { domain: new URL(req.url!, `http://${req.headers.host}`).hostname })
- * if (!tenant?.active) return notFound()
- * await withTenant(db, tenant.tenantId, (trx) => …)
+ * const tenant = await resolveTenant(db, { domain: new URL('https://acme.example.com/skills').hostname })
+ * if (!tenant?.active) throw new Error('404: no such tenant, or it is suspended')
+ * const skills = await withTenant(db, tenant.tenantId, (trx) => trx.selectFrom('skills').select(['slug', 'name']).execute())
  */
-export async function resolveTenant(db: Kysely<DB>, lookup: TenantLookup): Promise<{ tenantId: string; active: boolean } | undefined> {
+export async function resolveTenant(db: Kysely<DB>, lookup: TenantLookup): Promise<{
+  /** The tenant's id: the one to enter with withTenant. */
+  tenantId: string
+  /** False while the tenant is suspended ({@link suspendTenant}): withTenant refuses it then. */
+  active: boolean
+} | undefined> {
   const slug = typeof lookup?.slug === 'string' ? lookup.slug : null
   const domain = typeof lookup?.domain === 'string' ? lookup.domain.toLowerCase() : null
   if ((slug === null) === (domain === null)) throw new TenantRequestError('resolveTenant takes { slug } or { domain }, one of them')

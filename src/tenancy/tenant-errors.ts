@@ -2,11 +2,13 @@ import { TenantError } from './with-tenant.ts'
 
 /** A tenant request the caller can correct: a bad slug, domain, plan, id or email, with what is wrong. */
 export class TenantRequestError extends TenantError {
+  /** Always `'TenantRequestError'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'TenantRequestError'
 }
 
 /** createTenant's one answer about other tenants: the slug or the domain is taken (which one, it does not say). */
 export class TenantTakenError extends TenantError {
+  /** Always `'TenantTakenError'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'TenantTakenError'
 }
 

@@ -10,7 +10,13 @@ export interface TenantKey {
   secret: string
 }
 
+/**
+ * A tenant or audit key that cannot be used: not `<id>:<secret>`, a secret shorter than 32
+ * characters, or a list of keys that is empty, longer than two, or names one key twice. The
+ * message says which setting it came from.
+ */
 export class TenantKeyError extends Error {
+  /** Always `'TenantKeyError'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'TenantKeyError'
 }
 

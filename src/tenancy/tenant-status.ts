@@ -4,6 +4,7 @@ import { inSignedTransaction, lifecycleRequest } from './lifecycle-request.ts'
 import { tenantRefusal, TenantRequestError } from './tenant-errors.ts'
 import { keyFor } from './with-tenant.ts'
 
+/** What {@link suspendTenant} or {@link activateTenant} did: `'unchanged'` when the tenant already was as asked. */
 export type TenantStatusChange = 'suspended' | 'activated' | 'unchanged'
 
 /**
@@ -18,7 +19,12 @@ export function suspendTenant(db: Kysely<DB>, tenantId: string): Promise<TenantS
   return setActive(db, tenantId, false)
 }
 
-/** Makes a suspended tenant active again; refused for a tenant the operator is deleting. */
+/**
+ * Makes a suspended tenant active again; refused for a tenant the operator is deleting.
+ *
+ * @example
+ * if (await activateTenant(db, tenantId) === 'unchanged') console.log('it was not suspended')
+ */
 export function activateTenant(db: Kysely<DB>, tenantId: string): Promise<TenantStatusChange> {
   return setActive(db, tenantId, true)
 }

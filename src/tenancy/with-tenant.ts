@@ -7,7 +7,14 @@ import { parseTenantKey, signTenantContext, type TenantKey } from './tenant-key.
 
 export const MAX_TENANT_ID_LENGTH = 128
 
+/**
+ * The tenant context refused a call, with what to do in the message: withTenant's tenant id is
+ * empty or malformed, the tenant is unknown or suspended, no tenant key was given, or withTenant
+ * was called inside withTenant; the lifecycle calls' refusals from the database. Nothing was done
+ * for the tenant. {@link TenantRequestError} and {@link TenantTakenError} are its kinds.
+ */
 export class TenantError extends Error {
+  /** Always `'TenantError'`, so a log line or a check of `error.name` tells it apart. */
   override name = 'TenantError'
 }
 
@@ -17,6 +24,7 @@ export class TenantError extends Error {
  * `.where('tenant_id', '=', tenant.tenantId)`.
  */
 export interface TenantScope {
+  /** The tenant withTenant entered: the id it was called with. */
   tenantId: string
 }
 
@@ -34,8 +42,8 @@ export function withTenantDb(): Kysely<DB> | undefined {
  * superusers, BYPASSRLS roles and the owner are not held by its policies.
  *
  * The tenant is entered with a signature only the holder of the tenant key can make, over a
- * challenge of this session's (entered-transaction.ts; {@link enterTenant} for a Kysely instance
- * not made by createDb), so SQL run inside `fn`, injected SQL included, cannot switch to another
+ * challenge of this session's (entered-transaction.ts; `enterTenant`, in with-tenant.ts, for a
+ * Kysely instance not made by createDb), so SQL run inside `fn`, injected SQL included, cannot switch to another
  * tenant, nor carry this one past the clean-up into another request. BEGIN and the entry go in
  * one round trip, and `fn` runs once the tenant is accepted.
  *
@@ -54,7 +62,7 @@ export function withTenantDb(): Kysely<DB> | undefined {
  *   trx.selectFrom('skills').select(['slug', 'name']).orderBy('total_uses', 'desc').limit(10).execute())
  * // On Citus, name the tenant too, so the query goes to its shard alone:
  * const one = await withTenant(db, tenantId, (trx, { tenantId }) =>
- *   trx.selectFrom('skills').selectAll().where('tenant_id', '=', tenantId).where('slug', '=', slug).executeTakeFirst())
+ *   trx.selectFrom('skills').selectAll().where('tenant_id', '=', tenantId).where('slug', '=', 'pdf-tools').executeTakeFirst())
  */
 export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: Transaction<DB>, tenant: TenantScope) => Promise<T>): Promise<T> {
   assertTenantId(tenantId)
