@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process'
 import { createHash, createHmac } from 'node:crypto'
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
@@ -265,10 +265,78 @@ describe('skills-db tenant, on a fresh legacy database', () => {
     expect(remaining).toBeLessThan(3000)
     const reactivate = await cli('activate', tenant)
     expect(reactivate.stderr).toContain(`error: tenant "${tenant}" is being deleted: finish it with skills-db tenant delete`)
+    // Nor exported: the file would be sealed, importable and partial (an outside review imported one, then reactivated it).
+    const partial = await cli('export', tenant, '--out', path.join(dir, 'half.ndjson'))
+    expect(partial.code).toBe(1)
+    expect(oneLine(partial.stderr).at(-1)).toBe(`error: tenant "${tenant}" is being deleted (a delete stopped before it finished, and some of its rows are gone): an export now would be partial; finish it with skills-db tenant delete ${tenant} --yes, and import an export made before the delete`)
+    expect(existsSync(path.join(dir, 'half.ndjson')) || existsSync(path.join(dir, 'half.ndjson.partial'))).toBe(false)
+    expect(await json('show', tenant)).toMatchObject({ id: tenant, beingDeleted: true, active: false })
     const resumed = await json('delete', tenant, '--yes')
     expect(resumed).toMatchObject({ resumed: true })
     expect(await left()).toBe(0)
     expect(Object.values(await tenantDigest(t.url, tenant)).every((d) => d.startsWith('0:'))).toBe(true)
+  })
+
+  it('a row whose text holds U+2028 and U+2029 (which to_jsonb leaves unescaped): export, delete, import give the same rows and the same file (an outside review had such an export refused)', async () => {
+    const made = await json('create', '--name', 'Line\u2028Sep\u2029Inc', '--slug', 'line-separators', '--admin-email', 'ls@ls.example')
+    const tenant: string = made.tenantId
+    await withTenant(app, tenant, (trx) => trx.updateTable('users').set({ name: 'Ann\u2028Lee' }).where('id', '=', made.adminId).execute())
+    const before = await tenantDigest(t.url, tenant)
+    const file = path.join(dir, 'separators.ndjson')
+    await json('export', tenant, '--out', file)
+    expect(readFileSync(file, 'utf8')).toContain('Ann\u2028Lee')
+    await json('suspend', tenant)
+    await json('delete', tenant, '--yes')
+    const imported = await cli('import', file)
+    expect(imported.stderr).not.toMatch(/^error/m)
+    expect(imported.code).toBe(0)
+    expect(await tenantDigest(t.url, tenant)).toEqual(before)
+    const again = path.join(dir, 'separators-again.ndjson')
+    await json('export', tenant, '--out', again)
+    expect(readFileSync(again, 'utf8')).toBe(readFileSync(file, 'utf8'))
+  })
+
+  it('a tenant named by what is one tenant\'s id and another\'s slug: refused in one line, nothing done; id: and slug: say which (an outside review had the wrong tenant suspended and deleted)', async () => {
+    const victim: string = (await json('create', '--name', 'Victim', '--slug', 'victim')).tenantId
+    // Anyone signing up may pick a slug that is another tenant's id: ids are not secret.
+    const evil: string = (await createTenant(app, { name: 'Evil', slug: victim })).tenantId
+    for (const command of [['suspend', victim], ['show', victim], ['export', victim, '--out', path.join(dir, 'which.ndjson')], ['delete', victim, '--yes']]) {
+      const r = await cli(...command)
+      expect(r.code, command[0]).toBe(1)
+      expect(oneLine(r.stderr).at(-1), command[0]).toBe(`error: "${victim}" is the id of one tenant (slug victim) and the slug of another (id ${evil}): say which, id:${victim} or slug:${victim}; see skills-db tenant ${command[0]} --help`)
+    }
+    expect(await json('show', `id:${victim}`)).toMatchObject({ id: victim, slug: 'victim', active: true })
+    expect(await json('suspend', `slug:${victim}`)).toMatchObject({ tenantId: evil, outcome: 'suspended' })
+    expect(await json('show', `id:${victim}`)).toMatchObject({ id: victim, active: true })
+    const none = await cli('show', 'slug:no-such-slug')
+    expect(oneLine(none.stderr).at(-1)).toBe('error: no tenant has the slug "no-such-slug": skills-db tenant list shows the slugs; see skills-db tenant show --help')
+  })
+
+  it('show and export behind a session that holds a table (the app role\'s LOCK TABLE): they stop within --lock-retry-budget-ms, naming it, and leave no file (an outside review had both hang, holding the migration lock)', async () => {
+    const tenant: string = (await json('create', '--name', 'Held', '--slug', 'held')).tenantId
+    const holder = t.connectAs(inject('appRole'))
+    let release!: () => void
+    const released = new Promise<void>((r) => (release = r))
+    const holding = holder.transaction().execute(async (trx) => {
+      await sql`lock table users in access exclusive mode`.execute(trx)
+      await released
+    })
+    try {
+      await new Promise((r) => setTimeout(r, 200))
+      for (const command of [['show', tenant], ['export', tenant, '--out', path.join(dir, 'held.ndjson')]]) {
+        const started = Date.now()
+        const r = await cli(...command, '--lock-retry-budget-ms', '1500')
+        expect(r.code, command[0]).toBe(1)
+        expect(oneLine(r.stderr).at(-1), command[0]).toMatch(/^error: gave up after 1\.5 s waiting for a table to read, held by pid \d+ \(.*, holds users, lock table users in access exclusive mode\): end that session, or run the command again once it has ended$/)
+        expect(Date.now() - started, command[0]).toBeLessThan(30_000)
+      }
+      expect(existsSync(path.join(dir, 'held.ndjson')) || existsSync(path.join(dir, 'held.ndjson.partial'))).toBe(false)
+    } finally {
+      release()
+      await holding
+      await holder.destroy()
+    }
+    expect(await json('show', tenant)).toMatchObject({ id: tenant, beingDeleted: false })
   })
 
   it('a reactivation racing the start of a delete: either the delete refuses, or the reactivation does (an outside review had both succeed)', async () => {

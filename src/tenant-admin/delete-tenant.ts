@@ -2,7 +2,7 @@ import { sql, type Kysely } from 'kysely'
 import { appRoleName } from '../online/app-role.ts'
 import { withLockRetry } from '../online/lock-retry.ts'
 import { transactionsInFlightEnded } from '../online/transactions-in-flight.ts'
-import { asOperator, TenantAdminError } from './operator-session.ts'
+import { asOperator, readLocked, TenantAdminError } from './operator-session.ts'
 import { TENANT_TABLES } from './tenant-tables.ts'
 
 const CONTRACT_MIGRATION = '0015_contract_without_side_channels'
@@ -54,6 +54,7 @@ export async function deleteTenant(db: Kysely<any>, tenantId: string, options: D
         // The tenant's row locked while it is listed: a reactivation either committed before (and is
         // seen here) or waits, then finds the listing and is refused. Read once, outside this, it
         // could be reactivated between the check and the listing (an outside review did so).
+        await readLocked(trx, ['public.tenants', ...TENANT_TABLES.map((t) => `public.${t.table}`)])
         const { rows: locked } = await sql<{ is_active: boolean }>`select is_active from public.tenants where id = ${tenantId} for update`.execute(trx)
         if (locked[0]?.is_active !== false) throw new TenantAdminError(`tenant "${tenantId}" is active: suspend it first (skills-db tenant suspend ${tenantId}), so that no request writes to it while it is removed`)
         const { rows: head } = await sql<{ seq: string; hash: string }>`

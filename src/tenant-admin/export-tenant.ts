@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import { once } from 'node:events'
 import type { Writable } from 'node:stream'
 import { sql, type Kysely } from 'kysely'
-import { asOperator, TenantAdminError, tenantRow } from './operator-session.ts'
+import { asOperator, beingDeleted, readLocked, TenantAdminError, tenantRow } from './operator-session.ts'
 import { exportOrder, TENANT_TABLES } from './tenant-tables.ts'
 
 /** The first line of an export: what it is, of which schema, of which tenant. */
@@ -72,7 +72,12 @@ export async function exportTenant(db: Kysely<any>, tenantId: string, out: Writa
       // What to_jsonb writes depends on these; fixed, so two exports of the same rows are the same bytes.
       await sql`select pg_catalog.set_config('timezone', 'UTC', true), pg_catalog.set_config('extra_float_digits', '1', true),
         pg_catalog.set_config('bytea_output', 'hex', true), pg_catalog.set_config('intervalstyle', 'postgres', true)`.execute(conn)
+      await readLocked(conn, ['public.tenants', ...TENANT_TABLES.map((t) => `public.${t.table}`), 'skills_db.audit_chain_heads', 'skills_db.tenant_context_keys', 'skills_db.tenant_removals'])
       await tenantRow(conn, tenantId)
+      // Some of its rows are gone: the file would be sealed, importable, and partial (an outside review imported one, then reactivated it).
+      if (await beingDeleted(conn, tenantId)) {
+        throw new TenantAdminError(`tenant "${tenantId}" is being deleted (a delete stopped before it finished, and some of its rows are gone): an export now would be partial; finish it with skills-db tenant delete ${tenantId} --yes, and import an export made before the delete`)
+      }
       const file = createHash('sha256')
       const write = async (line: string, hashed = true) => {
         if (hashed) file.update(line)

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto'
-import { createInterface } from 'node:readline'
 import type { Readable } from 'node:stream'
 import { sql, type Kysely } from 'kysely'
 import { exportMacText, tenantKeyMac, type ExportHeader, type ExportManifest, type ExportProgress } from './export-tenant.ts'
+import { ndjsonLines } from './ndjson-lines.ts'
 import { asOperator, TenantAdminError } from './operator-session.ts'
 import { TENANT_TABLES } from './tenant-tables.ts'
 
@@ -32,7 +32,7 @@ const BATCH = 500
  */
 export async function importTenant(db: Kysely<any>, input: Readable, options: ImportOptions = {}): Promise<ExportManifest & { tenant: string }> {
   return asOperator(db, async (conn, migrations) => {
-    const lines = createInterface({ input, crlfDelay: Infinity })[Symbol.asyncIterator]()
+    const lines = ndjsonLines(input)
     const first = await lines.next()
     const header = parseHeader(first.done ? undefined : first.value)
     if (header.migrations.join(',') !== migrations.join(',')) {
@@ -79,7 +79,9 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
           manifest = parseManifest(next.value, lineNo)
           continue
         }
-        const m = /^\{"t":"([a-z_]+)","r":(\{.*\})\}$/.exec(next.value)
+        // The s flag: to_jsonb leaves U+2028 and U+2029 unescaped in a row's text, and "." matches
+        // neither without it (an outside review had every export of such a row refused).
+        const m = /^\{"t":"([a-z_]+)","r":(\{.*\})\}$/s.exec(next.value)
         const index = m ? ORDER.indexOf(m[1]!) : -1
         if (!m || index < 0) throw new TenantAdminError(`line ${lineNo} is not a row of a skills-db tenant export`)
         if (index < at) throw new TenantAdminError(`line ${lineNo}: a row of ${m[1]} after rows of ${ORDER[at]}: the file was altered`)

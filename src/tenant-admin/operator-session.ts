@@ -1,6 +1,8 @@
 import { sql, type Kysely } from 'kysely'
 import { withMigrationLock } from '../migrator/migration-lock.ts'
 import { readAppliedMigrations } from '../migrator/migration-table.ts'
+import { sessionLabel } from '../online/lock-retry.ts'
+import { run } from '../online/run-context.ts'
 
 export class TenantAdminError extends Error {
   override name = 'TenantAdminError'
@@ -37,4 +39,42 @@ export async function tenantRow(conn: Kysely<any>, tenantId: string): Promise<{ 
   const { rows } = await sql<{ id: string; slug: string; is_active: boolean }>`select id, slug, is_active from public.tenants where id = ${tenantId}`.execute(conn)
   if (!rows[0]) throw new TenantAdminError(`no tenant has the id "${tenantId}": skills-db tenant list shows the ids`)
   return rows[0]
+}
+
+/** A tenant listed in skills_db.tenant_removals: a delete began and has not finished (it was stopped or killed). */
+export async function beingDeleted(conn: Kysely<any>, tenantId: string): Promise<boolean> {
+  const { rows } = await sql`select 1 from skills_db.tenant_removals where tenant_id = ${tenantId}`.execute(conn)
+  return rows.length > 0
+}
+
+/**
+ * Locks `tables` for reading (ACCESS SHARE: in the way of nothing but DDL and LOCK TABLE … ACCESS
+ * EXCLUSIVE) in the transaction open on `conn`, waiting at most `budgetMs` (the run's lock retry
+ * budget, 120 s unless `--lock-retry-budget-ms` says otherwise), and leaves that lock
+ * timeout on the transaction: an operator's read never waits with no end and no word behind a
+ * session that holds a table (an outside review left `tenant export` hung behind the app role's
+ * LOCK TABLE, holding the migration lock). On timeout, one line naming the sessions in the way.
+ */
+export async function readLocked(conn: Kysely<any>, tables: readonly string[], budgetMs = run().lockRetryBudgetMs): Promise<void> {
+  await sql`select pg_catalog.set_config('lock_timeout', ${`${budgetMs}ms`}::text, true)`.execute(conn)
+  await sql`savepoint read_locked`.execute(conn)
+  try {
+    await sql`lock table ${sql.join(tables.map((t) => sql.table(t)))} in access share mode`.execute(conn)
+  } catch (error) {
+    if ((error as { code?: string }).code !== '55P03') throw error
+    await sql`rollback to savepoint read_locked`.execute(conn)
+    throw new TenantAdminError(`gave up after ${budgetMs / 1000} s waiting for a table to read, held by ${await holders(conn, tables)}: end that session, or run the command again once it has ended`)
+  }
+}
+
+/** The other sessions holding a lock on one of `tables`, each as lock-retry names a session. */
+async function holders(conn: Kysely<any>, tables: readonly string[]): Promise<string> {
+  const { rows } = await sql<{ who: string | null }>`
+    select string_agg(h.who, '; ' order by h.who) as who from (
+      select ${sessionLabel(sql`', holds ' || string_agg(distinct l.relation::regclass::text, ', ')`)} as who
+      from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
+      where l.database = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())
+        and l.relation = any(${[...tables]}::regclass[]) and l.granted and l.pid <> pg_catalog.pg_backend_pid()
+      group by a.pid, a.application_name, a.usename, a.state, a.query) h`.execute(conn)
+  return rows[0]?.who ?? 'a session that has since finished'
 }

@@ -1,5 +1,5 @@
 import { sql, type Kysely } from 'kysely'
-import { asOperator, tenantRow } from './operator-session.ts'
+import { asOperator, beingDeleted, readLocked, tenantRow } from './operator-session.ts'
 import { TENANT_TABLES } from './tenant-tables.ts'
 
 export interface TenantSummary {
@@ -13,6 +13,8 @@ export interface TenantSummary {
 }
 
 export interface TenantDetail extends TenantSummary {
+  /** A delete began and did not finish (it was stopped or killed): some rows are gone; `tenant delete` again finishes it. */
+  beingDeleted: boolean
   /** Per table: the tenant's rows, and their size in bytes (pg_column_size of each row: the data, not its share of indexes). */
   tables: Record<string, { rows: number; bytes: number }>
   /** What skills_db.tenant_lifecycle recorded of it, oldest first. */
@@ -30,7 +32,8 @@ export async function listTenants(db: Kysely<any>): Promise<TenantSummary[]> {
 
 /** One tenant: its row, its rows and bytes per table, its lifecycle, and on Citus where it lives. */
 export async function showTenant(db: Kysely<any>, tenantId: string): Promise<TenantDetail> {
-  return asOperator(db, async (conn) => {
+  return asOperator(db, (session) => session.transaction().execute(async (conn) => {
+    await readLocked(conn, ['public.tenants', ...TENANT_TABLES.map((t) => `public.${t.table}`), 'skills_db.tenant_lifecycle', 'skills_db.tenant_removals'])
     await tenantRow(conn, tenantId)
     const { rows: summary } = await sql<TenantSummary>`${SUMMARY} where id = ${tenantId}`.execute(conn)
     const tables: TenantDetail['tables'] = {}
@@ -43,11 +46,11 @@ export async function showTenant(db: Kysely<any>, tenantId: string): Promise<Ten
     const { rows: history } = await sql<{ at: string; event: string; byRole: string }>`
       select to_char(at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') as at, event, by_role as "byRole"
       from skills_db.tenant_lifecycle where tenant_id = ${tenantId} order by at`.execute(conn)
-    const detail: TenantDetail = { ...summary[0]!, tables, history }
+    const detail: TenantDetail = { ...summary[0]!, beingDeleted: await beingDeleted(conn, tenantId), tables, history }
     const citus = await citusPlacement(conn, tenantId)
     if (citus) detail.citus = citus
     return detail
-  })
+  }))
 }
 
 async function citusPlacement(conn: Kysely<any>, tenantId: string): Promise<TenantDetail['citus']> {

@@ -1,4 +1,4 @@
-import { createReadStream, createWriteStream, existsSync, openSync, renameSync, rmSync } from 'node:fs'
+import { createReadStream, createWriteStream, existsSync, openSync, renameSync, rmSync, statSync } from 'node:fs'
 import { finished } from 'node:stream/promises'
 import { sql, type Kysely } from 'kysely'
 import { deleteTenant } from '../../tenant-admin/delete-tenant.ts'
@@ -9,14 +9,19 @@ import { listTenants, showTenant } from '../../tenant-admin/show-tenant.ts'
 import { createTenant } from '../../tenancy/create-tenant.ts'
 import { activateTenant, suspendTenant } from '../../tenancy/tenant-status.ts'
 import { UsageError, type Command, type OptionSpec, type OptionValues } from '../command.ts'
-import { TARGET } from '../options.ts'
+import { lockOptions, TARGET } from '../options.ts'
+import { inRun } from '../../online/run-context.ts'
 import { usingTarget } from '../target.ts'
 
 const JSON_OUT: Record<string, OptionSpec> = {
   json: { type: 'boolean', help: 'print the result as JSON on stdout (and nothing else there)' },
 }
 const COMMON = { ...TARGET, ...JSON_OUT }
-const TENANT_ID = [{ name: '<tenant>', required: true, help: 'the tenant\'s id, or its slug (skills-db tenant list shows both)' }]
+/** For the commands that read every table: how long to wait for a table another session holds (LOCK TABLE, DDL) before naming it. */
+const READ_WAIT: Record<string, OptionSpec> = {
+  'lock-retry-budget-ms': { type: 'string', value: '<ms>', help: 'how long to wait for a table another session holds before stopping and naming it (default 120000)' },
+}
+const TENANT_ID = [{ name: '<tenant>', required: true, help: 'the tenant\'s id, or its slug (skills-db tenant list shows both); id:<id> or slug:<slug> says which' }]
 
 /** Prints the result: JSON with --json, else the human lines. */
 function report(values: OptionValues, json: unknown, human: () => void): number {
@@ -43,11 +48,34 @@ function tenantArg(positionals: string[]): string {
   return id
 }
 
-/** The id of the tenant the argument names: its id, else its slug (what `tenant list` and URLs show); as given when neither. */
-async function tenantIdOf(db: Kysely<any>, arg: string): Promise<string> {
-  const { rows } = await sql<{ id: string }>`select id from (select id, 1 as o from public.tenants where id = ${arg}
-    union all select id, 2 from public.tenants where slug = ${arg}) t order by o limit 1`.execute(db)
-  return rows[0]?.id ?? arg
+/**
+ * The id of the tenant the argument names: `id:<id>` or `slug:<slug>` say which; otherwise its id,
+ * else its slug (what `tenant list` and URLs show); as given when neither. An argument that is one
+ * tenant's id and another's slug is refused: anyone signing up may pick a slug that is another
+ * tenant's id (ids are not secret: API keys carry them), and an outside review had the operator
+ * suspend and delete the wrong tenant that way.
+ */
+function tenantIdOf(db: Kysely<any>, arg: string): Promise<string> {
+  // Under the migration lock: only there does the owner (not a superuser) see every tenant (0014).
+  return asOperator(db, (conn) => tenantIdIn(conn, arg))
+}
+
+/** {@link tenantIdOf} on a connection that holds the migration lock already. */
+async function tenantIdIn(conn: Kysely<any>, arg: string): Promise<string> {
+  const named = /^(id|slug):(.+)$/.exec(arg)
+  if (named?.[1] === 'id') return named[2]!
+  const { rows } = await sql<{ id: string; slug: string }>`select id, slug from public.tenants
+    where ${named ? sql`slug = ${named[2]!}` : sql`id = ${arg} or slug = ${arg}`}`.execute(conn)
+  if (named) {
+    if (!rows[0]) throw new UsageError(`no tenant has the slug "${named[2]}": skills-db tenant list shows the slugs`)
+    return rows[0].id
+  }
+  const byId = rows.find((r) => r.id === arg)
+  const bySlug = rows.find((r) => r.slug === arg)
+  if (byId && bySlug && byId.id !== bySlug.id) {
+    throw new UsageError(`"${arg}" is the id of one tenant (slug ${byId.slug}) and the slug of another (id ${bySlug.id}): say which, id:${arg} or slug:${arg}`)
+  }
+  return (byId ?? bySlug)?.id ?? arg
 }
 
 /** The key the lifecycle calls sign with: SKILLS_DB_TENANT_KEY, else the first of the migrator's SKILLS_DB_TENANT_KEYS. */
@@ -86,11 +114,12 @@ const show: Command = {
   name: 'tenant show',
   summary: 'One tenant: its row, its rows and bytes per table, what was done to it (created, suspended, …), and on Citus its shard, node and citus_stat_tenants.',
   positionals: TENANT_ID,
-  options: COMMON,
+  options: { ...COMMON, ...READ_WAIT },
   run: (values, positionals) => usingTarget(values, async (db) => {
-    const t = await showTenant(db, await tenantIdOf(db, tenantArg(positionals)))
+    const id = await tenantIdOf(db, tenantArg(positionals))
+    const t = await inRun(lockOptions(values), () => showTenant(db, id))
     return report(values, t, () => {
-      console.log(`${t.id}  ${t.slug}  ${t.active ? 'active' : 'suspended'}  plan ${t.plan}${t.domain ? `  domain ${t.domain}` : ''}  "${t.name}"  created ${t.createdAt}`)
+      console.log(`${t.id}  ${t.slug}  ${t.beingDeleted ? 'being deleted (a delete stopped before it finished: run tenant delete again)' : t.active ? 'active' : 'suspended'}  plan ${t.plan}${t.domain ? `  domain ${t.domain}` : ''}  "${t.name}"  created ${t.createdAt}`)
       for (const [table, { rows, bytes }] of Object.entries(t.tables)) console.log(`  ${table.padEnd(18)} ${String(rows).padStart(10)} row(s) ${String(bytes).padStart(14)} bytes`)
       for (const h of t.history) console.log(`  ${h.at} ${h.event} (by ${h.byRole})`)
       if (t.citus) console.log(`  citus: shard ${t.citus.shardId} on ${t.citus.node}${t.citus.stats ? `, ${JSON.stringify(t.citus.stats)}` : ''}`)
@@ -138,7 +167,7 @@ const statusCommand = (name: 'suspend' | 'activate'): Command => ({
   positionals: TENANT_ID,
   options: COMMON,
   run: (values, positionals) => asOperatorCall(values, async (conn) => {
-    const id = await tenantIdOf(conn, tenantArg(positionals))
+    const id = await tenantIdIn(conn, tenantArg(positionals))
     const outcome = await (name === 'suspend' ? suspendTenant : activateTenant)(conn, id)
     return report(values, { tenantId: id, outcome }, () => console.log(`tenant ${id}: ${outcome === 'unchanged' ? `already ${name === 'suspend' ? 'suspended' : 'active'}` : outcome}`))
   }),
@@ -150,6 +179,7 @@ const exportCommand: Command = {
   positionals: TENANT_ID,
   options: {
     ...COMMON,
+    ...READ_WAIT,
     out: { type: 'string', value: '<file>', help: 'where to write it (required; refused if it exists). Written as <file>.partial, renamed when complete' },
   },
   run(values, positionals) {
@@ -169,7 +199,7 @@ const exportCommand: Command = {
       }
       const stream = createWriteStream(partial, { fd })
       try {
-        const manifest = await exportTenant(db, id, stream, (p) => progress(`export ${id}: ${p.table} ${p.rows} row(s)`))
+        const manifest = await inRun(lockOptions(values), () => exportTenant(db, id, stream, (p) => progress(`export ${id}: ${p.table} ${p.rows} row(s)`)))
         stream.end()
         await finished(stream)
         renameSync(partial, out)
@@ -200,6 +230,7 @@ const importCommand: Command = {
   run(values, positionals) {
     const file = positionals[0]!
     if (!existsSync(file)) throw new UsageError(`${file} does not exist`)
+    if (!statSync(file).isFile()) throw new UsageError(`${file} is not a file: give the file tenant export wrote`)
     return usingTarget(values, async (db) => {
       const progress = progressLine(values)
       try {
