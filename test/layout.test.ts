@@ -20,14 +20,15 @@ function foldersImported(file: string): string[] {
 /**
  * Who may import whom: the library imports only itself; the fixtures (legacy schema, production
  * copy, app loads, test server) the library; tests and the bench the library and the fixtures,
- * never each other.
+ * never each other; the example app the library only, and the tests the example app (they drive it).
  */
 const MAY_IMPORT: Record<string, string[]> = {
   src: ['src'],
   fixtures: ['src', 'fixtures'],
-  test: ['src', 'fixtures', 'test'],
+  test: ['src', 'fixtures', 'test', 'examples'],
   bench: ['src', 'fixtures', 'bench'],
   scripts: ['src', 'scripts'],
+  examples: ['src', 'examples'],
 }
 
 describe('layout: the folders import only what they may', () => {

@@ -11,6 +11,7 @@ import { contract, down, latest, open, up } from './commands/migrate.ts'
 import { status } from './commands/status.ts'
 import { verify } from './commands/verify.ts'
 import { commandHelp, parseCommandLine, UsageError, type Command } from './command.ts'
+import { useDevKeysOnEmbedded } from './target.ts'
 
 const COMMANDS: Command[] = [latest, up, down, open, contract, status, check, audit, distributeCommand, undistributeCommand, isolateTenantCommand, make, codegen, verify]
 
@@ -78,6 +79,8 @@ export async function runCli(argv: string[]): Promise<number> {
       return 0
     }
     const { values, positionals } = parseCommandLine(command, args)
+    // Before the command reads its keys from the environment (a command that connects has --url).
+    if ('url' in command.options) useDevKeysOnEmbedded(values)
     return await command.run(values, positionals)
   } catch (error) {
     const message = (error as Error).message.split('\n')[0]

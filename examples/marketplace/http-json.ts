@@ -1,0 +1,46 @@
+import type { IncomingMessage, ServerResponse } from 'node:http'
+
+/** A request the client can correct, answered with its status and `{ error }`: one line, no stack. */
+export class HttpError extends Error {
+  constructor(readonly status: number, message: string) {
+    super(message)
+  }
+}
+
+const MAX_BODY = 64 * 1024
+
+/** The request's body as a JSON object; 400 for anything else (a client's mistake, not the server's). */
+export async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  let text = ''
+  for await (const chunk of req) {
+    text += chunk
+    if (text.length > MAX_BODY) throw new HttpError(413, `the body is larger than ${MAX_BODY} bytes`)
+  }
+  let body: unknown
+  try {
+    body = JSON.parse(text)
+  } catch (error) {
+    throw new HttpError(400, `the body is not JSON (${(error as Error).message.split('\n')[0]}): send e.g. {"name":"Acme"}`)
+  }
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new HttpError(400, 'the body must be a JSON object, e.g. {"name":"Acme"}')
+  return body as Record<string, unknown>
+}
+
+/** A string field of the body, trimmed; 400 naming the field when it is missing and required. */
+export function field(body: Record<string, unknown>, name: string, required: true): string
+export function field(body: Record<string, unknown>, name: string, required?: false): string | undefined
+export function field(body: Record<string, unknown>, name: string, required = false): string | undefined {
+  const value = body[name]
+  if (value === undefined || value === null || value === '') {
+    if (required) throw new HttpError(400, `"${name}" is missing from the body`)
+    return undefined
+  }
+  if (typeof value !== 'string') throw new HttpError(400, `"${name}" must be a string`)
+  return value.trim()
+}
+
+export function sendJson(res: ServerResponse, status: number, body: unknown): void {
+  const text = `${JSON.stringify(body)}\n`
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) })
+  res.end(text)
+}
