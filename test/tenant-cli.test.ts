@@ -174,7 +174,7 @@ describe('skills-db tenant, on a fresh legacy database', () => {
     ])('tenant %s of an unknown id', async (command, ...rest) => {
       const r = await cli(command, 'no-such-tenant', ...rest)
       expect(r.code).toBe(1)
-      expect(oneLine(r.stderr).filter((l) => !l.startsWith('database '))).toEqual([expect.stringMatching(/^error: no tenant has the id "no-such-tenant"/)])
+      expect(oneLine(r.stderr).filter((l) => !l.startsWith('database '))).toEqual([expect.stringMatching(/^error: no tenant has the id or slug "no-such-tenant": skills-db tenant list shows both/)])
     })
 
     it('delete without --yes, delete of an active tenant, export over an existing file, create with a bad slug', async () => {

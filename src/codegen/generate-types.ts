@@ -15,8 +15,16 @@ async function loadCodegen(): Promise<Codegen> {
     const loaded = (await import('kysely-codegen')) as Codegen & { default?: Codegen }
     // A CommonJS package: imported from ESM, its module.exports is the default export.
     return loaded.default ?? loaded
-  } catch {
-    throw new CodegenUnavailableError('kysely-codegen is not installed, and generating or verifying types needs it: npm install --save-dev kysely-codegen')
+  } catch (error) {
+    const message = (error as Error).message ?? String(error)
+    // What is missing: kysely-codegen, or a package it loads without declaring it (typescript, with
+    // kysely-codegen 0.20: a newcomer had "not installed" for a package that was installed).
+    const missing = /Cannot find (?:package|module) '([^']+)'/.exec(message)?.[1]
+    if (missing === undefined || missing === 'kysely-codegen' || missing.includes('/kysely-codegen/')) {
+      throw new CodegenUnavailableError(missing ? 'kysely-codegen is not installed, and generating or verifying types needs it: npm install --save-dev kysely-codegen typescript'
+        : `kysely-codegen did not load (${message.split('\n')[0]}): npm install --save-dev kysely-codegen typescript, then run it again`)
+    }
+    throw new CodegenUnavailableError(`kysely-codegen is installed but needs ${missing}, which it does not install itself: npm install --save-dev ${missing}`)
   }
 }
 

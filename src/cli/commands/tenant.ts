@@ -50,7 +50,7 @@ function tenantArg(positionals: string[]): string {
 
 /**
  * The id of the tenant the argument names: `id:<id>` or `slug:<slug>` say which; otherwise its id,
- * else its slug (what `tenant list` and URLs show); as given when neither. An argument that is one
+ * else its slug (what `tenant list` and URLs show); none, a one-line error. An argument that is one
  * tenant's id and another's slug is refused: anyone signing up may pick a slug that is another
  * tenant's id (ids are not secret: API keys carry them), and an outside review had the operator
  * suspend and delete the wrong tenant that way.
@@ -75,7 +75,10 @@ async function tenantIdIn(conn: Kysely<any>, arg: string): Promise<string> {
   if (byId && bySlug && byId.id !== bySlug.id) {
     throw new UsageError(`"${arg}" is the id of one tenant (slug ${byId.slug}) and the slug of another (id ${bySlug.id}): say which, id:${arg} or slug:${arg}`)
   }
-  return (byId ?? bySlug)?.id ?? arg
+  const found = (byId ?? bySlug)?.id
+  if (found === undefined && (await sql`select 1 from skills_db.tenant_removals where tenant_id = ${arg}`.execute(conn)).rows.length > 0) return arg
+  if (found === undefined) throw new UsageError(`no tenant has the id or slug "${arg}": skills-db tenant list shows both`)
+  return found
 }
 
 /** The key the lifecycle calls sign with: SKILLS_DB_TENANT_KEY, else the first of the migrator's SKILLS_DB_TENANT_KEYS. */
@@ -207,7 +210,7 @@ const exportCommand: Command = {
         const peakRssMb = Math.round(process.resourceUsage().maxRSS / 1024)
         return report(values, { tenantId: id, file: out, ...manifest, peakRssMb }, () => {
           for (const [table, t] of Object.entries(manifest.tables)) if (t.rows > 0) console.log(`  ${table.padEnd(18)} ${String(t.rows).padStart(10)} row(s)  sha256 ${t.sha256.slice(0, 16)}…`)
-          console.log(`exported tenant ${id}: ${manifest.rows} row(s) to ${out} (sha256 ${manifest.sha256}); peak RSS ${peakRssMb} MB`)
+          console.log(`exported tenant ${id}: ${manifest.rows} row(s) to ${out} (its lines before the manifest: sha256 ${manifest.sha256}); peak RSS ${peakRssMb} MB`)
         })
       } catch (error) {
         progress.done()
