@@ -1,6 +1,5 @@
 import { execFileSync } from 'node:child_process'
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
-import { freePort } from './support/free-port.ts'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
@@ -8,6 +7,7 @@ import { applyDevKeys, devKeysFile, loadOrCreateDevKeys } from '../src/connectio
 import { parseTenantKey } from '../src/tenancy/tenant-key.ts'
 import { runScript } from './support/cli.ts'
 import { useTestDatabase } from './support/database.ts'
+import { freePort } from './support/free-port.ts'
 
 // The test run's own keys (vitest.config.ts) are in process.env: the runs below go without them.
 const NO_KEYS = { SKILLS_DB_TENANT_KEY: undefined, SKILLS_DB_TENANT_KEYS: undefined, SKILLS_DB_AUDIT_KEY: undefined, SKILLS_DB_AUDIT_KEYS: undefined }

@@ -1,10 +1,10 @@
 import { chmodSync, mkdtempSync, rmSync } from 'node:fs'
-import { freePort } from './support/free-port.ts'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { connectClient } from '../src/connection/pg-client.ts'
 import { runScript, type CliResult } from './support/cli.ts'
+import { freePort } from './support/free-port.ts'
 
 /** The embedded PostgreSQL of a fresh machine: npm test's, and the CLI's without DATABASE_URL. */
 describe('the embedded server', () => {
