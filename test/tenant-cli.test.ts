@@ -17,22 +17,7 @@ import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { ROOT, runScript } from './support/cli.ts'
 import { asSuperuser, useLegacyDatabases, type TestDatabase } from './support/database.ts'
 import { TEST_AUDIT_KEY, TEST_TENANT_KEY } from './support/tenant-key.ts'
-
-const TABLES = ['users', 'skills', 'skill_versions', 'skill_embeddings', 'skill_reviews', 'ratings', 'usage_events', 'api_keys', 'site_settings', 'audit_logs', 'audit_signatures']
-
-/** Every row of the tenant, table by table, as PostgreSQL prints it: what "identical rows" is checked against. */
-async function tenantDigest(url: string, tenantId: string): Promise<Record<string, string>> {
-  return asSuperuser(url, async (db) => {
-    const digest: Record<string, string> = {}
-    for (const table of ['tenants', ...TABLES]) {
-      const where = table === 'tenants' ? sql`x.id = ${tenantId}` : sql`x.tenant_id = ${tenantId}`
-      const { rows } = await sql<{ d: string | null; n: number }>`select md5(string_agg(x::text, '|' order by x::text collate "C")) as d, count(*)::int as n
-        from ${sql.table(table)} x where ${where}`.execute(db)
-      digest[table] = `${rows[0]!.n}:${rows[0]!.d}`
-    }
-    return digest
-  })
-}
+import { TENANT_DATA_TABLES as TABLES, tenantDigest } from './support/tenant-digest.ts'
 
 const oneLine = (stderr: string) => stderr.trim().split('\n')
 
@@ -212,14 +197,14 @@ describe('skills-db tenant, on a fresh legacy database', () => {
     })
 
     it('import: an audit row altered, even sealed again with the tenant key: the hash chain says so', async () => {
-      const rows = refit(lines().map((l) => l.replace('"action": "two"', '"action": "deux"')), TEST_TENANT_KEY)
+      const rows = refit(lines().map((l) => l.replace('"action":"two"', '"action":"deux"')), TEST_TENANT_KEY)
       expect(await importOf('chain.ndjson', rows)).toEqual([expect.stringMatching(/^error: imported audit row .* \(seq 2\) does not continue the tenant's hash chain: the file was altered/)])
     })
 
     it('import: an audit row removed, or the last ones cut off, even sealed again with the tenant key', async () => {
-      const rows = refit(lines().filter((l) => !l.includes('"action": "one"')), TEST_TENANT_KEY)
+      const rows = refit(lines().filter((l) => !l.includes('"action":"one"')), TEST_TENANT_KEY)
       expect(await importOf('removed.ndjson', rows)).toEqual([expect.stringMatching(/^error: imported audit row .* \(seq 2\) does not continue/)])
-      const cut = refit(lines().filter((l) => !l.includes('"action": "two"') && !(l.startsWith('{"t":"audit_signatures"') && l.includes('"seq": 2'))), TEST_TENANT_KEY)
+      const cut = refit(lines().filter((l) => !l.includes('"action":"two"') && !(l.startsWith('{"t":"audit_signatures"') && l.includes('"seq":2'))), TEST_TENANT_KEY)
       expect(await importOf('cut.ndjson', cut)).toEqual(['error: the imported audit chain ends at seq 1, the file\'s manifest says seq 2: the file was altered'])
     })
 
@@ -277,7 +262,7 @@ describe('skills-db tenant, on a fresh legacy database', () => {
     expect(Object.values(await tenantDigest(t.url, tenant)).every((d) => d.startsWith('0:'))).toBe(true)
   })
 
-  it('a row whose text holds U+2028 and U+2029 (which to_jsonb leaves unescaped): export, delete, import give the same rows and the same file (an outside review had such an export refused)', async () => {
+  it('a row whose text holds U+2028 and U+2029 (which to_json leaves unescaped): export, delete, import give the same rows and the same file (an outside review had such an export refused)', async () => {
     const made = await json('create', '--name', 'Line\u2028Sep\u2029Inc', '--slug', 'line-separators', '--admin-email', 'ls@ls.example')
     const tenant: string = made.tenantId
     await withTenant(app, tenant, (trx) => trx.updateTable('users').set({ name: 'Ann\u2028Lee' }).where('id', '=', made.adminId).execute())
@@ -421,8 +406,8 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       await writer
       expect(writerErrors).toEqual([])
       const lines = readFileSync(file, 'utf8').split('\n')
-      const skills = lines.filter((l) => l.startsWith('{"t":"skills"') && l.includes('"slug": "pair-')).length
-      const ratings = lines.filter((l) => l.startsWith('{"t":"ratings"') && l.includes('"comment": "pair"')).length
+      const skills = lines.filter((l) => l.startsWith('{"t":"skills"') && l.includes('"slug":"pair-')).length
+      const ratings = lines.filter((l) => l.startsWith('{"t":"ratings"') && l.includes('"comment":"pair"')).length
       expect(ratings, `${skills} skills and ${ratings} ratings of pairs in the file: a pair split by the export's reads`).toBe(skills)
       expect(skills).toBeGreaterThan(0)
       expect(await suspendTenant(app, tenant)).toBe('suspended')

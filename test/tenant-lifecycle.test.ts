@@ -1,7 +1,13 @@
 import { createHmac } from 'node:crypto'
+import { Readable, Writable } from 'node:stream'
 import { sql, type Kysely } from 'kysely'
 import { beforeAll, describe, expect, inject, it } from 'vitest'
+import { recordAudit } from '../src/audit/record-audit.ts'
+import { verifyAuditTrail } from '../src/audit/verify-audit.ts'
 import type { DB } from '../src/db-types.ts'
+import { deleteTenant } from '../src/tenant-admin/delete-tenant.ts'
+import { exportTenant } from '../src/tenant-admin/export-tenant.ts'
+import { importTenant } from '../src/tenant-admin/import-tenant.ts'
 import { createTenant } from '../src/tenancy/create-tenant.ts'
 import { lifecycleRequest } from '../src/tenancy/lifecycle-request.ts'
 import { resolveApiKey } from '../src/tenancy/resolve-api-key.ts'
@@ -12,7 +18,8 @@ import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { parseTenantKey } from '../src/tenancy/tenant-key.ts'
 import { asSuperuser, useTestDatabase } from './support/database.ts'
 import { describeIsolationMatrix } from './support/isolation-matrix.ts'
-import { TEST_TENANT_KEY } from './support/tenant-key.ts'
+import { TEST_AUDIT_KEY, TEST_TENANT_KEY } from './support/tenant-key.ts'
+import { tenantDigest } from './support/tenant-digest.ts'
 import { A, B, seedRowsOfTwoTenants } from './support/tenants.ts'
 
 const KEY = parseTenantKey(TEST_TENANT_KEY, 'test key')
@@ -54,6 +61,40 @@ describe('tenants created, resolved, suspended and reactivated by the app role',
     expect(rows).toEqual([{ name: 'Acme Inc', slug: 'acme', plan: 'pro', is_active: true }])
     // And the other tenants see none of it.
     expect(await withTenant(app, A, (trx) => trx.selectFrom('users').select('id').where('email', '=', 'ann@acme.example').execute())).toEqual([])
+  })
+
+  it('export, delete and import on this major (the CLI\'s own tests run on 15 and 17): every table, floats, arrays, jsonb, times and text with U+2028 come back as PostgreSQL printed them, the file the same, the audit trail verified', async () => {
+    const made = await createTenant(app, { name: 'Round\u2028Trip', slug: 'round-trip', domain: 'rt.example.com' }, { email: 'r1@rt.example' })
+    const R = made.tenantId
+    await asSuperuser(t.url, async (db) => {
+      for (const statement of [
+        sql`insert into users (id, tenant_id, email, name) values ('uR2', ${R}, 'r2@rt.example', 'Zoë \u2029 "quoted" \\ back')`,
+        sql`insert into skills (id, tenant_id, name, slug, description, category, content, author_id) values ('sR1', ${R}, 'Lint', 'lint', 'line\nbreak\ttab', 'dev', repeat('x', 5000), 'uR2')`,
+        sql`insert into ratings (id, tenant_id, skill_id, user_id, rating) values ('rR1', ${R}, 'sR1', 'uR2', 5)`,
+        sql`insert into usage_events (id, tenant_id, tool_name, skill_id, user_id, metadata, created_at) values ('eR1', ${R}, 'cli', 'sR1', 'uR2', '{"n": 1.5e-7, "big": 12345678901234567890, "nested": {"a": [1, null, "\u2028"]}}', '2026-01-02 03:04:05.123456+00')`,
+        sql`insert into skill_versions (id, tenant_id, skill_id, version, content_url, content_hash, content_type, name, description, created_by) values ('vR1', ${R}, 'sR1', 1, 'u', 'h', 't', 'n', 'd', 'uR2')`,
+        sql`insert into skill_embeddings (id, tenant_id, skill_id, embedding, model_name, model_version, input_hash) values ('mR1', ${R}, 'sR1', '{0.1, -0, 1e-30, 3.4028235e38}', 'm', '1', 'i')`,
+        sql`insert into skill_reviews (id, tenant_id, skill_id, requested_by, categories, summary, reviewed_content_hash, model_name) values ('wR1', ${R}, 'sR1', 'uR2', '["a", "b"]', 's', 'h', 'm')`,
+        sql`insert into api_keys (id, tenant_id, user_id, key_hash, key_prefix, name, expires_at) values ('kR1', ${R}, 'uR2', 'hash-r', 'sk_r', 'r', now() + interval '1 day')`,
+        sql`insert into site_settings (id, tenant_id, ollama_model) values ('default', ${R}, 'model-r')`,
+      ]) await statement.execute(db)
+    })
+    await withTenant(app, R, (trx) => recordAudit(trx, { actorId: 'uR2', action: 'skill.create', resourceId: 'sR1' }))
+    const before = await tenantDigest(t.url, R)
+    const exported = async () => {
+      const chunks: Buffer[] = []
+      await asSuperuser(t.url, (db) => exportTenant(db, R, new Writable({ write(chunk, _e, done) { chunks.push(Buffer.from(chunk)); done() } })))
+      return Buffer.concat(chunks).toString('utf8')
+    }
+    const file = await exported()
+    expect(await suspendTenant(app, R)).toBe('suspended')
+    await asSuperuser(t.url, (db) => deleteTenant(db, R))
+    expect(Object.values(await tenantDigest(t.url, R)).every((d) => d.startsWith('0:'))).toBe(true)
+    await asSuperuser(t.url, (db) => importTenant(db, Readable.from([file]), { allowUnconfinedSessions: true }))
+    expect(await tenantDigest(t.url, R)).toEqual(before)
+    expect(Object.values(before).every((d) => !d.startsWith('0:'))).toBe(true)
+    expect(await exported()).toBe(file)
+    expect((await asSuperuser(t.url, (db) => verifyAuditTrail(db, { keys: [TEST_AUDIT_KEY], tenantId: R }))).problems).toEqual([])
   })
 
   it('resolveTenant: a slug or a domain (any case) to the id and active flag; nothing for an unknown one', async () => {

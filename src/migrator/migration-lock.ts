@@ -24,6 +24,9 @@ const LOCK_WAIT_MS = 30 * 60_000
  */
 const FIRST_KEY = 7_400_113_650_211_842n
 
+/** How long the lock's holder waits for skills_db.migration_lock's row, which pollers hold a moment at a time. */
+const ROW_WAIT_MS = 10_000
+
 /**
  * Runs `fn` while holding this database's migration lock on this session, and, once the database
  * has skills_db.migration_lock, with the migrator's view of every tenant (see
@@ -64,8 +67,11 @@ export async function withMigrationLock<T>(conn: Kysely<any>, fn: () => Promise<
   } finally {
     // A transaction a failed step left open would make the rest fail: end it first.
     await sql`rollback`.execute(conn).catch(() => {})
-    await sql`update skills_db.migration_lock set view_hash = null
-      where view_hash = pg_catalog.sha256(pg_catalog.convert_to(${secret}::text, 'UTF8'))`.execute(conn).catch(() => {})
+    await conn.transaction().execute(async (trx) => {
+      await sql`select pg_catalog.set_config('lock_timeout', ${`${ROW_WAIT_MS}ms`}::text, true)`.execute(trx)
+      await sql`update skills_db.migration_lock set view_hash = null
+        where view_hash = pg_catalog.sha256(pg_catalog.convert_to(${secret}::text, 'UTF8'))`.execute(trx)
+    }).catch(() => {})
     // Plans made with the view of every tenant must not outlive it on this (pooled) connection.
     await sql`select pg_catalog.set_config('skills_db.maintenance_view', '', false)`.execute(conn).catch(() => {})
     await sql`discard plans`.execute(conn).catch(() => {})
@@ -81,7 +87,13 @@ export async function withMigrationLock<T>(conn: Kysely<any>, fn: () => Promise<
  */
 export async function registerMaintenanceView(conn: Kysely<any>, secret: string): Promise<void> {
   if (!(await lockTableExists(conn))) return
-  await sql`update skills_db.migration_lock set view_hash = pg_catalog.sha256(pg_catalog.convert_to(${secret}::text, 'UTF8'))`.execute(conn)
+  // Other migrators waiting for the lock hold this row a moment at a time (tryLock's FOR UPDATE):
+  // wait out those moments, longer than the run's lock timeout (50 ms), which a loaded machine's
+  // pollers outlast (CI saw one of 8 instances booting at once fail so).
+  await conn.transaction().execute(async (trx) => {
+    await sql`select pg_catalog.set_config('lock_timeout', ${`${ROW_WAIT_MS}ms`}::text, true)`.execute(trx)
+    await sql`update skills_db.migration_lock set view_hash = pg_catalog.sha256(pg_catalog.convert_to(${secret}::text, 'UTF8'))`.execute(trx)
+  })
   await sql`select pg_catalog.set_config('skills_db.maintenance_view', ${secret}::text, false)`.execute(conn)
 }
 
@@ -113,7 +125,12 @@ async function tryLock(conn: Kysely<any>): Promise<bigint | undefined> {
     return FIRST_KEY
   }
   return conn.transaction().execute(async (trx) => {
-    const { rows } = await sql<{ key: string }>`select lock_key::text as key from skills_db.migration_lock for update`.execute(trx)
+    // NOWAIT: another migrator holds the row a moment (polling too, or registering its view); then
+    // this poll found the lock taken, and the next one looks again.
+    const locked = await sql<{ key: string }>`select lock_key::text as key from skills_db.migration_lock for update nowait`.execute(trx)
+      .catch((error: { code?: string }) => { if (error.code === '55P03') return undefined; throw error })
+    if (!locked) return undefined
+    const { rows } = locked
     const key = BigInt(rows[0]?.key ?? FIRST_KEY)
     if (await advisoryLock(trx, key)) return key
     const { rows: holders } = await sql<{ who: string; migrator: boolean }>`

@@ -56,7 +56,7 @@ const FETCH = 1000
 /**
  * Writes every row of one tenant, in every tenant table, its audit trail included, to `out` as
  * NDJSON: a header line ({@link ExportHeader}), one line per row (`{"t":"<table>","r":<the row as
- * PostgreSQL's to_jsonb writes it>}`, tenants first, then parents before children, each table in a
+ * PostgreSQL's to_json writes it>}`, tenants first, then parents before children, each table in a
  * fixed order), and a manifest line ({@link ExportManifest}) with counts and checksums, sealed
  * with the tenant key. A file without its manifest is truncated, and import says so. Reads one snapshot (REPEATABLE READ, READ
  * ONLY), a thousand rows at a time through a cursor, so memory stays flat; waits for `out` when it
@@ -69,7 +69,9 @@ export async function exportTenant(db: Kysely<any>, tenantId: string, out: Writa
   return asOperator(db, async (conn, migrations) => {
     await sql`begin isolation level repeatable read read only`.execute(conn)
     try {
-      // What to_jsonb writes depends on these; fixed, so two exports of the same rows are the same bytes.
+      // What to_json writes depends on these; fixed, so two exports of the same rows are the same bytes.
+      // to_json, not to_jsonb: json keeps each value as its type prints it, and jsonb's numbers turn
+      // a float's -0 into 0 (a round trip changed an embedding so); import reads it back as json.
       await sql`select pg_catalog.set_config('timezone', 'UTC', true), pg_catalog.set_config('extra_float_digits', '1', true),
         pg_catalog.set_config('bytea_output', 'hex', true), pg_catalog.set_config('intervalstyle', 'postgres', true)`.execute(conn)
       await readLocked(conn, ['public.tenants', ...TENANT_TABLES.map((t) => `public.${t.table}`), 'skills_db.audit_chain_heads', 'skills_db.tenant_context_keys', 'skills_db.tenant_removals'])
@@ -91,7 +93,7 @@ export async function exportTenant(db: Kysely<any>, tenantId: string, out: Writa
         let rows = 0
         const column = table === 'tenants' ? sql`x.id` : sql`x.tenant_id`
         await sql`declare tenant_rows no scroll cursor for
-          select pg_catalog.to_jsonb(x)::text as j from ${sql.table(`public.${table}`)} x
+          select pg_catalog.to_json(x)::text as j from ${sql.table(`public.${table}`)} x
           where ${column} = ${tenantId}::text order by ${sql.raw(table === 'tenants' ? 'x.id' : exportOrder(table as never))}`.execute(conn)
         for (;;) {
           const { rows: batch } = await sql<{ j: string }>`fetch ${sql.raw(String(FETCH))} from tenant_rows`.execute(conn)

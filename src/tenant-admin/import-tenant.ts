@@ -60,7 +60,7 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
           await claimTenant(conn, tenant, json, count)
         } else {
           const { rows } = await sql<{ n: number }>`with added as (
-              insert into ${sql.table(`public.${table}`)} select r.* from pg_catalog.jsonb_populate_recordset(null::${sql.table(`public.${table}`)}, ${json}::jsonb) r
+              insert into ${sql.table(`public.${table}`)} select r.* from pg_catalog.json_populate_recordset(null::${sql.table(`public.${table}`)}, ${json}::json) r
               where r.tenant_id = ${tenant}::text returning 1)
             select count(*)::int as n from added`.execute(conn).catch((error: unknown) => { throw collision(error, table) })
           if (rows[0]!.n !== count) throw new TenantAdminError(`the file's ${table} rows include rows of another tenant than ${tenant}: the file was altered`)
@@ -79,7 +79,7 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
           manifest = parseManifest(next.value, lineNo)
           continue
         }
-        // The s flag: to_jsonb leaves U+2028 and U+2029 unescaped in a row's text, and "." matches
+        // The s flag: to_json leaves U+2028 and U+2029 unescaped in a row's text, and "." matches
         // neither without it (an outside review had every export of such a row refused).
         const m = /^\{"t":"([a-z_]+)","r":(\{.*\})\}$/s.exec(next.value)
         const index = m ? ORDER.indexOf(m[1]!) : -1
@@ -134,7 +134,7 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
 async function claimTenant(conn: Kysely<any>, tenant: string, json: string, count: number): Promise<void> {
   if (count !== 1) throw new TenantAdminError('the file has more than one tenants row: it is not an export of one tenant')
   const { rows: row } = await sql<{ id: string; slug: string; domain: string | null }>`
-    select r.id, r.slug, r.domain from pg_catalog.jsonb_populate_recordset(null::public.tenants, ${json}::jsonb) r`.execute(conn)
+    select r.id, r.slug, r.domain from pg_catalog.json_populate_recordset(null::public.tenants, ${json}::json) r`.execute(conn)
   const r = row[0]!
   if (r.id !== tenant) throw new TenantAdminError(`the file's tenants row is "${r.id}", not the tenant its header names ("${tenant}"): the file was altered`)
   const { rows: taken } = await sql<{ id: string; slug: string; domain: string | null }>`
@@ -144,7 +144,7 @@ async function claimTenant(conn: Kysely<any>, tenant: string, json: string, coun
     if (t.slug === r.slug) throw new TenantAdminError(`slug "${r.slug}" is taken here by tenant "${t.id}": the import would collide`)
     throw new TenantAdminError(`domain "${r.domain}" is taken here by tenant "${t.id}": the import would collide`)
   }
-  await sql`insert into public.tenants select r.* from pg_catalog.jsonb_populate_recordset(null::public.tenants, ${json}::jsonb) r`.execute(conn)
+  await sql`insert into public.tenants select r.* from pg_catalog.json_populate_recordset(null::public.tenants, ${json}::json) r`.execute(conn)
   // SET LOCAL (a literal: SET takes no parameter) rather than set_config(), so Citus sends it to the nodes whose triggers read it.
   await sql`set local skills_db.importing_tenant = ${sql.lit(tenant)}`.execute(conn)
 }
