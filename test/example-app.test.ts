@@ -1,3 +1,4 @@
+import { request } from 'node:http'
 import { sql } from 'kysely'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { startMarketplace, type Marketplace } from '../examples/marketplace/app.ts'
@@ -94,6 +95,28 @@ describe('the example marketplace over HTTP: two tenants, neither sees the other
       { tenant_id: a.tenantId, action: 'skill.rate', resource_id: skill!.id },
       { tenant_id: b.tenantId, action: 'tenant.signup', resource_id: null },
     ])
+  })
+
+  it('from an outside review: a character cut between two TCP chunks is stored whole; a NUL in the slug is 404, not 500; ten first ratings at once by one user are all answered 201', async () => {
+    const body = Buffer.from(JSON.stringify({ name: 'Split name', description: 'café ünïcode 漢字' }), 'utf8')
+    const cut = body.indexOf(Buffer.from('é', 'utf8')) + 1
+    const answer = await new Promise<Reply>((resolve, reject) => {
+      const req = request(`${app.url}/t/${a.slug}/skills`, { method: 'POST', headers: { 'content-type': 'application/json', 'content-length': body.length, authorization: `Bearer ${a.key}` } }, (res) => {
+        const chunks: Buffer[] = []
+        res.on('data', (c) => chunks.push(c))
+        res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(Buffer.concat(chunks).toString('utf8')) }))
+      })
+      req.on('error', reject)
+      req.write(body.subarray(0, cut))
+      setTimeout(() => req.end(body.subarray(cut)), 200)
+    })
+    expect(answer.status).toBe(201)
+    const listed = (await call('GET', `/t/${a.slug}/skills`, { key: a.key })).body.skills as { id: string; description: string }[]
+    expect(listed.find((x) => x.id === answer.body.id)?.description).toBe('café ünïcode 漢字')
+
+    expect((await call('GET', `/t/${a.slug}%00/skills`, { key: a.key })).status).toBe(404)
+    const rated = await Promise.all(Array.from({ length: 10 }, (_, i) => call('POST', `/t/${a.slug}/skills/${answer.body.id}/ratings`, { key: a.key, body: { rating: 1 + (i % 5) } })))
+    expect(rated.map((r) => r.status)).toEqual(Array(10).fill(201))
   })
 
   it('bad JSON, a wrong field and an unknown route get a status and a one-line { error }, never a stack', async () => {

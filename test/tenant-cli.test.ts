@@ -171,6 +171,15 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       expect(active.stderr).toContain(`error: tenant "${other}" is active: suspend it first`)
       const exists = await cli('export', other, '--out', file)
       expect(oneLine(exists.stderr)).toEqual([`error: ${file} exists: give another --out, or remove it first; see skills-db tenant export --help`])
+      // Another export's .partial (writing now, or killed) is not shared: an outside review had two
+      // exports to one --out report success for one file holding one tenant.
+      const elsewhere = path.join(dir, 'shared.ndjson')
+      writeFileSync(`${elsewhere}.partial`, 'another export writes here')
+      const shared = await cli('export', other, '--out', elsewhere)
+      expect(shared.code).toBe(1)
+      expect(oneLine(shared.stderr).filter((l) => !l.startsWith('database '))).toEqual([`error: ${elsewhere}.partial exists: another export is writing it, or one was stopped; remove it once no export runs, or give another --out; see skills-db tenant export --help`])
+      expect(readFileSync(`${elsewhere}.partial`, 'utf8')).toBe('another export writes here')
+      expect(existsSync(elsewhere)).toBe(false)
       const slug = await cli('create', '--name', 'X', '--slug', 'Not A Slug')
       expect(slug.code).toBe(1)
       expect(slug.stderr).toContain('error: slug "Not A Slug" is not 1 to 63 lowercase letters')
@@ -322,6 +331,40 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       await holder.destroy()
     }
     expect(await json('show', tenant)).toMatchObject({ id: tenant, beingDeleted: false })
+  })
+
+  it('every other tenant command behind a held table (tenants held by another owner session; users by the app role during an import): it stops within --lock-retry-budget-ms in one line naming the holder (an outside review had list, suspend, a slug\'s lookup and import wait with no end)', async () => {
+    const tenant: string = (await json('create', '--name', 'Held too', '--slug', 'held-too', '--admin-email', 'h@held.example')).tenantId
+    const file = path.join(dir, 'held-too.ndjson')
+    await json('export', tenant, '--out', file)
+    await json('suspend', tenant)
+    await json('delete', tenant, '--yes')
+    const holding = async (role: 'owner' | 'app', table: string, commands: string[][]) => {
+      const holder = role === 'app' ? t.connectAs(inject('appRole')) : createDb<any>(t.url, { max: 1 })
+      let release!: () => void
+      const released = new Promise<void>((r) => (release = r))
+      const held = holder.transaction().execute(async (trx) => {
+        await sql`lock table ${sql.table(table)} in access exclusive mode`.execute(trx)
+        await released
+      })
+      try {
+        await new Promise((r) => setTimeout(r, 200))
+        for (const command of commands) {
+          const r = await cli(...command, '--lock-retry-budget-ms', '1500')
+          expect(r.code, command.join(' ')).toBe(1)
+          expect(oneLine(r.stderr).at(-1), command.join(' ')).toMatch(new RegExp(`^error: gave up after 1\\.5 s waiting for a (lock|table to read), held by pid \\d+ \\(.*holds (public\\.)?${table}.*\\): end that session, or run the command again once it has ended$`))
+        }
+      } finally {
+        release()
+        await held
+        await holder.destroy()
+      }
+    }
+    await holding('owner', 'tenants', [['list'], ['show', 'held'], ['suspend', 'held'], ['create', '--name', 'Blocked', '--slug', 'blocked', '--force']])
+    await holding('app', 'users', [['import', file]])
+    // Nothing was half-done: the import goes through now, and nothing was created.
+    expect(await json('import', file)).toMatchObject({ tenant })
+    expect((await json('list')).map((x: { slug: string }) => x.slug)).not.toContain('blocked')
   })
 
   it('a reactivation racing the start of a delete: either the delete refuses, or the reactivation does (an outside review had both succeed)', async () => {

@@ -75,12 +75,16 @@ async function route(db: Kysely<DB>, req: IncomingMessage): Promise<Answer> {
   throw new HttpError(404, `no route ${method} ${path}: try POST /signup, GET or POST /t/<slug>/skills, POST /t/<slug>/skills/<id>/ratings`)
 }
 
+/** A path segment, decoded; a slug or id holds letters, digits, _ and - only, so anything else (a NUL, which PostgreSQL refuses in text) names nothing here. */
 function segment(text: string): string {
+  let decoded: string
   try {
-    return decodeURIComponent(text)
+    decoded = decodeURIComponent(text)
   } catch {
     throw new HttpError(400, `the URL has a bad %-escape: ${text}`)
   }
+  if (!/^[A-Za-z0-9_-]{1,128}$/.test(decoded)) throw new HttpError(404, `nothing is named ${JSON.stringify(decoded)} here: a slug or id is letters, digits, _ and -`)
+  return decoded
 }
 
 function notAllowed(allowed: string): never {

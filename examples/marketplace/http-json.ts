@@ -11,11 +11,16 @@ const MAX_BODY = 64 * 1024
 
 /** The request's body as a JSON object; 400 for anything else (a client's mistake, not the server's). */
 export async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
-  let text = ''
+  // Bytes first, decoded once whole: a character cut between two TCP chunks, decoded chunk by
+  // chunk, was stored as U+FFFD (an outside review's "café").
+  const chunks: Buffer[] = []
+  let bytes = 0
   for await (const chunk of req) {
-    text += chunk
-    if (text.length > MAX_BODY) throw new HttpError(413, `the body is larger than ${MAX_BODY} bytes`)
+    bytes += (chunk as Buffer).length
+    if (bytes > MAX_BODY) throw new HttpError(413, `the body is larger than ${MAX_BODY} bytes`)
+    chunks.push(chunk as Buffer)
   }
+  const text = Buffer.concat(chunks).toString('utf8')
   let body: unknown
   try {
     body = JSON.parse(text)

@@ -70,9 +70,9 @@ export async function rateSkill(db: Kysely<DB>, req: IncomingMessage, slug: stri
     // Another tenant's skill is not found either: row security hides it.
     const skill = await trx.selectFrom('skills').select('id').where('id', '=', skillId).executeTakeFirst()
     if (!skill) throw new HttpError(404, `no skill ${skillId} in /t/${slug}`)
-    const updated = await trx.updateTable('ratings').set({ rating, updated_at: new Date() })
-      .where('skill_id', '=', skillId).where('user_id', '=', userId).executeTakeFirst()
-    if (updated.numUpdatedRows === 0n) await trx.insertInto('ratings').values({ skill_id: skillId, user_id: userId, rating }).execute()
+    // One statement: an update, then an insert, let two first ratings at once both insert (one 500 in an outside review).
+    await trx.insertInto('ratings').values({ skill_id: skillId, user_id: userId, rating })
+      .onConflict((oc) => oc.columns(['tenant_id', 'skill_id', 'user_id']).doUpdateSet({ rating, updated_at: new Date() })).execute()
     const { average } = await trx.selectFrom('ratings').select((eb) => eb.fn.avg<string>('rating').as('average'))
       .where('skill_id', '=', skillId).executeTakeFirstOrThrow()
     const averageRating = Math.round(Number(average))

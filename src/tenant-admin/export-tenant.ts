@@ -3,6 +3,7 @@ import { once } from 'node:events'
 import type { Writable } from 'node:stream'
 import { sql, type Kysely } from 'kysely'
 import { asOperator, beingDeleted, readLocked, TenantAdminError, tenantRow } from './operator-session.ts'
+import { MAX_LINE_BYTES } from './ndjson-lines.ts'
 import { exportOrder, TENANT_TABLES } from './tenant-tables.ts'
 
 /** The first line of an export: what it is, of which schema, of which tenant. */
@@ -83,7 +84,8 @@ export async function exportTenant(db: Kysely<any>, tenantId: string, out: Writa
       const file = createHash('sha256')
       const write = async (line: string, hashed = true) => {
         if (hashed) file.update(line)
-        if (!out.write(line)) await once(out, 'drain')
+        if (out.errored) throw new TenantAdminError(`cannot write the export: ${out.errored.message}`)
+        if (!out.write(line)) await once(out, 'drain').catch((error: Error) => { throw new TenantAdminError(`cannot write the export: ${error.message}`) })
       }
       const header: ExportHeader = { format: 'skills-db tenant export', version: 1, migrations, tenant: tenantId }
       await write(`${JSON.stringify(header)}\n`)
@@ -99,6 +101,10 @@ export async function exportTenant(db: Kysely<any>, tenantId: string, out: Writa
           const { rows: batch } = await sql<{ j: string }>`fetch ${sql.raw(String(FETCH))} from tenant_rows`.execute(conn)
           for (const { j } of batch) {
             const line = `{"t":${JSON.stringify(table)},"r":${j}}\n`
+            // Import reads no longer line (ndjson-lines.ts): a file it would refuse is not written.
+            if (Buffer.byteLength(line) > MAX_LINE_BYTES) {
+              throw new TenantAdminError(`a row of ${table} is ${Math.ceil(Buffer.byteLength(line) / 1048576)} MB as JSON, over the ${MAX_LINE_BYTES / 1048576} MB a line of an export may hold (import could not read it back): nothing was exported`)
+            }
             hash.update(line)
             await write(line)
           }

@@ -17,6 +17,8 @@ export interface ImportOptions {
 
 const ORDER = ['tenants', ...TENANT_TABLES.map((t) => t.table)]
 const BATCH = 500
+/** And at most this many bytes of rows per insert: 500 rows of 1 MB each made one JSON array past what a string can hold (an outside review's unimportable export). */
+const BATCH_BYTES = 16 * 1024 * 1024
 
 /**
  * Loads a tenant that {@link exportTenant} wrote into this database, which must run the same
@@ -49,6 +51,7 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
       const seen = new Map<string, { rows: number; hash: ReturnType<typeof createHash> }>()
       let at = 0
       let batch: string[] = []
+      let batchBytes = 0
       let lineNo = 1
       const flush = async () => {
         if (batch.length === 0) return
@@ -56,6 +59,7 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
         const json = `[${batch.join(',')}]`
         const count = batch.length
         batch = []
+        batchBytes = 0
         if (table === 'tenants') {
           await claimTenant(conn, tenant, json, count)
         } else {
@@ -96,7 +100,8 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
         read.rows++
         read.hash.update(line)
         batch.push(m[2]!)
-        if (batch.length >= BATCH || table === 'tenants') await flush()
+        batchBytes += m[2]!.length
+        if (batch.length >= BATCH || batchBytes >= BATCH_BYTES || table === 'tenants') await flush()
       }
       if (!manifest) throw new TenantAdminError(`the file ends at line ${lineNo} without its manifest: it is truncated; use a complete copy of the export`)
       for (const table of ORDER) {

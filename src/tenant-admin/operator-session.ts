@@ -17,7 +17,44 @@ const LIFECYCLE_MIGRATION = '0020_tenant_lifecycle'
  * applied, which is the schema an export names and an import must find.
  */
 export async function asOperator<T>(db: Kysely<any>, fn: (conn: Kysely<any>, migrations: string[]) => Promise<T>): Promise<T> {
-  return db.connection().execute((conn) => withMigrationLock(conn, async () => {
+  return db.connection().execute((conn) => withMigrationLock(conn, () => boundedWaits(conn, () => operate(conn, fn))))
+}
+
+/**
+ * Every statement of the operator's waits for a lock at most the run's lock retry budget (120 s
+ * unless `--lock-retry-budget-ms` says otherwise), then stops in one line naming the sessions that
+ * hold the tenant tables: it holds the migration lock meanwhile, and an outside review had list,
+ * suspend, import and the lookup of a slug wait with no end behind the app role's LOCK TABLE.
+ */
+async function boundedWaits<T>(conn: Kysely<any>, fn: () => Promise<T>): Promise<T> {
+  const budgetMs = run().lockRetryBudgetMs
+  await sql`select pg_catalog.set_config('lock_timeout', ${`${budgetMs}ms`}::text, false)`.execute(conn)
+  try {
+    return await fn()
+  } catch (error) {
+    if ((error as { code?: string }).code !== '55P03') throw error
+    await sql`rollback`.execute(conn).catch(() => {})
+    throw new TenantAdminError(`gave up after ${budgetMs / 1000} s waiting for a lock, held by ${await strongHolders(conn)}: end that session, or run the command again once it has ended`)
+  } finally {
+    await sql`reset lock_timeout`.execute(conn).catch(() => {})
+  }
+}
+
+/** The other sessions of this database holding a lock stronger than a row write's on a table of public or skills_db. */
+async function strongHolders(conn: Kysely<any>): Promise<string> {
+  const { rows } = await sql<{ who: string | null }>`
+    select string_agg(h.who, '; ' order by h.who) as who from (
+      select ${sessionLabel(sql`', holds ' || string_agg(distinct l.relation::regclass::text, ', ')`)} as who
+      from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid join pg_catalog.pg_class c on c.oid = l.relation
+      where l.database = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())
+        and c.relnamespace in ('public'::regnamespace, 'skills_db'::regnamespace) and l.granted and l.pid <> pg_catalog.pg_backend_pid()
+        and l.mode not in ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')
+      group by a.pid, a.application_name, a.usename, a.state, a.query) h`.execute(conn)
+  return rows[0]?.who ?? 'a session that has since finished'
+}
+
+async function operate<T>(conn: Kysely<any>, fn: (conn: Kysely<any>, migrations: string[]) => Promise<T>): Promise<T> {
+  {
     const migrations = (await readAppliedMigrations(conn)).map((m) => m.name).sort()
     if (!migrations.includes(LIFECYCLE_MIGRATION)) {
       throw new TenantAdminError(`this database has no tenant lifecycle yet (migration ${LIFECYCLE_MIGRATION}): run skills-db open (before a second tenant), or skills-db latest on a database already opened`)
@@ -31,7 +68,7 @@ export async function asOperator<T>(db: Kysely<any>, fn: (conn: Kysely<any>, mig
     } finally {
       await sql`reset citus.propagate_set_commands`.execute(conn).catch(() => {})
     }
-  }))
+  }
 }
 
 /** The tenant's row as the operator sees it, or an error that says how to find the right id. */

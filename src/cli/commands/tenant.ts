@@ -1,4 +1,4 @@
-import { createReadStream, createWriteStream, existsSync, openSync, renameSync, rmSync, statSync } from 'node:fs'
+import { createReadStream, createWriteStream, existsSync, linkSync, openSync, rmSync, statSync } from 'node:fs'
 import { finished } from 'node:stream/promises'
 import { sql, type Kysely } from 'kysely'
 import { deleteTenant } from '../../tenant-admin/delete-tenant.ts'
@@ -16,11 +16,11 @@ import { usingTarget } from '../target.ts'
 const JSON_OUT: Record<string, OptionSpec> = {
   json: { type: 'boolean', help: 'print the result as JSON on stdout (and nothing else there)' },
 }
-const COMMON = { ...TARGET, ...JSON_OUT }
-/** For the commands that read every table: how long to wait for a table another session holds (LOCK TABLE, DDL) before naming it. */
-const READ_WAIT: Record<string, OptionSpec> = {
-  'lock-retry-budget-ms': { type: 'string', value: '<ms>', help: 'how long to wait for a table another session holds before stopping and naming it (default 120000)' },
+/** How long any statement waits for a lock another session holds (LOCK TABLE, DDL) before the command stops and names it. */
+const LOCK_WAIT: Record<string, OptionSpec> = {
+  'lock-retry-budget-ms': { type: 'string', value: '<ms>', help: 'how long to wait for a lock another session holds (a LOCK TABLE, DDL) before stopping and naming it (default 120000)' },
 }
+const COMMON = { ...TARGET, ...JSON_OUT, ...LOCK_WAIT }
 const TENANT_ID = [{ name: '<tenant>', required: true, help: 'the tenant\'s id, or its slug (skills-db tenant list shows both); id:<id> or slug:<slug> says which' }]
 
 /** Prints the result: JSON with --json, else the human lines. */
@@ -117,10 +117,10 @@ const show: Command = {
   name: 'tenant show',
   summary: 'One tenant: its row, its rows and bytes per table, what was done to it (created, suspended, …), and on Citus its shard, node and citus_stat_tenants.',
   positionals: TENANT_ID,
-  options: { ...COMMON, ...READ_WAIT },
+  options: COMMON,
   run: (values, positionals) => usingTarget(values, async (db) => {
     const id = await tenantIdOf(db, tenantArg(positionals))
-    const t = await inRun(lockOptions(values), () => showTenant(db, id))
+    const t = await showTenant(db, id)
     return report(values, t, () => {
       console.log(`${t.id}  ${t.slug}  ${t.beingDeleted ? 'being deleted (a delete stopped before it finished: run tenant delete again)' : t.active ? 'active' : 'suspended'}  plan ${t.plan}${t.domain ? `  domain ${t.domain}` : ''}  "${t.name}"  created ${t.createdAt}`)
       for (const [table, { rows, bytes }] of Object.entries(t.tables)) console.log(`  ${table.padEnd(18)} ${String(rows).padStart(10)} row(s) ${String(bytes).padStart(14)} bytes`)
@@ -182,7 +182,6 @@ const exportCommand: Command = {
   positionals: TENANT_ID,
   options: {
     ...COMMON,
-    ...READ_WAIT,
     out: { type: 'string', value: '<file>', help: 'where to write it (required; refused if it exists). Written as <file>.partial, renamed when complete' },
   },
   run(values, positionals) {
@@ -196,16 +195,29 @@ const exportCommand: Command = {
       const progress = progressLine(values)
       let fd: number
       try {
-        fd = openSync(partial, 'w')
+        // wx: a .partial that exists is another export's, writing now or killed; never share it (an
+        // outside review had two exports to one --out report success for one file of one tenant).
+        fd = openSync(partial, 'wx')
       } catch (error) {
-        throw new UsageError(`cannot write ${partial}: ${(error as NodeJS.ErrnoException).code ?? (error as Error).message}`)
+        const code = (error as NodeJS.ErrnoException).code
+        throw new UsageError(code === 'EEXIST' ? `${partial} exists: another export is writing it, or one was stopped; remove it once no export runs, or give another --out`
+          : `cannot write ${partial}: ${code ?? (error as Error).message}`)
       }
       const stream = createWriteStream(partial, { fd })
+      // A write that fails (a full disk, a file size limit) ends the export in one line: without a
+      // listener the stream's 'error' was thrown out of any await, with a stack.
+      stream.on('error', () => {})
       try {
-        const manifest = await inRun(lockOptions(values), () => exportTenant(db, id, stream, (p) => progress(`export ${id}: ${p.table} ${p.rows} row(s)`)))
+        const manifest = await exportTenant(db, id, stream, (p) => progress(`export ${id}: ${p.table} ${p.rows} row(s)`))
         stream.end()
         await finished(stream)
-        renameSync(partial, out)
+        // A link, not a rename: it fails if --out appeared meanwhile, where a rename would replace it.
+        try {
+          linkSync(partial, out)
+        } catch (error) {
+          throw new UsageError((error as NodeJS.ErrnoException).code === 'EEXIST' ? `${out} appeared while the export ran: give another --out` : `cannot write ${out}: ${(error as Error).message}`)
+        }
+        rmSync(partial)
         progress.done()
         const peakRssMb = Math.round(process.resourceUsage().maxRSS / 1024)
         return report(values, { tenantId: id, file: out, ...manifest, peakRssMb }, () => {
@@ -280,4 +292,7 @@ const deleteCommand: Command = {
   },
 }
 
-export const TENANT_COMMANDS: Command[] = [list, show, create, statusCommand('suspend'), statusCommand('activate'), exportCommand, importCommand, deleteCommand]
+/** Each command under its --lock-retry-budget-ms: every wait of the operator's session is bounded by it (operator-session.ts). */
+const withLockWait = (command: Command): Command => ({ ...command, run: (values, positionals) => inRun(lockOptions(values), () => command.run(values, positionals)) })
+
+export const TENANT_COMMANDS: Command[] = [list, show, create, statusCommand('suspend'), statusCommand('activate'), exportCommand, importCommand, deleteCommand].map(withLockWait)
