@@ -72,7 +72,7 @@ describe('tenant keys: what withTenant signs with, and the database checks again
     const none = appAs()
     const short = appAs('k:short')
     try {
-      await expect(sees(none)).rejects.toThrow(new TenantError('withTenant has no tenant key: pass createDb(url, { tenantKey }) or set SKILLS_DB_TENANT_KEY to one of the keys the migrator was given (SKILLS_DB_TENANT_KEYS)'))
+      await expect(sees(none)).rejects.toThrow(new TenantError('withTenant has no tenant key: pass createDb(url, { tenantKey }) or set SKILLS_DB_TENANT_KEY to one of the keys the migrator was given (SKILLS_DB_TENANT_KEYS; on a checkout\'s embedded development server, . .data/dev-keys.env sets it)'))
       await expect(sees(short)).rejects.toThrow(/createDb option tenantKey: the secret of key "k" has 5 characters; use at least 32/)
       process.env.SKILLS_DB_TENANT_KEY = 'no-colon'
       await expect(sees(none)).rejects.toThrow(/SKILLS_DB_TENANT_KEY must look like <id>:<secret>/)

@@ -68,8 +68,10 @@ export interface ServerNotice {
  * Nothing is contacted until the first query; call {@link openDb} to fail fast instead.
  *
  * @example
- * const db = createDb(process.env.DATABASE_URL!)
- * const skill = await db.selectFrom('skills').selectAll().where('slug', '=', 'x').executeTakeFirst()
+ * // The app's pool, as the app role (APP_DATABASE_URL; DATABASE_URL is the migrator's, the owner's).
+ * const db = createDb(process.env.APP_DATABASE_URL!)
+ * // Every query of a tenant's inside withTenant: outside it, row security shows the app role nothing.
+ * const skill = await withTenant(db, tenantId, (trx) => trx.selectFrom('skills').selectAll().where('slug', '=', 'x').executeTakeFirst())
  */
 export function createDb<T = DB>(url: string, options: CreateDbOptions = {}): Kysely<T> {
   const target = parseDatabaseUrl(url)

@@ -42,8 +42,7 @@ export function withTenantDb(): Kysely<DB> | undefined {
  * superusers, BYPASSRLS roles and the owner are not held by its policies.
  *
  * The tenant is entered with a signature only the holder of the tenant key can make, over a
- * challenge of this session's (entered-transaction.ts; `enterTenant`, in with-tenant.ts, for a
- * Kysely instance not made by createDb), so SQL run inside `fn`, injected SQL included, cannot switch to another
+ * challenge of this session's, so SQL run inside `fn`, injected SQL included, cannot switch to another
  * tenant, nor carry this one past the clean-up into another request. BEGIN and the entry go in
  * one round trip, and `fn` runs once the tenant is accepted.
  *
@@ -176,7 +175,7 @@ export function keyFor(db: object, caller = 'withTenant'): TenantKey {
     ? [tenantKeyOf(db)!, 'createDb option tenantKey']
     : [process.env.SKILLS_DB_TENANT_KEY, 'SKILLS_DB_TENANT_KEY']
   if (!text) {
-    throw new TenantError(`${caller} has no tenant key: pass createDb(url, { tenantKey }) or set SKILLS_DB_TENANT_KEY to one of the keys the migrator was given (SKILLS_DB_TENANT_KEYS)`)
+    throw new TenantError(`${caller} has no tenant key: pass createDb(url, { tenantKey }) or set SKILLS_DB_TENANT_KEY to one of the keys the migrator was given (SKILLS_DB_TENANT_KEYS; on a checkout's embedded development server, . .data/dev-keys.env sets it)`)
   }
   let key = parsed.get(text)
   if (!key) {

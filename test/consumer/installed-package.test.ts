@@ -73,12 +73,17 @@ describe('skills-db installed from its tarball into an app with its own kysely a
     if (work) rmSync(work, { recursive: true, force: true })
   })
 
-  it('the tarball holds the library, the migrations, the bin, README and LICENSE only', () => {
-    expect(files.filter((f) => !f.startsWith('dist/'))).toEqual(['LICENSE', 'README.md', 'package.json'])
+  it('the tarball holds the library, the migrations, the bin, README, LICENSE and the pages the README links to only', () => {
+    // The docs travel with the README, whose links into docs/ an installed package's reader follows
+    // (a newcomer found them dead in node_modules); not the generated API reference, tests or sources.
+    expect(files.filter((f) => !f.startsWith('dist/')).sort()).toEqual(['ARCHITECTURE.md', 'DEVELOPERS.md', 'LICENSE', 'README.md',
+      'docs/app.md', 'docs/bench.md', 'docs/bench/chart.svg', 'docs/citus.md', 'docs/design/tenant-context.md', 'docs/design/tenant-lifecycle.md',
+      'docs/production.md', 'docs/security.md', 'docs/security/side-channels.md', 'package.json'])
     expect(files.filter((f) => /\.ts$/.test(f) && !f.endsWith('.d.ts'))).toEqual([])
     expect(files).toContain('dist/cli/bin.js')
     expect(files).toContain('dist/migrations/0008_session_bound_tenant_context.js')
-    expect(files.some((f) => /test|bench|\.svg$/.test(f))).toBe(false)
+    // No test, bench code or data: of docs/bench/, only the chart bench.md shows.
+    expect(files.filter((f) => /test|bench|\.svg$/.test(f))).toEqual(['docs/bench.md', 'docs/bench/chart.svg'])
   })
 
   it('one copy of kysely and of pg: the app\'s', async () => {
