@@ -97,7 +97,7 @@ describe('the example marketplace over HTTP: two tenants, neither sees the other
     ])
   })
 
-  it('from an outside review: a character cut between two TCP chunks is stored whole; a NUL in the slug is 404, not 500; ten first ratings at once by one user are all answered 201', async () => {
+  it('from an outside review: a character cut between two TCP chunks is stored whole; a NUL in the slug is 404 and in a field 400, not 500; ten first ratings at once by one user are all answered 201', async () => {
     const body = Buffer.from(JSON.stringify({ name: 'Split name', description: 'café ünïcode 漢字' }), 'utf8')
     const cut = body.indexOf(Buffer.from('é', 'utf8')) + 1
     const answer = await new Promise<Reply>((resolve, reject) => {
@@ -115,6 +115,7 @@ describe('the example marketplace over HTTP: two tenants, neither sees the other
     expect(listed.find((x) => x.id === answer.body.id)?.description).toBe('café ünïcode 漢字')
 
     expect((await call('GET', `/t/${a.slug}%00/skills`, { key: a.key })).status).toBe(404)
+    for (const name of ['a\u0000b', 'lone \ud800 x']) expect((await call('POST', `/t/${a.slug}/skills`, { key: a.key, body: { name } })).status, JSON.stringify(name)).toBe(400)
     const rated = await Promise.all(Array.from({ length: 10 }, (_, i) => call('POST', `/t/${a.slug}/skills/${answer.body.id}/ratings`, { key: a.key, body: { rating: 1 + (i % 5) } })))
     expect(rated.map((r) => r.status)).toEqual(Array(10).fill(201))
   })

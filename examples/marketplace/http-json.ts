@@ -41,6 +41,8 @@ export function field(body: Record<string, unknown>, name: string, required = fa
     return undefined
   }
   if (typeof value !== 'string') throw new HttpError(400, `"${name}" must be a string`)
+  // PostgreSQL's text holds neither a NUL nor half a surrogate pair: a client's mistake, not a 500.
+  if (value.includes('\u0000') || /\p{Surrogate}/u.test(value)) throw new HttpError(400, `"${name}" holds a NUL or a lone surrogate (\\ud800–\\udfff), which text cannot store`)
   return value.trim()
 }
 

@@ -126,11 +126,9 @@ async function tryLock(conn: Kysely<any>): Promise<bigint | undefined> {
   }
   return conn.transaction().execute(async (trx) => {
     // NOWAIT: another migrator holds the row a moment (polling too, or registering its view); then
-    // this poll found the lock taken, and the next one looks again.
-    const locked = await sql<{ key: string }>`select lock_key::text as key from skills_db.migration_lock for update nowait`.execute(trx)
-      .catch((error: { code?: string }) => { if (error.code === '55P03') return undefined; throw error })
-    if (!locked) return undefined
-    const { rows } = locked
+    // this poll found the lock taken, and the next one looks again (caught below, once Kysely has
+    // rolled the transaction back: caught inside, its COMMIT would find the transaction aborted).
+    const { rows } = await sql<{ key: string }>`select lock_key::text as key from skills_db.migration_lock for update nowait`.execute(trx)
     const key = BigInt(rows[0]?.key ?? FIRST_KEY)
     if (await advisoryLock(trx, key)) return key
     const { rows: holders } = await sql<{ who: string; migrator: boolean }>`
@@ -147,6 +145,10 @@ async function tryLock(conn: Kysely<any>): Promise<bigint | undefined> {
     if (!(await advisoryLock(trx, next))) return undefined
     progress(`the migration lock's key was held by ${holders.map((h) => h.who).join(', ')}, which cannot migrate: the lock moved to a new key`)
     return next
+  }).catch((error: { code?: string }) => {
+    // The row's NOWAIT (the transaction is rolled back by then): not this time; the next poll looks again.
+    if (error.code === '55P03') return undefined
+    throw error
   })
 }
 

@@ -1,6 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { appRoleName } from '../online/app-role.ts'
 import { withLockRetry } from '../online/lock-retry.ts'
+import { run } from '../online/run-context.ts'
 import { transactionsInFlightEnded } from '../online/transactions-in-flight.ts'
 import { asOperator, readLocked, TenantAdminError } from './operator-session.ts'
 import { TENANT_TABLES } from './tenant-tables.ts'
@@ -11,7 +12,7 @@ export interface DeleteOptions {
   /** Rows per transaction (default 1000): each holds the locks of that many rows of one suspended tenant. */
   batchSize?: number
   onProgress?: (p: { table: string; deleted: number }) => void
-  /** How long to wait for the app's transactions open when the deletion starts (default 120 000 ms); then it stops, naming them, and a rerun goes on. */
+  /** How long to wait for the app's transactions open when the deletion starts (default: the run's lock retry budget, 120 000 ms; the CLI's --lock-retry-budget-ms); then it stops, naming them, and a rerun goes on. */
   waitBudgetMs?: number
 }
 
@@ -47,7 +48,7 @@ export async function deleteTenant(db: Kysely<any>, tenantId: string, options: D
     // waited for before the counts are taken, and again once it is listed (it might have been
     // reactivated, and suspended again, in between).
     const app = await appRoleName(conn)
-    const inFlightEnded = () => transactionsInFlightEnded(conn, app, 'open when the tenant was suspended or listed for removal (one may still write to it)', options.waitBudgetMs ?? 120_000)
+    const inFlightEnded = () => transactionsInFlightEnded(conn, app, 'open when the tenant was suspended or listed for removal (one may still write to it)', options.waitBudgetMs ?? run().lockRetryBudgetMs)
     if (!removing) {
       await inFlightEnded()
       await conn.transaction().execute(async (trx) => {
