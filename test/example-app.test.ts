@@ -120,6 +120,16 @@ describe('the example marketplace over HTTP: two tenants, neither sees the other
     expect(rated.map((r) => r.status)).toEqual(Array(10).fill(201))
   })
 
+  it('without an audit key the app does not start (a sign-up would commit its tenant, then fail to issue its key)', async () => {
+    const saved = process.env.SKILLS_DB_AUDIT_KEY
+    delete process.env.SKILLS_DB_AUDIT_KEY
+    try {
+      await expect(startMarketplace({ databaseUrl: t.url, port: 0, tenantKey: TEST_TENANT_KEY })).rejects.toThrow('the marketplace signs with the tenant key and the audit key: pass them, or set SKILLS_DB_AUDIT_KEY')
+    } finally {
+      process.env.SKILLS_DB_AUDIT_KEY = saved
+    }
+  })
+
   it('bad JSON, a wrong field and an unknown route get a status and a one-line { error }, never a stack', async () => {
     const bad = await call('POST', '/signup', { body: '{"name": "Acme",' })
     expect(bad.status).toBe(400)

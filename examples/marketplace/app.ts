@@ -33,6 +33,12 @@ export interface Marketplace {
  * await app.close()
  */
 export async function startMarketplace(options: MarketplaceOptions): Promise<Marketplace> {
+  // Both keys before the first request: sign-up commits the tenant, then issues its key and audits
+  // it; without an audit key that second step failed, leaving a taken slug with no key (an outside
+  // review's half-done sign-up).
+  for (const [given, variable] of [[options.tenantKey, 'SKILLS_DB_TENANT_KEY'], [options.auditKey, 'SKILLS_DB_AUDIT_KEY']] as const) {
+    if (!given && !process.env[variable]) throw new Error(`the marketplace signs with the tenant key and the audit key: pass them, or set ${variable} (. .data/dev-keys.env on the development server)`)
+  }
   const db = createDb(options.databaseUrl, {
     applicationName: 'marketplace example',
     ...(options.tenantKey ? { tenantKey: options.tenantKey } : {}),
