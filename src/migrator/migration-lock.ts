@@ -90,10 +90,15 @@ export async function registerMaintenanceView(conn: Kysely<any>, secret: string)
   // Other migrators waiting for the lock hold this row a moment at a time (tryLock's FOR UPDATE):
   // wait out those moments, longer than the run's lock timeout (50 ms), which a loaded machine's
   // pollers outlast (CI saw one of 8 instances booting at once fail so).
-  await conn.transaction().execute(async (trx) => {
-    await sql`select pg_catalog.set_config('lock_timeout', ${`${ROW_WAIT_MS}ms`}::text, true)`.execute(trx)
-    await sql`update skills_db.migration_lock set view_hash = pg_catalog.sha256(pg_catalog.convert_to(${secret}::text, 'UTF8'))`.execute(trx)
-  })
+  const register = (db: Kysely<any>) => sql`update skills_db.migration_lock set view_hash = pg_catalog.sha256(pg_catalog.convert_to(${secret}::text, 'UTF8'))`.execute(db)
+  // Inside a caller's transaction, as it is (a SET LOCAL would outlive this statement there).
+  if (conn.isTransaction) await register(conn)
+  else {
+    await conn.transaction().execute(async (trx) => {
+      await sql`select pg_catalog.set_config('lock_timeout', ${`${ROW_WAIT_MS}ms`}::text, true)`.execute(trx)
+      await register(trx)
+    })
+  }
   await sql`select pg_catalog.set_config('skills_db.maintenance_view', ${secret}::text, false)`.execute(conn)
 }
 
