@@ -40,14 +40,18 @@ async function boundedWaits<T>(conn: Kysely<any>, fn: () => Promise<T>): Promise
   }
 }
 
-/** The other sessions of this database holding a lock stronger than a row write's on a table of public or skills_db. */
-async function strongHolders(conn: Kysely<any>): Promise<string> {
+/**
+ * The other sessions of this database holding a lock stronger than a row write's on `tables`, or on
+ * any table of public or skills_db: the sessions to end, each as lock-retry names a session.
+ */
+async function strongHolders(conn: Kysely<any>, tables?: readonly string[]): Promise<string> {
   const { rows } = await sql<{ who: string | null }>`
     select string_agg(h.who, '; ' order by h.who) as who from (
       select ${sessionLabel(sql`', holds ' || string_agg(distinct l.relation::regclass::text, ', ')`)} as who
       from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid join pg_catalog.pg_class c on c.oid = l.relation
       where l.database = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())
-        and c.relnamespace in ('public'::regnamespace, 'skills_db'::regnamespace) and l.granted and l.pid <> pg_catalog.pg_backend_pid()
+        and ${tables ? sql`l.relation = any(${[...tables]}::regclass[])` : sql`c.relnamespace in ('public'::regnamespace, 'skills_db'::regnamespace)`}
+        and l.granted and l.pid <> pg_catalog.pg_backend_pid()
         and l.mode not in ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')
       group by a.pid, a.application_name, a.usename, a.state, a.query) h`.execute(conn)
   return rows[0]?.who ?? 'a session that has since finished'
@@ -100,18 +104,6 @@ export async function readLocked(conn: Kysely<any>, tables: readonly string[], b
   } catch (error) {
     if ((error as { code?: string }).code !== '55P03') throw error
     await sql`rollback to savepoint read_locked`.execute(conn)
-    throw new TenantAdminError(`gave up after ${budgetMs / 1000} s waiting for a table to read, held by ${await holders(conn, tables)}: end that session, or run the command again once it has ended`)
+    throw new TenantAdminError(`gave up after ${budgetMs / 1000} s waiting for a table to read, held by ${await strongHolders(conn, tables)}: end that session, or run the command again once it has ended`)
   }
-}
-
-/** The other sessions holding a lock on one of `tables`, each as lock-retry names a session. */
-async function holders(conn: Kysely<any>, tables: readonly string[]): Promise<string> {
-  const { rows } = await sql<{ who: string | null }>`
-    select string_agg(h.who, '; ' order by h.who) as who from (
-      select ${sessionLabel(sql`', holds ' || string_agg(distinct l.relation::regclass::text, ', ')`)} as who
-      from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
-      where l.database = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())
-        and l.relation = any(${[...tables]}::regclass[]) and l.granted and l.pid <> pg_catalog.pg_backend_pid()
-      group by a.pid, a.application_name, a.usename, a.state, a.query) h`.execute(conn)
-  return rows[0]?.who ?? 'a session that has since finished'
 }

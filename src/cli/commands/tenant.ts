@@ -4,7 +4,7 @@ import { sql, type Kysely } from 'kysely'
 import { deleteTenant } from '../../tenant-admin/delete-tenant.ts'
 import { exportTenant } from '../../tenant-admin/export-tenant.ts'
 import { importTenant } from '../../tenant-admin/import-tenant.ts'
-import { asOperator } from '../../tenant-admin/operator-session.ts'
+import { asOperator, beingDeleted } from '../../tenant-admin/operator-session.ts'
 import { listTenants, showTenant } from '../../tenant-admin/show-tenant.ts'
 import { createTenant } from '../../tenancy/create-tenant.ts'
 import { activateTenant, suspendTenant } from '../../tenancy/tenant-status.ts'
@@ -76,7 +76,7 @@ async function tenantIdIn(conn: Kysely<any>, arg: string): Promise<string> {
     throw new UsageError(`"${arg}" is the id of one tenant (slug ${byId.slug}) and the slug of another (id ${bySlug.id}): say which, id:${arg} or slug:${arg}`)
   }
   const found = (byId ?? bySlug)?.id
-  if (found === undefined && (await sql`select 1 from skills_db.tenant_removals where tenant_id = ${arg}`.execute(conn)).rows.length > 0) return arg
+  if (found === undefined && await beingDeleted(conn, arg)) return arg
   if (found === undefined) throw new UsageError(`no tenant has the id or slug "${arg}": skills-db tenant list shows both`)
   return found
 }
