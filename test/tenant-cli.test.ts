@@ -117,7 +117,7 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       const made = await json('create', '--name', 'Bad', '--slug', 'bad-input', '--admin-email', 'b@bad.example')
       tenant = made.tenantId
       await withTenant(app, tenant, async (trx) => {
-        await recordAudit(trx, { actorId: made.adminId, action: 'one' })
+        await recordAudit(trx, { actorId: made.adminId, action: 'one', metadata: { k: [1, null, 'x'] } })
         await recordAudit(trx, { actorId: made.adminId, action: 'two' })
       })
       file = path.join(dir, 'bad.ndjson')
@@ -221,6 +221,26 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       const rows = lines()
       rows[0] = rows[0]!.replace('"0020_tenant_lifecycle"', '"0020_tenant_lifecycle","0021_from_the_future"')
       expect(await importOf('future.ndjson', rows)).toEqual(['error: the file is of another schema: this database lacks 0021_from_the_future; import into a database migrated exactly as the one exported from'])
+    })
+
+    it('import: a file of version 1 (json and jsonb columns as JSON, not as their text) still loads, as the same rows', async () => {
+      expect(lines()[0]).toContain('"version":2')
+      const v1 = lines().map((l, i) => i === 0 ? l.replace('"version":2', '"version":1')
+        : l.replace(/"(metadata|categories)":("(?:[^"\\]|\\.)*")/g, (_m, column: string, text: string) => `"${column}":${JSON.parse(text)}`))
+      expect(v1.find((l) => l.startsWith('{"t":"audit_logs"') && l.includes('"action":"one"'))).toContain('"metadata":{"k": [1, null, "x"]}')
+      const older = path.join(dir, 'version-1.ndjson')
+      writeFileSync(older, `${refit(v1, TEST_TENANT_KEY).join('\n')}\n`)
+      expect((await json('import', older)).tenant).toBe(tenant)
+      const fromV1 = await tenantDigest(t.url, tenant)
+      await json('suspend', tenant)
+      await json('delete', tenant, '--yes')
+      expect((await json('import', file)).tenant).toBe(tenant)
+      expect(await tenantDigest(t.url, tenant)).toEqual(fromV1)
+      await json('suspend', tenant)
+      await json('delete', tenant, '--yes')
+      const future = lines()
+      future[0] = future[0]!.replace('"version":2', '"version":3')
+      expect(await importOf('version-3.ndjson', future)).toEqual(['error: the file is an export of version 3; this skills-db reads versions 1 and 2: import it with the skills-db that wrote it'])
     })
 
     it('import: not an export at all, and a row of another tenant slipped in', async () => {

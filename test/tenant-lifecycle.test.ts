@@ -63,18 +63,23 @@ describe('tenants created, resolved, suspended and reactivated by the app role',
     expect(await withTenant(app, A, (trx) => trx.selectFrom('users').select('id').where('email', '=', 'ann@acme.example').execute())).toEqual([])
   })
 
-  it('export, delete and import on this major (the CLI\'s own tests run on 15 and 17): every table, floats, arrays, jsonb, times and text with U+2028 come back as PostgreSQL printed them, the file the same, the audit trail verified', async () => {
+  it('export, delete and import on this major (the CLI\'s own tests run on 15 and 17): every table, floats, arrays, jsonb (JSON null apart from SQL NULL), times and text with U+2028 come back as PostgreSQL printed them, the file the same, the audit trail verified', async () => {
     const made = await createTenant(app, { name: 'Round\u2028Trip', slug: 'round-trip', domain: 'rt.example.com' }, { email: 'r1@rt.example' })
     const R = made.tenantId
     await asSuperuser(t.url, async (db) => {
       for (const statement of [
         sql`insert into users (id, tenant_id, email, name) values ('uR2', ${R}, 'r2@rt.example', 'Zoë \u2029 "quoted" \\ back')`,
         sql`insert into skills (id, tenant_id, name, slug, description, category, content, author_id) values ('sR1', ${R}, 'Lint', 'lint', 'line\nbreak\ttab', 'dev', repeat('x', 5000), 'uR2')`,
+        sql`insert into skills (id, tenant_id, name, slug, description, category, content, author_id) values ('sR2', ${R}, 'Fmt', 'fmt', 'd', 'dev', 'c', 'uR2')`,
         sql`insert into ratings (id, tenant_id, skill_id, user_id, rating) values ('rR1', ${R}, 'sR1', 'uR2', 5)`,
         sql`insert into usage_events (id, tenant_id, tool_name, skill_id, user_id, metadata, created_at) values ('eR1', ${R}, 'cli', 'sR1', 'uR2', '{"n": 1.5e-7, "big": 12345678901234567890, "nested": {"a": [1, null, "\u2028"]}}', '2026-01-02 03:04:05.123456+00')`,
         sql`insert into skill_versions (id, tenant_id, skill_id, version, content_url, content_hash, content_type, name, description, created_by) values ('vR1', ${R}, 'sR1', 1, 'u', 'h', 't', 'n', 'd', 'uR2')`,
         sql`insert into skill_embeddings (id, tenant_id, skill_id, embedding, model_name, model_version, input_hash) values ('mR1', ${R}, 'sR1', '{0.1, -0, 1e-30, 3.4028235e38}', 'm', '1', 'i')`,
         sql`insert into skill_reviews (id, tenant_id, skill_id, requested_by, categories, summary, reviewed_content_hash, model_name) values ('wR1', ${R}, 'sR1', 'uR2', '["a", "b"]', 's', 'h', 'm')`,
+        // JSON null is not SQL NULL: an export of version 1 wrote both as null, and this NOT NULL
+        // column refused the import (an outside review); in a nullable one it came back as NULL.
+        sql`insert into skill_reviews (id, tenant_id, skill_id, requested_by, categories, summary, reviewed_content_hash, model_name) values ('wR2', ${R}, 'sR2', 'uR2', 'null', 's', 'h', 'm')`,
+        sql`insert into usage_events (id, tenant_id, tool_name, skill_id, user_id, metadata) values ('eR2', ${R}, 'cli', 'sR1', 'uR2', 'null'), ('eR3', ${R}, 'cli', 'sR1', 'uR2', null), ('eR4', ${R}, 'cli', 'sR1', 'uR2', '"null"')`,
         sql`insert into api_keys (id, tenant_id, user_id, key_hash, key_prefix, name, expires_at) values ('kR1', ${R}, 'uR2', 'hash-r', 'sk_r', 'r', now() + interval '1 day')`,
         sql`insert into site_settings (id, tenant_id, ollama_model) values ('default', ${R}, 'model-r')`,
       ]) await statement.execute(db)

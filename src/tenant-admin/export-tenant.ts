@@ -4,12 +4,14 @@ import type { Writable } from 'node:stream'
 import { sql, type Kysely } from 'kysely'
 import { asOperator, beingDeleted, readLocked, TenantAdminError, tenantRow } from './operator-session.ts'
 import { MAX_LINE_BYTES } from './ndjson-lines.ts'
+import { EXPORT_VERSION, exportColumns, rowAsJson } from './row-json.ts'
 import { exportOrder, TENANT_TABLES } from './tenant-tables.ts'
 
 /** The first line of an export: what it is, of which schema, of which tenant. */
 export interface ExportHeader {
   format: 'skills-db tenant export'
-  version: 1
+  /** 2 from this release (row-json.ts says what changed); import reads 1 and 2. */
+  version: number
   /** The migrations applied to the database it was read from, sorted: an import needs the same. */
   migrations: string[]
   tenant: string
@@ -29,7 +31,7 @@ export interface ExportManifest {
   mac: string
 }
 
-/** What the manifest's MAC is of. */
+/** What the manifest's MAC is of ("v1" names this text's layout, which every version of the file keeps). */
 export function exportMacText(tenant: string, m: Pick<ExportManifest, 'sha256' | 'auditHead'>): string {
   return `skills-db tenant export v1:${tenant}:${m.sha256}:${m.auditHead ? `${m.auditHead.seq}:${m.auditHead.hash}` : '-'}`
 }
@@ -57,7 +59,8 @@ const FETCH = 1000
 /**
  * Writes every row of one tenant, in every tenant table, its audit trail included, to `out` as
  * NDJSON: a header line ({@link ExportHeader}), one line per row (`{"t":"<table>","r":<the row as
- * PostgreSQL's to_json writes it>}`, tenants first, then parents before children, each table in a
+ * PostgreSQL's to_json writes it, but json and jsonb columns as their text, a JSON string, so that
+ * JSON null and SQL NULL differ>}`, tenants first, then parents before children, each table in a
  * fixed order), and a manifest line ({@link ExportManifest}) with counts and checksums, sealed
  * with the tenant key. A file without its manifest is truncated, and import says so. Reads one snapshot (REPEATABLE READ, READ
  * ONLY), a thousand rows at a time through a cursor, so memory stays flat; waits for `out` when it
@@ -87,7 +90,7 @@ export async function exportTenant(db: Kysely<any>, tenantId: string, out: Writa
         if (out.errored) throw new TenantAdminError(`cannot write the export: ${out.errored.message}`)
         if (!out.write(line)) await once(out, 'drain').catch((error: Error) => { throw new TenantAdminError(`cannot write the export: ${error.message}`) })
       }
-      const header: ExportHeader = { format: 'skills-db tenant export', version: 1, migrations, tenant: tenantId }
+      const header: ExportHeader = { format: 'skills-db tenant export', version: EXPORT_VERSION, migrations, tenant: tenantId }
       await write(`${JSON.stringify(header)}\n`)
       const tables: ExportManifest['tables'] = {}
       for (const table of ['tenants', ...TENANT_TABLES.map((t) => t.table)]) {
@@ -95,7 +98,7 @@ export async function exportTenant(db: Kysely<any>, tenantId: string, out: Writa
         let rows = 0
         const column = table === 'tenants' ? sql`x.id` : sql`x.tenant_id`
         await sql`declare tenant_rows no scroll cursor for
-          select pg_catalog.to_json(x)::text as j from ${sql.table(`public.${table}`)} x
+          select ${rowAsJson(await exportColumns(conn, table), EXPORT_VERSION)} as j from ${sql.table(`public.${table}`)} x
           where ${column} = ${tenantId}::text order by ${sql.raw(table === 'tenants' ? 'x.id' : exportOrder(table as never))}`.execute(conn)
         for (;;) {
           const { rows: batch } = await sql<{ j: string }>`fetch ${sql.raw(String(FETCH))} from tenant_rows`.execute(conn)

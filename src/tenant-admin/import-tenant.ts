@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto'
 import type { Readable } from 'node:stream'
-import { sql, type Kysely } from 'kysely'
+import { sql, type Kysely, type RawBuilder } from 'kysely'
 import { exportMacText, tenantKeyMac, type ExportHeader, type ExportManifest, type ExportProgress } from './export-tenant.ts'
 import { ndjsonLines } from './ndjson-lines.ts'
 import { asOperator, TenantAdminError } from './operator-session.ts'
+import { exportColumns, READABLE_VERSIONS, rowsFromJson, type ExportColumn } from './row-json.ts'
 import { TENANT_TABLES } from './tenant-tables.ts'
 
 export interface ImportOptions {
@@ -53,6 +54,7 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
       let batch: string[] = []
       let batchBytes = 0
       let lineNo = 1
+      const columns = new Map<string, ExportColumn[]>()
       const flush = async () => {
         if (batch.length === 0) return
         const table = ORDER[at]!
@@ -60,11 +62,13 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
         const count = batch.length
         batch = []
         batchBytes = 0
+        if (!columns.has(table)) columns.set(table, await exportColumns(conn, table))
+        const rowsOf = rowsFromJson(columns.get(table)!, json, header.version)
         if (table === 'tenants') {
-          await claimTenant(conn, tenant, json, count)
+          await claimTenant(conn, tenant, rowsOf, count)
         } else {
           const { rows } = await sql<{ n: number }>`with added as (
-              insert into ${sql.table(`public.${table}`)} select r.* from pg_catalog.json_populate_recordset(null::${sql.table(`public.${table}`)}, ${json}::json) r
+              insert into ${sql.table(`public.${table}`)} select r.* from ${rowsOf}
               where r.tenant_id = ${tenant}::text returning 1)
             select count(*)::int as n from added`.execute(conn).catch((error: unknown) => { throw collision(error, table) })
           if (rows[0]!.n !== count) throw new TenantAdminError(`the file's ${table} rows include rows of another tenant than ${tenant}: the file was altered`)
@@ -136,10 +140,10 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
 }
 
 /** The tenants row: refused when its id, slug or domain is taken here; then the import is under way for it. */
-async function claimTenant(conn: Kysely<any>, tenant: string, json: string, count: number): Promise<void> {
+async function claimTenant(conn: Kysely<any>, tenant: string, rowsOf: RawBuilder<unknown>, count: number): Promise<void> {
   if (count !== 1) throw new TenantAdminError('the file has more than one tenants row: it is not an export of one tenant')
   const { rows: row } = await sql<{ id: string; slug: string; domain: string | null }>`
-    select r.id, r.slug, r.domain from pg_catalog.json_populate_recordset(null::public.tenants, ${json}::json) r`.execute(conn)
+    select r.id, r.slug, r.domain from ${rowsOf}`.execute(conn)
   const r = row[0]!
   if (r.id !== tenant) throw new TenantAdminError(`the file's tenants row is "${r.id}", not the tenant its header names ("${tenant}"): the file was altered`)
   const { rows: taken } = await sql<{ id: string; slug: string; domain: string | null }>`
@@ -149,7 +153,7 @@ async function claimTenant(conn: Kysely<any>, tenant: string, json: string, coun
     if (t.slug === r.slug) throw new TenantAdminError(`slug "${r.slug}" is taken here by tenant "${t.id}": the import would collide`)
     throw new TenantAdminError(`domain "${r.domain}" is taken here by tenant "${t.id}": the import would collide`)
   }
-  await sql`insert into public.tenants select r.* from pg_catalog.json_populate_recordset(null::public.tenants, ${json}::json) r`.execute(conn)
+  await sql`insert into public.tenants select r.* from ${rowsOf}`.execute(conn)
   // SET LOCAL (a literal: SET takes no parameter) rather than set_config(), so Citus sends it to the nodes whose triggers read it.
   await sql`set local skills_db.importing_tenant = ${sql.lit(tenant)}`.execute(conn)
 }
@@ -170,7 +174,7 @@ function parseHeader(line: string | undefined): ExportHeader {
     header = undefined
   }
   if (header?.format !== 'skills-db tenant export') throw new TenantAdminError('the file is not a skills-db tenant export (its first line is not an export\'s header)')
-  if (header.version !== 1) throw new TenantAdminError(`the file is an export of version ${String(header.version)}; this skills-db reads version 1`)
+  if (!READABLE_VERSIONS.includes(header.version as number)) throw new TenantAdminError(`the file is an export of version ${String(header.version)}; this skills-db reads versions ${READABLE_VERSIONS.join(' and ')}: import it with the skills-db that wrote it`)
   if (!Array.isArray(header.migrations) || typeof header.tenant !== 'string') throw new TenantAdminError('the export\'s header is damaged')
   return header as ExportHeader
 }
