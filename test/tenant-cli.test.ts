@@ -387,6 +387,34 @@ describe('skills-db tenant, on a fresh legacy database', () => {
     expect((await json('list')).map((x: { slug: string }) => x.slug)).not.toContain('blocked')
   })
 
+  it('behind a session of the owner holding skills_db.migration_lock itself (LOCK TABLE): tenant commands and the migrator stop within --lock-retry-budget-ms in one line naming it (an outside review had every tenant command hang with no word)', async () => {
+    const holder = createDb<any>(t.url, { max: 1, applicationName: 'lock-squatter' })
+    let release!: () => void
+    const released = new Promise<void>((r) => (release = r))
+    const held = holder.transaction().execute(async (trx) => {
+      await sql`lock table skills_db.migration_lock in access exclusive mode`.execute(trx)
+      await released
+    })
+    try {
+      await new Promise((r) => setTimeout(r, 200))
+      for (const command of [['list'], ['show', 'default'], ['create', '--name', 'Squatted', '--slug', 'squatted', '--force']]) {
+        const started = Date.now()
+        const r = await cli(...command, '--lock-retry-budget-ms', '1500')
+        expect(r.code, command.join(' ')).toBe(1)
+        expect(oneLine(r.stderr).at(-1), command.join(' ')).toMatch(/^error: gave up after 1\.5 s waiting for skills_db\.migration_lock, locked by pid \d+ \(lock-squatter, .*holds skills_db\.migration_lock.*\): end that session \(while it holds the table, no migrator or tenant command can start\)$/)
+        expect(Date.now() - started).toBeLessThan(30_000)
+      }
+      const migrator = await runScript(['latest', '--no-codegen', '--lock-retry-budget-ms', '1500'], env)
+      expect(migrator.code).toBe(1)
+      expect(migrator.stderr).toMatch(/gave up after 1\.5 s waiting for skills_db\.migration_lock, locked by pid \d+ \(lock-squatter/)
+    } finally {
+      release()
+      await held
+      await holder.destroy()
+    }
+    expect((await json('list')).map((x: { slug: string }) => x.slug)).not.toContain('squatted')
+  })
+
   it('a reactivation racing the start of a delete: either the delete refuses, or the reactivation does (an outside review had both succeed)', async () => {
     const tenant: string = (await json('create', '--name', 'Race', '--slug', 'race-delete')).tenantId
     await json('suspend', tenant)

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto'
 import { sql, type Kysely } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { inRun, progress } from '../online/run-context.ts'
+import { lockHolders } from '../online/lock-holders.ts'
+import { inRun, progress, run } from '../online/run-context.ts'
 
 /**
  * Another migrator (or audit verify, a Citus command, a tenant export, import or delete) held the
@@ -23,6 +24,9 @@ const LOCK_WAIT_MS = 30 * 60_000
  * then always free.
  */
 const FIRST_KEY = 7_400_113_650_211_842n
+
+/** How long one poll waits for skills_db.migration_lock itself (not its row, taken NOWAIT). */
+const POLL_WAIT_MS = 1000
 
 /** How long the lock's holder waits for skills_db.migration_lock's row, which pollers hold a moment at a time. */
 const ROW_WAIT_MS = 10_000
@@ -47,13 +51,26 @@ export async function withMigrationLock<T>(conn: Kysely<any>, fn: () => Promise<
   const deadline = Date.now() + LOCK_WAIT_MS
   let announced = false
   let key: bigint | undefined
+  let heldSince: number | undefined
   for (let delay = 50; ; delay = Math.min(delay * 2, 1000)) {
     key = await tryLock(conn)
     if (key !== undefined) break
-    if (!announced) {
+    // A session that locked the table itself (LOCK TABLE, as the owner or a superuser can) is no
+    // migrator, and may never let go: wait for it as for any held table, the run's lock retry
+    // budget, saying so (an outside review had every tenant command hang on it with no word).
+    const table = await tableHolders(conn)
+    if (table) {
+      const budgetMs = run().lockRetryBudgetMs
+      if (heldSince === undefined) progress(`skills_db.migration_lock is locked by ${table}; waiting up to ${budgetMs / 1000} s for it to end`)
+      heldSince ??= Date.now()
+      if (Date.now() - heldSince > budgetMs) {
+        throw new MigrationLockTimeout(`gave up after ${budgetMs / 1000} s waiting for skills_db.migration_lock, locked by ${table}: end that session (while it holds the table, no migrator or tenant command can start)`)
+      }
+    } else if (!announced) {
+      heldSince = undefined
       progress(`another migrator ${await holderOf(conn)} is running; waiting for it to finish`)
       announced = true
-    }
+    } else heldSince = undefined
     if (Date.now() > deadline) {
       throw new MigrationLockTimeout(`gave up after ${Math.round(LOCK_WAIT_MS / 60_000)} min waiting for the migration lock held by ${await holderOf(conn)}`)
     }
@@ -133,6 +150,9 @@ async function tryLock(conn: Kysely<any>): Promise<bigint | undefined> {
     // NOWAIT: another migrator holds the row a moment (polling too, or registering its view); then
     // this poll found the lock taken, and the next one looks again (caught below, once Kysely has
     // rolled the transaction back: caught inside, its COMMIT would find the transaction aborted).
+    // NOWAIT is for the row only: the table's own lock, which a LOCK TABLE may hold, is waited for
+    // as long as the lock timeout, so this poll ends too.
+    await sql`select pg_catalog.set_config('lock_timeout', ${`${POLL_WAIT_MS}ms`}::text, true)`.execute(trx)
     const { rows } = await sql<{ key: string }>`select lock_key::text as key from skills_db.migration_lock for update nowait`.execute(trx)
     const key = BigInt(rows[0]?.key ?? FIRST_KEY)
     if (await advisoryLock(trx, key)) return key
@@ -151,7 +171,8 @@ async function tryLock(conn: Kysely<any>): Promise<bigint | undefined> {
     progress(`the migration lock's key was held by ${holders.map((h) => h.who).join(', ')}, which cannot migrate: the lock moved to a new key`)
     return next
   }).catch((error: { code?: string }) => {
-    // The row's NOWAIT (the transaction is rolled back by then): not this time; the next poll looks again.
+    // The row's NOWAIT, or the table's lock timeout (the transaction is rolled back by then): not
+    // this time; the next poll looks again.
     if (error.code === '55P03') return undefined
     throw error
   })
@@ -166,10 +187,20 @@ async function advisoryLock(db: Kysely<any>, key: bigint): Promise<boolean> {
   return rows[0]?.ok === true
 }
 
+/** The sessions that hold skills_db.migration_lock locked against the row lock a poll takes, if any. */
+async function tableHolders(conn: Kysely<any>): Promise<string | undefined> {
+  if (!(await lockTableExists(conn))) return undefined
+  return lockHolders(conn, sql`select 'skills_db.migration_lock'::regclass`, ['ExclusiveLock', 'AccessExclusiveLock'])
+}
+
 async function holderOf(conn: Kysely<any>): Promise<string> {
   const key = (await lockTableExists(conn))
-    ? BigInt((await sql<{ key: string }>`select lock_key::text as key from skills_db.migration_lock`.execute(conn)).rows[0]?.key ?? FIRST_KEY)
+    ? await conn.transaction().execute(async (trx) => {
+      await sql`select pg_catalog.set_config('lock_timeout', ${`${POLL_WAIT_MS}ms`}::text, true)`.execute(trx)
+      return BigInt((await sql<{ key: string }>`select lock_key::text as key from skills_db.migration_lock`.execute(trx)).rows[0]?.key ?? FIRST_KEY)
+    }).catch(() => undefined)
     : FIRST_KEY
+  if (key === undefined) return '(session unknown)'
   const { rows } = await sql<{ who: string }>`
     -- Runs before the preflight has looked for planted operators: format(), not ||.
     select pg_catalog.format('pid %s%s', a.pid, case when a.application_name <> '' then pg_catalog.format(' (%s)', a.application_name) else '' end) as who

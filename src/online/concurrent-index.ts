@@ -1,6 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { ident, indexColumn, indexInfo } from './catalog.ts'
-import { LockRetryExhausted, sessionLabel } from './lock-retry.ts'
+import { sessionLabel } from './lock-holders.ts'
+import { LockRetryExhausted } from './lock-retry.ts'
 import { progress, run } from './run-context.ts'
 import type { Step } from './step.ts'
 

@@ -2,6 +2,7 @@ import { sql, type Kysely, type Transaction } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { RemoteLockWait, remoteLockWait } from './remote-lock-wait.ts'
 import { run } from './run-context.ts'
+import { HOLDER_GONE, lockHolders } from './lock-holders.ts'
 
 /**
  * A step of a migration or a Citus command gave up: the lock it needs, or the end of the app's
@@ -65,7 +66,7 @@ export async function withLockRetry<T>(
       if ((appSafe && code === '55P03') || Date.now() > deadline) {
         throw new LockRetryExhausted(error instanceof RemoteLockWait
           ? `gave up waiting for a lock on a worker, for table ${table}: held there by the statement of ${error.holders}; end that session or rerun the migration later (it resumes where it stopped)`
-          : `gave up waiting for a lock on table ${table}${await lockedWith(db, table)}: held by ${await lockHolders(db, table)}; end that session or rerun the migration later (it resumes where it stopped)`)
+          : `gave up waiting for a lock on table ${table}${await lockedWith(db, table)}: held by ${await holdersOf(db, table)}; end that session or rerun the migration later (it resumes where it stopped)`)
       }
       const backoff = Math.min(2000, lockTimeout * 2 ** Math.min(attempt, 6))
       await sleep(backoff / 2 + Math.random() * backoff)
@@ -92,28 +93,10 @@ async function lockedWith(db: Kysely<any>, table: string): Promise<string> {
 }
 
 /**
- * A session of pg_stat_activity `a`, as an error names it: its pid and who it is, which any role
- * sees, then what only a role with pg_read_all_stats (or the session's own) sees, its state and query.
- */
-export const sessionLabel = (holds: ReturnType<typeof sql>) => sql`'pid ' || a.pid || ' (' || coalesce(nullif(a.application_name, ''), a.usename::text, 'another role')
-  || coalesce(', ' || a.state, '') || ${holds} || coalesce(', ' || left(nullif(a.query, '<insufficient privilege>'), 60), '') || ')'`
-
-/**
  * The other sessions holding a lock on `table` or a table locked with it (the server does not say
  * which lock a statement timed out on), each with the table it holds: the session to end.
  */
-async function lockHolders(db: Kysely<any>, table: string): Promise<string> {
-  const { rows } = await sql<{ who: string | null }>`
-    select string_agg(h.who, '; ' order by h.who) as who from (
-      select ${sessionLabel(sql`', holds ' || string_agg(distinct l.relation::regclass::text, ', ')`)} as who
-      from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid
-      -- Only this database's locks: a database cloned from another (or from the same template) has
-      -- the same relation oids, and a session there holding its own table is not in the way.
-      where l.database = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())
-        and l.relation in (select rel from (${RELATED(table)}) r where r.rel is not null) and l.granted and l.pid <> pg_catalog.pg_backend_pid()
-      group by a.pid, a.application_name, a.usename, a.state, a.query) h`.execute(db)
-  return rows[0]?.who ?? 'a session that has since finished'
-}
+const holdersOf = async (db: Kysely<any>, table: string) => await lockHolders(db, sql`select rel from (${RELATED(table)}) r where r.rel is not null`) ?? HOLDER_GONE
 
 /**
  * Takes ACCESS EXCLUSIVE on `tables` in the order given, all within one lock timeout in total

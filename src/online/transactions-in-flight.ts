@@ -1,6 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { LockRetryExhausted, sessionLabel } from './lock-retry.ts'
+import { sessionLabel } from './lock-holders.ts'
+import { LockRetryExhausted } from './lock-retry.ts'
 
 /**
  * Waits until every transaction open now on this node of a session that acts as `app` has ended

@@ -1,7 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { withMigrationLock } from '../migrator/migration-lock.ts'
 import { readAppliedMigrations } from '../migrator/migration-table.ts'
-import { sessionLabel } from '../online/lock-retry.ts'
+import { HOLDER_GONE, lockHolders, STRONG_LOCKS } from '../online/lock-holders.ts'
 import { run } from '../online/run-context.ts'
 
 export class TenantAdminError extends Error {
@@ -41,21 +41,12 @@ async function boundedWaits<T>(conn: Kysely<any>, fn: () => Promise<T>): Promise
 }
 
 /**
- * The other sessions of this database holding a lock stronger than a row write's on `tables`, or on
- * any table of public or skills_db: the sessions to end, each as lock-retry names a session.
+ * The other sessions holding a lock stronger than a row write's on `tables`, or on any table of
+ * public or skills_db: the sessions to end.
  */
-async function strongHolders(conn: Kysely<any>, tables?: readonly string[]): Promise<string> {
-  const { rows } = await sql<{ who: string | null }>`
-    select string_agg(h.who, '; ' order by h.who) as who from (
-      select ${sessionLabel(sql`', holds ' || string_agg(distinct l.relation::regclass::text, ', ')`)} as who
-      from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a on a.pid = l.pid join pg_catalog.pg_class c on c.oid = l.relation
-      where l.database = (select d.oid from pg_catalog.pg_database d where d.datname = pg_catalog.current_database())
-        and ${tables ? sql`l.relation = any(${[...tables]}::regclass[])` : sql`c.relnamespace in ('public'::regnamespace, 'skills_db'::regnamespace)`}
-        and l.granted and l.pid <> pg_catalog.pg_backend_pid()
-        and l.mode not in ('AccessShareLock', 'RowShareLock', 'RowExclusiveLock')
-      group by a.pid, a.application_name, a.usename, a.state, a.query) h`.execute(conn)
-  return rows[0]?.who ?? 'a session that has since finished'
-}
+const strongHolders = async (conn: Kysely<any>, tables?: readonly string[]) => await lockHolders(conn, tables
+  ? sql`select unnest(${[...tables]}::regclass[])`
+  : sql`select c.oid from pg_catalog.pg_class c where c.relnamespace in ('public'::regnamespace, 'skills_db'::regnamespace)`, STRONG_LOCKS) ?? HOLDER_GONE
 
 async function operate<T>(conn: Kysely<any>, fn: (conn: Kysely<any>, migrations: string[]) => Promise<T>): Promise<T> {
   {
