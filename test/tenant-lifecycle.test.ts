@@ -197,6 +197,47 @@ describe('tenants created, resolved, suspended and reactivated by the app role',
     expect(rows).toEqual([])
   })
 
+  it('the whole lifecycle on this major beside two other tenants\' requests (the CLI\'s own load test runs on 15 and 17): none of them fails; create, write, export, suspend, delete, import: the same rows', async () => {
+    const others = await Promise.all(['load-one', 'load-two'].map(async (slug) => (await createTenant(app, { name: slug, slug })).tenantId))
+    let running = true
+    const errors: unknown[] = []
+    let served = 0
+    const load = Promise.all(Array.from({ length: 4 }, async (_, i) => {
+      while (running) {
+        await withTenant(app, others[i % 2]!, async (trx) => {
+          await trx.insertInto('usage_events').values({ tool_name: 'load' }).execute()
+          return trx.selectFrom('usage_events').select('id').limit(5).execute()
+        }).then(() => served++, (e) => errors.push(e))
+      }
+    }))
+    try {
+      const made = await createTenant(app, { name: 'Going', slug: 'going-api' }, { email: 'g@going.example' })
+      const G = made.tenantId
+      await withTenant(app, G, async (trx) => {
+        for (let n = 0; n < 20; n++) {
+          const skill = await trx.insertInto('skills').values({ name: `S${n}`, slug: `s-${n}`, description: 'd', category: 'c', content: 'x' }).returning('id').executeTakeFirstOrThrow()
+          await trx.insertInto('ratings').values({ skill_id: skill.id, user_id: made.adminId!, rating: 3 }).execute()
+          await trx.insertInto('usage_events').values({ skill_id: skill.id, tool_name: 'cli', metadata: n % 2 ? null : { n } }).execute()
+          await recordAudit(trx, { actorId: made.adminId!, action: 'skill.create', resourceId: skill.id })
+        }
+      })
+      const before = await tenantDigest(t.url, G)
+      const chunks: Buffer[] = []
+      await asSuperuser(t.url, (db) => exportTenant(db, G, new Writable({ write(chunk, _e, done) { chunks.push(Buffer.from(chunk)); done() } })))
+      expect(await suspendTenant(app, G)).toBe('suspended')
+      await expect(withTenant(app, G, (trx) => trx.selectFrom('skills').select('id').execute())).rejects.toThrow(`unknown or inactive tenant "${G}"`)
+      expect((await asSuperuser(t.url, (db) => deleteTenant(db, G, { batchSize: 7 }))).rows).toMatchObject({ skills: 20, ratings: 20, usage_events: 20, audit_logs: 20, users: 1 })
+      expect(Object.values(await tenantDigest(t.url, G)).every((d) => d.startsWith('0:'))).toBe(true)
+      await asSuperuser(t.url, (db) => importTenant(db, Readable.from([Buffer.concat(chunks)]), { allowUnconfinedSessions: true }))
+      expect(await tenantDigest(t.url, G)).toEqual(before)
+    } finally {
+      running = false
+      await load
+    }
+    expect(errors).toEqual([])
+    expect(served).toBeGreaterThan(10)
+  })
+
   describe('SQL injected as the app role, without the tenant key', () => {
     /** Runs `fn` in one transaction of the app role, as injected SQL would. */
     const asInjected = <T>(fn: (trx: Kysely<DB>) => Promise<T>) => outcome(app.transaction().execute(fn))
