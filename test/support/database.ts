@@ -1,6 +1,7 @@
 import { Kysely } from 'kysely'
 import { afterAll, beforeAll, inject } from 'vitest'
 import { createDb, type CreateDbOptions } from '../../src/connection/create-db.ts'
+import { poolOf } from '../../src/connection/pipelined-pools.ts'
 import { createScratchDatabase, dropScratchDatabase, scratchName } from '../../src/connection/scratch-database.ts'
 import type { DB } from '../../src/db-types.ts'
 import { buildLegacyDatabase } from '../../fixtures/legacy.ts'
@@ -74,9 +75,19 @@ export function useLegacyDatabases(): () => Promise<TestDatabase> {
  */
 export async function asSuperuser<T>(url: string, fn: (db: Kysely<any>) => Promise<T>): Promise<T> {
   const db = createDb<any>(url, { max: 1 })
+  // Closed means the server's backend has gone, not only the pool: pg's pool.end() resolves before
+  // its clients' sockets close, and until then the backend still shows in pg_stat_activity, where
+  // the next createTenant's guard saw it (a newcomer had 3 runs of 6 fail so on a loaded machine).
+  // The server closes its socket after it has left pg_stat_activity (proc_exit: shmem_exit first).
+  const gone: Promise<void>[] = []
+  poolOf(db)!.pool.on('connect', (client) => {
+    const stream = (client as unknown as { connection: { stream: import('node:net').Socket } }).connection.stream
+    gone.push(new Promise((resolve) => (stream.destroyed ? resolve() : stream.once('close', () => resolve()))))
+  })
   try {
     return await fn(db)
   } finally {
     await db.destroy()
+    await Promise.all(gone)
   }
 }
