@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process'
 import { createHash, createHmac } from 'node:crypto'
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
@@ -79,6 +79,8 @@ describe('skills-db tenant, on a fresh legacy database', () => {
     const exported = await json('export', tenant, '--out', file)
     expect(exported).toMatchObject({ tenantId: tenant, rows: 1 + 1 + 30 * 5 + 2 + 30, tables: { skills: { rows: 30 }, audit_signatures: { rows: 30 } } })
     expect(exported.peakRssMb).toBeGreaterThan(0)
+    // A customer's rows: readable by the operator alone (a newcomer's export was 0644).
+    expect(statSync(file).mode & 0o777).toBe(0o600)
 
     expect(await json('suspend', tenant)).toEqual({ tenantId: tenant, outcome: 'suspended' })
     await expect(withTenant(app, tenant, (trx) => trx.selectFrom('skills').select('id').execute())).rejects.toThrow(`unknown or inactive tenant "${tenant}"`)
@@ -89,7 +91,8 @@ describe('skills-db tenant, on a fresh legacy database', () => {
     expect((await json('list')).map((x: { slug: string }) => x.slug)).toEqual(['default'])
 
     const imported = await json('import', file)
-    expect(imported).toMatchObject({ tenant, rows: exported.rows, sha256: exported.sha256, tables: exported.tables })
+    // Exported before the suspension: it comes back active, and says so.
+    expect(imported).toMatchObject({ tenant, active: true, rows: exported.rows, sha256: exported.sha256, tables: exported.tables })
     // Identical rows, as PostgreSQL itself prints them, and an identical file when exported again.
     const after = await tenantDigest(t.url, tenant)
     expect({ ...after, tenants: 'compared below' }).toEqual({ ...before, tenants: 'compared below' })

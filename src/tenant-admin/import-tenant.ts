@@ -27,13 +27,14 @@ const BATCH_BYTES = 16 * 1024 * 1024
  * transaction: a file that is truncated, altered (a count or checksum of the manifest, its seal,
  * or an audit row that does not continue its hash chain), of another schema, or whose tenant id,
  * slug or domain (or any row's key) is already here, changes nothing, and the error says which. The audit trail keeps its ids, times and hashes; the chain is
- * checked row by row as it is loaded. Exporting the imported tenant gives the same file.
+ * checked row by row as it is loaded. Exporting the imported tenant gives the same file. The tenant
+ * comes back active or suspended as it was when exported (`active` says which).
  * Holds the migration lock.
  *
  * @example
  * const manifest = await importTenant(db, createReadStream('acme.ndjson'))
  */
-export async function importTenant(db: Kysely<any>, input: Readable, options: ImportOptions = {}): Promise<ExportManifest & { tenant: string }> {
+export async function importTenant(db: Kysely<any>, input: Readable, options: ImportOptions = {}): Promise<ExportManifest & { tenant: string; active: boolean }> {
   return asOperator(db, async (conn, migrations) => {
     const lines = ndjsonLines(input)
     const first = await lines.next()
@@ -130,8 +131,9 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
       if (!seen.has('tenants')) throw new TenantAdminError('the file has no tenants row: it is not an export of a tenant')
       await sql`insert into skills_db.tenant_lifecycle (tenant_id, slug, event, detail)
         select id, slug, 'imported', ${JSON.stringify({ rows: manifest.rows, sha256: manifest.sha256 })}::jsonb from public.tenants where id = ${tenant}`.execute(conn)
+      const { rows: status } = await sql<{ active: boolean }>`select is_active as active from public.tenants where id = ${tenant}`.execute(conn)
       await sql`commit`.execute(conn)
-      return { ...manifest, tenant }
+      return { ...manifest, tenant, active: status[0]!.active }
     } catch (error) {
       await sql`rollback`.execute(conn).catch(() => {})
       throw error

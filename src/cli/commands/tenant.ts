@@ -197,7 +197,8 @@ const exportCommand: Command = {
       try {
         // wx: a .partial that exists is another export's, writing now or killed; never share it (an
         // outside review had two exports to one --out report success for one file of one tenant).
-        fd = openSync(partial, 'wx')
+        // 0600: the file holds a customer's rows (emails, key hashes); the operator widens it if needed (a newcomer's export was 0644).
+        fd = openSync(partial, 'wx', 0o600)
       } catch (error) {
         const code = (error as NodeJS.ErrnoException).code
         throw new UsageError(code === 'EEXIST' ? `${partial} exists: another export is writing it, or one was stopped; remove it once no export runs, or give another --out`
@@ -253,7 +254,7 @@ const importCommand: Command = {
           allowUnconfinedSessions: Boolean(values.force), onProgress: (p) => progress(`import: ${p.table} ${p.rows} row(s)`),
         })
         progress.done()
-        return report(values, manifest, () => console.log(`imported tenant ${manifest.tenant}: ${manifest.rows} row(s), counts and checksums as the manifest lists them`))
+        return report(values, manifest, () => console.log(`imported tenant ${manifest.tenant}: ${manifest.rows} row(s), counts and checksums as the manifest lists them; ${manifest.active ? 'active' : 'suspended'}, as it was when exported${manifest.active ? '' : ` (skills-db tenant activate ${manifest.tenant} lets its requests in)`}`))
       } catch (error) {
         progress.done()
         throw error
