@@ -390,32 +390,53 @@ describe('skills-db tenant, on a fresh legacy database', () => {
     expect((await json('list')).map((x: { slug: string }) => x.slug)).not.toContain('blocked')
   })
 
-  it('behind a session of the owner holding skills_db.migration_lock itself (LOCK TABLE): tenant commands and the migrator stop within --lock-retry-budget-ms in one line naming it (an outside review had every tenant command hang with no word)', async () => {
+  it.each([
+    ['lock table skills_db.migration_lock in access exclusive mode', 'LOCK TABLE'],
+    ['lock table skills_db.migration_lock in share mode', 'a weaker LOCK TABLE'],
+    ['select 1 from skills_db.migration_lock for key share', 'a row lock'],
+    ['update skills_db.migration_lock set view_hash = view_hash', 'an update of the row'],
+  ])('behind a session of the owner holding skills_db.migration_lock (%s: %s), tenant commands and the migrator stop within --lock-retry-budget-ms in one line naming it (an outside review had them hang with no word, or wait 30 min)', async (statement) => {
     const holder = createDb<any>(t.url, { max: 1, applicationName: 'lock-squatter' })
     let release!: () => void
     const released = new Promise<void>((r) => (release = r))
     const held = holder.transaction().execute(async (trx) => {
-      await sql`lock table skills_db.migration_lock in access exclusive mode`.execute(trx)
+      await sql.raw(statement).execute(trx)
       await released
     })
     try {
       await new Promise((r) => setTimeout(r, 200))
-      for (const command of [['list'], ['show', 'default'], ['create', '--name', 'Squatted', '--slug', 'squatted', '--force']]) {
+      for (const command of [['list'], ['create', '--name', 'Squatted', '--slug', 'squatted', '--force']]) {
         const started = Date.now()
         const r = await cli(...command, '--lock-retry-budget-ms', '1500')
         expect(r.code, command.join(' ')).toBe(1)
-        expect(oneLine(r.stderr).at(-1), command.join(' ')).toMatch(/^error: gave up after 1\.5 s waiting for skills_db\.migration_lock, locked by pid \d+ \(lock-squatter, .*holds skills_db\.migration_lock.*\): end that session \(while it holds the table, no migrator or tenant command can start\)$/)
+        expect(oneLine(r.stderr).at(-1), command.join(' ')).toMatch(/^error: gave up after 1\.5 s waiting for skills_db\.migration_lock(|'s row), held by pid \d+ \(lock-squatter, .*holds skills_db\.migration_lock.*\): end that session \(while it holds the table or its row, no migrator or tenant command can start\)$/)
         expect(Date.now() - started).toBeLessThan(30_000)
       }
       const migrator = await runScript(['latest', '--no-codegen', '--lock-retry-budget-ms', '1500'], env)
       expect(migrator.code).toBe(1)
-      expect(migrator.stderr).toMatch(/gave up after 1\.5 s waiting for skills_db\.migration_lock, locked by pid \d+ \(lock-squatter/)
+      expect(migrator.stderr).toMatch(/gave up after 1\.5 s waiting for skills_db\.migration_lock(|'s row), held by pid \d+ \(lock-squatter/)
     } finally {
       release()
       await held
       await holder.destroy()
     }
     expect((await json('list')).map((x: { slug: string }) => x.slug)).not.toContain('squatted')
+  })
+
+  it('behind a migrator (a session holding the migration lock\'s key), a tenant command says on stderr what it waits for, then goes ahead', async () => {
+    const holder = createDb<any>(t.url, { max: 1, applicationName: 'busy-migrator' })
+    try {
+      await sql`select pg_catalog.pg_advisory_lock(lock_key) from skills_db.migration_lock`.execute(holder)
+      const listing = cli('list', '--json')
+      await new Promise((r) => setTimeout(r, 3000))
+      await sql`select pg_catalog.pg_advisory_unlock_all()`.execute(holder)
+      const r = await listing
+      expect(r.code, r.stderr).toBe(0)
+      expect(r.stderr).toMatch(/another migrator pid \d+ \(busy-migrator\) is running; waiting for it to finish/)
+      expect(JSON.parse(r.stdout).length).toBeGreaterThan(0)
+    } finally {
+      await holder.destroy()
+    }
   })
 
   it('a reactivation racing the start of a delete: either the delete refuses, or the reactivation does (an outside review had both succeed)', async () => {

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { sql, type Kysely } from 'kysely'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { lockHolders } from '../online/lock-holders.ts'
+import { HOLDER_GONE, lockHolders, STRONG_LOCKS } from '../online/lock-holders.ts'
 import { inRun, progress, run } from '../online/run-context.ts'
 
 /**
@@ -25,7 +25,7 @@ const LOCK_WAIT_MS = 30 * 60_000
  */
 const FIRST_KEY = 7_400_113_650_211_842n
 
-/** How long one poll waits for skills_db.migration_lock itself (not its row, taken NOWAIT). */
+/** How long one poll waits for skills_db.migration_lock and its row: a migrator holds either a moment only. */
 const POLL_WAIT_MS = 1000
 
 /** How long the lock's holder waits for skills_db.migration_lock's row, which pollers hold a moment at a time. */
@@ -53,42 +53,56 @@ export async function withMigrationLock<T>(conn: Kysely<any>, fn: () => Promise<
   let key: bigint | undefined
   let heldSince: number | undefined
   for (let delay = 50; ; delay = Math.min(delay * 2, 1000)) {
-    key = await tryLock(conn)
-    if (key !== undefined) break
-    // A session that locked the table itself (LOCK TABLE, as the owner or a superuser can) is no
-    // migrator, and may never let go: wait for it as for any held table, the run's lock retry
-    // budget, saying so (an outside review had every tenant command hang on it with no word).
-    const table = await tableHolders(conn)
-    if (table) {
+    const got = await tryLock(conn)
+    if (typeof got === 'bigint') {
+      key = got
+      break
+    }
+    if (got === 'held' && !(await migratorHoldsTable(conn))) {
+      // A session kept skills_db.migration_lock or its row from this poll for a whole second (a
+      // LOCK TABLE, a SELECT … FOR SHARE or an UPDATE left open, as the owner or a superuser can):
+      // no migrator holds it that long, and such a session may never let go. Waited for as for any
+      // held table, the run's lock retry budget, saying so (an outside review had every tenant
+      // command hang on one with no word).
+      const who = await tableHolders(conn)
       const budgetMs = run().lockRetryBudgetMs
-      if (heldSince === undefined) progress(`skills_db.migration_lock is locked by ${table}; waiting up to ${budgetMs / 1000} s for it to end`)
+      if (heldSince === undefined) progress(`skills_db.migration_lock is held by ${who}; waiting up to ${budgetMs / 1000} s for it to end`)
       heldSince ??= Date.now()
       if (Date.now() - heldSince > budgetMs) {
-        throw new MigrationLockTimeout(`gave up after ${budgetMs / 1000} s waiting for skills_db.migration_lock, locked by ${table}: end that session (while it holds the table, no migrator or tenant command can start)`)
+        throw new MigrationLockTimeout(`gave up after ${budgetMs / 1000} s waiting for skills_db.migration_lock, held by ${who}: end that session (while it holds the table or its row, no migrator or tenant command can start)`)
       }
-    } else if (!announced) {
+    } else {
       heldSince = undefined
-      progress(`another migrator ${await holderOf(conn)} is running; waiting for it to finish`)
-      announced = true
-    } else heldSince = undefined
+      if (!announced) {
+        progress(`another migrator ${await holderOf(conn)} is running; waiting for it to finish`)
+        announced = true
+      }
+    }
     if (Date.now() > deadline) {
       throw new MigrationLockTimeout(`gave up after ${Math.round(LOCK_WAIT_MS / 60_000)} min waiting for the migration lock held by ${await holderOf(conn)}`)
     }
     await sleep(delay * (0.5 + Math.random()))
   }
   const secret = randomBytes(32).toString('hex')
+  let registered = false
+  const register = async (db: Kysely<any>) => {
+    await registerMaintenanceView(db, secret)
+    registered = true
+  }
   try {
-    await registerMaintenanceView(conn, secret)
+    await register(conn)
     // Again before each migration: on a database migrated for the first time, the table comes later.
-    return await inRun({ beforeEachMigration: (db) => registerMaintenanceView(db, secret) }, fn)
+    return await inRun({ beforeEachMigration: register }, fn)
   } finally {
     // A transaction a failed step left open would make the rest fail: end it first.
     await sql`rollback`.execute(conn).catch(() => {})
-    await conn.transaction().execute(async (trx) => {
-      await sql`select pg_catalog.set_config('lock_timeout', ${`${ROW_WAIT_MS}ms`}::text, true)`.execute(trx)
-      await sql`update skills_db.migration_lock set view_hash = null
-        where view_hash = pg_catalog.sha256(pg_catalog.convert_to(${secret}::text, 'UTF8'))`.execute(trx)
-    }).catch(() => {})
+    if (registered) {
+      await conn.transaction().execute(async (trx) => {
+        await sql`select pg_catalog.set_config('lock_timeout', ${`${ROW_WAIT_MS}ms`}::text, true)`.execute(trx)
+        await sql`update skills_db.migration_lock set view_hash = null
+          where view_hash = pg_catalog.sha256(pg_catalog.convert_to(${secret}::text, 'UTF8'))`.execute(trx)
+      }).catch(() => {})
+    }
     // Plans made with the view of every tenant must not outlive it on this (pooled) connection.
     await sql`select pg_catalog.set_config('skills_db.maintenance_view', '', false)`.execute(conn).catch(() => {})
     await sql`discard plans`.execute(conn).catch(() => {})
@@ -111,9 +125,15 @@ export async function registerMaintenanceView(conn: Kysely<any>, secret: string)
   // Inside a caller's transaction, as it is (a SET LOCAL would outlive this statement there).
   if (conn.isTransaction) await register(conn)
   else {
+    // Pollers hold the row a moment each; held for this long, a session that is no migrator holds
+    // the table or the row (a LOCK TABLE … IN SHARE MODE lets pollers by, not this update).
+    const waitMs = Math.min(ROW_WAIT_MS, run().lockRetryBudgetMs)
     await conn.transaction().execute(async (trx) => {
-      await sql`select pg_catalog.set_config('lock_timeout', ${`${ROW_WAIT_MS}ms`}::text, true)`.execute(trx)
+      await sql`select pg_catalog.set_config('lock_timeout', ${`${waitMs}ms`}::text, true)`.execute(trx)
       await register(trx)
+    }).catch(async (error: { code?: string }) => {
+      if (error.code !== '55P03') throw error
+      throw new MigrationLockTimeout(`gave up after ${waitMs / 1000} s waiting for skills_db.migration_lock's row, held by ${await tableHolders(conn)}: end that session (while it holds the table or its row, no migrator or tenant command can start)`, { cause: error })
     })
   }
   await sql`select pg_catalog.set_config('skills_db.maintenance_view', ${secret}::text, false)`.execute(conn)
@@ -139,21 +159,23 @@ async function createLockTable(conn: Kysely<any>): Promise<void> {
   })
 }
 
-/** Takes the lock if it is free (or held by a session that cannot migrate): its key, else undefined. */
-async function tryLock(conn: Kysely<any>): Promise<bigint | undefined> {
+/**
+ * Takes the lock if it is free (or held by a session that cannot migrate): its key; 'busy' when a
+ * migrator holds it; 'held' when skills_db.migration_lock or its row stayed locked for a whole
+ * poll ({@link POLL_WAIT_MS}), which no migrator does.
+ */
+async function tryLock(conn: Kysely<any>): Promise<bigint | 'busy' | 'held'> {
   if (!(await lockTableExists(conn))) {
-    if (!(await advisoryLock(conn, FIRST_KEY))) return undefined
+    if (!(await advisoryLock(conn, FIRST_KEY))) return 'busy'
     await createLockTable(conn)
     return FIRST_KEY
   }
-  return conn.transaction().execute(async (trx) => {
-    // NOWAIT: another migrator holds the row a moment (polling too, or registering its view); then
-    // this poll found the lock taken, and the next one looks again (caught below, once Kysely has
-    // rolled the transaction back: caught inside, its COMMIT would find the transaction aborted).
-    // NOWAIT is for the row only: the table's own lock, which a LOCK TABLE may hold, is waited for
-    // as long as the lock timeout, so this poll ends too.
+  return conn.transaction().execute(async (trx): Promise<bigint | 'busy' | 'held'> => {
+    // Other pollers hold the row a moment each (and the holder, registering its view): waited for,
+    // but at most a second. A blocked statement holds a snapshot, which the running migrator's
+    // CREATE INDEX CONCURRENTLY waits for: a second at most, never its whole wait (see above).
     await sql`select pg_catalog.set_config('lock_timeout', ${`${POLL_WAIT_MS}ms`}::text, true)`.execute(trx)
-    const { rows } = await sql<{ key: string }>`select lock_key::text as key from skills_db.migration_lock for update nowait`.execute(trx)
+    const { rows } = await sql<{ key: string }>`select lock_key::text as key from skills_db.migration_lock for update`.execute(trx)
     const key = BigInt(rows[0]?.key ?? FIRST_KEY)
     if (await advisoryLock(trx, key)) return key
     const { rows: holders } = await sql<{ who: string; migrator: boolean }>`
@@ -164,16 +186,16 @@ async function tryLock(conn: Kysely<any>): Promise<bigint | undefined> {
       where n.nspname = 'skills_db' and l.locktype = 'advisory' and l.granted
         and l.database = (select oid from pg_catalog.pg_database where datname = pg_catalog.current_database())
         and l.classid = ${high(key)}::oid and l.objid = ${low(key)}::oid`.execute(trx)
-    if (holders.length === 0 || holders.some((h) => h.migrator)) return undefined
+    if (holders.length === 0 || holders.some((h) => h.migrator)) return 'busy'
     const next = BigInt.asUintN(62, BigInt(`0x${randomBytes(8).toString('hex')}`))
     await sql`update skills_db.migration_lock set lock_key = ${next}::bigint`.execute(trx)
-    if (!(await advisoryLock(trx, next))) return undefined
+    if (!(await advisoryLock(trx, next))) return 'busy'
     progress(`the migration lock's key was held by ${holders.map((h) => h.who).join(', ')}, which cannot migrate: the lock moved to a new key`)
     return next
   }).catch((error: { code?: string }) => {
-    // The row's NOWAIT, or the table's lock timeout (the transaction is rolled back by then): not
-    // this time; the next poll looks again.
-    if (error.code === '55P03') return undefined
+    // Caught once Kysely has rolled the transaction back (caught inside, its COMMIT would find the
+    // transaction aborted): the table or its row held past the poll's lock timeout.
+    if (error.code === '55P03') return 'held'
     throw error
   })
 }
@@ -187,19 +209,46 @@ async function advisoryLock(db: Kysely<any>, key: bigint): Promise<boolean> {
   return rows[0]?.ok === true
 }
 
-/** The sessions that hold skills_db.migration_lock locked against the row lock a poll takes, if any. */
-async function tableHolders(conn: Kysely<any>): Promise<string | undefined> {
-  if (!(await lockTableExists(conn))) return undefined
-  return lockHolders(conn, sql`select 'skills_db.migration_lock'::regclass`, ['ExclusiveLock', 'AccessExclusiveLock'])
+/**
+ * The sessions holding skills_db.migration_lock with more than a read (a table lock, or the lock
+ * of a row they lock or update): the ones that kept a poll from its row.
+ */
+async function tableHolders(conn: Kysely<any>): Promise<string> {
+  return await lockHolders(conn, sql`select pg_catalog.to_regclass('skills_db.migration_lock')`, ROW_LOCKING) ?? HOLDER_GONE
+}
+
+const ROW_LOCKING = ['RowShareLock', 'RowExclusiveLock', ...STRONG_LOCKS]
+
+/**
+ * The lock's key, read without waiting more than a poll (a row lock does not hold a read up; a
+ * LOCK TABLE does): undefined when the table was held that long.
+ */
+async function currentKey(conn: Kysely<any>): Promise<bigint | undefined> {
+  if (!(await lockTableExists(conn))) return FIRST_KEY
+  return conn.transaction().execute(async (trx) => {
+    await sql`select pg_catalog.set_config('lock_timeout', ${`${POLL_WAIT_MS}ms`}::text, true)`.execute(trx)
+    return BigInt((await sql<{ key: string }>`select lock_key::text as key from skills_db.migration_lock`.execute(trx)).rows[0]?.key ?? FIRST_KEY)
+  }).catch(() => undefined)
+}
+
+/**
+ * The session holding the lock's key holds skills_db.migration_lock's row too: a migrator that
+ * registered its view inside a transaction of its own (a migration run in one, as kysely-ctl's
+ * Migrator does): waited for as a migrator, not as a session in the way.
+ */
+async function migratorHoldsTable(conn: Kysely<any>): Promise<boolean> {
+  const key = await currentKey(conn)
+  if (key === undefined) return false
+  const { rows } = await sql<{ held: boolean }>`
+    select exists (select from pg_catalog.pg_locks a join pg_catalog.pg_locks t on t.pid = a.pid
+      where a.locktype = 'advisory' and a.granted and a.classid = ${high(key)}::oid and a.objid = ${low(key)}::oid
+        and a.database = (select oid from pg_catalog.pg_database where datname = pg_catalog.current_database())
+        and t.relation = pg_catalog.to_regclass('skills_db.migration_lock') and t.granted and t.mode <> 'AccessShareLock') as held`.execute(conn)
+  return rows[0]?.held === true
 }
 
 async function holderOf(conn: Kysely<any>): Promise<string> {
-  const key = (await lockTableExists(conn))
-    ? await conn.transaction().execute(async (trx) => {
-      await sql`select pg_catalog.set_config('lock_timeout', ${`${POLL_WAIT_MS}ms`}::text, true)`.execute(trx)
-      return BigInt((await sql<{ key: string }>`select lock_key::text as key from skills_db.migration_lock`.execute(trx)).rows[0]?.key ?? FIRST_KEY)
-    }).catch(() => undefined)
-    : FIRST_KEY
+  const key = await currentKey(conn)
   if (key === undefined) return '(session unknown)'
   const { rows } = await sql<{ who: string }>`
     -- Runs before the preflight has looked for planted operators: format(), not ||.

@@ -294,6 +294,14 @@ const deleteCommand: Command = {
 }
 
 /** Each command under its --lock-retry-budget-ms: every wait of the operator's session is bounded by it (operator-session.ts). */
-const withLockWait = (command: Command): Command => ({ ...command, run: (values, positionals) => inRun(lockOptions(values), () => command.run(values, positionals)) })
+/**
+ * Each tenant command with its lock options, and what it waits for said on stderr (another
+ * migrator running, a session holding the migration lock's table): an outside review had a
+ * command wait behind a migrator with no word.
+ */
+const withLockWait = (command: Command): Command => ({
+  ...command,
+  run: (values, positionals) => inRun({ ...lockOptions(values), logger: { info: (m) => console.error(m) } }, () => command.run(values, positionals)),
+})
 
 export const TENANT_COMMANDS: Command[] = [list, show, create, statusCommand('suspend'), statusCommand('activate'), exportCommand, importCommand, deleteCommand].map(withLockWait)
