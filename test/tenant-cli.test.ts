@@ -121,6 +121,9 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       tenant = made.tenantId
       await withTenant(app, tenant, async (trx) => {
         await recordAudit(trx, { actorId: made.adminId, action: 'one', metadata: { k: [1, null, 'x'] } })
+        // JSON null in a NOT NULL jsonb column: version 1 wrote it as null, which only JSON null can have been.
+        const skill = await trx.insertInto('skills').values({ name: 'S', slug: 's', description: 'd', category: 'c', content: 'x' }).returning('id').executeTakeFirstOrThrow()
+        await trx.insertInto('skill_reviews').values({ skill_id: skill.id, requested_by: made.adminId!, categories: sql`'null'::jsonb`, summary: 's', reviewed_content_hash: 'h', model_name: 'm' }).execute()
         await recordAudit(trx, { actorId: made.adminId, action: 'two' })
       })
       file = path.join(dir, 'bad.ndjson')
@@ -220,6 +223,14 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       expect(await importOf('cut.ndjson', cut)).toEqual(['error: the imported audit chain ends at seq 1, the file\'s manifest says seq 2: the file was altered'])
     })
 
+    it('import: the manifest\'s total of rows altered (what the lifecycle record keeps; neither checksummed nor sealed)', async () => {
+      const rows = lines()
+      const last = JSON.parse(rows.at(-1)!)
+      last.manifest.rows = 999999
+      rows[rows.length - 1] = JSON.stringify(last)
+      expect(await importOf('total.ndjson', rows)).toEqual(['error: the manifest\'s total of rows is not the sum of its tables\' rows: the file was altered'])
+    })
+
     it('import: a file of another schema version', async () => {
       const rows = lines()
       rows[0] = rows[0]!.replace('"0020_tenant_lifecycle"', '"0020_tenant_lifecycle","0021_from_the_future"')
@@ -229,8 +240,10 @@ describe('skills-db tenant, on a fresh legacy database', () => {
     it('import: a file of version 1 (json and jsonb columns as JSON, not as their text) still loads, as the same rows', async () => {
       expect(lines()[0]).toContain('"version":2')
       const v1 = lines().map((l, i) => i === 0 ? l.replace('"version":2', '"version":1')
-        : l.replace(/"(metadata|categories)":("(?:[^"\\]|\\.)*")/g, (_m, column: string, text: string) => `"${column}":${JSON.parse(text)}`))
+        : l.replace(/"(metadata|categories)":("(?:[^"\\]|\\.)*")/g, (_m, column: string, text: string) => `"${column}":${JSON.parse(text)}`).replace('"tags":"{}"', '"tags":[]'))
       expect(v1.find((l) => l.startsWith('{"t":"audit_logs"') && l.includes('"action":"one"'))).toContain('"metadata":{"k": [1, null, "x"]}')
+      expect(v1.find((l) => l.startsWith('{"t":"skill_reviews"'))).toContain('"categories":null')
+      expect(v1.find((l) => l.startsWith('{"t":"skills"'))).toContain('"tags":[]')
       const older = path.join(dir, 'version-1.ndjson')
       writeFileSync(older, `${refit(v1, TEST_TENANT_KEY).join('\n')}\n`)
       expect((await json('import', older)).tenant).toBe(tenant)

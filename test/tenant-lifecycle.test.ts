@@ -63,14 +63,15 @@ describe('tenants created, resolved, suspended and reactivated by the app role',
     expect(await withTenant(app, A, (trx) => trx.selectFrom('users').select('id').where('email', '=', 'ann@acme.example').execute())).toEqual([])
   })
 
-  it('export, delete and import on this major (the CLI\'s own tests run on 15 and 17): every table, floats, arrays, jsonb (JSON null apart from SQL NULL), times and text with U+2028 come back as PostgreSQL printed them, the file the same, the audit trail verified', async () => {
+  it('export, delete and import on this major (the CLI\'s own tests run on 15 and 17): every table, floats, arrays (their bounds too), jsonb (JSON null apart from SQL NULL), times and text with U+2028 come back as PostgreSQL printed them, the file the same, the audit trail verified', async () => {
     const made = await createTenant(app, { name: 'Round\u2028Trip', slug: 'round-trip', domain: 'rt.example.com' }, { email: 'r1@rt.example' })
     const R = made.tenantId
     await asSuperuser(t.url, async (db) => {
       for (const statement of [
         sql`insert into users (id, tenant_id, email, name) values ('uR2', ${R}, 'r2@rt.example', 'Zoë \u2029 "quoted" \\ back')`,
         sql`insert into skills (id, tenant_id, name, slug, description, category, content, author_id) values ('sR1', ${R}, 'Lint', 'lint', 'line\nbreak\ttab', 'dev', repeat('x', 5000), 'uR2')`,
-        sql`insert into skills (id, tenant_id, name, slug, description, category, content, author_id) values ('sR2', ${R}, 'Fmt', 'fmt', 'd', 'dev', 'c', 'uR2')`,
+        // An array's bounds are its own (an outside review had '[0:1]={x,y}' come back as {x,y}).
+        sql`insert into skills (id, tenant_id, name, slug, description, category, content, author_id, tags) values ('sR2', ${R}, 'Fmt', 'fmt', 'd', 'dev', 'c', 'uR2', '[0:1]={x,"y z"}')`,
         sql`insert into ratings (id, tenant_id, skill_id, user_id, rating) values ('rR1', ${R}, 'sR1', 'uR2', 5)`,
         sql`insert into usage_events (id, tenant_id, tool_name, skill_id, user_id, metadata, created_at) values ('eR1', ${R}, 'cli', 'sR1', 'uR2', '{"n": 1.5e-7, "big": 12345678901234567890, "nested": {"a": [1, null, "\u2028"]}}', '2026-01-02 03:04:05.123456+00')`,
         sql`insert into skill_versions (id, tenant_id, skill_id, version, content_url, content_hash, content_type, name, description, created_by) values ('vR1', ${R}, 'sR1', 1, 'u', 'h', 't', 'n', 'd', 'uR2')`,
@@ -189,9 +190,16 @@ describe('tenants created, resolved, suspended and reactivated by the app role',
       [{ name: 'N', slug: 'ok', plan: 'Gold Plan' }, 'plan "Gold Plan" is not'],
       [{ name: 'N', slug: 'ok', id: 'has space' }, 'tenant id "has space" is not'],
       [{ name: 'N', slug: 'ok', requestKey: 'short' }, 'requestKey has at least 16 characters'],
+      // What text cannot store (an outside review had the driver's raw encoding error).
+      [{ name: 'a\u0000b', slug: 'ok' }, 'holds a NUL or a lone surrogate'],
+      [{ name: 'half \ud800 a pair', slug: 'ok' }, 'holds a NUL or a lone surrogate'],
     ]
     for (const [input, message] of cases) await expect(createTenant(app, input)).rejects.toThrow(message)
     await expect(createTenant(app, { name: 'N', slug: 'ok' }, { email: 'no-at-sign' })).rejects.toThrow('email "no-at-sign" is not an address')
+    await expect(createTenant(app, { name: 'N', slug: 'ok' }, { email: 'a\u0000@b.example' })).rejects.toThrow(TenantRequestError)
+    await expect(createTenant(app, { name: 'N', slug: 'ok' }, { email: 'a@b.example', name: 'x\u0000' })).rejects.toThrow(TenantRequestError)
+    expect(await resolveTenant(app, { domain: 'a\u0000b.example.com' })).toBeUndefined()
+    expect(await resolveTenant(app, { slug: 'a\udc00' })).toBeUndefined()
     await expect(suspendTenant(app, 'no-such-tenant')).rejects.toThrow('no tenant has the id "no-such-tenant"')
     const { rows } = await asSuperuser(t.url, (admin) => sql`select 1 from tenants where slug = 'ok'`.execute(admin))
     expect(rows).toEqual([])

@@ -48,6 +48,8 @@ const SLUG = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/
 const DOMAIN = /^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$/
 const PLAN = /^[a-z0-9_-]{1,64}$/
 const EMAIL = /^[^\s@]+@[^\s@]+$/
+/** What PostgreSQL's text cannot hold: a NUL, or half a surrogate pair (an outside review had a NUL answered with the driver's raw encoding error). */
+export const UNSTORABLE = /\u0000|\p{Surrogate}/u
 
 /**
  * Creates a tenant, and with it its first admin user, in one transaction: the sign-up of a
@@ -81,6 +83,9 @@ export async function createTenant(db: Kysely<DB>, tenant: NewTenant, firstAdmin
   if (!PLAN.test(plan)) throw new TenantRequestError(`plan ${JSON.stringify(plan)} is not lowercase letters, digits, _ and -`)
   if (!TENANT_ID.test(id)) throw new TenantRequestError(`tenant id ${JSON.stringify(id)} is not 1 to 128 letters, digits, _ and -`)
   if (typeof requestKey !== 'string' || requestKey.length < 16) throw new TenantRequestError('requestKey has at least 16 characters (e.g. randomBytes(24).toString(\'base64url\'))')
+  if ([name, firstAdmin?.email, firstAdmin?.name].some((v) => typeof v === 'string' && UNSTORABLE.test(v))) {
+    throw new TenantRequestError('a tenant\'s name, or its first admin\'s email or name, holds a NUL or a lone surrogate (\\ud800–\\udfff), which text cannot store')
+  }
   if (firstAdmin !== undefined && (typeof firstAdmin.email !== 'string' || !EMAIL.test(firstAdmin.email) || firstAdmin.email.length > 320)) {
     throw new TenantRequestError(`the first admin's email ${JSON.stringify(firstAdmin.email)} is not an address`)
   }

@@ -1,5 +1,6 @@
 import { sql, type Kysely } from 'kysely'
 import type { DB } from '../db-types.ts'
+import { UNSTORABLE } from './create-tenant.ts'
 import { tenantRefusal, TenantRequestError } from './tenant-errors.ts'
 
 /** What a request's URL names: the tenant's slug (`app.example.com/acme`) or its own domain (`acme.example.com`). */
@@ -37,6 +38,8 @@ export async function resolveTenant(db: Kysely<DB>, lookup: TenantLookup): Promi
   const slug = typeof lookup?.slug === 'string' ? lookup.slug : null
   const domain = typeof lookup?.domain === 'string' ? lookup.domain.toLowerCase() : null
   if ((slug === null) === (domain === null)) throw new TenantRequestError('resolveTenant takes { slug } or { domain }, one of them')
+  // No tenant's slug or domain holds what text cannot: nothing, as for any other unknown one.
+  if (UNSTORABLE.test(slug ?? domain ?? '')) return undefined
   const { rows } = await sql<{ tenant_id: string; active: boolean }>`
     select tenant_id, active from tenant_context.resolve_tenant(${slug}::text, ${domain}::text)`.execute(db).catch((error: unknown) => { throw tenantRefusal(error) })
   return rows[0] ? { tenantId: rows[0].tenant_id, active: rows[0].active } : undefined

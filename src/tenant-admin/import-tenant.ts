@@ -71,7 +71,7 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
           const { rows } = await sql<{ n: number }>`with added as (
               insert into ${sql.table(`public.${table}`)} select r.* from ${rowsOf}
               where r.tenant_id = ${tenant}::text returning 1)
-            select count(*)::int as n from added`.execute(conn).catch((error: unknown) => { throw collision(error, table) })
+            select count(*)::int as n from added`.execute(conn).catch((error: unknown) => { throw collision(error, table, header.version) })
           if (rows[0]!.n !== count) throw new TenantAdminError(`the file's ${table} rows include rows of another tenant than ${tenant}: the file was altered`)
         }
         options.onProgress?.({ table, rows: seen.get(table)!.rows })
@@ -117,6 +117,10 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
           throw new TenantAdminError(`the file's ${table} rows do not match its manifest (${got.rows} row(s) read, ${want.rows} listed${want.rows === got.rows ? ', checksums differ' : ''}): the file was altered or damaged`)
         }
       }
+      // Its total too, which the tenant's lifecycle record keeps: an outside review had it edited to 999999 and recorded.
+      if (manifest.rows !== ORDER.reduce((n, table) => n + (seen.get(table)?.rows ?? 0), 0)) {
+        throw new TenantAdminError('the manifest\'s total of rows is not the sum of its tables\' rows: the file was altered')
+      }
       if (manifest.sha256 !== file.digest('hex')) throw new TenantAdminError('the file does not match its manifest\'s checksum: it was altered or damaged')
       // The seal: checksums anyone can recompute; the tenant key's MAC only its holders.
       const keyId = manifest.mac.split(':')[0]!
@@ -160,11 +164,12 @@ async function claimTenant(conn: Kysely<any>, tenant: string, rowsOf: RawBuilder
   await sql`set local skills_db.importing_tenant = ${sql.lit(tenant)}`.execute(conn)
 }
 
-function collision(error: unknown, table: string): unknown {
+function collision(error: unknown, table: string, version: number): unknown {
   const e = error as { code?: string; constraint?: string; message?: string }
   if (e.code === '23505') return new TenantAdminError(`a row of ${table} collides with a row already in this database (${e.constraint}): the tenant's rows were imported here before, or the file was altered`, { cause: error })
   if (e.code === '23503') return new TenantAdminError(`a row of ${table} references a row the file does not hold (${e.constraint}): the file was altered`, { cause: error })
-  if (e.code === 'XX001') return new TenantAdminError(`${e.message}`, { cause: error })
+  // Version 1 wrote an audit row's JSON null metadata as null, read back as SQL NULL: its hash then differs.
+  if (e.code === 'XX001') return new TenantAdminError(`${e.message}${version === 1 && table === 'audit_logs' ? ', or (a file of version 1) the row\'s metadata was JSON null, which version 1 cannot tell from SQL NULL: export the tenant again with this skills-db, if it still exists' : ''}`, { cause: error })
   return error
 }
 

@@ -2,11 +2,14 @@ import { sql, type Kysely, type RawBuilder } from 'kysely'
 
 /**
  * How a row is written to an export line and read back. In version 1 a row was `to_json(row)`,
- * which writes a json or jsonb column holding JSON `null` and one holding SQL NULL alike (`null`),
- * and import read both back as SQL NULL (an outside review: a NOT NULL jsonb column refused the
- * import; an audit row's metadata broke its hash chain). Version 2 writes such a column as its text,
- * a JSON string (`"null"`, `"{\"a\": 1}"`), so only SQL NULL is `null`; every other column is
- * still written as to_json prints it. Import reads either.
+ * which loses two things (outside reviews):
+ * - a json or jsonb column holding JSON `null` and one holding SQL NULL are both `null`, and import
+ *   read both back as SQL NULL (a NOT NULL jsonb column refused the import; an audit row's metadata
+ *   broke its hash chain);
+ * - an array's bounds: `'[0:1]={x,y}'` came back as `{x,y}`, whose first element is `[1]`.
+ * Version 2 writes such columns (json, jsonb, arrays, and domains over them) as their text, a JSON
+ * string (`"null"`, `"[0:1]={x,y}"`), which their type reads back exactly; only SQL NULL is
+ * `null`. Every other column is written as to_json prints it. Import reads either version.
  */
 export const EXPORT_VERSION = 2
 export const READABLE_VERSIONS: readonly number[] = [1, 2]
@@ -15,45 +18,55 @@ export interface ExportColumn {
   name: string
   /** As format_type prints it: a type name the column definition list of json_to_recordset takes. */
   type: string
-  /** json, jsonb, or a domain or array of them: written as text from version 2. */
+  /** json or jsonb (or a domain over them). */
   json: boolean
+  /** An array (or a domain over one). */
+  array: boolean
+  notNull: boolean
 }
 
 /** The table's columns in their order (dropped ones left out, as to_json leaves them). */
 export async function exportColumns(conn: Kysely<any>, table: string): Promise<ExportColumn[]> {
   const { rows } = await sql<ExportColumn>`
     with recursive cols as (
-      select a.attnum, a.attname::text as name, pg_catalog.format_type(a.atttypid, a.atttypmod) as type, a.atttypid as t
+      select a.attnum, a.attname::text as name, pg_catalog.format_type(a.atttypid, a.atttypmod) as type, a.atttypid as t, a.attnotnull as "notNull"
       from pg_catalog.pg_attribute a
       where a.attrelid = ${`public.${table}`}::regclass and a.attnum > 0 and not a.attisdropped),
-    -- Down through domains and arrays to the type underneath, as far as it goes.
-    under (attnum, t) as (
+    -- Down through domains to the type underneath.
+    base (attnum, t) as (
       select attnum, t from cols
       union
-      select u.attnum, case when y.typbasetype <> 0 then y.typbasetype else y.typelem end
-      from under u join pg_catalog.pg_type y on y.oid = u.t
-      where y.typbasetype <> 0 or (y.typelem <> 0 and y.typlen = -1))
-    select c.name, c.type, exists (select from under u where u.attnum = c.attnum and u.t in ('json'::regtype, 'jsonb'::regtype)) as json
+      select b.attnum, y.typbasetype from base b join pg_catalog.pg_type y on y.oid = b.t where y.typbasetype <> 0)
+    select c.name, c.type, c."notNull",
+      exists (select from base b where b.attnum = c.attnum and b.t in ('json'::regtype, 'jsonb'::regtype)) as json,
+      exists (select from base b join pg_catalog.pg_type y on y.oid = b.t where b.attnum = c.attnum and y.typcategory = 'A') as array
     from cols c order by c.attnum`.execute(conn)
   return rows
 }
+
+/** Written as its text in `version`. */
+const asText = (c: ExportColumn, version: number) => version >= 2 && (c.json || c.array)
 
 /** A row of `x` (the table's alias) as one JSON object, the form `version` writes. */
 export function rowAsJson(columns: readonly ExportColumn[], version: number): RawBuilder<string> {
   if (version === 1) return sql<string>`pg_catalog.to_json(x)::text`
   // to_json of a row built column by column: the same keys, order and values as to_json(x), but
-  // for the JSON columns, which it writes as their text.
-  const fields = columns.map((c) => c.json ? sql`x.${sql.id(c.name)}::text as ${sql.id(c.name)}` : sql`x.${sql.id(c.name)} as ${sql.id(c.name)}`)
+  // for the columns written as their text.
+  const fields = columns.map((c) => asText(c, version) ? sql`x.${sql.id(c.name)}::text as ${sql.id(c.name)}` : sql`x.${sql.id(c.name)} as ${sql.id(c.name)}`)
   return sql<string>`(select pg_catalog.to_json(y)::text from (select ${sql.join(fields)}) y)`
 }
 
 /**
  * The rows of `json` (an array of rows, each an object as {@link rowAsJson} wrote it in
  * `version`) as a relation `r` with the table's columns and types: what an insert selects from.
+ * In version 1, `null` in a NOT NULL json column can only have been JSON null, and is read so.
  */
 export function rowsFromJson(columns: readonly ExportColumn[], json: string, version: number): RawBuilder<unknown> {
-  const text = (c: ExportColumn) => version >= 2 && c.json
-  const definitions = columns.map((c) => sql`${sql.id(c.name)} ${sql.raw(text(c) ? 'text' : c.type)}`)
-  const values = columns.map((c) => text(c) ? sql`r.${sql.id(c.name)}::${sql.raw(c.type)} as ${sql.id(c.name)}` : sql`r.${sql.id(c.name)}`)
+  const definitions = columns.map((c) => sql`${sql.id(c.name)} ${sql.raw(asText(c, version) ? 'text' : c.type)}`)
+  const values = columns.map((c) => {
+    if (asText(c, version)) return sql`r.${sql.id(c.name)}::${sql.raw(c.type)} as ${sql.id(c.name)}`
+    if (version === 1 && c.json && c.notNull) return sql`coalesce(r.${sql.id(c.name)}, 'null'::${sql.raw(c.type)}) as ${sql.id(c.name)}`
+    return sql`r.${sql.id(c.name)}`
+  })
   return sql`(select ${sql.join(values)} from pg_catalog.json_to_recordset(${json}::json) as r(${sql.join(definitions)})) r`
 }
