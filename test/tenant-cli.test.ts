@@ -274,6 +274,13 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       const squatter = (await json('create', '--name', 'Squat', '--slug', 'bad-input')).tenantId
       const taken = await cli('import', file)
       expect(oneLine(taken.stderr).filter((l) => !l.startsWith('database '))).toEqual([`error: slug "bad-input" is taken here by tenant "${squatter}": the import would collide`])
+      // A forged file (checksums refitted, no tenant key) learns nothing of what is taken here, nor by whom: it is refused as unsealed (an outside review had it told the owner's id).
+      const forged = refit(lines().map((l) => l.startsWith('{"t":"tenants"') ? l.replace(tenant, 'forged-tenant-id') : l).map((l, i) => i === 0 ? l.replace(tenant, 'forged-tenant-id') : l))
+      const probe = path.join(dir, 'forged.ndjson')
+      writeFileSync(probe, `${forged.join('\n')}\n`)
+      const probed = await cli('import', probe)
+      expect(probed.code).toBe(1)
+      expect(oneLine(probed.stderr).filter((l) => !l.startsWith('database '))).toEqual(['error: the file\'s seal (the tenant key\'s MAC of its checksum) does not match: it was altered, its checksums refitted'])
     })
   })
 

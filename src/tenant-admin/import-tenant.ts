@@ -56,6 +56,11 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
       let batchBytes = 0
       let lineNo = 1
       const columns = new Map<string, ExportColumn[]>()
+      // What the database refused (a collision, a row of another tenant, a broken chain): said only
+      // once the file is known to be sealed by the tenant key. Before, a forged file learnt which
+      // slugs, domains and ids are taken here, and by which tenant (an outside review); now it is
+      // refused as unsealed. The rest of the file is read and checked, not loaded.
+      let refusal: unknown
       const flush = async () => {
         if (batch.length === 0) return
         const table = ORDER[at]!
@@ -63,6 +68,15 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
         const count = batch.length
         batch = []
         batchBytes = 0
+        if (refusal !== undefined) return
+        try {
+          await load(table, json, count)
+        } catch (error) {
+          refusal = error
+          await sql`rollback`.execute(conn)
+        }
+      }
+      const load = async (table: string, json: string, count: number) => {
         if (!columns.has(table)) columns.set(table, await exportColumns(conn, table))
         const rowsOf = rowsFromJson(columns.get(table)!, json, header.version)
         if (table === 'tenants') {
@@ -127,6 +141,7 @@ export async function importTenant(db: Kysely<any>, input: Readable, options: Im
       const expected = await tenantKeyMac(conn, exportMacText(tenant, manifest), keyId)
       if (expected === undefined) throw new TenantAdminError(`the file is sealed with tenant key "${keyId}", which this database does not hold: import into a database given the same SKILLS_DB_TENANT_KEYS as the one exported from`)
       if (expected !== manifest.mac) throw new TenantAdminError('the file\'s seal (the tenant key\'s MAC of its checksum) does not match: it was altered, its checksums refitted')
+      if (refusal !== undefined) throw refusal
       const { rows: head } = await sql<{ seq: string; hash: string }>`
         select seq::text as seq, encode(row_hash, 'hex') as hash from skills_db.audit_chain_heads where tenant_id = ${tenant}`.execute(conn)
       if (JSON.stringify(head[0] ?? null) !== JSON.stringify(manifest.auditHead)) {
