@@ -62,7 +62,7 @@ describe('the audit hash chain', () => {
     dirs.push(dir)
     const cli = await runScript(['audit', 'verify', '--save-heads', path.join(dir, 'heads.json')], { DATABASE_URL: t.url, SKILLS_DB_AUDIT_KEYS: TEST_AUDIT_KEY })
     expect(cli.code, cli.stderr).toBe(0)
-    expect(cli.stdout).toMatch(/audit trail verified: 2 tenant\(s\), 6 chained row\(s\), every one signed and in order/)
+    expect(cli.stdout).toMatch(/audit trail verified: 2 tenant\(s\) with an audit trail, 6 chained row\(s\), every one signed and in order/)
     expect(JSON.parse(readFileSync(path.join(dir, 'heads.json'), 'utf8'))).toEqual([
       { tenantId: A, seq: '3', rowHash: expect.stringMatching(/^[0-9a-f]{64}$/) }, { tenantId: B, seq: '3', rowHash: expect.stringMatching(/^[0-9a-f]{64}$/) }])
   })

@@ -35,7 +35,7 @@ export const audit: Command = {
         console.error(`error: the audit trail fails verification: ${report.problems.length} problem(s), listed above (the first of each tenant's chain)`)
         return 1
       }
-      console.log(`audit trail verified: ${report.tenants.length} tenant(s), ${report.tenants.reduce((n, t) => n + t.rows, 0)} chained row(s), every one signed and in order`)
+      console.log(`audit trail verified: ${report.tenants.length} tenant(s) with an audit trail, ${report.tenants.reduce((n, t) => n + t.rows, 0)} chained row(s), every one signed and in order`)
       return 0
     })
   },
