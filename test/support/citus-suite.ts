@@ -172,7 +172,7 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
       expect((await verifyAuditTrail(admin, { keys: [TEST_AUDIT_KEY] })).problems).toEqual(auditBefore.problems)
     })
 
-    it('the tenant lifecycle on the distributed tables: create, resolve, suspend (refused at once), export, delete, import the same rows and file, show its shard', async () => {
+    it('the tenant lifecycle on the distributed tables: create, resolve, suspend (refused at once), export, delete, import the same rows and file beside the new app\'s load, show its shard', async () => {
       // Created through the operator's connection (this suite's superuser sessions are connected: 0005's guard), as skills-db tenant create --force does.
       const made = await asOperator(admin, async (conn) => {
         await sql`select set_config('skills_db.unconfined_sessions_ok', 'on', false)`.execute(conn)
@@ -218,13 +218,22 @@ export async function describeOnCitus(topology: CitusTopology): Promise<void> {
         return { out: new Writable({ write(chunk, _e, done) { chunks.push(Buffer.from(chunk)); done() } }), text: () => Buffer.concat(chunks).toString('utf8') }
       }
       const first = write()
-      const manifest = await exportTenant(admin, tenant, first.out)
-      expect(manifest.tables).toMatchObject({ skills: { rows: 5 }, ratings: { rows: 5 }, audit_logs: { rows: 5 }, audit_signatures: { rows: 5 }, users: { rows: 1 } })
-      expect(await suspendTenant(app, tenant)).toBe('suspended')
-      await expect(withTenant(app, tenant, (trx) => trx.selectFrom('skills').select('id').where('tenant_id', '=', tenant).execute())).rejects.toThrow('unknown or inactive tenant')
-      expect((await deleteTenant(admin, tenant, { batchSize: 2 })).rows).toMatchObject({ skills: 5, ratings: 5, audit_logs: 5, audit_signatures: 5, users: 1 })
-      expect(await resolveTenant(app, { slug: 'lifecycle' })).toBeUndefined()
-      expect((await importTenant(admin, Readable.from([first.text()]), { allowUnconfinedSessions: true })).sha256).toBe(manifest.sha256)
+      // Export, suspend, delete and import beside the new app's requests of A and B: none of them fails.
+      const load = newAppLoad(appUrl, sessions, `life-${topology}`)
+      let manifest: Awaited<ReturnType<typeof exportTenant>>
+      try {
+        manifest = await exportTenant(admin, tenant, first.out)
+        expect(manifest.tables).toMatchObject({ skills: { rows: 5 }, ratings: { rows: 5 }, audit_logs: { rows: 5 }, audit_signatures: { rows: 5 }, users: { rows: 1 } })
+        expect(await suspendTenant(app, tenant)).toBe('suspended')
+        await expect(withTenant(app, tenant, (trx) => trx.selectFrom('skills').select('id').where('tenant_id', '=', tenant).execute())).rejects.toThrow('unknown or inactive tenant')
+        expect((await deleteTenant(admin, tenant, { batchSize: 2 })).rows).toMatchObject({ skills: 5, ratings: 5, audit_logs: 5, audit_signatures: 5, users: 1 })
+        expect(await resolveTenant(app, { slug: 'lifecycle' })).toBeUndefined()
+        expect((await importTenant(admin, Readable.from([first.text()]), { allowUnconfinedSessions: true })).sha256).toBe(manifest.sha256)
+      } finally {
+        const done = await load.stop()
+        expect(done.errors).toEqual([])
+        expect(done.requests).toBeGreaterThan(0)
+      }
       const again = write()
       await exportTenant(admin, tenant, again.out)
       expect(again.text()).toBe(first.text())
