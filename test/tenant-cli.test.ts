@@ -4,12 +4,14 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync 
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
+import { Readable } from 'node:stream'
 import { sql, type Kysely } from 'kysely'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { recordAudit } from '../src/audit/record-audit.ts'
 import { createDb } from '../src/connection/create-db.ts'
 import type { DB } from '../src/db-types.ts'
 import { exportMacText } from '../src/tenant-admin/export-tenant.ts'
+import { importTenant } from '../src/tenant-admin/import-tenant.ts'
 import { parseTenantKey } from '../src/tenancy/tenant-key.ts'
 import { createTenant } from '../src/tenancy/create-tenant.ts'
 import { activateTenant, suspendTenant } from '../src/tenancy/tenant-status.ts'
@@ -231,6 +233,17 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       expect(await importOf('total.ndjson', rows)).toEqual(['error: the manifest\'s total of rows is not the sum of its tables\' rows: the file was altered'])
     })
 
+    it('import: a damaged manifest or header (tables null, a version as text, migrations not names), and a name holding a newline: one whole line each', async () => {
+      const rows = lines()
+      const last = JSON.parse(rows.at(-1)!)
+      expect(await importOf('tables-null.ndjson', [...rows.slice(0, -1), JSON.stringify({ manifest: { ...last.manifest, tables: null } })])).toEqual([`error: line ${rows.length}, the manifest, is damaged`])
+      expect(await importOf('version-text.ndjson', [rows[0]!.replace('"version":2', '"version":"2"'), ...rows.slice(1)])).toEqual(['error: the file is an export of version "2"; this skills-db reads versions 1 and 2: import it with the skills-db that wrote it'])
+      expect(await importOf('migrations-objects.ndjson', [rows[0]!.replace('"migrations":[', '"migrations":[{"a":1},'), ...rows.slice(1)])).toEqual(['error: the export\'s header is damaged'])
+      const newline = await cli('show', 'foo\nbar')
+      expect(newline.code).toBe(1)
+      expect(oneLine(newline.stderr).filter((l) => !l.startsWith('database '))).toEqual(['error: no tenant has the id or slug "foo\\nbar": skills-db tenant list shows both; see skills-db tenant show --help'])
+    })
+
     it('import: a file of another schema version', async () => {
       const rows = lines()
       rows[0] = rows[0]!.replace('"0020_tenant_lifecycle"', '"0020_tenant_lifecycle","0021_from_the_future"')
@@ -281,6 +294,14 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       const probed = await cli('import', probe)
       expect(probed.code).toBe(1)
       expect(oneLine(probed.stderr).filter((l) => !l.startsWith('database '))).toEqual(['error: the file\'s seal (the tenant key\'s MAC of its checksum) does not match: it was altered, its checksums refitted'])
+      // Nor from its progress or the time it takes: opened twice, it is checked whole before a row is loaded.
+      for (const slugged of [forged, forged.map((l) => l.replace('"slug":"bad-input"', '"slug":"free-slug"'))]) {
+        const progress: unknown[] = []
+        const file = refit(slugged)
+        await expect(asSuperuser(t.url, (db) => importTenant(db, () => Readable.from([`${file.join('\n')}\n`]), { allowUnconfinedSessions: true, onProgress: (p) => progress.push(p) })))
+          .rejects.toThrow('the file\'s seal (the tenant key\'s MAC of its checksum) does not match')
+        expect(progress).toEqual([])
+      }
     })
   })
 
@@ -441,6 +462,27 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       await holder.destroy()
     }
     expect((await json('list')).map((x: { slug: string }) => x.slug)).not.toContain('squatted')
+  })
+
+  it('behind a row another session locked (SELECT … FOR UPDATE of the tenant\'s row): suspend stops within --lock-retry-budget-ms naming that session (an outside review had "a session that has since finished" named while it ran)', async () => {
+    const tenant: string = (await json('create', '--name', 'Row held', '--slug', 'row-held')).tenantId
+    const holder = createDb<any>(t.url, { max: 1, applicationName: 'row-holder' })
+    let release!: () => void
+    const released = new Promise<void>((r) => (release = r))
+    const held = holder.transaction().execute(async (trx) => {
+      await sql`select 1 from tenants where id = ${tenant} for update`.execute(trx)
+      await released
+    })
+    try {
+      await new Promise((r) => setTimeout(r, 200))
+      const r = await cli('suspend', tenant, '--lock-retry-budget-ms', '1500')
+      expect(r.code).toBe(1)
+      expect(oneLine(r.stderr).at(-1)).toMatch(/^error: gave up after 1\.5 s waiting for a lock, held by one of pid \d+ \(row-holder, .*holds .*tenants/)
+    } finally {
+      release()
+      await held
+      await holder.destroy()
+    }
   })
 
   it('behind a migrator (a session holding the migration lock\'s key), a tenant command says on stderr what it waits for, then goes ahead', async () => {

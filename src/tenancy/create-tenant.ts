@@ -74,6 +74,8 @@ export async function createTenant(db: Kysely<DB>, tenant: NewTenant, firstAdmin
   const id = tenant.id ?? randomUUID()
   const name = tenant.name
   const slug = tenant.slug
+  if (tenant.domain !== undefined && typeof tenant.domain !== 'string') throw new TenantRequestError(`domain ${JSON.stringify(tenant.domain)} is not a host name (e.g. acme.example.com)`)
+  if (tenant.plan !== undefined && typeof tenant.plan !== 'string') throw new TenantRequestError(`plan ${JSON.stringify(tenant.plan)} is not lowercase letters, digits, _ and -`)
   const domain = tenant.domain === undefined ? null : tenant.domain.toLowerCase()
   const plan = tenant.plan ?? 'freemium'
   const requestKey = tenant.requestKey ?? randomBytes(24).toString('base64url')
@@ -82,7 +84,7 @@ export async function createTenant(db: Kysely<DB>, tenant: NewTenant, firstAdmin
   if (domain !== null && !DOMAIN.test(domain)) throw new TenantRequestError(`domain ${JSON.stringify(tenant.domain)} is not a host name (e.g. acme.example.com)`)
   if (!PLAN.test(plan)) throw new TenantRequestError(`plan ${JSON.stringify(plan)} is not lowercase letters, digits, _ and -`)
   if (!TENANT_ID.test(id)) throw new TenantRequestError(`tenant id ${JSON.stringify(id)} is not 1 to 128 letters, digits, _ and -`)
-  if (typeof requestKey !== 'string' || requestKey.length < 16) throw new TenantRequestError('requestKey has at least 16 characters (e.g. randomBytes(24).toString(\'base64url\'))')
+  if (typeof requestKey !== 'string' || requestKey.length < 16 || UNSTORABLE.test(requestKey)) throw new TenantRequestError('requestKey has at least 16 characters, none of them a NUL or a lone surrogate (e.g. randomBytes(24).toString(\'base64url\'))')
   if ([name, firstAdmin?.email, firstAdmin?.name].some((v) => typeof v === 'string' && UNSTORABLE.test(v))) {
     throw new TenantRequestError('a tenant\'s name, or its first admin\'s email or name, holds a NUL or a lone surrogate (\\ud800–\\udfff), which text cannot store')
   }

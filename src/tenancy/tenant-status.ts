@@ -1,6 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import type { DB } from '../db-types.ts'
 import { inSignedTransaction, lifecycleRequest } from './lifecycle-request.ts'
+import { UNSTORABLE } from './create-tenant.ts'
 import { tenantRefusal, TenantRequestError } from './tenant-errors.ts'
 import { keyFor } from './with-tenant.ts'
 
@@ -31,6 +32,7 @@ export function activateTenant(db: Kysely<DB>, tenantId: string): Promise<Tenant
 
 async function setActive(db: Kysely<DB>, tenantId: string, active: boolean): Promise<TenantStatusChange> {
   if (typeof tenantId !== 'string' || tenantId === '' || tenantId.length > 128) throw new TenantRequestError('a tenant id has 1 to 128 characters')
+  if (UNSTORABLE.test(tenantId)) throw new TenantRequestError('a tenant id holds no NUL and no lone surrogate (\\ud800–\\udfff): no tenant has this one')
   const key = keyFor(db, active ? 'activateTenant' : 'suspendTenant')
   const request = lifecycleRequest(active ? 'activated' : 'suspended', [tenantId])
   try {

@@ -4,7 +4,7 @@ import type { Writable } from 'node:stream'
 import { sql, type Kysely } from 'kysely'
 import { asOperator, beingDeleted, readLocked, TenantAdminError, tenantRow } from './operator-session.ts'
 import { MAX_LINE_BYTES } from './ndjson-lines.ts'
-import { EXPORT_VERSION, exportColumns, rowAsJson } from './row-json.ts'
+import { EXPORT_VERSION, exportColumns, rowAsJson, TEXT_SETTINGS } from './row-json.ts'
 import { exportOrder, TENANT_TABLES } from './tenant-tables.ts'
 
 /** The first line of an export: what it is, of which schema, of which tenant. */
@@ -73,11 +73,10 @@ export async function exportTenant(db: Kysely<any>, tenantId: string, out: Writa
   return asOperator(db, async (conn, migrations) => {
     await sql`begin isolation level repeatable read read only`.execute(conn)
     try {
-      // What to_json writes depends on these; fixed, so two exports of the same rows are the same bytes.
-      // to_json, not to_jsonb: json keeps each value as its type prints it, and jsonb's numbers turn
-      // a float's -0 into 0 (a round trip changed an embedding so); import reads it back as json.
-      await sql`select pg_catalog.set_config('timezone', 'UTC', true), pg_catalog.set_config('extra_float_digits', '1', true),
-        pg_catalog.set_config('bytea_output', 'hex', true), pg_catalog.set_config('intervalstyle', 'postgres', true)`.execute(conn)
+      // What to_json and a type's text write depend on these; fixed, so two exports of the same rows
+      // are the same bytes. to_json, not to_jsonb: json keeps each value as its type prints it, and
+      // jsonb's numbers turn a float's -0 into 0 (a round trip changed an embedding so).
+      await sql`select ${TEXT_SETTINGS}`.execute(conn)
       await readLocked(conn, ['public.tenants', ...TENANT_TABLES.map((t) => `public.${t.table}`), 'skills_db.audit_chain_heads', 'skills_db.tenant_context_keys', 'skills_db.tenant_removals'])
       await tenantRow(conn, tenantId)
       // Some of its rows are gone: the file would be sealed, importable, and partial (an outside review imported one, then reactivated it).

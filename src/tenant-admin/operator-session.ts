@@ -44,9 +44,17 @@ async function boundedWaits<T>(conn: Kysely<any>, fn: () => Promise<T>): Promise
  * The other sessions holding a lock stronger than a row write's on `tables`, or on any table of
  * public or skills_db: the sessions to end.
  */
-const strongHolders = async (conn: Kysely<any>, tables?: readonly string[]) => await lockHolders(conn, tables
-  ? sql`select unnest(${[...tables]}::regclass[])`
-  : sql`select c.oid from pg_catalog.pg_class c where c.relnamespace in ('public'::regnamespace, 'skills_db'::regnamespace)`, STRONG_LOCKS) ?? HOLDER_GONE
+async function strongHolders(conn: Kysely<any>, tables?: readonly string[]): Promise<string> {
+  const relations = tables
+    ? sql`select unnest(${[...tables]}::regclass[])`
+    : sql`select c.oid from pg_catalog.pg_class c where c.relnamespace in ('public'::regnamespace, 'skills_db'::regnamespace)`
+  // None: then a row's lock it waited for (a SELECT … FOR UPDATE, an uncommitted write of the same
+  // key), held by one of the sessions that lock or write rows of those tables (an outside review
+  // had "a session that has since finished" named while it still ran).
+  return await lockHolders(conn, relations, STRONG_LOCKS)
+    ?? await lockHolders(conn, relations, ['RowShareLock', 'RowExclusiveLock']).then((who) => who && `one of ${who}`)
+    ?? HOLDER_GONE
+}
 
 async function operate<T>(conn: Kysely<any>, fn: (conn: Kysely<any>, migrations: string[]) => Promise<T>): Promise<T> {
   {

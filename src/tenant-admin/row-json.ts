@@ -7,12 +7,24 @@ import { sql, type Kysely, type RawBuilder } from 'kysely'
  *   read both back as SQL NULL (a NOT NULL jsonb column refused the import; an audit row's metadata
  *   broke its hash chain);
  * - an array's bounds: `'[0:1]={x,y}'` came back as `{x,y}`, whose first element is `[1]`.
- * Version 2 writes such columns (json, jsonb, arrays, and domains over them) as their text, a JSON
- * string (`"null"`, `"[0:1]={x,y}"`), which their type reads back exactly; only SQL NULL is
- * `null`. Every other column is written as to_json prints it. Import reads either version.
+ * Version 2 writes such columns (json, jsonb, arrays, composite types, and domains over them) as
+ * their text, a JSON string (`"null"`, `"[0:1]={x,y}"`), which their type reads back exactly; only
+ * SQL NULL is `null`. Every other column is written as to_json prints it. Import reads either
+ * version. Both fix the settings a type's text depends on ({@link TEXT_SETTINGS}).
  */
 export const EXPORT_VERSION = 2
 export const READABLE_VERSIONS: readonly number[] = [1, 2]
+
+/**
+ * What a value's text depends on, fixed while a file is written and read: two exports of the same
+ * rows are the same bytes, and an import reads them as written (an outside review had a date[]
+ * written as 01/02/2024 under DateStyle 'SQL, DMY' come back as 2 January under 'ISO, MDY'). to_json
+ * itself writes times in ISO whatever DateStyle says; a date inside an array's text does not.
+ */
+export const TEXT_SETTINGS = sql`pg_catalog.set_config('timezone', 'UTC', true), pg_catalog.set_config('datestyle', 'ISO, YMD', true),
+  pg_catalog.set_config('intervalstyle', 'postgres', true), pg_catalog.set_config('extra_float_digits', '1', true),
+  pg_catalog.set_config('bytea_output', 'hex', true), pg_catalog.set_config('lc_monetary', 'C', true)`
+
 
 export interface ExportColumn {
   name: string
@@ -20,7 +32,7 @@ export interface ExportColumn {
   type: string
   /** json or jsonb (or a domain over them). */
   json: boolean
-  /** An array (or a domain over one). */
+  /** An array or a composite type (or a domain over one): to_json writes neither whole. */
   array: boolean
   notNull: boolean
 }
@@ -39,7 +51,7 @@ export async function exportColumns(conn: Kysely<any>, table: string): Promise<E
       select b.attnum, y.typbasetype from base b join pg_catalog.pg_type y on y.oid = b.t where y.typbasetype <> 0)
     select c.name, c.type, c."notNull",
       exists (select from base b where b.attnum = c.attnum and b.t in ('json'::regtype, 'jsonb'::regtype)) as json,
-      exists (select from base b join pg_catalog.pg_type y on y.oid = b.t where b.attnum = c.attnum and y.typcategory = 'A') as array
+      exists (select from base b join pg_catalog.pg_type y on y.oid = b.t where b.attnum = c.attnum and (y.typcategory = 'A' or y.typtype = 'c')) as array
     from cols c order by c.attnum`.execute(conn)
   return rows
 }

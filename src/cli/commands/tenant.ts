@@ -67,17 +67,18 @@ async function tenantIdIn(conn: Kysely<any>, arg: string): Promise<string> {
   const { rows } = await sql<{ id: string; slug: string }>`select id, slug from public.tenants
     where ${named ? sql`slug = ${named[2]!}` : sql`id = ${arg} or slug = ${arg}`}`.execute(conn)
   if (named) {
-    if (!rows[0]) throw new UsageError(`no tenant has the slug "${named[2]}": skills-db tenant list shows the slugs`)
+    if (!rows[0]) throw new UsageError(`no tenant has the slug ${JSON.stringify(named[2])}: skills-db tenant list shows the slugs`)
     return rows[0].id
   }
   const byId = rows.find((r) => r.id === arg)
   const bySlug = rows.find((r) => r.slug === arg)
   if (byId && bySlug && byId.id !== bySlug.id) {
-    throw new UsageError(`"${arg}" is the id of one tenant (slug ${byId.slug}) and the slug of another (id ${bySlug.id}): say which, id:${arg} or slug:${arg}`)
+    throw new UsageError(`${JSON.stringify(arg)} is the id of one tenant (slug ${byId.slug}) and the slug of another (id ${bySlug.id}): say which, id:${arg} or slug:${arg}`)
   }
   const found = (byId ?? bySlug)?.id
   if (found === undefined && await beingDeleted(conn, arg)) return arg
-  if (found === undefined) throw new UsageError(`no tenant has the id or slug "${arg}": skills-db tenant list shows both`)
+  // JSON.stringify: a name holding a newline is shown whole, on one line (an outside review had the error cut at it).
+  if (found === undefined) throw new UsageError(`no tenant has the id or slug ${JSON.stringify(arg)}: skills-db tenant list shows both`)
   return found
 }
 
@@ -250,7 +251,8 @@ const importCommand: Command = {
     return usingTarget(values, async (db) => {
       const progress = progressLine(values)
       try {
-        const manifest = await importTenant(db, createReadStream(file), {
+        // Opened twice: the seal is checked before anything is loaded or said of this database.
+        const manifest = await importTenant(db, () => createReadStream(file), {
           allowUnconfinedSessions: Boolean(values.force), onProgress: (p) => progress(`import: ${p.table} ${p.rows} row(s)`),
         })
         progress.done()
