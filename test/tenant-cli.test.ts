@@ -302,6 +302,13 @@ describe('skills-db tenant, on a fresh legacy database', () => {
           .rejects.toThrow('the file\'s seal (the tenant key\'s MAC of its checksum) does not match')
         expect(progress).toEqual([])
       }
+      // Nor by swapping the file between the check and the load: the load stops at the first batch that differs from what was checked.
+      let opened = 0
+      const progress: unknown[] = []
+      await expect(asSuperuser(t.url, (db) => importTenant(db, () => Readable.from([`${(opened++ === 0 ? lines() : refit(forged)).join('\n')}\n`]), { allowUnconfinedSessions: true, onProgress: (p) => progress.push(p) })))
+        .rejects.toThrow('the file changed between its check and its load')
+      expect(opened).toBe(2)
+      expect(progress).toEqual([])
     })
   })
 
@@ -462,6 +469,26 @@ describe('skills-db tenant, on a fresh legacy database', () => {
       await holder.destroy()
     }
     expect((await json('list')).map((x: { slug: string }) => x.slug)).not.toContain('squatted')
+  })
+
+  it('the migrator behind a LOCK TABLE of its own table (skills_db.kysely_migration): one line naming that session (an outside review got PostgreSQL\'s bare "canceling statement due to lock timeout")', async () => {
+    const holder = createDb<any>(t.url, { max: 1, applicationName: 'journal-squatter' })
+    let release!: () => void
+    const released = new Promise<void>((r) => (release = r))
+    const held = holder.transaction().execute(async (trx) => {
+      await sql`lock table skills_db.kysely_migration in access exclusive mode`.execute(trx)
+      await released
+    })
+    try {
+      await new Promise((r) => setTimeout(r, 200))
+      const migrator = await runScript(['latest', '--no-codegen', '--lock-retry-budget-ms', '1500'], env)
+      expect(migrator.code).toBe(1)
+      expect(migrator.stderr).toMatch(/gave up waiting for a lock, held by pid \d+ \(journal-squatter, .*holds skills_db\.kysely_migration/)
+    } finally {
+      release()
+      await held
+      await holder.destroy()
+    }
   })
 
   it('behind a row another session locked (SELECT … FOR UPDATE of the tenant\'s row): suspend stops within --lock-retry-budget-ms naming that session (an outside review had "a session that has since finished" named while it ran)', async () => {

@@ -104,16 +104,18 @@ describe('tenants created, resolved, suspended and reactivated by the app role',
     expect((await asSuperuser(t.url, (db) => verifyAuditTrail(db, { keys: [TEST_AUDIT_KEY], tenantId: R }))).problems).toEqual([])
   })
 
-  it('columns an app adds come back too: a date[] written under another DateStyle than it is read with, a composite holding an array with bounds and a JSON null (an outside review had all three change)', async () => {
+  it('columns an app adds come back too: a date[] written under another DateStyle than it is read with, and with NULL elements read with array_nulls off, a composite holding an array with bounds and a JSON null, a generated column (outside reviews had each change, or the import fail)', async () => {
     const O = (await createTenant(app, { name: 'Odd', slug: 'odd-columns' })).tenantId
-    const dateStyle = (style: string) => asSuperuser(t.url, (db) => sql.raw(`do $$ begin execute format('alter database %I set datestyle = %L', current_database(), '${style}'); end $$`).execute(db))
+    const setting = (name: string, value: string) => asSuperuser(t.url, (db) => sql.raw(`do $$ begin execute format('alter database %I set ${name} = %L', current_database(), '${value}'); end $$`).execute(db))
+    const dateStyle = (style: string) => setting('datestyle', style)
     await asSuperuser(t.url, async (db) => {
       await sql`create type zz_pair as (a int, b text[], c jsonb)`.execute(db)
       // Statistics off: the side-channel guard (0015) refuses a column the app role could estimate through.
-      await sql`alter table usage_events add column zz_days date[], add column zz_pair zz_pair`.execute(db)
-      await sql`alter table usage_events alter zz_days set statistics 0, alter zz_pair set statistics 0`.execute(db)
+      // And a generated column, which the database computes again (an outside review could not import a tenant back).
+      await sql`alter table usage_events add column zz_days date[], add column zz_pair zz_pair, add column zz_twice int generated always as (length(tool_name) * 2) stored`.execute(db)
+      await sql`alter table usage_events alter zz_days set statistics 0, alter zz_pair set statistics 0, alter zz_twice set statistics 0`.execute(db)
       await sql`insert into usage_events (id, tenant_id, tool_name, zz_days, zz_pair) values
-        ('eO1', ${O}, 'cli', '{2024-02-01,2024-12-31}', '(1,"[0:1]={x,y}",null)'), ('eO2', ${O}, 'cli', null, row(2, '{}', 'null'::jsonb))`.execute(db)
+        ('eO1', ${O}, 'cli', '{2024-02-01,NULL,2024-12-31}', '(1,"[0:2]={x,NULL,\\"NULL\\"}",null)'), ('eO2', ${O}, 'cli', null, row(2, '{}', 'null'::jsonb))`.execute(db)
     })
     const before = await tenantDigest(t.url, O)
     const exported = async () => {
@@ -128,10 +130,16 @@ describe('tenants created, resolved, suspended and reactivated by the app role',
     } finally {
       await dateStyle('ISO, MDY')
     }
-    expect(file).toContain('"zz_days":"{2024-02-01,2024-12-31}"')
+    expect(file).toContain('"zz_days":"{2024-02-01,NULL,2024-12-31}"')
     expect(await suspendTenant(app, O)).toBe('suspended')
     await asSuperuser(t.url, (db) => deleteTenant(db, O))
-    await asSuperuser(t.url, (db) => importTenant(db, Readable.from([file]), { allowUnconfinedSessions: true }))
+    // Read where an array's NULL would be the text 'NULL' (array_nulls off).
+    await setting('array_nulls', 'off')
+    try {
+      await asSuperuser(t.url, (db) => importTenant(db, Readable.from([file]), { allowUnconfinedSessions: true }))
+    } finally {
+      await setting('array_nulls', 'on')
+    }
     expect(await tenantDigest(t.url, O)).toEqual(before)
     expect(await exported()).toBe(file)
   })

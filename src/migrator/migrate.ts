@@ -8,6 +8,8 @@ import { DEFAULT_RUN, inRun, progress, type RunContext } from '../online/run-con
 import { adoptLegacySchema } from './legacy-adoption.ts'
 import { MigrationError, toMigrationError } from './migration-error.ts'
 import { withMigrationLock } from './migration-lock.ts'
+import { lockHolders, STRONG_LOCKS } from '../online/lock-holders.ts'
+import { LockRetryExhausted } from '../online/lock-retry.ts'
 import { silentLogger, type MigrationLogger } from './migration-logger.ts'
 import { skillsDbMigrationProvider, type RunJournal } from './migration-provider.ts'
 import { furthest, PHASE_COMMAND, phaseRank, reachedPhase, type Phase } from './migration-phases.ts'
@@ -233,7 +235,7 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
                        -- a server-wide statement_timeout must not cut a long validation or index build short
                        pg_catalog.set_config('statement_timeout', '0', false)`.execute(conn)
       try {
-        return await withMigrationLock(conn, async () => {
+        return await withMigrationLock(conn, () => namingLockHolders(conn, async () => {
           // The phases that refuse beside the single-tenant app's sessions would always find Citus's own on a coordinator.
           const citusOnly = (target.kind === 'open' || target.kind === 'contract') && !context.allowOldAppSessions && await onlyCitusOwnSessions(conn, await oldAppRoles(conn))
           if (citusOnly) progress('the superuser sessions connected here are Citus\'s own (its maintenance daemon, other nodes\' citus_internal connections): not the single-tenant app')
@@ -245,7 +247,7 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
             }
           }
           return outcome
-        })
+        }))
       } finally {
         // The connection goes back to the app's pool: leave nothing of ours on it. A transaction a
         // failed step left open is rolled back first (RESET ALL would fail inside it), then RESET ALL
@@ -256,6 +258,24 @@ async function run(db: Kysely<any>, target: Target, options: MigrateOptions): Pr
     }))
   } catch (error) {
     return { status: 'error', steps: [], error: toMigrationError(error, targetOf(db), journal.running) }
+  }
+}
+
+/**
+ * Runs `fn`; a lock timeout that no step handled itself (a read of the migrator's own tables, behind
+ * a LOCK TABLE of skills_db.kysely_migration, say) ends it in one line naming the sessions that hold
+ * tables of public or skills_db (an outside review got PostgreSQL's bare "canceling statement due to
+ * lock timeout").
+ */
+async function namingLockHolders<T>(conn: Kysely<any>, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn()
+  } catch (error) {
+    if ((error as { code?: string }).code !== '55P03' || error instanceof LockRetryExhausted) throw error
+    await sql`rollback`.execute(conn).catch(() => {})
+    const who = await lockHolders(conn, sql`select c.oid from pg_catalog.pg_class c where c.relnamespace in ('public'::regnamespace, 'skills_db'::regnamespace)`, STRONG_LOCKS)
+    if (!who) throw error
+    throw new LockRetryExhausted(`gave up waiting for a lock, held by ${who}: end that session and run again (every step resumes where it stopped)`, { cause: error })
   }
 }
 

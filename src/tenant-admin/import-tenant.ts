@@ -4,7 +4,7 @@ import { sql, type Kysely, type RawBuilder } from 'kysely'
 import { exportMacText, tenantKeyMac, type ExportHeader, type ExportManifest, type ExportProgress } from './export-tenant.ts'
 import { ndjsonLines } from './ndjson-lines.ts'
 import { asOperator, TenantAdminError } from './operator-session.ts'
-import { exportColumns, READABLE_VERSIONS, rowsFromJson, TEXT_SETTINGS, type ExportColumn } from './row-json.ts'
+import { columnList, exportColumns, READABLE_VERSIONS, rowsFromJson, TEXT_SETTINGS, type ExportColumn } from './row-json.ts'
 import { TENANT_TABLES } from './tenant-tables.ts'
 
 export interface ImportOptions {
@@ -43,8 +43,11 @@ const BATCH_BYTES = 16 * 1024 * 1024
 export async function importTenant(db: Kysely<any>, input: Readable | (() => Readable), options: ImportOptions = {}): Promise<ExportManifest & { tenant: string; active: boolean }> {
   return asOperator(db, async (conn, migrations) => {
     const open = typeof input === 'function' ? input : undefined
+    // The first read's batches, by their SHA-256: the second loads only the same bytes (an outside
+    // review swapped the file between the two reads, and the forged rows were loaded).
+    const checked: string[] | undefined = open ? [] : undefined
     if (open) {
-      const { header, manifest } = await readExport(open(), migrations)
+      const { header, manifest } = await readExport(open(), migrations, undefined, checked)
       await checkSeal(conn, header.tenant, manifest)
     }
     await sql`begin`.execute(conn)
@@ -64,10 +67,10 @@ export async function importTenant(db: Kysely<any>, input: Readable | (() => Rea
           if (!columns.has(table)) columns.set(table, await exportColumns(conn, table))
           const rowsOf = rowsFromJson(columns.get(table)!, json, header.version)
           if (table === 'tenants') {
-            await claimTenant(conn, header.tenant, rowsOf, count)
+            await claimTenant(conn, header.tenant, rowsOf, columnList(columns.get(table)!), count)
           } else {
             const { rows } = await sql<{ n: number }>`with added as (
-                insert into ${sql.table(`public.${table}`)} select r.* from ${rowsOf}
+                insert into ${sql.table(`public.${table}`)} ${columnList(columns.get(table)!)} select r.* from ${rowsOf}
                 where r.tenant_id = ${header.tenant}::text returning 1)
               select count(*)::int as n from added`.execute(conn).catch((error: unknown) => { throw collision(error, table, header.version) })
             if (rows[0]!.n !== count) throw new TenantAdminError(`the file's ${table} rows include rows of another tenant than ${header.tenant}: the file was altered`)
@@ -78,7 +81,7 @@ export async function importTenant(db: Kysely<any>, input: Readable | (() => Rea
           await sql`rollback`.execute(conn)
         }
       }
-      const { header, manifest, tenantRow } = await readExport(open ? open() : input as Readable, migrations, load)
+      const { header, manifest, tenantRow } = await readExport(open ? open() : input as Readable, migrations, load, checked)
       const tenant = header.tenant
       await checkSeal(conn, tenant, manifest)
       if (refusal !== undefined) throw refusal
@@ -106,7 +109,8 @@ export async function importTenant(db: Kysely<any>, input: Readable | (() => Rea
  * A damaged or truncated file throws.
  */
 async function readExport(input: Readable, migrations: string[],
-  load?: (header: ExportHeader, table: string, json: string, count: number, rowsSoFar: number) => Promise<void>): Promise<{ header: ExportHeader; manifest: ExportManifest; tenantRow: boolean }> {
+  load?: (header: ExportHeader, table: string, json: string, count: number, rowsSoFar: number) => Promise<void>,
+  checked?: string[]): Promise<{ header: ExportHeader; manifest: ExportManifest; tenantRow: boolean }> {
   const lines = ndjsonLines(input)
   const first = await lines.next()
   const header = parseHeader(first.done ? undefined : first.value)
@@ -122,6 +126,7 @@ async function readExport(input: Readable, migrations: string[],
   let batch: string[] = []
   let batchBytes = 0
   let lineNo = 1
+  let batches = 0
   const flush = async () => {
     if (batch.length === 0) return
     const table = ORDER[at]!
@@ -129,6 +134,13 @@ async function readExport(input: Readable, migrations: string[],
     const count = batch.length
     batch = []
     batchBytes = 0
+    if (checked) {
+      const digest = createHash('sha256').update(`${table}:${json}`).digest('hex')
+      // Without load, the first read records; with it, the second compares before it loads.
+      if (!load) checked.push(digest)
+      else if (checked[batches] !== digest) throw new TenantAdminError('the file changed between its check and its load: import a copy that nothing writes to')
+    }
+    batches++
     await load?.(header, table, json, count, seen.get(table)!.rows)
   }
   let manifest: ExportManifest | undefined
@@ -189,7 +201,7 @@ async function checkSeal(conn: Kysely<any>, tenant: string, manifest: ExportMani
 }
 
 /** The tenants row: refused when its id, slug or domain is taken here; then the import is under way for it. */
-async function claimTenant(conn: Kysely<any>, tenant: string, rowsOf: RawBuilder<unknown>, count: number): Promise<void> {
+async function claimTenant(conn: Kysely<any>, tenant: string, rowsOf: RawBuilder<unknown>, names: RawBuilder<unknown>, count: number): Promise<void> {
   if (count !== 1) throw new TenantAdminError('the file has more than one tenants row: it is not an export of one tenant')
   const { rows: row } = await sql<{ id: string; slug: string; domain: string | null }>`
     select r.id, r.slug, r.domain from ${rowsOf}`.execute(conn)
@@ -202,7 +214,7 @@ async function claimTenant(conn: Kysely<any>, tenant: string, rowsOf: RawBuilder
     if (t.slug === r.slug) throw new TenantAdminError(`slug "${r.slug}" is taken here by tenant "${t.id}": the import would collide`)
     throw new TenantAdminError(`domain "${r.domain}" is taken here by tenant "${t.id}": the import would collide`)
   }
-  await sql`insert into public.tenants select r.* from ${rowsOf}`.execute(conn)
+  await sql`insert into public.tenants ${names} select r.* from ${rowsOf}`.execute(conn)
   // SET LOCAL (a literal: SET takes no parameter) rather than set_config(), so Citus sends it to the nodes whose triggers read it.
   await sql`set local skills_db.importing_tenant = ${sql.lit(tenant)}`.execute(conn)
 }

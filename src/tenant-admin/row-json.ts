@@ -19,11 +19,13 @@ export const READABLE_VERSIONS: readonly number[] = [1, 2]
  * What a value's text depends on, fixed while a file is written and read: two exports of the same
  * rows are the same bytes, and an import reads them as written (an outside review had a date[]
  * written as 01/02/2024 under DateStyle 'SQL, DMY' come back as 2 January under 'ISO, MDY'). to_json
- * itself writes times in ISO whatever DateStyle says; a date inside an array's text does not.
+ * itself writes times in ISO whatever DateStyle says; a date inside an array's text does not. With
+ * array_nulls off, an array's NULL element read back as the text 'NULL' (another review).
  */
 export const TEXT_SETTINGS = sql`pg_catalog.set_config('timezone', 'UTC', true), pg_catalog.set_config('datestyle', 'ISO, YMD', true),
   pg_catalog.set_config('intervalstyle', 'postgres', true), pg_catalog.set_config('extra_float_digits', '1', true),
-  pg_catalog.set_config('bytea_output', 'hex', true), pg_catalog.set_config('lc_monetary', 'C', true)`
+  pg_catalog.set_config('bytea_output', 'hex', true), pg_catalog.set_config('lc_monetary', 'C', true),
+  pg_catalog.set_config('array_nulls', 'on', true), pg_catalog.set_config('xmloption', 'content', true)`
 
 
 export interface ExportColumn {
@@ -37,13 +39,15 @@ export interface ExportColumn {
   notNull: boolean
 }
 
-/** The table's columns in their order (dropped ones left out, as to_json leaves them). */
+/** The table's columns in their order, dropped and generated ones left out. */
 export async function exportColumns(conn: Kysely<any>, table: string): Promise<ExportColumn[]> {
   const { rows } = await sql<ExportColumn>`
     with recursive cols as (
       select a.attnum, a.attname::text as name, pg_catalog.format_type(a.atttypid, a.atttypmod) as type, a.atttypid as t, a.attnotnull as "notNull"
       from pg_catalog.pg_attribute a
-      where a.attrelid = ${`public.${table}`}::regclass and a.attnum > 0 and not a.attisdropped),
+      -- Not generated columns: the database computes them again (an outside review could not import
+      -- a tenant back: "cannot insert a non-DEFAULT value" into one).
+      where a.attrelid = ${`public.${table}`}::regclass and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''),
     -- Down through domains to the type underneath.
     base (attnum, t) as (
       select attnum, t from cols
@@ -82,3 +86,6 @@ export function rowsFromJson(columns: readonly ExportColumn[], json: string, ver
   })
   return sql`(select ${sql.join(values)} from pg_catalog.json_to_recordset(${json}::json) as r(${sql.join(definitions)})) r`
 }
+
+/** The columns an insert of {@link rowsFromJson}'s rows names, in their order. */
+export const columnList = (columns: readonly ExportColumn[]) => sql`(${sql.join(columns.map((c) => sql.id(c.name)))})`
