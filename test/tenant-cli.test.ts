@@ -392,7 +392,7 @@ describe('skills-db tenant, on a fresh legacy database', () => {
         const started = Date.now()
         const r = await cli(...command, '--lock-retry-budget-ms', '1500')
         expect(r.code, command[0]).toBe(1)
-        expect(oneLine(r.stderr).at(-1), command[0]).toMatch(/^error: gave up after 1\.5 s waiting for a table to read, held by pid \d+ \(.*, holds users, lock table users in access exclusive mode\): end that session, or run the command again once it has ended$/)
+        expect(oneLine(r.stderr).at(-1), command[0]).toMatch(/^error: gave up after 1\.5 s waiting for a table to read, held by pid \d+ \(.*, holds (public\.)?users, lock table users in access exclusive mode\): end that session, or run the command again once it has ended$/)
         expect(Date.now() - started, command[0]).toBeLessThan(30_000)
       }
       expect(existsSync(path.join(dir, 'held.ndjson')) || existsSync(path.join(dir, 'held.ndjson.partial'))).toBe(false)

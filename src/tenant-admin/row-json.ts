@@ -20,12 +20,14 @@ export const READABLE_VERSIONS: readonly number[] = [1, 2]
  * rows are the same bytes, and an import reads them as written (an outside review had a date[]
  * written as 01/02/2024 under DateStyle 'SQL, DMY' come back as 2 January under 'ISO, MDY'). to_json
  * itself writes times in ISO whatever DateStyle says; a date inside an array's text does not. With
- * array_nulls off, an array's NULL element read back as the text 'NULL' (another review).
+ * array_nulls off, an array's NULL element read back as the text 'NULL' (another review); a regclass
+ * is written and read qualified, whatever search_path the database sets (a third).
  */
 export const TEXT_SETTINGS = sql`pg_catalog.set_config('timezone', 'UTC', true), pg_catalog.set_config('datestyle', 'ISO, YMD', true),
   pg_catalog.set_config('intervalstyle', 'postgres', true), pg_catalog.set_config('extra_float_digits', '1', true),
   pg_catalog.set_config('bytea_output', 'hex', true), pg_catalog.set_config('lc_monetary', 'C', true),
-  pg_catalog.set_config('array_nulls', 'on', true), pg_catalog.set_config('xmloption', 'content', true)`
+  pg_catalog.set_config('array_nulls', 'on', true), pg_catalog.set_config('xmloption', 'content', true),
+  pg_catalog.set_config('search_path', 'pg_catalog', true)`
 
 
 export interface ExportColumn {
