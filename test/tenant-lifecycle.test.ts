@@ -104,7 +104,7 @@ describe('tenants created, resolved, suspended and reactivated by the app role',
     expect((await asSuperuser(t.url, (db) => verifyAuditTrail(db, { keys: [TEST_AUDIT_KEY], tenantId: R }))).problems).toEqual([])
   })
 
-  it('columns an app adds come back too: a date[] written under another DateStyle than it is read with, and with NULL elements read with array_nulls off, a composite holding an array with bounds and a JSON null, a generated column, a regclass read under another search_path (outside reviews had each change, or the import fail)', async () => {
+  it('columns an app adds come back too: a date[] written under another DateStyle than it is read with, and with NULL elements read with array_nulls off, a composite holding an array with bounds and a JSON null, a generated column, an identity column, a regclass read under another search_path (outside reviews had each change, or the import fail)', async () => {
     const O = (await createTenant(app, { name: 'Odd', slug: 'odd-columns' })).tenantId
     const setting = (name: string, value: string) => asSuperuser(t.url, (db) => sql.raw(`do $$ begin execute format('alter database %I set ${name} = %L', current_database(), '${value}'); end $$`).execute(db))
     const dateStyle = (style: string) => setting('datestyle', style)
@@ -112,8 +112,8 @@ describe('tenants created, resolved, suspended and reactivated by the app role',
       await sql`create type zz_pair as (a int, b text[], c jsonb)`.execute(db)
       // Statistics off: the side-channel guard (0015) refuses a column the app role could estimate through.
       // And a generated column, which the database computes again (an outside review could not import a tenant back).
-      await sql`alter table usage_events add column zz_days date[], add column zz_pair zz_pair, add column zz_twice int generated always as (length(tool_name) * 2) stored, add column zz_rel regclass`.execute(db)
-      await sql`alter table usage_events alter zz_days set statistics 0, alter zz_pair set statistics 0, alter zz_twice set statistics 0, alter zz_rel set statistics 0`.execute(db)
+      await sql`alter table usage_events add column zz_days date[], add column zz_pair zz_pair, add column zz_twice int generated always as (length(tool_name) * 2) stored, add column zz_rel regclass, add column zz_ident bigint generated always as identity`.execute(db)
+      await sql`alter table usage_events alter zz_days set statistics 0, alter zz_pair set statistics 0, alter zz_twice set statistics 0, alter zz_rel set statistics 0, alter zz_ident set statistics 0`.execute(db)
       await sql`insert into usage_events (id, tenant_id, tool_name, zz_days, zz_pair, zz_rel) values
         ('eO1', ${O}, 'cli', '{2024-02-01,NULL,2024-12-31}', '(1,"[0:2]={x,NULL,\\"NULL\\"}",null)', 'public.usage_events'), ('eO2', ${O}, 'cli', null, row(2, '{}', 'null'::jsonb), null)`.execute(db)
       // A table of the same name earlier on the search_path the import's database sets (below).
@@ -147,6 +147,10 @@ describe('tenants created, resolved, suspended and reactivated by the app role',
     }
     const { rows: rel } = await asSuperuser(t.url, (db) => sql<{ same: boolean }>`select zz_rel = 'public.usage_events'::regclass as same from usage_events where id = 'eO1'`.execute(db))
     expect(rel).toEqual([{ same: true }])
+    // An identity column: its values as exported, and its sequence past them (the next row does not collide).
+    const { rows: next } = await asSuperuser(t.url, (db) => sql<{ fresh: boolean }>`with added as (insert into usage_events (tenant_id, tool_name) values (${A}, 'after') returning zz_ident)
+      select (select zz_ident from added) > all (select zz_ident from usage_events where tenant_id = ${O}) as fresh`.execute(db))
+    expect(next).toEqual([{ fresh: true }])
     expect(await tenantDigest(t.url, O)).toEqual(before)
     expect(await exported()).toBe(file)
   })

@@ -4,7 +4,7 @@ import { sql, type Kysely, type RawBuilder } from 'kysely'
 import { exportMacText, tenantKeyMac, type ExportHeader, type ExportManifest, type ExportProgress } from './export-tenant.ts'
 import { ndjsonLines } from './ndjson-lines.ts'
 import { asOperator, TenantAdminError } from './operator-session.ts'
-import { columnList, exportColumns, READABLE_VERSIONS, rowsFromJson, TEXT_SETTINGS, type ExportColumn } from './row-json.ts'
+import { columnList, exportColumns, identitiesPastRows, READABLE_VERSIONS, rowsFromJson, TEXT_SETTINGS, type ExportColumn } from './row-json.ts'
 import { TENANT_TABLES } from './tenant-tables.ts'
 
 export interface ImportOptions {
@@ -85,6 +85,7 @@ export async function importTenant(db: Kysely<any>, input: Readable | (() => Rea
       const tenant = header.tenant
       await checkSeal(conn, tenant, manifest)
       if (refusal !== undefined) throw refusal
+      for (const [table, cols] of columns) await identitiesPastRows(conn, table, cols)
       const { rows: head } = await sql<{ seq: string; hash: string }>`
         select seq::text as seq, encode(row_hash, 'hex') as hash from skills_db.audit_chain_heads where tenant_id = ${tenant}`.execute(conn)
       if (JSON.stringify(head[0] ?? null) !== JSON.stringify(manifest.auditHead)) {

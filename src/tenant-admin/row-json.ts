@@ -39,13 +39,16 @@ export interface ExportColumn {
   /** An array or a composite type (or a domain over one): to_json writes neither whole. */
   array: boolean
   notNull: boolean
+  /** An identity column: its values are the file's (OVERRIDING SYSTEM VALUE), its sequence moved past them. */
+  identity: boolean
 }
 
 /** The table's columns in their order, dropped and generated ones left out. */
 export async function exportColumns(conn: Kysely<any>, table: string): Promise<ExportColumn[]> {
   const { rows } = await sql<ExportColumn>`
     with recursive cols as (
-      select a.attnum, a.attname::text as name, pg_catalog.format_type(a.atttypid, a.atttypmod) as type, a.atttypid as t, a.attnotnull as "notNull"
+      select a.attnum, a.attname::text as name, pg_catalog.format_type(a.atttypid, a.atttypmod) as type, a.atttypid as t, a.attnotnull as "notNull",
+        a.attidentity <> '' as identity
       from pg_catalog.pg_attribute a
       -- Not generated columns: the database computes them again (an outside review could not import
       -- a tenant back: "cannot insert a non-DEFAULT value" into one).
@@ -55,7 +58,7 @@ export async function exportColumns(conn: Kysely<any>, table: string): Promise<E
       select attnum, t from cols
       union
       select b.attnum, y.typbasetype from base b join pg_catalog.pg_type y on y.oid = b.t where y.typbasetype <> 0)
-    select c.name, c.type, c."notNull",
+    select c.name, c.type, c."notNull", c.identity,
       exists (select from base b where b.attnum = c.attnum and b.t in ('json'::regtype, 'jsonb'::regtype)) as json,
       exists (select from base b join pg_catalog.pg_type y on y.oid = b.t where b.attnum = c.attnum and (y.typcategory = 'A' or y.typtype = 'c')) as array
     from cols c order by c.attnum`.execute(conn)
@@ -89,5 +92,19 @@ export function rowsFromJson(columns: readonly ExportColumn[], json: string, ver
   return sql`(select ${sql.join(values)} from pg_catalog.json_to_recordset(${json}::json) as r(${sql.join(definitions)})) r`
 }
 
-/** The columns an insert of {@link rowsFromJson}'s rows names, in their order. */
-export const columnList = (columns: readonly ExportColumn[]) => sql`(${sql.join(columns.map((c) => sql.id(c.name)))})`
+/**
+ * The columns an insert of {@link rowsFromJson}'s rows names, in their order, and the values of
+ * identity columns taken as they are (an outside review could not import back a tenant of a table
+ * an app had given one).
+ */
+export const columnList = (columns: readonly ExportColumn[]) =>
+  sql`(${sql.join(columns.map((c) => sql.id(c.name)))})${columns.some((c) => c.identity) ? sql` overriding system value` : sql``}`
+
+/** Moves each identity column's sequence of `table` past the values now in it, so the next row the app adds does not collide. */
+export async function identitiesPastRows(conn: Kysely<any>, table: string, columns: readonly ExportColumn[]): Promise<void> {
+  for (const c of columns.filter((c) => c.identity)) {
+    await sql`select pg_catalog.setval(s.seq, s.m) from (
+        select pg_catalog.pg_get_serial_sequence(${`public.${table}`}, ${c.name}) as seq, (select max(x.${sql.id(c.name)}) from ${sql.table(`public.${table}`)} x) as m) s
+      where s.m is not null and s.m > coalesce(pg_catalog.pg_sequence_last_value(s.seq::regclass), 0)`.execute(conn)
+  }
+}
