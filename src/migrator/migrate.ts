@@ -8,7 +8,7 @@ import { DEFAULT_RUN, inRun, progress, type RunContext } from '../online/run-con
 import { adoptLegacySchema } from './legacy-adoption.ts'
 import { MigrationError, toMigrationError } from './migration-error.ts'
 import { withMigrationLock } from './migration-lock.ts'
-import { lockHolders, STRONG_LOCKS } from '../online/lock-holders.ts'
+import { lockHolders, PROJECT_TABLES, STRONG_LOCKS } from '../online/lock-holders.ts'
 import { LockRetryExhausted } from '../online/lock-retry.ts'
 import { silentLogger, type MigrationLogger } from './migration-logger.ts'
 import { skillsDbMigrationProvider, type RunJournal } from './migration-provider.ts'
@@ -273,7 +273,7 @@ async function namingLockHolders<T>(conn: Kysely<any>, fn: () => Promise<T>): Pr
   } catch (error) {
     if ((error as { code?: string }).code !== '55P03' || error instanceof LockRetryExhausted) throw error
     await sql`rollback`.execute(conn).catch(() => {})
-    const who = await lockHolders(conn, sql`select c.oid from pg_catalog.pg_class c where c.relnamespace in ('public'::regnamespace, 'skills_db'::regnamespace)`, STRONG_LOCKS)
+    const who = await lockHolders(conn, PROJECT_TABLES, STRONG_LOCKS)
     if (!who) throw error
     throw new LockRetryExhausted(`gave up waiting for a lock, held by ${who}: end that session and run again (every step resumes where it stopped)`, { cause: error })
   }

@@ -29,5 +29,8 @@ export async function lockHolders(db: Kysely<any>, relations: RawBuilder<unknown
   return rows[0]?.who ?? undefined
 }
 
+/** Every table of public and skills_db, as a relation set for {@link lockHolders}. */
+export const PROJECT_TABLES = sql`select c.oid from pg_catalog.pg_class c where c.relnamespace in ('public'::regnamespace, 'skills_db'::regnamespace)`
+
 /** What an error names when the sessions that held a lock have ended since. */
 export const HOLDER_GONE = 'a session that has since finished'

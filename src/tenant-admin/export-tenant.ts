@@ -59,8 +59,8 @@ const FETCH = 1000
 /**
  * Writes every row of one tenant, in every tenant table, its audit trail included, to `out` as
  * NDJSON: a header line ({@link ExportHeader}), one line per row (`{"t":"<table>","r":<the row as
- * PostgreSQL's to_json writes it, but json and jsonb columns as their text, a JSON string, so that
- * JSON null and SQL NULL differ>}`, tenants first, then parents before children, each table in a
+ * PostgreSQL's to_json writes it, but json, jsonb, array and composite columns as their text, a
+ * JSON string (row-json.ts)>}`, tenants first, then parents before children, each table in a
  * fixed order), and a manifest line ({@link ExportManifest}) with counts and checksums, sealed
  * with the tenant key. A file without its manifest is truncated, and import says so. Reads one snapshot (REPEATABLE READ, READ
  * ONLY), a thousand rows at a time through a cursor, so memory stays flat; waits for `out` when it

@@ -120,13 +120,18 @@ async function readExport(input: Readable, migrations: string[],
     const extra = migrations.filter((m) => !header.migrations.includes(m))
     throw new TenantAdminError(`the file is of another schema: ${missing.length ? `this database lacks ${missing.join(', ')}` : ''}${missing.length && extra.length ? '; ' : ''}${extra.length ? `the file predates ${extra.join(', ')}` : ''}; import into a database migrated exactly as the one exported from`)
   }
-  // The header is checked as the batches are: the second read takes the first's (an outside review
-  // rewrote its version between the reads, and the rows were loaded as version 1's).
-  if (checked) {
-    const digest = createHash('sha256').update(`header:${first.value}`).digest('hex')
+  // What the first read checked, piece by piece: it records each piece's SHA-256, and the second
+  // read goes on only with the same bytes, the header's included (an outside review rewrote its
+  // version between the reads, and the rows were loaded as version 1's).
+  let pieces = 0
+  const sameAsChecked = (piece: string) => {
+    if (!checked) return
+    const digest = createHash('sha256').update(piece).digest('hex')
     if (!load) checked.push(digest)
-    else if (checked[0] !== digest) throw new TenantAdminError('the file changed between its check and its load: import a copy that nothing writes to')
+    else if (checked[pieces] !== digest) throw new TenantAdminError('the file changed between its check and its load: import a copy that nothing writes to')
+    pieces++
   }
+  sameAsChecked(`header:${first.value}`)
   const file = createHash('sha256').update(`${first.value}\n`)
   // Per table: its rows read, and the SHA-256 of their lines so far.
   const seen = new Map<string, { rows: number; hash: ReturnType<typeof createHash> }>()
@@ -134,7 +139,6 @@ async function readExport(input: Readable, migrations: string[],
   let batch: string[] = []
   let batchBytes = 0
   let lineNo = 1
-  let batches = checked ? 1 : 0
   const flush = async () => {
     if (batch.length === 0) return
     const table = ORDER[at]!
@@ -142,13 +146,7 @@ async function readExport(input: Readable, migrations: string[],
     const count = batch.length
     batch = []
     batchBytes = 0
-    if (checked) {
-      const digest = createHash('sha256').update(`${table}:${json}`).digest('hex')
-      // Without load, the first read records; with it, the second compares before it loads.
-      if (!load) checked.push(digest)
-      else if (checked[batches] !== digest) throw new TenantAdminError('the file changed between its check and its load: import a copy that nothing writes to')
-    }
-    batches++
+    sameAsChecked(`${table}:${json}`)
     await load?.(header, table, json, count, seen.get(table)!.rows)
   }
   let manifest: ExportManifest | undefined

@@ -1,7 +1,7 @@
 import { sql, type Kysely } from 'kysely'
 import { withMigrationLock } from '../migrator/migration-lock.ts'
 import { readAppliedMigrations } from '../migrator/migration-table.ts'
-import { HOLDER_GONE, lockHolders, STRONG_LOCKS } from '../online/lock-holders.ts'
+import { HOLDER_GONE, lockHolders, PROJECT_TABLES, STRONG_LOCKS } from '../online/lock-holders.ts'
 import { run } from '../online/run-context.ts'
 
 export class TenantAdminError extends Error {
@@ -47,7 +47,7 @@ async function boundedWaits<T>(conn: Kysely<any>, fn: () => Promise<T>): Promise
 async function strongHolders(conn: Kysely<any>, tables?: readonly string[]): Promise<string> {
   const relations = tables
     ? sql`select unnest(${[...tables]}::regclass[])`
-    : sql`select c.oid from pg_catalog.pg_class c where c.relnamespace in ('public'::regnamespace, 'skills_db'::regnamespace)`
+    : PROJECT_TABLES
   // None: then a row's lock it waited for (a SELECT … FOR UPDATE, an uncommitted write of the same
   // key), held by one of the sessions that lock or write rows of those tables (an outside review
   // had "a session that has since finished" named while it still ran).
