@@ -80,7 +80,9 @@ describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in
     try {
       await withTenant(app, A, async () => {})
       pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
-        sent.push(typeof args[0] === 'string' ? args[0] : (args[0] as { text?: string })?.text ?? '')
+        // A batch (one-sync-batch.ts) sends several statements in one write.
+        const batch = (args[0] as { statements?: { text: string }[] })?.statements
+        sent.push(...(batch ? batch.map((s) => s.text) : [typeof args[0] === 'string' ? args[0] : (args[0] as { text?: string })?.text ?? '']))
         return (original as (...a: unknown[]) => unknown).apply(this, args)
       } as typeof original
       await withTenant(app, B, (trx) => trx.selectFrom('skills').select('id').execute())
@@ -88,7 +90,7 @@ describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in
       pg.Client.prototype.query = original
       await app.destroy()
     }
-    expect(sent).toEqual(['begin read write', 'select tenant_context.clean_up()', 'select tenant_context.challenge() as c', 'select tenant_context.enter($1::text, $2::text)',
+    expect(sent).toEqual(['begin isolation level read committed read write', 'select tenant_context.clean_up()', 'select tenant_context.challenge() as c', 'select tenant_context.enter($1::text, $2::text)',
       'select "id" from "skills"', 'select tenant_context.end_request(true); commit'])
   })
 

@@ -175,12 +175,19 @@ function countingQueries() {
   let roundTrips = 0
   const original = pg.Client.prototype.query
   pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
-    const text = typeof args[0] === 'string' ? args[0] : (args[0] as { text?: string })?.text ?? ''
+    // A batch (one-sync-batch.ts) sends several statements in one write.
+    const batch = (args[0] as { statements?: { text: string }[] })?.statements
+    const texts = batch ? batch.map((s) => s.text) : [typeof args[0] === 'string' ? args[0] : (args[0] as { text?: string })?.text ?? '']
     // A round trip starts when the client sends with nothing of its own in flight.
     const pending = inFlight.get(this) ?? 0
     if (pending === 0) roundTrips++
     inFlight.set(this, pending + 1)
-    sent.push({ text, roundTrip: roundTrips })
+    for (const text of texts) sent.push({ text, roundTrip: roundTrips })
+    // A batch settles through its own callbacks, not a promise pg returns: its answer is waited for by the caller.
+    if (batch) {
+      inFlight.set(this, pending)
+      return (original as (...a: unknown[]) => unknown).apply(this, args)
+    }
     const done = () => inFlight.set(this, (inFlight.get(this) ?? 1) - 1)
     const result = (original as (...a: unknown[]) => unknown).apply(this, args)
     if (result && typeof (result as Promise<unknown>).then === 'function') (result as Promise<unknown>).then(done, done)
@@ -202,7 +209,7 @@ describe('withTenant\'s round trips', () => {
     app = t.connectAs(inject('appRole'), 'test', 1, PIPELINED)
   })
 
-  it('a point lookup takes 3 round trips once the connection has its challenge (6 before 0019; the classic pattern takes 4)', async () => {
+  it('a point lookup takes 2 round trips once the connection has its challenge (6 before 0019, 3 before one Sync a batch; the classic pattern takes 4)', async () => {
     const lookup = () => withTenant(app, A, (trx) => trx.selectFrom('skills').select('id').where('slug', '=', 'lint').execute())
     await lookup()
     const counter = countingQueries()
@@ -210,32 +217,32 @@ describe('withTenant\'s round trips', () => {
       expect(await lookup()).toEqual([{ id: 'sA1' }])
       // Nothing was sent on the connection since the last request's clean-up: none at the start.
       expect(counter.sent.map((s) => [s.roundTrip, s.text.replace(/\s+/g, ' ').slice(0, 40)])).toEqual([
-        [1, 'begin read write'],
+        [1, 'begin isolation level read committed rea'],
         [1, 'select tenant_context.enter($1::text, $2'],
-        [2, 'select "id" from "skills" where "slug" ='],
-        [3, 'select tenant_context.end_request(true);'],
+        [1, 'select "id" from "skills" where "slug" ='],
+        [2, 'select tenant_context.end_request(true);'],
       ])
-      expect(counter.roundTrips()).toBe(3)
+      expect(counter.roundTrips()).toBe(2)
     } finally {
       counter.restore()
     }
   })
 
-  it('a query sent on the connection outside withTenant since the last request puts the clean-up back at the next request\'s start, in the same write', async () => {
+  it('a query sent on the connection outside withTenant since the last request puts the clean-up back at the next request\'s start, behind BEGIN in the same write', async () => {
     await withTenant(app, A, async () => {})
     await sql`select 1`.execute(app)
     const counter = countingQueries()
     try {
       await withTenant(app, B, async () => {})
       expect(counter.sent.map((s) => [s.roundTrip, s.text.slice(0, 32)])).toEqual([
-        [1, 'select tenant_context.clean_up()'], [1, 'begin read write'], [1, 'select tenant_context.enter($1::'], [2, 'select tenant_context.end_reques'],
+        [1, 'begin isolation level read commi'], [1, 'select tenant_context.clean_up()'], [1, 'select tenant_context.enter($1::'], [2, 'select tenant_context.end_reques'],
       ])
     } finally {
       counter.restore()
     }
   })
 
-  it('SQL of fn that asks for a new challenge fails its own request, and costs the next two round trips more (it asks again, then in its transaction), running its fn once', async () => {
+  it('SQL of fn that asks for a new challenge fails its own request, and costs the next two round trips more (asked again in its transaction, then fn\'s first statement sent again), running its fn once', async () => {
     // It moves the session's mark, so its own request has no tenant at the end, and fails.
     await expect(withTenant(app, A, (trx) => sql`select tenant_context.session_challenge()`.execute(trx))).rejects.toThrow(/no tenant was entered any more/)
     let runs = 0
@@ -247,11 +254,73 @@ describe('withTenant\'s round trips', () => {
     }
     expect(runs).toBe(1)
     expect(counter.sent.map((s) => s.text.replace(/ as c(, pg_catalog.pg_backend_pid\(\) as pid)?$/, ''))).toEqual([
-      // The failed request above left no clean state to trust: this one cleans first.
-      'select tenant_context.clean_up()', 'begin read write', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'rollback; select tenant_context.clean_up()',
-      'select tenant_context.clean_up()', 'select tenant_context.session_challenge()', 'begin read write', 'select tenant_context.clean_up()', 'select tenant_context.challenge()', 'select tenant_context.enter($1::text, $2::text)',
+      // The failed request above left no clean state to trust: this one cleans first. fn's first
+      // statement went with the stale entry, was skipped by the server, and is sent again.
+      'begin isolation level read committed read write', 'select tenant_context.clean_up()', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'select "id" from "skills" order by "id"',
+      'rollback', 'begin isolation level read committed read write', 'select tenant_context.clean_up()', 'select tenant_context.challenge()', 'select tenant_context.enter($1::text, $2::text)',
       'select "id" from "skills" order by "id"', 'select tenant_context.end_request(true); commit',
     ])
+  })
+
+  // fn's first statement goes behind enter(), before enter() has answered (one round trip less).
+  // A sequence's nextval() is not undone by a rollback, so it tells whether the statement ran.
+  describe('fn\'s first statement, sent with the entry', () => {
+    const ran = () => sql<{ n: string }>`select case when is_called then last_value else 0 end as n from public.withtenant_first_ran`.execute(t.admin).then((r) => Number(r.rows[0]!.n))
+    beforeAll(async () => {
+      await sql.raw(`create sequence public.withtenant_first_ran; grant usage, select on sequence public.withtenant_first_ran to ${inject('appRole')}`).execute(t.admin)
+    })
+
+    it('does not run for a tenant enter() refuses (unknown, suspended): it fails with the refusal', async () => {
+      await sql`insert into tenants (id, slug, name, is_active) values ('tenant-off', 'off', 'Off', false) on conflict do nothing`.execute(t.admin)
+      const before = await ran()
+      for (const tenant of ['no-such-tenant', 'tenant-off']) {
+        let after: unknown = 'not reached'
+        await expect(withTenant(app, tenant, async (trx) => {
+          await sql`select nextval('public.withtenant_first_ran')`.execute(trx).catch((error: Error) => { after = error.message; throw error })
+        })).rejects.toThrow(`unknown or inactive tenant "${tenant}"`)
+        expect(after).toMatch(`unknown or inactive tenant "${tenant}"`)
+      }
+      expect(await ran()).toBe(before)
+      // The connection serves the next request.
+      expect(await withTenant(app, B, (trx) => trx.selectFrom('skills').select('id').orderBy('id').execute())).toEqual([{ id: 'sB1' }, { id: 'sB2' }])
+    })
+
+    it('runs once when the entry it went with was stale and entered again, and fn runs once', async () => {
+      await expect(withTenant(app, A, (trx) => sql`select tenant_context.session_challenge()`.execute(trx))).rejects.toThrow(/no tenant was entered any more/)
+      const before = await ran()
+      let runs = 0
+      expect(await withTenant(app, B, async (trx) => {
+        runs++
+        const { rows } = await sql<{ n: string }>`select nextval('public.withtenant_first_ran') as n`.execute(trx)
+        return { n: Number(rows[0]!.n), skills: (await trx.selectFrom('skills').select('id').orderBy('id').execute()).map((r) => r.id) }
+      })).toEqual({ n: before + 1, skills: ['sB1', 'sB2'] })
+      expect(runs).toBe(1)
+      expect(await ran()).toBe(before + 1)
+    })
+
+    it('a failing first statement fails the request as it would alone, and the tenant stays entered for nothing after it', async () => {
+      await expect(withTenant(app, A, (trx) => sql`select 1/0`.execute(trx))).rejects.toThrow(/division by zero/)
+      expect(await withTenant(app, A, (trx) => trx.selectFrom('skills').select('id').orderBy('id').execute())).toEqual([{ id: 'sA1' }, { id: 'sA2' }])
+    })
+
+    it('statements fn sends together (Promise.all) each get their own answer, in one transaction', async () => {
+      const [a, b, c] = await withTenant(app, A, (trx) => Promise.all([
+        trx.selectFrom('skills').select('id').where('id', '=', 'sA1').execute(),
+        sql<{ t: string }>`select tenant_context.current_tenant() as t`.execute(trx),
+        sql<{ x: string }>`select txid_current()::text as x`.execute(trx).then(async (r) => [r.rows[0]!.x, (await sql<{ x: string }>`select txid_current()::text as x`.execute(trx)).rows[0]!.x]),
+      ]))
+      expect(a).toEqual([{ id: 'sA1' }])
+      expect(b.rows).toEqual([{ t: A }])
+      expect(c[0]).toBe(c[1])
+    })
+
+    it('fn that sends nothing before an await of its own still runs in the entered transaction', async () => {
+      expect(await withTenant(app, A, async (trx) => {
+        await new Promise((r) => setTimeout(r, 20))
+        return (await trx.selectFrom('skills').select('id').orderBy('id').execute()).map((r) => r.id)
+      })).toEqual(['sA1', 'sA2'])
+      await expect(withTenant(app, 'no-such-tenant', async () => { await new Promise((r) => setTimeout(r, 5)) })).rejects.toThrow(/unknown or inactive tenant/)
+    })
   })
 
   it('nothing fn leaves on the session reaches the next request: settings, plans, cursors, LISTEN, advisory locks', async () => {
@@ -434,7 +503,8 @@ describe('withTenant on a database before 0019 (the app deployed before its migr
     } finally {
       counter.restore()
     }
-    expect(counter.sent.map((s) => s.text.slice(0, 34))).toEqual(['begin read write', 'reset all; close all; deallocate a', 'select tenant_context.challenge() ', 'select tenant_context.enter($1::te',
-      'select "id" from "skills" order by', 'select current_setting(\'search_pat', 'reset all; close all; deallocate a'])
+    expect(counter.sent.map((s) => s.text.slice(0, 34))).toEqual(['begin isolation level read committe', 'reset all', 'close all', 'deallocate all', 'discard temp', 'unlisten *',
+      'select pg_catalog.pg_advisory_unloc', 'select tenant_context.challenge() ', 'select tenant_context.enter($1::te', 'select "id" from "skills" order by', 'select current_setting(\'search_pat',
+      'reset all; close all; deallocate a'].map((s) => s.slice(0, 34)))
   })
 })

@@ -1,6 +1,9 @@
 import type { CompiledQuery, DatabaseConnection, QueryResult } from 'kysely'
 import type pg from 'pg'
 
+/** How fn's statements reach the connection withTenant holds (its first may go with the tenant's entry). */
+export type RunStatement = (text: string, values: readonly unknown[]) => Promise<pg.QueryResult | pg.QueryResult[]>
+
 /**
  * Kysely's view of the pg client withTenant checked out itself: fn's queries run on the connection
  * that sent BEGIN and `enter()`, without going through Kysely's connection provider (whose client
@@ -8,11 +11,11 @@ import type pg from 'pg'
  * pays for on Node 20). Results as Kysely's own Postgres driver gives them.
  */
 export class ClientConnection implements DatabaseConnection {
-  constructor(private readonly client: pg.PoolClient) {}
+  constructor(private readonly run: RunStatement) {}
 
   async executeQuery<R>(compiledQuery: CompiledQuery, options?: { signal?: AbortSignal }): Promise<QueryResult<R>> {
     if (options?.signal) throw new Error('withTenant: a query inside fn cannot be aborted by a signal (the transaction would be left in doubt); abort the request around withTenant instead')
-    const result = await this.client.query(compiledQuery.sql, compiledQuery.parameters as unknown[])
+    const result = await this.run(compiledQuery.sql, compiledQuery.parameters)
     const { command, rowCount, rows } = result as pg.QueryResult
     if (command === 'ROLLBACK' || command === 'COMMIT') return { rows: [{ command } as R] }
     return {

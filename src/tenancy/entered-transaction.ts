@@ -3,7 +3,8 @@ import type pg from 'pg'
 import { condemnSession } from '../connection/create-db.ts'
 import { poolOf } from '../connection/pipelined-pools.ts'
 import { queriesSent } from '../connection/query-count.ts'
-import { ClientConnection } from './client-connection.ts'
+import { ClientConnection, type RunStatement } from './client-connection.ts'
+import { batchesSupported, sendBatch, type BatchAnswer, type BatchStatement } from '../connection/one-sync-batch.ts'
 import type { DB } from '../db-types.ts'
 import { signTenantContext, type TenantKey } from './tenant-key.ts'
 
@@ -25,13 +26,16 @@ export const CLEAN_UP = 'reset all; close all; deallocate all; discard temp; unl
 const CLEAN_UP_CALL = 'select tenant_context.clean_up()'
 
 /**
- * Read-write whatever the session's default: behind a transaction-mode pooler, SQL of another
- * request that committed and then set `default_transaction_read_only` on its server connection made
- * the next request there read-only from its BEGIN, before the clean-up could undo the setting, and
- * so failed (an outside review: 98 of about 3,200 of the other tenant's requests). enter() writes
- * (the mark), so a withTenant transaction is never read-only.
+ * How a request begins: read-write, at the isolation level the session starts with, whatever SQL
+ * has since set as the session's default. Behind a transaction-mode pooler, SQL of another request
+ * that committed and then set `default_transaction_read_only` on its server connection made the
+ * next request there read-only from its BEGIN (an outside review: 98 of about 3,200 of the other
+ * tenant's requests failed); enter() writes (the mark), so a withTenant transaction is never
+ * read-only. The clean-up that undoes such settings runs after BEGIN, in the same round trip, so
+ * BEGIN names what it would otherwise take from them.
  */
-const BEGIN = 'begin read write'
+const beginAt = (isolation: string) => `begin isolation level ${ISOLATION_LEVELS.has(isolation) ? isolation : 'read committed'} read write`
+const ISOLATION_LEVELS = new Set(['read uncommitted', 'read committed', 'repeatable read', 'serializable'])
 
 /**
  * What the app knows of a connection's session: the challenge of its next `enter()`
@@ -52,20 +56,17 @@ interface SessionState {
    * start.
    */
   cleanAt?: number
-  /** How the session's clean-up is sent: 0019's function, or (before it) the commands themselves. */
-  cleanUp: string
+  /** The session's clean-up as statements of a batch: 0019's function, or (before it) the commands themselves. */
+  cleanUp: string[]
   /** 0019's end_request() is there to check, before COMMIT, that fn left the transaction entered. */
   endRequest: boolean
+  /** The BEGIN of this session's requests ({@link beginAt}). */
+  begin: string
 }
 const sessions = new WeakMap<pg.ClientBase, SessionState>()
 
 /** enter()'s answer to a challenge that is not the session's current one (0019), or a session never given one (currval's). */
 const STALE = new Set(['TC001', '55000'])
-
-/** The challenge of an entry was not the session's: fn has not run; run the request again, asking first. */
-export class StaleChallenge extends Error {
-  override name = 'StaleChallenge'
-}
 
 /** Raised by enter(): the caller gets it as withTenant's error. */
 export class EnterRefused extends Error {
@@ -76,37 +77,34 @@ export interface Entry {
   tenantId: string
   key: TenantKey
   lockTimeoutMs?: number
-  /**
-   * Ask for the challenge inside the transaction whatever the session's state: the request run
-   * again after a stale challenge (a pooler that shows the client a server's pid but moves its
-   * transactions would otherwise make the second try stale too).
-   */
-  askInTransaction?: boolean
 }
 
 /**
  * Runs `fn` in a transaction entered for `entry.tenantId`, on a connection it checks out of
  * createDb's pool itself (fn's queries go to that client through {@link ClientConnection}), in as
- * few round trips as the session allows besides fn's own statements:
- * - the session's challenge known (every request after a connection's first: enter() answers the
- *   next one): the clean-up, BEGIN and `enter()` in one round trip, the clean-up and COMMIT in one
- *   more;
- * - asked per transaction (behind a pooler): BEGIN, the clean-up and `challenge()` in one,
- *   `enter()`, the clean-up and COMMIT.
+ * few round trips as the session allows: BEGIN, `enter()` and fn's first statement in one (each a
+ * statement of its own, with bound parameters, and one Sync after the last: {@link sendBatch}),
+ * fn's other statements, then the clean-up and COMMIT in one more. Behind a pooler (the challenge
+ * asked for in each transaction) BEGIN, the clean-up and `challenge()` go first, in a round trip
+ * of their own.
+ *
+ * fn's first statement is sent before `enter()` has answered, behind it, but it runs only if
+ * `enter()` accepted: if `enter()` fails the server skips everything up to the Sync, and the
+ * transaction is aborted. So no statement of fn's runs for a refused tenant; what fn's code does
+ * before its first statement does run (see withTenant). A challenge gone stale (SQL of an earlier
+ * request asked the session for a new one) is asked for again in the same request, and fn's first
+ * statement sent again: fn runs once.
  *
  * The clean-up at the start undoes what SQL outside withTenant left on the session (on this pool's
  * connection or, behind a pooler, on whichever server connection the transaction landed on); the
- * one before COMMIT, what fn left. fn runs only once enter() has accepted: a refused tenant never
- * reaches fn's code, and a request run again after a stale challenge has run nothing of fn's.
- * (Sending fn's first statement behind enter() would save a round trip more, but run fn's code for
- * a tenant that is then refused.) A request whose fn ended the transaction (SQL's COMMIT or
- * ROLLBACK) fails. Undefined when `db` was not made by createDb, or with `pipelinedWithTenant: false`,
- * or on Citus (the session says so: docs/design/tenant-context.md): the caller enters one statement
- * at a time.
+ * one before COMMIT, what fn left. A request whose fn ended the transaction (SQL's COMMIT or
+ * ROLLBACK) fails. Undefined when `db` was not made by createDb, or with `pipelinedWithTenant:
+ * false`, or on Citus (the session says so: docs/design/tenant-context.md): the caller enters one
+ * statement at a time.
  */
 export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: (trx: Transaction<DB>) => Promise<T>): Promise<{ value: T } | undefined> {
   const made = poolOf(db)
-  if (!made) return undefined
+  if (!made || !batchesSupported) return undefined
   const client = await made.pool.connect()
   try {
     const state = sessions.get(client) ?? await askSession(client)
@@ -119,35 +117,48 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
 /** The request on `client`, checked out of createDb's pool for it: see {@link inEnteredTransaction}. */
 async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialect, state: SessionState, entry: Entry, fn: (trx: Transaction<DB>) => Promise<T>): Promise<T> {
   // A request that will not commit: ROLLBACK first (fn's error may have aborted the transaction).
-  const rolledBack = () => end(db, client, `rollback; ${state.cleanUp}`)
-  const entering = state.next === 'per transaction' || entry.askInTransaction ? await enterAsking(client, state, entry) : enterKnowing(client, state, state.next, entry)
-  await entering.outcome
+  const rolledBack = () => end(db, client, ['rollback', ...state.cleanUp].join('; '))
+  const entering = new Entering(client, state, entry)
+  const open = { now: true, pending: new Set<Promise<unknown>>() }
+  let value: T
+  let failed: { error: unknown } | undefined
+  try {
+    const running = fn(transactionOn(db, dialect, open, entering.run))
+    // fn's first statement goes with the entry; if fn has sent none by the time its synchronous
+    // part and the promises it set off have run, the entry goes alone.
+    entering.sendSoon()
+    value = await running
+  } catch (error) {
+    failed = { error }
+  }
+  await closed(open)
+  // fn failed before sending anything: nothing was begun, nothing to end (and nothing is to be sent
+  // on the connection once it is back in the pool).
+  if (failed && !entering.sent) {
+    entering.cancel()
+    throw failed.error
+  }
+  await entering.answered()
   if (entering.error) {
     await rolledBack()
     throw entering.error
   }
-  const open = { now: true, pending: new Set<Promise<unknown>>() }
-  let value: T
-  try {
-    value = await fn(transactionOn(db, client, dialect, open))
-  } catch (error) {
-    await closed(open)
+  if (failed) {
     await rolledBack()
-    throw error
+    throw failed.error
   }
-  await closed(open)
   // SQL of fn's that ended the transaction (COMMIT, ROLLBACK): what came before it is committed
   // or not as that SQL chose, and what came after ran with no tenant. The request fails.
   const status = (client as { getTransactionStatus?: () => string | null }).getTransactionStatus?.()
   if (status === 'I') {
-    await end(db, client, state.cleanUp)
+    await end(db, client, state.cleanUp.join('; '))
     throw new Error('withTenant: SQL in fn ended the transaction (COMMIT or ROLLBACK); the request failed, and what it wrote before that may have been committed')
   }
   if (status === 'E') {
     await rolledBack()
     throw new Error(ABORTED)
   }
-  const ending = client.query(state.endRequest ? 'select tenant_context.end_request(true); commit' : `${state.cleanUp}; commit`)
+  const ending = client.query(state.endRequest ? 'select tenant_context.end_request(true); commit' : `${state.cleanUp.join('; ')}; commit`)
   // Counted as sent now: a query sent after this one, before its answer, makes the next request clean first.
   const cleanAt = queriesSent(client)
   try {
@@ -160,128 +171,181 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
     if (code === 'TC002') throw new Error('withTenant: no tenant was entered any more when fn returned (SQL in fn ended the transaction, or reset or switched the tenant context); the request failed and was rolled back (what such SQL committed itself stays)', { cause: error })
     throw error
   }
-  return value
+  return value!
 }
 
 const ABORTED = 'withTenant: fn returned, but one of its statements had failed and aborted the transaction: nothing was committed'
 
 /** The session's first request: ask for its challenge (0019), or learn that it must be asked per transaction. */
 async function askSession(client: pg.PoolClient): Promise<SessionState> {
-  const state: SessionState = { next: 'per transaction', citus: false, cleanUp: CLEAN_UP_CALL, endRequest: true }
-  // The clean-up first, in the same write: SQL sent on the new connection before its first request
-  // (a read-only default, a setting, a lock) is gone before session_challenge() and the request.
-  const [cleaned, asked] = inOneWrite(client, () => [
-    client.query(CLEAN_UP_CALL),
-    client.query<{ c: string | null; pid: number }>('select tenant_context.session_challenge() as c, pg_catalog.pg_backend_pid() as pid'),
-  ] as const)
+  const state: SessionState = { next: 'per transaction', citus: false, cleanUp: [CLEAN_UP_CALL], endRequest: true, begin: beginAt('read committed') }
+  // The clean-up first, in the same round trip: SQL sent on the new connection before its first
+  // request (a read-only default, a setting, a lock) is gone before session_challenge() and the
+  // request, and the isolation level read after it is the session's own. In a transaction of its
+  // own, read-write (session_challenge() writes the mark) whatever default SQL left.
+  const asked = await sendBatch(client, [
+    { text: 'begin read write' },
+    { text: CLEAN_UP_CALL },
+    { text: `select tenant_context.session_challenge() as c, pg_catalog.pg_backend_pid() as pid, pg_catalog.current_setting('default_transaction_isolation') as isolation` },
+    { text: 'commit' },
+  ])
   const cleanAt = queriesSent(client)
-  await pipelineOff(client, [cleaned, asked])
-  try {
-    await cleaned
-    const { rows } = await asked
-    const challenge = rows[0]?.c
+  const [, cleaned, challenged, committed] = asked as [BatchAnswer, BatchAnswer, BatchAnswer, BatchAnswer]
+  if (cleaned.ok && challenged.ok && committed.ok) {
+    const row = challenged.result.rows[0] as { c: string | null; pid: number; isolation: string }
     // A pooler's connection shows a pid of its own, not the server's (PgBouncer makes one up).
-    const direct = rows[0]?.pid === (client as { processID?: number }).processID
-    state.citus = challenge === null
-    if (challenge && direct) state.next = challenge
+    const direct = row.pid === (client as { processID?: number }).processID
+    state.citus = row.c === null
+    if (row.c && direct) state.next = row.c
+    state.begin = beginAt(row.isolation)
     state.cleanAt = cleanAt
-  } catch (error) {
-    // A database before 0019 has neither session_challenge() nor clean_up().
+  } else {
+    const error = (asked.find((a) => !a.ok) as { error: Error }).error
+    // The transaction is left aborted (the server skipped the COMMIT): ended before anything else.
+    await client.query('rollback')
+    // A database before 0019 has neither session_challenge() nor clean_up(): its clean-up is the commands themselves.
     if ((error as { code?: string }).code !== '42883') throw error
-    state.cleanUp = CLEAN_UP
+    state.cleanUp = CLEAN_UP.split('; ')
     state.endRequest = false
+    const isolation = (await sendBatch(client, ['begin read write', ...state.cleanUp, `select pg_catalog.current_setting('default_transaction_isolation') as isolation`, 'commit'].map((text) => ({ text })))).at(-2)!
+    if (!isolation.ok) {
+      await client.query('rollback')
+      throw isolation.error
+    }
+    state.begin = beginAt((isolation.result.rows[0] as { isolation: string }).isolation)
   }
   sessions.set(client, state)
   return state
 }
 
-interface Entered {
-  /** Settles (never rejects) once the server answered BEGIN and enter(). */
-  outcome: Promise<void>
-  error?: Error
-}
-
 /**
- * The clean-up, BEGIN and enter() sent together, signed for the challenge the session holds, in
- * one write (a write costs this client more than the server's whole work for enter()); enter()
- * answers the challenge after it. The clean-up goes before BEGIN, so that a setting SQL left on
- * the session (default_transaction_read_only, say) is gone before the transaction takes it up;
- * it is left out when no query has been sent on the connection since the last request's clean-up.
- * The values are bound parameters: a statement's text is shown to every session of the role
- * (pg_stat_activity), and the tenant and signature must not be.
+ * The tenant's entry of one request, sent with fn's first statement: {@link Entering.run} is how
+ * fn's statements reach the connection. The first that comes before the entry is sent goes in the
+ * same batch, behind `enter()`; the others wait for the entry's answer.
  */
-function enterKnowing(client: pg.PoolClient, state: SessionState, challenge: string, entry: Entry): Entered {
-  const entered: Entered = { outcome: Promise.resolve() }
-  const clean = state.cleanAt === undefined || queriesSent(client) !== state.cleanAt
-  const [cleaned, begun, answer] = inOneWrite(client, () => [
-    clean ? client.query(state.cleanUp) : undefined,
-    client.query(BEGIN),
-    client.query<{ next: string }>(`select ${lockTimeout(entry, 4)}tenant_context.enter($1::text, $2::text, $3::text) as next`,
-      [entry.tenantId, challenge, signTenantContext(entry.key, entry.tenantId, challenge), ...lockTimeoutValue(entry)]),
-  ] as const)
-  entered.outcome = pipelineOff(client, [cleaned, begun, answer]).then(() => Promise.all([cleaned, begun, answer])).then(([, , { rows }]) => {
-    state.next = rows[0]!.next
-  }, (error) => {
-    // A refusal raises before the mark moves, so the challenge stays good; a stale one is asked for again.
-    if (STALE.has(error?.code)) sessions.delete(client)
-    entered.error = STALE.has(error?.code) ? new StaleChallenge(error.message, { cause: error }) : refused(error)
-  })
-  return entered
-}
+class Entering {
+  sent = false
+  /** Why the tenant was not entered (a refusal, a failed clean-up): the request's error. */
+  error: Error | undefined
+  private answer: Promise<void> = Promise.resolve()
+  private timer: NodeJS.Immediate | undefined
+  /** The first statement's copy in the batch did not run (a stale challenge, entered again since): send it again. */
+  private again = false
 
-/**
- * Runs `send` with the connection's socket corked, so the queries it submits (pg in pipeline mode
- * writes each at once) leave in one write. A pg without the socket where this expects it sends
- * them as it would anyway: one write each, same order.
- */
-function inOneWrite<T>(client: pg.PoolClient, send: () => T): T {
-  const c = client as { pipeline?: boolean; connection?: { stream?: { cork?: () => void; uncork?: () => void } } }
-  const stream = c.connection?.stream
-  // pg's pipeline mode for these queries only: the caller turns it off once they are all answered
-  // (pg reads the flag when it sends, and when an answer comes for what it sent), so the pool's
-  // other queries go one at a time as without it.
-  c.pipeline = true
-  stream?.cork?.()
-  try {
-    return send()
-  } finally {
-    stream?.uncork?.()
+  constructor(private readonly client: pg.PoolClient, private readonly state: SessionState, private readonly entry: Entry) {}
+
+  readonly run = async (text: string, values: readonly unknown[]): Promise<pg.QueryResult> => {
+    if (!this.sent && !sentAsOneStatement(text, values)) {
+      // pg sends it as a simple query, where several statements may go in one text: after the entry.
+      void this.send([])
+    }
+    if (!this.sent) {
+      const answers = this.send([{ text, values }])
+      await this.answer
+      if (this.error) throw this.error
+      if (!this.again) {
+        const answer = (await answers).at(-1)!
+        if (!answer.ok) throw answer.error
+        return answer.result
+      }
+    } else {
+      await this.answer
+      if (this.error) throw this.error
+    }
+    return this.client.query(text, values as unknown[])
+  }
+
+  sendSoon(): void {
+    if (!this.sent) this.timer = setImmediate(() => { if (!this.sent) void this.send([]) })
+  }
+
+  /** Nothing is to be sent: fn failed before its first statement. */
+  cancel(): void {
+    this.sent = true
+    if (this.timer) clearImmediate(this.timer)
+  }
+
+  /** Sends the entry if fn sent nothing, and waits for its answer. */
+  answered(): Promise<void> {
+    if (!this.sent) void this.send([])
+    return this.answer
+  }
+
+  /** The entry and `first` in one batch (behind a pooler, after a round trip that asks for the challenge); resolves to the batch's answers. */
+  private send(first: BatchStatement[]): Promise<BatchAnswer[]> {
+    this.sent = true
+    if (this.timer) clearImmediate(this.timer)
+    const { client, state, entry } = this
+    if (state.next === 'per transaction') {
+      const answers = this.enterAsking(first, [])
+      this.answer = answers.then(() => {}, (error) => { this.error = refused(error) })
+      return answers.catch(() => [])
+    }
+    const challenge = state.next
+    // The clean-up at the start only when something was sent on the connection since the last
+    // request's (outside withTenant); inside the transaction, behind BEGIN (see beginAt).
+    const clean = state.cleanAt === undefined || queriesSent(client) !== state.cleanAt
+    const entering: BatchStatement[] = [
+      { text: state.begin },
+      ...(clean ? state.cleanUp.map((text) => ({ text })) : []),
+      {
+        text: `select ${lockTimeout(entry, 4)}tenant_context.enter($1::text, $2::text, $3::text) as next`,
+        values: [entry.tenantId, challenge, signTenantContext(entry.key, entry.tenantId, challenge), ...lockTimeoutValue(entry)],
+      },
+    ]
+    const answers = sendBatch(client, [...entering, ...first])
+    this.answer = answers.then(async (all) => {
+      const refusal = all.slice(0, entering.length).find((a) => !a.ok) as { error: Error } | undefined
+      if (!refusal) {
+        state.next = (all[entering.length - 1] as { result: pg.QueryResult }).result.rows[0].next
+        return
+      }
+      if (!STALE.has((refusal.error as { code?: string }).code ?? '')) {
+        // A refusal raises before the mark moves, so the challenge stays good.
+        this.error = refused(refusal.error)
+        return
+      }
+      // The session's challenge had moved on (SQL of an earlier request asked for a new one):
+      // nothing of fn's ran. Asked for in the transaction this time, then fn's first statement again.
+      sessions.delete(client)
+      await this.enterAsking([], ['rollback'])
+      this.again = first.length > 0
+    }).catch((error) => { this.error ??= refused(error) })
+    return answers.catch(() => [])
+  }
+
+  /**
+   * BEGIN, the clean-up and challenge() in one round trip, then enter() and `first` in another.
+   * Behind a pooler in transaction mode the clean-up must be inside the transaction to run on its
+   * server connection. Resolves to the second batch's answers; rejects with the first failure.
+   */
+  private async enterAsking(first: BatchStatement[], before: string[]): Promise<BatchAnswer[]> {
+    const { client, state, entry } = this
+    const asked = await sendBatch(client, [
+      ...before.map((text) => ({ text })),
+      { text: state.begin },
+      ...state.cleanUp.map((text) => ({ text })),
+      { text: `select ${lockTimeout(entry, 1)}tenant_context.challenge() as c`, values: lockTimeoutValue(entry) },
+    ])
+    const failure = asked.find((a) => !a.ok) as { error: Error } | undefined
+    if (failure) throw failure.error
+    const challenge = (asked.at(-1) as { result: pg.QueryResult }).result.rows[0].c as string
+    const answers = await sendBatch(client, [
+      { text: 'select tenant_context.enter($1::text, $2::text)', values: [entry.tenantId, signTenantContext(entry.key, entry.tenantId, challenge)] },
+      ...first,
+    ])
+    if (!answers[0]!.ok) throw answers[0]!.error
+    return answers
   }
 }
 
-/** Back to one query at a time, once everything sent in one write is answered. */
-async function pipelineOff(client: pg.PoolClient, sent: readonly unknown[]): Promise<void> {
-  await Promise.allSettled(sent)
-  ;(client as { pipeline?: boolean }).pipeline = false
-}
-
 /**
- * BEGIN, the clean-up and challenge() in one round trip, then enter(). Behind a pooler in
- * transaction mode the clean-up must be inside the transaction to run on its server connection; a
- * setting of the transaction itself is taken up by BEGIN before it: read-only no more ({@link BEGIN}
- * says read-write), but the isolation level still.
+ * Whether a statement of fn's can go in a batch as it would go alone: a batch sends each text as
+ * one extended-protocol statement, as pg does a text with parameters; a text without any pg sends
+ * as a simple query, which may hold several statements (`create …; select …`): unless it holds no
+ * semicolon, it waits for the entry's answer and goes as pg sends it.
  */
-async function enterAsking(client: pg.PoolClient, state: SessionState, entry: Entry): Promise<Entered> {
-  const [begun, cleaned, asked] = inOneWrite(client, () => [
-    client.query(BEGIN),
-    client.query(state.cleanUp),
-    client.query<{ c: string }>(`select ${lockTimeout(entry, 1)}tenant_context.challenge() as c`, lockTimeoutValue(entry)),
-  ] as const)
-  await pipelineOff(client, [begun, cleaned, asked])
-  const entered: Entered = { outcome: Promise.resolve() }
-  let challenge: string
-  try {
-    await begun
-    await cleaned
-    challenge = (await asked).rows[0]!.c
-  } catch (error) {
-    entered.error = refused(error)
-    return entered
-  }
-  const answer = client.query('select tenant_context.enter($1::text, $2::text)', [entry.tenantId, signTenantContext(entry.key, entry.tenantId, challenge)])
-  entered.outcome = answer.then(() => {}, (error) => { entered.error = refused(error) })
-  return entered
-}
+const sentAsOneStatement = (text: string, values: readonly unknown[]) => values.length > 0 || !text.includes(';')
 
 const lockTimeout = (entry: Entry, parameter: number) =>
   entry.lockTimeoutMs === undefined ? '' : `pg_catalog.set_config('lock_timeout', $${parameter}::text, true), `
@@ -319,8 +383,8 @@ function condemned(db: Kysely<DB>, client: pg.PoolClient): void {
  * waited for before the request ends (an outside review had a chain of them run inside the next
  * request, another tenant's, and read its rows): nothing of fn's reaches the connection's next user.
  */
-function transactionOn(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialect, open: { now: boolean; pending: Set<Promise<unknown>> }): Transaction<DB> {
-  const connection = new ClientConnection(client)
+function transactionOn(db: Kysely<DB>, dialect: Dialect, open: { now: boolean; pending: Set<Promise<unknown>> }, run: RunStatement): Transaction<DB> {
+  const connection = new ClientConnection(run)
   const executor = db.getExecutor().withConnectionProvider({
     provideConnection(consumer) {
       if (!open.now) throw new Error('this withTenant transaction has ended: use trx only inside fn, and wait for its queries there')

@@ -2,7 +2,7 @@ import { AsyncLocalStorage } from 'node:async_hooks'
 import { sql, type Kysely, type Transaction } from 'kysely'
 import { condemnSession, lockTimeoutOf, tenantKeyOf } from '../connection/create-db.ts'
 import type { DB } from '../db-types.ts'
-import { CLEAN_UP, EnterRefused, inEnteredTransaction, refused, StaleChallenge } from './entered-transaction.ts'
+import { CLEAN_UP, EnterRefused, inEnteredTransaction, refused } from './entered-transaction.ts'
 import { parseTenantKey, signTenantContext, type TenantKey } from './tenant-key.ts'
 
 export const MAX_TENANT_ID_LENGTH = 128
@@ -73,24 +73,16 @@ export async function withTenant<T>(db: Kysely<DB>, tenantId: string, fn: (trx: 
   const lockTimeoutMs = lockTimeoutOf(db)
   const entry = { tenantId, key, ...(lockTimeoutMs === undefined ? {} : { lockTimeoutMs }) }
   const run = (trx: Transaction<DB>) => inside.run({ tenantId, db }, () => fn(trx, { tenantId }))
-  let staleRetried = false
   for (let attempt = 1; ; attempt++) {
     // Whether this try went one statement at a time (the only way Citus's rollbacks are run again).
     let alone = false
     try {
-      const pipelined = await inEnteredTransaction(db, staleRetried ? { ...entry, askInTransaction: true } : entry, run)
+      const pipelined = await inEnteredTransaction(db, entry, run)
       if (pipelined) return pipelined.value
       alone = true
       return await db.connection().execute((conn) => oneStatementAtATime(db, conn, entry, run))
     } catch (error) {
-      // The session's challenge had moved on (SQL of an earlier request asked for a new one):
-      // fn has not run; once more, asking for the challenge in the transaction.
-      if (error instanceof StaleChallenge && !staleRetried) {
-        staleRetried = true
-        attempt--
-        continue
-      }
-      if (error instanceof EnterRefused || error instanceof StaleChallenge) throw new TenantError(error.message, { cause: error.cause })
+      if (error instanceof EnterRefused) throw new TenantError(error.message, { cause: error.cause })
       // Only one statement at a time (a Kysely instance made elsewhere, or Citus, known from the
       // session): on one server, SQL of fn's raising the same code and message must not make fn
       // run again (an outside review ran it 3 times).
