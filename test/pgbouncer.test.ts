@@ -145,6 +145,28 @@ describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in
     }
   })
 
+  // BEGIN names the isolation level the session started with (read once per connection, after the
+  // clean-up): before, it took the default SQL had left on the server connection.
+  it('SQL that ends A\'s transaction and makes the session serializable by default: B\'s next request there runs read committed', async () => {
+    const one = await startPgBouncer(appUrl, { poolSize: 1 })
+    if ('notRun' in one) throw new Error(one.notRun)
+    const attackerApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY })
+    const victimApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY })
+    try {
+      await withTenant(victimApp, B, async () => {})
+      const attacker = heldAfter(attackerApp, sql`set default_transaction_isolation = serializable`)
+      await attacker.left
+      const isolation = await withTenant(victimApp, B, async (trx) => (await sql<{ i: string }>`select current_setting('transaction_isolation') as i`.execute(trx)).rows[0]!.i)
+      attacker.resume()
+      await expect(attacker.request).rejects.toThrow(/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/)
+      expect(isolation).toBe('read committed')
+    } finally {
+      await attackerApp.destroy()
+      await victimApp.destroy()
+      await one.stop()
+    }
+  })
+
   // From an outside review: SQL in A's fn that commits, then leaves settings and an advisory lock
   // in autocommit; PgBouncer hands that server connection to B's next request.
   it('SQL that ends A\'s transaction and leaves session state: A\'s request fails, and B\'s next request on that server connection finds nothing of it', async () => {

@@ -1,4 +1,4 @@
-import { Kysely, PostgresDialect, sql, type Transaction } from 'kysely'
+import { CompiledQuery, Kysely, PostgresDialect, sql, type Transaction } from 'kysely'
 import pg from 'pg'
 import { afterEach, beforeAll, describe, expect, inject, it } from 'vitest'
 import { createDb } from '../src/connection/create-db.ts'
@@ -312,6 +312,38 @@ describe('withTenant\'s round trips', () => {
       expect(a).toEqual([{ id: 'sA1' }])
       expect(b.rows).toEqual([{ t: A }])
       expect(c[0]).toBe(c[1])
+    })
+
+    // From an outside review: a connection object fn kept ran SQL inside the next request on the same client.
+    it('a connection fn kept runs nothing once the request is over, not in the next request (another tenant\'s)', async () => {
+      let kept: { executeQuery(q: CompiledQuery): Promise<unknown> } | undefined
+      await withTenant(app, A, async (trx) => {
+        await trx.getExecutor().provideConnection(async (connection) => { kept = connection })
+        await trx.selectFrom('skills').select('id').execute()
+      })
+      const seen = await withTenant(app, B, async (trx) => ({
+        mine: (await trx.selectFrom('skills').select('id').orderBy('id').execute()).map((r) => r.id),
+        kept: await kept!.executeQuery(CompiledQuery.raw('select id from skills')).catch((error: Error) => error.message),
+      }))
+      expect(seen).toEqual({ mine: ['sB1', 'sB2'], kept: expect.stringMatching(/this withTenant transaction has ended/) })
+    })
+
+    // From an outside review: a batch answered at the server's error, before its ReadyForQuery, so
+    // the status read after fn was the last request's ('I'): "ended", and the connection condemned.
+    it('a first statement that fails, caught by fn: the request fails as aborted, and the connection serves on', async () => {
+      const pid = await withTenant(app, A, async (trx) => (await sql<{ p: number }>`select pg_backend_pid() as p`.execute(trx)).rows[0]!.p)
+      for (let i = 0; i < 10; i++) {
+        await expect(withTenant(app, A, async (trx) => {
+          await sql`select 1/0`.execute(trx).catch(() => {})
+          return 'done'
+        })).rejects.toThrow(/one of its statements had failed and aborted the transaction/)
+      }
+      expect(await withTenant(app, A, async (trx) => (await sql<{ p: number }>`select pg_backend_pid() as p`.execute(trx)).rows[0]!.p)).toBe(pid)
+    })
+
+    it('COPY … TO STDOUT as the first statement fails instead of answering no rows', async () => {
+      await expect(withTenant(app, A, (trx) => sql`copy (select id from skills) to stdout`.execute(trx))).rejects.toThrow(/COPY … TO STDOUT is not available/)
+      expect(await withTenant(app, A, (trx) => trx.selectFrom('skills').select('id').orderBy('id').execute())).toEqual([{ id: 'sA1' }, { id: 'sA2' }])
     })
 
     it('fn that sends nothing before an await of its own still runs in the entered transaction', async () => {

@@ -34,11 +34,12 @@ export interface CreateDbOptions {
    */
   lockTimeoutMs?: number
   /**
-   * withTenant in fewer round trips (issue 18, migration 0019), the default: BEGIN and the tenant's
-   * entry in one round trip, the clean-up and COMMIT in one more, with the checks that come with it
-   * (a request whose fn ended or left its transaction fails). `false` sends each statement on its
-   * own, as before 0019 (5 round trips besides fn's): for a proxy that mishandles pipelined
-   * messages. On Citus withTenant enters one statement at a time either way.
+   * withTenant in fewer round trips (issue 18, migration 0019), the default: BEGIN, the tenant's
+   * entry and fn's first statement in one round trip (one Sync), the clean-up and COMMIT in one
+   * more, with the checks that come with it (a request whose fn ended or left its transaction
+   * fails). Needs pg 8.15 or later. `false` sends each statement on its own, as before 0019 (5
+   * round trips besides fn's): for a proxy that mishandles several messages sent before the first
+   * is answered. On Citus withTenant enters one statement at a time either way.
    */
   pipelinedWithTenant?: boolean
   /**

@@ -52,6 +52,8 @@ class Batch {
   /** A type parser that threw on a row of the statement at that index: it ran, but its rows cannot be given (as with pg's own queries). */
   private readonly rowErrors: (Error | undefined)[] = []
   private settled = false
+  /** The server's error, while the batch waits for the ReadyForQuery that follows it. */
+  private failed: Error | undefined
 
   constructor(
     /** Public for whoever watches what a client sends (the tests count round trips). */
@@ -108,11 +110,31 @@ class Batch {
     connection.sendCopyFail('COPY FROM STDIN is not available here')
   }
 
-  handleCopyData(): void {}
+  /** COPY … TO STDOUT: its rows come as copy data, which a batch does not give back; the statement fails rather than answer none. */
+  handleCopyData(): void {
+    this.rowErrors[this.index] ??= new Error('COPY … TO STDOUT is not available here: select the rows instead')
+  }
 
-  /** The server's error for the statement it was running: pg gives no ReadyForQuery to this object after one. */
-  handleError(error: Error): void {
-    this.settle(error)
+  /**
+   * The server's error for the statement it was running. pg hands this object no ReadyForQuery
+   * after an error, but the batch settles only once it has come: until then the client's
+   * transaction status is the one from before the batch (a caller that read it at once took an
+   * aborted transaction for an ended one).
+   */
+  handleError(error: Error, connection: Connection): void {
+    if (this.settled || this.failed) return
+    if (!(error instanceof pg.DatabaseError)) {
+      this.settle(error)
+      return
+    }
+    this.failed = error
+    const done = () => {
+      connection.off('readyForQuery', done)
+      connection.off('end', done)
+      this.settle(error)
+    }
+    connection.once('readyForQuery', done)
+    connection.once('end', done)
   }
 
   handleReadyForQuery(): void {
@@ -144,4 +166,6 @@ interface Connection {
   execute(e: { portal: string; rows: number }): void
   sync(): void
   sendCopyFail(message: string): void
+  once(event: 'readyForQuery' | 'end', listener: () => void): void
+  off(event: 'readyForQuery' | 'end', listener: () => void): void
 }

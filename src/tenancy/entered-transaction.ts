@@ -119,11 +119,14 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
   // A request that will not commit: ROLLBACK first (fn's error may have aborted the transaction).
   const rolledBack = () => end(db, client, ['rollback', ...state.cleanUp].join('; '))
   const entering = new Entering(client, state, entry)
-  const open = { now: true, pending: new Set<Promise<unknown>>() }
+  const open: Open = { now: true, over: false, pending: new Set<Promise<unknown>>() }
+  // fn's statements; none once the request is over (an outside review had a connection object fn
+  // kept run SQL inside the next request on the same client, another tenant's).
+  const run: RunStatement = (text, values) => open.over ? Promise.reject(new Error(ENDED)) : entering.run(text, values)
   let value: T
   let failed: { error: unknown } | undefined
   try {
-    const running = fn(transactionOn(db, dialect, open, entering.run))
+    const running = fn(transactionOn(db, dialect, open, run))
     // fn's first statement goes with the entry; if fn has sent none by the time its synchronous
     // part and the promises it set off have run, the entry goes alone.
     entering.sendSoon()
@@ -132,6 +135,7 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
     failed = { error }
   }
   await closed(open)
+  open.over = true
   // fn failed before sending anything: nothing was begun, nothing to end (and nothing is to be sent
   // on the connection once it is back in the pool).
   if (failed && !entering.sent) {
@@ -149,7 +153,7 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
   }
   // SQL of fn's that ended the transaction (COMMIT, ROLLBACK): what came before it is committed
   // or not as that SQL chose, and what came after ran with no tenant. The request fails.
-  const status = (client as { getTransactionStatus?: () => string | null }).getTransactionStatus?.()
+  const status = await transactionStatus(client)
   if (status === 'I') {
     await end(db, client, state.cleanUp.join('; '))
     throw new Error('withTenant: SQL in fn ended the transaction (COMMIT or ROLLBACK); the request failed, and what it wrote before that may have been committed')
@@ -175,6 +179,29 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
 }
 
 const ABORTED = 'withTenant: fn returned, but one of its statements had failed and aborted the transaction: nothing was committed'
+const ENDED = 'this withTenant transaction has ended: use trx only inside fn, and wait for its queries there'
+
+/**
+ * The client's transaction status once the server's last answer is in: pg settles a query that
+ * failed at the server's error, before the ReadyForQuery that carries the status, so a status read
+ * at once can be the one from before (an outside review: an aborted transaction read as ended).
+ */
+async function transactionStatus(client: pg.PoolClient): Promise<string | null | undefined> {
+  const c = client as unknown as { readyForQuery?: boolean; connection?: NodeJS.EventEmitter; getTransactionStatus?: () => string | null }
+  if (c.readyForQuery === false && c.connection) {
+    const connection = c.connection
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        connection.off('readyForQuery', done)
+        connection.off('end', done)
+        resolve()
+      }
+      connection.once('readyForQuery', done)
+      connection.once('end', done)
+    })
+  }
+  return c.getTransactionStatus?.()
+}
 
 /** The session's first request: ask for its challenge (0019), or learn that it must be asked per transaction. */
 async function askSession(client: pg.PoolClient): Promise<SessionState> {
@@ -383,11 +410,11 @@ function condemned(db: Kysely<DB>, client: pg.PoolClient): void {
  * waited for before the request ends (an outside review had a chain of them run inside the next
  * request, another tenant's, and read its rows): nothing of fn's reaches the connection's next user.
  */
-function transactionOn(db: Kysely<DB>, dialect: Dialect, open: { now: boolean; pending: Set<Promise<unknown>> }, run: RunStatement): Transaction<DB> {
+function transactionOn(db: Kysely<DB>, dialect: Dialect, open: Open, run: RunStatement): Transaction<DB> {
   const connection = new ClientConnection(run)
   const executor = db.getExecutor().withConnectionProvider({
     provideConnection(consumer) {
-      if (!open.now) throw new Error('this withTenant transaction has ended: use trx only inside fn, and wait for its queries there')
+      if (!open.now) throw new Error(ENDED)
       const running = consumer(connection)
       const settled = running.then(() => {}, () => {})
       open.pending.add(settled)
@@ -398,8 +425,15 @@ function transactionOn(db: Kysely<DB>, dialect: Dialect, open: { now: boolean; p
   return new Transaction<DB>({ config: { dialect }, dialect, driver: NO_DRIVER, executor })
 }
 
+/** fn's side of the request: `now` while fn may start queries, `over` once those it started are done. */
+interface Open {
+  now: boolean
+  over: boolean
+  pending: Set<Promise<unknown>>
+}
+
 /** No query of fn's from now on; those it started are waited for. */
-async function closed(open: { now: boolean; pending: Set<Promise<unknown>> }): Promise<void> {
+async function closed(open: Open): Promise<void> {
   open.now = false
   while (open.pending.size > 0) await Promise.all([...open.pending])
 }

@@ -43,8 +43,11 @@ export function withTenantDb(): Kysely<DB> | undefined {
  *
  * The tenant is entered with a signature only the holder of the tenant key can make, over a
  * challenge of this session's, so SQL run inside `fn`, injected SQL included, cannot switch to another
- * tenant, nor carry this one past the clean-up into another request. BEGIN and the entry go in
- * one round trip, and `fn` runs once the tenant is accepted.
+ * tenant, nor carry this one past the clean-up into another request. BEGIN, the entry and `fn`'s
+ * first statement go in one round trip: `fn` is called at once, and its first statement runs only if
+ * the tenant is accepted (refused, it fails with the refusal). So `fn`'s code up to its first
+ * statement runs before the tenant is known to be accepted; no statement of `fn`'s runs for a
+ * refused one.
  *
  * The connection goes back to the pool clean: whatever `fn` left on the session (a setting, a
  * temporary table or function, a WITH HOLD cursor, a prepared statement, a LISTEN, an advisory
