@@ -220,7 +220,8 @@ describe('withTenant\'s round trips', () => {
         [1, 'begin isolation level read committed rea'],
         [1, 'select tenant_context.enter($1::text, $2'],
         [1, 'select "id" from "skills" where "slug" ='],
-        [2, 'select tenant_context.end_request(true);'],
+        // fn's statement was the query builder's, with no `sql` and no function: COMMIT alone.
+        [2, 'commit'],
       ])
       expect(counter.roundTrips()).toBe(2)
     } finally {
@@ -235,7 +236,7 @@ describe('withTenant\'s round trips', () => {
     try {
       await withTenant(app, B, async () => {})
       expect(counter.sent.map((s) => [s.roundTrip, s.text.slice(0, 32)])).toEqual([
-        [1, 'begin isolation level read commi'], [1, 'select tenant_context.clean_up()'], [1, 'select tenant_context.enter($1::'], [2, 'select tenant_context.end_reques'],
+        [1, 'begin isolation level read commi'], [1, 'select tenant_context.clean_up()'], [1, 'select tenant_context.enter($1::'], [2, 'commit'],
       ])
     } finally {
       counter.restore()
@@ -258,7 +259,7 @@ describe('withTenant\'s round trips', () => {
       // statement went with the stale entry, was skipped by the server, and is sent again.
       'begin isolation level read committed read write', 'select tenant_context.clean_up()', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'select "id" from "skills" order by "id"',
       'rollback', 'begin isolation level read committed read write', 'select tenant_context.clean_up()', 'select tenant_context.challenge()', 'select tenant_context.enter($1::text, $2::text)',
-      'select "id" from "skills" order by "id"', 'select tenant_context.end_request(true); commit',
+      'select "id" from "skills" order by "id"', 'commit',
     ])
   })
 
@@ -353,6 +354,34 @@ describe('withTenant\'s round trips', () => {
       })).toEqual(['sA1', 'sA2'])
       await expect(withTenant(app, 'no-such-tenant', async () => { await new Promise((r) => setTimeout(r, 5)) })).rejects.toThrow(/unknown or inactive tenant/)
     })
+  })
+
+  it('a request with SQL written by hand, or a function call in a builder statement, ends with the check and the clean-up before COMMIT', async () => {
+    const requests: ((trx: Transaction<DB>) => Promise<unknown>)[] = [
+      (trx) => sql`select id from skills`.execute(trx),
+      (trx) => trx.selectFrom('skills').select((eb) => eb.fn<string>('lower', ['name']).as('n')).execute(),
+      (trx) => trx.selectFrom('skills').select((eb) => eb.fn.countAll().as('n')).execute(),
+      (trx) => trx.selectFrom('skills').select('id').where(sql<boolean>`true`).execute(),
+    ]
+    for (const fn of requests) {
+      const counter = countingQueries()
+      try {
+        await withTenant(app, A, fn)
+      } finally {
+        counter.restore()
+      }
+      expect(counter.sent.at(-1)!.text).toBe('select tenant_context.end_request(true); commit')
+    }
+  })
+
+  // A builder statement's function call could change the session (set_config, an advisory lock):
+  // withTenant sees it in the statement and cleans up, as after SQL written by hand.
+  it('what a function called from a builder statement leaves on the session does not reach the next request', async () => {
+    await withTenant(app, A, async (trx) => {
+      await trx.selectFrom('skills').select((eb) => [eb.fn<string>('set_config', [eb.val('app.leak'), eb.val('left'), eb.val(false)]).as('s'), eb.fn<string>('pg_advisory_lock', [eb.val(4343)]).as('l')]).limit(1).execute()
+    })
+    expect(await withTenant(app, B, async (trx) => (await sql<{ leak: string; locks: number }>`select current_setting('app.leak', true) as leak,
+      (select count(*)::int from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()) as locks`.execute(trx)).rows[0])).toEqual({ leak: '', locks: 0 })
   })
 
   it('nothing fn leaves on the session reaches the next request: settings, plans, cursors, LISTEN, advisory locks', async () => {
