@@ -4,7 +4,6 @@ import { condemnSession } from '../connection/create-db.ts'
 import { poolOf } from '../connection/pipelined-pools.ts'
 import { queriesSent } from '../connection/query-count.ts'
 import { ClientConnection, type RunStatement } from './client-connection.ts'
-import { leavesSessionAsIs } from './session-effects.ts'
 import { batchesSupported, sendBatch, type BatchAnswer, type BatchStatement } from '../connection/one-sync-batch.ts'
 import type { DB } from '../db-types.ts'
 import { signTenantContext, type TenantKey } from './tenant-key.ts'
@@ -121,15 +120,9 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
   const rolledBack = () => end(db, client, ['rollback', ...state.cleanUp].join('; '))
   const entering = new Entering(client, state, entry)
   const open: Open = { now: true, over: false, pending: new Set<Promise<unknown>>() }
-  // Whether a statement of fn's may have changed the session or ended the transaction (see session-effects.ts).
-  let touched = false
   // fn's statements; none once the request is over (an outside review had a connection object fn
   // kept run SQL inside the next request on the same client, another tenant's).
-  const run: RunStatement = (text, values, query) => {
-    if (open.over) return Promise.reject(new Error(ENDED))
-    touched ||= !leavesSessionAsIs(query)
-    return entering.run(text, values)
-  }
+  const run: RunStatement = (text, values) => open.over ? Promise.reject(new Error(ENDED)) : entering.run(text, values)
   let value: T
   let failed: { error: unknown } | undefined
   try {
@@ -169,10 +162,7 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
     await rolledBack()
     throw new Error(ABORTED)
   }
-  // fn's statements were all the query builder's, with no `sql` and no function: nothing of the
-  // session to check or clean up, COMMIT alone. Otherwise the check that the transaction is still
-  // the one entered, and the clean-up, before COMMIT in the same round trip.
-  const ending = client.query(!touched ? 'commit' : state.endRequest ? 'select tenant_context.end_request(true); commit' : `${state.cleanUp.join('; ')}; commit`)
+  const ending = client.query(state.endRequest ? 'select tenant_context.end_request(true); commit' : `${state.cleanUp.join('; ')}; commit`)
   // Counted as sent now: a query sent after this one, before its answer, makes the next request clean first.
   const cleanAt = queriesSent(client)
   try {
