@@ -1,4 +1,4 @@
-import { sql, type Kysely, type RawBuilder } from 'kysely'
+import { sql, type Kysely, type RawBuilder, type Transaction } from 'kysely'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest'
 import { PGBOUNCER_MISSING, startPgBouncer, type PgBouncer } from '../fixtures/pgbouncer.ts'
@@ -121,50 +121,19 @@ describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in
   // From an outside review: a read-only default left on a server connection made the next
   // request there read-only from its BEGIN, before the clean-up, and enter()'s setval failed.
   it('SQL that ends A\'s transaction and makes the session read-only by default: B\'s next request on that server connection still writes', async () => {
-    const one = await startPgBouncer(appUrl, { poolSize: 1 })
-    if ('notRun' in one) throw new Error(one.notRun)
-    const attackerApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY })
-    const victimApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY })
-    try {
-      // B's connection has had its first request (whose clean-up, outside a transaction, would undo the setting).
-      await withTenant(victimApp, B, async () => {})
-      const attacker = heldAfter(attackerApp, sql`set default_transaction_read_only = on`)
-      await attacker.left
-      const written = await withTenant(victimApp, B, async (trx) => {
-        const readOnly = (await sql<{ ro: string }>`select current_setting('transaction_read_only') as ro`.execute(trx)).rows[0]!.ro
-        const updated = await trx.updateTable('skills').set({ name: 'written under a read-only default' }).where('id', '=', 'sB1').returning('id').execute()
-        return { readOnly, updated: updated.map((r) => r.id) }
-      })
-      attacker.resume()
-      await expect(attacker.request).rejects.toThrow(/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/)
-      expect(written).toEqual({ readOnly: 'off', updated: ['sB1'] })
-    } finally {
-      await attackerApp.destroy()
-      await victimApp.destroy()
-      await one.stop()
-    }
+    const written = await nextRequestAfter(appUrl, sql`set default_transaction_read_only = on`, async (trx) => {
+      const readOnly = (await sql<{ ro: string }>`select current_setting('transaction_read_only') as ro`.execute(trx)).rows[0]!.ro
+      const updated = await trx.updateTable('skills').set({ name: 'written under a read-only default' }).where('id', '=', 'sB1').returning('id').execute()
+      return { readOnly, updated: updated.map((r) => r.id) }
+    })
+    expect(written).toEqual({ readOnly: 'off', updated: ['sB1'] })
   })
 
   // BEGIN names the isolation level the session started with (read once per connection, after the
   // clean-up): before, it took the default SQL had left on the server connection.
   it('SQL that ends A\'s transaction and makes the session serializable by default: B\'s next request there runs read committed', async () => {
-    const one = await startPgBouncer(appUrl, { poolSize: 1 })
-    if ('notRun' in one) throw new Error(one.notRun)
-    const attackerApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY })
-    const victimApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY })
-    try {
-      await withTenant(victimApp, B, async () => {})
-      const attacker = heldAfter(attackerApp, sql`set default_transaction_isolation = serializable`)
-      await attacker.left
-      const isolation = await withTenant(victimApp, B, async (trx) => (await sql<{ i: string }>`select current_setting('transaction_isolation') as i`.execute(trx)).rows[0]!.i)
-      attacker.resume()
-      await expect(attacker.request).rejects.toThrow(/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/)
-      expect(isolation).toBe('read committed')
-    } finally {
-      await attackerApp.destroy()
-      await victimApp.destroy()
-      await one.stop()
-    }
+    expect(await nextRequestAfter(appUrl, sql`set default_transaction_isolation = serializable`,
+      async (trx) => (await sql<{ i: string }>`select current_setting('transaction_isolation') as i`.execute(trx)).rows[0]!.i)).toBe('read committed')
   })
 
   // From an outside review: SQL in A's fn that commits, then leaves settings and an advisory lock
@@ -195,6 +164,32 @@ describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in
  * A's request whose fn commits, runs `leave` outside any transaction (on the server connection
  * PgBouncer gave it, which it hands to the next transaction), and is held there until `resume()`.
  */
+/**
+ * Behind a PgBouncer of one server connection: B's connection has had its first request (whose
+ * clean-up, outside a transaction, would undo the setting), A's request commits and leaves `leave`
+ * on the server connection, then B's next request runs `request` there. A's request fails (its fn
+ * ended its transaction); B's answer is returned.
+ */
+async function nextRequestAfter<T>(appUrl: string, leave: RawBuilder<unknown>, request: (trx: Transaction<DB>) => Promise<T>): Promise<T> {
+  const one = await startPgBouncer(appUrl, { poolSize: 1 })
+  if ('notRun' in one) throw new Error(one.notRun)
+  const attackerApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY })
+  const victimApp = createDb<DB>(one.url, { max: 1, tenantKey: TEST_TENANT_KEY })
+  try {
+    await withTenant(victimApp, B, async () => {})
+    const attacker = heldAfter(attackerApp, leave)
+    await attacker.left
+    const answer = await withTenant(victimApp, B, request)
+    attacker.resume()
+    await expect(attacker.request).rejects.toThrow(/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/)
+    return answer
+  } finally {
+    await attackerApp.destroy()
+    await victimApp.destroy()
+    await one.stop()
+  }
+}
+
 function heldAfter(app: Kysely<DB>, leave: RawBuilder<unknown>) {
   let left!: () => void
   let resume!: () => void
