@@ -199,7 +199,7 @@ describe('managed hosting: no superuser migrates or serves', () => {
     // B's rows go (its audit row cannot: append-only), and the tenant with them, until the open phase and the guard are rolled back.
     await sql.raw(`delete from site_settings where tenant_id = 'tenant-b'; delete from skills where tenant_id = 'tenant-b';
       delete from users where tenant_id = 'tenant-b'; delete from tenants where id = 'tenant-b'`).execute(d.admin)
-    expect(await migrateDown(d.owner, { to: '0012_app_role_limits' })).toMatchObject({ status: 'applied', steps: [{ name: '0017_reserve_key_hash_index_name' }, { name: '0016_truncate_within_one_tenant' }, { name: '0014_open_to_more_tenants' }, { name: '0019_tenant_context_per_session_challenge' }, { name: '0013_one_tenant_until_open' }] })
+    expect(await migrateDown(d.owner, { to: '0012_app_role_limits' })).toMatchObject({ status: 'applied', steps: [{ name: '0017_reserve_key_hash_index_name' }, { name: '0016_truncate_within_one_tenant' }, { name: '0014_open_to_more_tenants' }, { name: '0021_tenant_context_finish_request' }, { name: '0019_tenant_context_per_session_challenge' }, { name: '0013_one_tenant_until_open' }] })
     // Row security would hide tenant B's rows from the owner: these refusals prove the owner's checks see them.
     // Back on the expand schema before the guard, B comes back: the downs' guards must see its rows.
     await insertTenantB(d)

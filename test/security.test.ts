@@ -22,6 +22,7 @@ const DOCUMENTED_PRIVILEGES = [
   'function tenant_context.end_request(boolean): EXECUTE', // 0019: refuses a COMMIT of a transaction no longer entered
   'function tenant_context.enter(text, text): EXECUTE',
   'function tenant_context.enter(text, text, text): EXECUTE', // 0019: with the session's challenge
+  'function tenant_context.finish_request(): EXECUTE', // 0021: end_request(true) without EXECUTE or an exception block
   'function tenant_context.resolve_api_key(text, text): EXECUTE', // 0012: within the tenant a key names
   'function tenant_context.resolve_tenant(text, text): EXECUTE', // 0020: the id and active flag of the slug or domain named, nothing else
   'function tenant_context.session_challenge(): EXECUTE', // 0019: sets the session's counter to a new random value only
@@ -83,6 +84,7 @@ describe('what the application role cannot do', () => {
       { f: 'tenant_context.end_request', definer: false }, // current_tenant() and clean_up(), reads nothing
       { f: 'tenant_context.enter', definer: true },
       { f: 'tenant_context.enter', definer: true },
+      { f: 'tenant_context.finish_request', definer: true }, // 0021: the mark and settings, then utility commands on the caller's session
       { f: 'tenant_context.resolve_api_key', definer: true },
       { f: 'tenant_context.resolve_tenant', definer: true },
       { f: 'tenant_context.session_challenge', definer: true },
@@ -134,7 +136,7 @@ describe('what the application role cannot do', () => {
     expect(rows).toEqual([])
     // The SECURITY DEFINER functions it may call: the resolvers answer for an exact key hash of the tenant it names, an exact slug or domain, never a pattern.
     const definers = await sql<{ f: string }>`select proname as f from pg_proc where prosecdef and has_function_privilege(${role}, oid, 'execute') order by 1`.execute(t.admin)
-    expect(definers.rows.map((r) => r.f)).toEqual(['create_tenant', 'current_tenant', 'enter', 'enter', 'resolve_api_key', 'resolve_tenant', 'session_challenge', 'set_tenant_active'])
+    expect(definers.rows.map((r) => r.f)).toEqual(['create_tenant', 'current_tenant', 'enter', 'enter', 'finish_request', 'resolve_api_key', 'resolve_tenant', 'session_challenge', 'set_tenant_active'])
     const found = await sql<{ n: number }>`select count(*)::int as n from tenant_context.resolve_api_key(${B}, '%')
       union all select count(*)::int from tenant_context.resolve_api_key(${B}, 'hash-%') union all select count(*)::int from tenant_context.resolve_api_key('%', 'hash-b')
       union all select count(*)::int from tenant_context.resolve_tenant('%', null) union all select count(*)::int from tenant_context.resolve_tenant(null, '%')

@@ -36,8 +36,9 @@ describe('other migrators and skills-db\'s migrations', () => {
     expect((await migrator.getMigrations()).filter((m) => m.executedAt instanceof Date).map((m) => m.name)).toEqual(MIGRATION_NAMES)
     expect(await migrator.migrateTo(CONTRACT_MIGRATION_NAMES[0]!)).toMatchObject({ error: expect.objectContaining({ message: expect.stringMatching(/belongs to the contract phase, which waits for the operator: apply it with migrateContract\(\)/) }) })
 
-    // Rolled back in the order applied: latest applied 0011 to 0013 (and 0019) after 0009.
+    // Rolled back in the order applied: latest applied 0011 to 0013 (and 0019, 0021) after 0009.
     expect(await migrator.migrateTo('0006_create_audit_logs')).toEqual({ results: [
+      { migrationName: '0021_tenant_context_finish_request', direction: 'Down', status: 'Success' },
       { migrationName: '0019_tenant_context_per_session_challenge', direction: 'Down', status: 'Success' },
       { migrationName: '0013_one_tenant_until_open', direction: 'Down', status: 'Success' },
       { migrationName: '0012_app_role_limits', direction: 'Down', status: 'Success' },

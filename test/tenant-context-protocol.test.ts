@@ -220,7 +220,7 @@ describe('withTenant\'s round trips', () => {
         [1, 'begin isolation level read committed rea'],
         [1, 'select tenant_context.enter($1::text, $2'],
         [1, 'select "id" from "skills" where "slug" ='],
-        [2, 'select tenant_context.end_request(true);'],
+        [2, 'select tenant_context.finish_request(); '],
       ])
       expect(counter.roundTrips()).toBe(2)
     } finally {
@@ -235,7 +235,7 @@ describe('withTenant\'s round trips', () => {
     try {
       await withTenant(app, B, async () => {})
       expect(counter.sent.map((s) => [s.roundTrip, s.text.slice(0, 32)])).toEqual([
-        [1, 'begin isolation level read commi'], [1, 'select tenant_context.clean_up()'], [1, 'select tenant_context.enter($1::'], [2, 'select tenant_context.end_reques'],
+        [1, 'begin isolation level read commi'], [1, 'select tenant_context.clean_up()'], [1, 'select tenant_context.enter($1::'], [2, 'select tenant_context.finish_req'],
       ])
     } finally {
       counter.restore()
@@ -258,7 +258,7 @@ describe('withTenant\'s round trips', () => {
       // statement went with the stale entry, was skipped by the server, and is sent again.
       'begin isolation level read committed read write', 'select tenant_context.clean_up()', 'select tenant_context.enter($1::text, $2::text, $3::text) as next', 'select "id" from "skills" order by "id"',
       'rollback', 'begin isolation level read committed read write', 'select tenant_context.clean_up()', 'select tenant_context.challenge()', 'select tenant_context.enter($1::text, $2::text)',
-      'select "id" from "skills" order by "id"', 'select tenant_context.end_request(true); commit',
+      'select "id" from "skills" order by "id"', 'select tenant_context.finish_request(); commit',
     ])
   })
 
@@ -421,6 +421,15 @@ describe('withTenant\'s round trips', () => {
     })).rejects.toThrow(/withTenant: (SQL in fn ended the transaction|no tenant was entered any more)/)
     expect((await sql<{ name: string }>`select name from skills where id = 'sA1'`.execute(t.admin)).rows[0]!.name).toBe(after)
     await sql`update skills set name = 'Lint' where id = 'sA1'`.execute(t.admin)
+    expect(await withTenant(app, B, (trx) => trx.selectFrom('skills').select('id').orderBy('id').execute())).toEqual([{ id: 'sB1' }, { id: 'sB2' }])
+  })
+
+  // 0021's end reads the mark itself: SQL that made the session forget it gets currval's error there.
+  it('SQL in fn that discards the session\'s sequences (the mark) fails the request at its end, and the next one enters', async () => {
+    await expect(withTenant(app, A, async (trx) => {
+      await sql`discard sequences`.execute(trx)
+      return 'ok'
+    })).rejects.toThrow(/no tenant was entered any more/)
     expect(await withTenant(app, B, (trx) => trx.selectFrom('skills').select('id').orderBy('id').execute())).toEqual([{ id: 'sB1' }, { id: 'sB2' }])
   })
 

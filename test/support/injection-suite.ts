@@ -246,6 +246,33 @@ export function describeInjectionSuite(subject: InjectionSubject): void {
       expect(seen).toEqual([expect.stringMatching(/does not exist/)])
     }))
 
+    // A SECURITY DEFINER function without a SET clause looks a declared type up through the caller's
+    // search_path, where pg_temp comes first for types: a domain named like it, whose CHECK runs as
+    // the owner (an outside review read the tenant keys so through a draft of 0021 that declared
+    // `record`). The tenant context's functions name none, or pin search_path with pg_temp last.
+    it('look-alike types in pg_temp, made before a fresh session first calls them, run in none of the tenant context\'s functions', () => withTemporary(async () => {
+      const looks = ['record', 'text', 'bool', 'int8', 'regclass', 'bytea']
+      const seen: string[] = []
+      // A fresh session of the app role, outside withTenant (SQL injected into a query of the app's
+      // own on the pool): the functions are compiled, and their declared types looked up, after.
+      const fresh = subject.connect()
+      try {
+        await fresh.connection().execute(async (conn) => {
+          if (subject.shardNames) await sql`set citus.enable_ddl_propagation = off`.execute(conn)
+          await sql.raw(`create function pg_temp.caught(v text) returns boolean language plpgsql as $$ begin raise exception 'look-alike ran as %', current_user; end $$`).execute(conn)
+          for (const name of looks) await sql.raw(`create domain pg_temp.${name} as pg_catalog.text check (pg_temp.caught(value))`).execute(conn)
+          for (const call of [sql`select tenant_context.session_challenge()`, sql`select tenant_context.enter('x', '1:1', 'k:x')`, sql`select tenant_context.enter('x', 'k:x')`,
+            sql`select tenant_context.current_tenant()`, sql`select tenant_context.challenge()`, sql`select tenant_context.end_request(false)`, sql`select tenant_context.finish_request()`]) {
+            await call.execute(conn).catch((error: Error) => seen.push(error.message))
+          }
+        })
+      } finally {
+        await fresh.destroy()
+      }
+      expect(seen.filter((m) => /look-alike ran/.test(m))).toEqual([])
+      expect((await withTenant(subject.app(), B, (trx) => trx.selectFrom('skills').select('tenant_id').execute())).every((r) => r.tenant_id === B)).toBe(true)
+    }))
+
     it('a hostile search_path with look-alike types, set before current_tenant() is first compiled, changes nothing', () => withTemporary(async () => {
       // A fresh session, so current_tenant() is compiled under the attacker's search_path (on Citus,
       // fresh on the coordinator only: the workers' connections are cached).
