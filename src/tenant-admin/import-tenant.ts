@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto'
 import type { Readable } from 'node:stream'
 import { sql, type Kysely, type RawBuilder } from 'kysely'
 import { exportMacText, tenantKeyMac, type ExportHeader, type ExportManifest, type ExportProgress } from './export-tenant.ts'
+import { TABLES_UNCHANGED } from './migrations-without-table-changes.ts'
 import { ndjsonLines } from './ndjson-lines.ts'
 import { asOperator, TenantAdminError } from './operator-session.ts'
 import { columnList, exportColumns, identitiesPastRows, READABLE_VERSIONS, rowsFromJson, TEXT_SETTINGS, type ExportColumn } from './row-json.ts'
@@ -115,9 +116,10 @@ async function readExport(input: Readable, migrations: string[],
   const lines = ndjsonLines(input)
   const first = await lines.next()
   const header = parseHeader(first.done ? undefined : first.value)
-  if (header.migrations.join(',') !== migrations.join(',')) {
-    const missing = header.migrations.filter((m) => !migrations.includes(m))
-    const extra = migrations.filter((m) => !header.migrations.includes(m))
+  const shaping = (list: readonly string[]) => list.filter((m) => !TABLES_UNCHANGED.has(m))
+  if (shaping(header.migrations).join(',') !== shaping(migrations).join(',')) {
+    const missing = shaping(header.migrations).filter((m) => !migrations.includes(m))
+    const extra = shaping(migrations).filter((m) => !header.migrations.includes(m))
     throw new TenantAdminError(`the file is of another schema: ${missing.length ? `this database lacks ${missing.join(', ')}` : ''}${missing.length && extra.length ? '; ' : ''}${extra.length ? `the file predates ${extra.join(', ')}` : ''}; import into a database migrated exactly as the one exported from`)
   }
   // What the first read checked, piece by piece: it records each piece's SHA-256, and the second
