@@ -91,7 +91,7 @@ describe.skipIf(PGBOUNCER_MISSING !== undefined)(`withTenant behind PgBouncer in
       await app.destroy()
     }
     expect(sent).toEqual(['begin isolation level read committed read write', 'select tenant_context.clean_up()', 'select tenant_context.challenge() as c', 'select tenant_context.enter($1::text, $2::text)',
-      'select "id" from "skills"', 'select tenant_context.finish_request(); commit'])
+      'select "id" from "skills"', 'commit'])
   })
 
   it('what a request leaves on its server connection is gone before the connection serves another: the clean-up runs inside the transaction', async () => {

@@ -42,9 +42,9 @@ export interface ServerTime {
 type Statements = (db: Kysely<any>, schema: string | null, tenant: string, n: number) => Promise<unknown>
 
 // Kysely's query builder, the same for all three (as an app on Kysely writes them): the plain
-// variant names the tenant, the other two leave it to row security. A request whose statements are
-// all the builder's, with no `sql` and no function, ends with COMMIT alone in withTenant (a
-// statement written with `sql` adds withTenant's end check and clean-up: about 35 µs of the
+// variant names the tenant, the other two leave it to row security. Their statements are
+// session-safe (src/tenancy/session-safe-statements.ts), so withTenant ends them with COMMIT alone;
+// a statement written with `sql` adds withTenant's end check and clean-up (about 35 µs of the
 // server's; docs/design/tenant-context.md).
 const table = (schema: string | null, name: string) => (schema ? `${schema}.${name}` : name)
 const scoped = <Q extends { where: (...a: any[]) => Q }>(q: Q, schema: string | null, tenant: string): Q => schema === 'rc_plain' ? q.where('tenant_id', '=', tenant) : q

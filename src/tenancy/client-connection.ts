@@ -1,8 +1,12 @@
 import type { CompiledQuery, DatabaseConnection, QueryResult } from 'kysely'
 import type pg from 'pg'
+import { isSessionSafe } from './session-safe-statements.ts'
 
-/** How fn's statements reach the connection withTenant holds (its first may go with the tenant's entry). */
-export type RunStatement = (text: string, values: readonly unknown[]) => Promise<pg.QueryResult | pg.QueryResult[]>
+/**
+ * How fn's statements reach the connection withTenant holds (its first may go with the tenant's
+ * entry). `sessionSafe`: the statement can leave nothing on the session (session-safe-statements.ts).
+ */
+export type RunStatement = (text: string, values: readonly unknown[], sessionSafe: boolean) => Promise<pg.QueryResult | pg.QueryResult[]>
 
 /**
  * Kysely's view of the pg client withTenant checked out itself: fn's queries run on the connection
@@ -15,7 +19,7 @@ export class ClientConnection implements DatabaseConnection {
 
   async executeQuery<R>(compiledQuery: CompiledQuery, options?: { signal?: AbortSignal }): Promise<QueryResult<R>> {
     if (options?.signal) throw new Error('withTenant: a query inside fn cannot be aborted by a signal (the transaction would be left in doubt); abort the request around withTenant instead')
-    const result = await this.run(compiledQuery.sql, compiledQuery.parameters)
+    const result = await this.run(compiledQuery.sql, compiledQuery.parameters, isSessionSafe(compiledQuery))
     const { command, rowCount, rows } = result as pg.QueryResult
     if (command === 'ROLLBACK' || command === 'COMMIT') return { rows: [{ command } as R] }
     return {

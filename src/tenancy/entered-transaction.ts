@@ -4,6 +4,7 @@ import { condemnSession } from '../connection/create-db.ts'
 import { poolOf } from '../connection/pipelined-pools.ts'
 import { queriesSent } from '../connection/query-count.ts'
 import { ClientConnection, type RunStatement } from './client-connection.ts'
+import { SESSION_CHANGING_REACHABLE, SessionSafeExecutor } from './session-safe-statements.ts'
 import { batchesSupported, sendBatch, type BatchAnswer, type BatchStatement } from '../connection/one-sync-batch.ts'
 import type { DB } from '../db-types.ts'
 import { signTenantContext, type TenantKey } from './tenant-key.ts'
@@ -66,6 +67,12 @@ interface SessionState {
   end: string
   /** The BEGIN of this session's requests ({@link beginAt}). */
   begin: string
+  /**
+   * A request whose statements were all session-safe may end with COMMIT alone: the app role can
+   * reach no function that could change the session from such a statement (read when the session
+   * is first asked: session-safe-statements.ts).
+   */
+  commitAlone: boolean
 }
 const sessions = new WeakMap<pg.ClientBase, SessionState>()
 
@@ -124,9 +131,16 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
   const rolledBack = () => end(db, client, ['rollback', ...state.cleanUp].join('; '))
   const entering = new Entering(client, state, entry)
   const open: Open = { now: true, over: false, pending: new Set<Promise<unknown>>() }
+  // Whether a statement of fn's could have left something on the session or ended the transaction
+  // (anything but a session-safe statement: session-safe-statements.ts).
+  let touched = false
   // fn's statements; none once the request is over (an outside review had a connection object fn
   // kept run SQL inside the next request on the same client, another tenant's).
-  const run: RunStatement = (text, values) => open.over ? Promise.reject(new Error(ENDED)) : entering.run(text, values)
+  const run: RunStatement = (text, values, sessionSafe) => {
+    if (open.over) return Promise.reject(new Error(ENDED))
+    touched ||= !sessionSafe
+    return entering.run(text, values)
+  }
   let value: T
   let failed: { error: unknown } | undefined
   try {
@@ -166,7 +180,10 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
     await rolledBack()
     throw new Error(ABORTED)
   }
-  const ending = client.query(`${state.end}; commit`)
+  // fn's statements were all session-safe (and the database lets nothing such a statement reaches
+  // change the session): nothing of the session to check or clean up, COMMIT alone. Otherwise the check that the transaction is still the one entered, and the clean-up,
+  // before COMMIT in the same round trip.
+  const ending = client.query(touched || !state.commitAlone ? `${state.end}; commit` : 'commit')
   // Counted as sent now: a query sent after this one, before its answer, makes the next request clean first.
   const cleanAt = queriesSent(client)
   try {
@@ -210,7 +227,7 @@ async function transactionStatus(client: pg.PoolClient): Promise<string | null |
 
 /** The session's first request: ask for its challenge (0019), or learn that it must be asked per transaction. */
 async function askSession(client: pg.PoolClient): Promise<SessionState> {
-  const state: SessionState = { next: 'per transaction', citus: false, cleanUp: [CLEAN_UP_CALL], end: END_REQUEST, begin: beginAt('read committed') }
+  const state: SessionState = { next: 'per transaction', citus: false, cleanUp: [CLEAN_UP_CALL], end: END_REQUEST, begin: beginAt('read committed'), commitAlone: false }
   // The clean-up first, in the same round trip: SQL sent on the new connection before its first
   // request (a read-only default, a setting, a lock) is gone before session_challenge() and the
   // request, and the isolation level read after it is the session's own. In a transaction of its
@@ -219,19 +236,20 @@ async function askSession(client: pg.PoolClient): Promise<SessionState> {
     { text: 'begin read write' },
     { text: CLEAN_UP_CALL },
     { text: `select tenant_context.session_challenge() as c, pg_catalog.pg_backend_pid() as pid, pg_catalog.current_setting('default_transaction_isolation') as isolation,
-      pg_catalog.to_regprocedure('tenant_context.finish_request()') is not null as finish` },
+      pg_catalog.to_regprocedure('tenant_context.finish_request()') is not null as finish, not exists (${SESSION_CHANGING_REACHABLE}) as commit_alone` },
     { text: 'commit' },
   ])
   const cleanAt = queriesSent(client)
   const [, cleaned, challenged, committed] = asked as [BatchAnswer, BatchAnswer, BatchAnswer, BatchAnswer]
   if (cleaned.ok && challenged.ok && committed.ok) {
-    const row = challenged.result.rows[0] as { c: string | null; pid: number; isolation: string; finish: boolean }
+    const row = challenged.result.rows[0] as { c: string | null; pid: number; isolation: string; finish: boolean; commit_alone: boolean }
     // A pooler's connection shows a pid of its own, not the server's (PgBouncer makes one up).
     const direct = row.pid === (client as { processID?: number }).processID
     state.citus = row.c === null
     if (row.c && direct) state.next = row.c
     state.begin = beginAt(row.isolation)
     if (row.finish) state.end = FINISH_REQUEST
+    state.commitAlone = row.commit_alone
     state.cleanAt = cleanAt
   } else {
     const error = (asked.find((a) => !a.ok) as { error: Error }).error
@@ -419,7 +437,7 @@ function condemned(db: Kysely<DB>, client: pg.PoolClient): void {
  */
 function transactionOn(db: Kysely<DB>, dialect: Dialect, open: Open, run: RunStatement): Transaction<DB> {
   const connection = new ClientConnection(run)
-  const executor = db.getExecutor().withConnectionProvider({
+  const executor = SessionSafeExecutor.of(dialect, {
     provideConnection(consumer) {
       if (!open.now) throw new Error(ENDED)
       const running = consumer(connection)
@@ -428,7 +446,7 @@ function transactionOn(db: Kysely<DB>, dialect: Dialect, open: Open, run: RunSta
       void settled.then(() => open.pending.delete(settled))
       return running
     },
-  })
+  }, db.getExecutor().plugins)
   return new Transaction<DB>({ config: { dialect }, dialect, driver: NO_DRIVER, executor })
 }
 

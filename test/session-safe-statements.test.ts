@@ -1,0 +1,125 @@
+import { CompiledQuery, QueryNode, sql, type Kysely, type RootOperationNode, type SelectQueryNode } from 'kysely'
+import { jsonArrayFrom } from 'kysely/helpers/postgres'
+import { beforeAll, describe, expect, inject, it } from 'vitest'
+import type { DB } from '../src/db-types.ts'
+import { isSessionSafe, madeOfSafeNodes, SESSION_CHANGING_REACHABLE } from '../src/tenancy/session-safe-statements.ts'
+import { withTenant } from '../src/tenancy/with-tenant.ts'
+import { useTestDatabase } from './support/database.ts'
+import { A, B, seedTwoTenants } from './support/tenants.ts'
+
+/**
+ * Session-safe statements (issue 18): a withTenant request whose statements are all of this kind
+ * ends with COMMIT alone. What withTenant does with them end to end, and the three statements that
+ * beat the first version of this (8f72ed9), are in test/tenant-context-protocol.test.ts.
+ */
+describe('session-safe statements', () => {
+  const t = useTestDatabase('migrated')
+  let app: Kysely<DB>
+  beforeAll(async () => {
+    await seedTwoTenants(t.admin)
+    app = t.connectAs(inject('appRole'), 'test', 2, { pipelinedWithTenant: true })
+  })
+  const node = (q: { compile(): CompiledQuery }) => q.compile().query as RootOperationNode
+
+  describe('what the query builder makes', () => {
+    it.each([
+      ['a select with a where', () => app.selectFrom('skills').selectAll().where('slug', '=', 'x')],
+      ['an order by, descending, nulls last', () => app.selectFrom('skills').select('id').orderBy('total_uses', (ob) => ob.desc().nullsLast())],
+      ['a join, a subquery, a limit and an offset', () => app.selectFrom('skills').innerJoin('users', 'users.id', 'skills.author_id').select(['skills.id', 'users.email']).where('skills.id', 'in', app.selectFrom('ratings').select('skill_id')).orderBy('total_uses', 'desc').limit(10).offset(5)],
+      ['an insert with on conflict and returning', () => app.insertInto('ratings').values({ id: 'x', skill_id: 's', user_id: 'u', rating: 5 } as never).onConflict((oc) => oc.column('id').doUpdateSet({ rating: 4 })).returning('id')],
+      ['an update with arithmetic', () => app.updateTable('skills').set((eb) => ({ total_uses: eb('total_uses', '+', 1) })).where('slug', '=', 'x')],
+      ['a delete', () => app.deleteFrom('ratings').where('id', '=', 'x')],
+      ['count, sum and max, grouped', () => app.selectFrom('ratings').select((eb) => [eb.fn.countAll<number>().as('n'), eb.fn.sum<number>('rating').as('s'), eb.fn.max('rating').as('m')]).groupBy('skill_id').having((eb) => eb.fn.countAll(), '>', 1)],
+      ['a CTE and a union', () => app.with('mine', (db) => db.selectFrom('skills').select('id')).selectFrom('mine').select('id').union(app.selectFrom('ratings').select('skill_id as id'))],
+      ['for update skip locked', () => app.selectFrom('skills').select('id').forUpdate().skipLocked()],
+      ['a value that looks like a node (it is a bound parameter)', () => app.selectFrom('skills').selectAll().where('name', '=', { kind: 'RawNode', sqlFragments: ['select 1'], parameters: [] } as never)],
+      ['case, exists, not', () => app.selectFrom('skills').select((eb) => eb.case().when('total_uses', '>', 1).then(true).else(false).end().as('used')).where((eb) => eb.not(eb.exists(app.selectFrom('ratings').select('id'))))],
+    ])('%s: safe', (_label, query) => {
+      expect(madeOfSafeNodes(node(query()))).toBe(true)
+    })
+
+    it.each([
+      ['SQL written by hand', () => ({ compile: () => sql`select 1`.compile(app) })],
+      ['a sql fragment in a where', () => app.selectFrom('skills').selectAll().where(sql<boolean>`true`)],
+      ['a raw order that is not a direction', () => app.selectFrom('skills').select('id').orderBy(sql`pg_advisory_lock(1)`)],
+      ['an explain, whatever its format', () => ({ compile: () => ({ query: QueryNode.cloneWithExplain(node(app.selectFrom('skills').select('id')) as SelectQueryNode, 'json', undefined) }) as never })],
+      ['a function call', () => app.selectFrom('skills').select((eb) => eb.fn<string>('set_config', [eb.val('a.b'), eb.val('c'), eb.val(false)]).as('s'))],
+      ['an aggregate of another name', () => app.selectFrom('skills').select((eb) => eb.fn.agg<string>('string_agg', ['name', eb.val(',')]).as('s'))],
+      ['a cast (its type is written out as given)', () => app.selectFrom('skills').select((eb) => eb.cast('total_uses', 'text').as('t'))],
+      ['a helper made of sql (jsonArrayFrom)', () => app.selectFrom('users').select((eb) => jsonArrayFrom(eb.selectFrom('skills').select('id').whereRef('skills.author_id', '=', 'users.id')).as('skills'))],
+      ['a modifier written by hand', () => app.selectFrom('skills').select('id').modifyEnd(sql`for update`)],
+      ['a schema statement (a temporary table)', () => app.schema.createTable('t').temporary().addColumn('a', 'text')],
+      ['a node made by hand, not frozen', () => ({ compile: () => ({ query: { kind: 'SelectQueryNode', from: { kind: 'FromNode', froms: [] } } }) as never })],
+    ])('%s: not safe', (_label, query) => {
+      expect(madeOfSafeNodes(node(query() as { compile(): CompiledQuery }))).toBe(false)
+    })
+
+    it('an operator not on the list, in a node made by hand: not safe', () => {
+      const where = app.selectFrom('skills').select('id').where('slug', '=', 'x').compile().query as unknown as { where: { where: { operator: { operator: string } } } }
+      const forged = structuredClone(where) as unknown as RootOperationNode
+      ;(forged as unknown as typeof where).where.where.operator.operator = '= 1; select 2; --'
+      expect(madeOfSafeNodes(forged)).toBe(false)
+    })
+  })
+
+  describe('the verdict is kept with the compiled query fn\'s transaction made, not with a copy', () => {
+    it('compiled in fn\'s transaction: safe (also with a plugin or a schema); copied, compiled elsewhere, or raw: not', async () => {
+      const verdicts = await withTenant(app, A, async (trx) => {
+        const compiled = trx.selectFrom('skills').select('id').compile()
+        return {
+          own: isSessionSafe(compiled),
+          withSchema: isSessionSafe(trx.withSchema('public').selectFrom('skills').select('id').compile()),
+          copy: isSessionSafe({ ...compiled }),
+          textReplaced: isSessionSafe({ ...compiled, sql: 'select 1' }),
+          compiledOutside: isSessionSafe(app.selectFrom('skills').select('id').compile()),
+          raw: isSessionSafe(CompiledQuery.raw('select "id" from "skills"')),
+          sql: isSessionSafe(sql`select id from skills`.compile(trx)),
+        }
+      })
+      expect(verdicts).toEqual({ own: true, withSchema: true, copy: false, textReplaced: false, compiledOutside: false, raw: false, sql: false })
+    })
+  })
+
+  describe('what a session-safe statement can reach in the database', () => {
+    it('the app role can call no function that could change the session through one (attribute notation, an aggregate of the names let through, an operator, an implicit cast)', async () => {
+      expect((await sql<{ f: string }>`${sql.raw(SESSION_CHANGING_REACHABLE)}`.execute(app)).rows).toEqual([])
+    })
+
+    // The check above and the one each session makes at its start can fail: with such a function,
+    // withTenant keeps the end check and the clean-up for every request (what it does when the check
+    // finds one), and the function's setting does not reach the next request.
+    it('a volatile function of a skills row, callable by the app role: found, and the sessions that find it keep the clean-up', async () => {
+      await sql.raw(`create function public.leak(s skills) returns text volatile language sql as $$ select pg_catalog.set_config('app.leak', s.tenant_id, false) $$;
+        grant execute on function public.leak(skills) to public`).execute(t.admin)
+      const fresh = t.connectAs(inject('appRole'), 'test', 1, { pipelinedWithTenant: true })
+      try {
+        expect((await sql<{ f: string }>`${sql.raw(SESSION_CHANGING_REACHABLE)}`.execute(fresh)).rows).toEqual([{ f: 'leak(skills)' }])
+        // Attribute notation: a reference the builder quotes, which PostgreSQL reads as leak(skills).
+        await withTenant(fresh, A, (trx) => trx.selectFrom('skills').select('skills.leak' as never).limit(1).execute())
+        expect(await withTenant(fresh, B, async (trx) => (await sql<{ leak: string }>`select current_setting('app.leak', true) as leak`.execute(trx)).rows[0]!.leak)).toBe('')
+      } finally {
+        await fresh.destroy()
+        await sql`drop function public.leak(skills)`.execute(t.admin)
+      }
+    })
+
+    it('writes to every table the app writes, with session-safe statements only, leave nothing on the session (settings, locks, cursors, prepared statements, LISTEN, temporary objects)', async () => {
+      await withTenant(app, A, async (trx) => {
+        await trx.updateTable('skills').set((eb) => ({ total_uses: eb('total_uses', '+', 1) })).where('id', '=', 'sA1').execute()
+        await trx.insertInto('ratings').values({ id: 'rA9', skill_id: 'sA2', user_id: 'uA1', rating: 3 } as never).execute()
+        await trx.deleteFrom('ratings').where('id', '=', 'rA9').execute()
+        await trx.insertInto('usage_events').values({ id: 'eA9', tool_name: 'cli', skill_id: 'sA1', user_id: 'uA1' } as never).execute()
+        await trx.updateTable('users').set({ email: 'ann2@a' }).where('id', '=', 'uA1').execute()
+        await trx.updateTable('site_settings').set({ ollama_model: 'model-a2' }).where('id', '=', 'default').execute()
+      })
+      const left = await withTenant(app, B, async (trx) => (await sql<Record<string, number>>`select
+        (select count(*)::int from pg_catalog.pg_settings where source = 'session' and name not like 'transaction\\_%') as settings,
+        (select count(*)::int from pg_catalog.pg_locks where locktype = 'advisory' and pid = pg_catalog.pg_backend_pid()) as locks,
+        (select count(*)::int from pg_catalog.pg_cursors where name <> '') as cursors,
+        (select count(*)::int from pg_catalog.pg_prepared_statements) as prepared,
+        (select count(*)::int from pg_catalog.pg_listening_channels()) as channels,
+        (select count(*)::int from pg_catalog.pg_class where relnamespace = pg_catalog.pg_my_temp_schema()) as temporary`.execute(trx)).rows[0])
+      expect(left).toEqual({ settings: 0, locks: 0, cursors: 0, prepared: 0, channels: 0, temporary: 0 })
+    })
+  })
+})
