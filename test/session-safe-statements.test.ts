@@ -2,7 +2,7 @@ import { CompiledQuery, QueryNode, sql, type Kysely, type RootOperationNode, typ
 import { jsonArrayFrom } from 'kysely/helpers/postgres'
 import { beforeAll, describe, expect, inject, it } from 'vitest'
 import type { DB } from '../src/db-types.ts'
-import { isSessionSafe, madeOfSafeNodes, SESSION_CHANGING_REACHABLE } from '../src/tenancy/session-safe-statements.ts'
+import { isSessionSafe, KNOWN_COLUMNS, knownColumns, madeOfSafeNodes, onlyQuotedNames, SESSION_CHANGING_REACHABLE, type KnownColumns } from '../src/tenancy/session-safe-statements.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { useTestDatabase } from './support/database.ts'
 import { A, B, seedTwoTenants } from './support/tenants.ts'
@@ -15,11 +15,14 @@ import { A, B, seedTwoTenants } from './support/tenants.ts'
 describe('session-safe statements', () => {
   const t = useTestDatabase('migrated')
   let app: Kysely<DB>
+  let columns: KnownColumns
   beforeAll(async () => {
     await seedTwoTenants(t.admin)
     app = t.connectAs(inject('appRole'), 'test', 2, { pipelinedWithTenant: true })
+    columns = knownColumns((await sql<{ c: [string, string[]][] }>`select (${sql.raw(KNOWN_COLUMNS)}) as c`.execute(app)).rows[0]!.c)
   })
   const node = (q: { compile(): CompiledQuery }) => q.compile().query as RootOperationNode
+  const safe = (q: { compile(): CompiledQuery }) => madeOfSafeNodes(node(q), columns) && onlyQuotedNames(q.compile().sql)
 
   describe('what the query builder makes', () => {
     it.each([
@@ -34,8 +37,10 @@ describe('session-safe statements', () => {
       ['for update skip locked', () => app.selectFrom('skills').select('id').forUpdate().skipLocked()],
       ['a value that looks like a node (it is a bound parameter)', () => app.selectFrom('skills').selectAll().where('name', '=', { kind: 'RawNode', sqlFragments: ['select 1'], parameters: [] } as never)],
       ['case, exists, not', () => app.selectFrom('skills').select((eb) => eb.case().when('total_uses', '>', 1).then(true).else(false).end().as('used')).where((eb) => eb.not(eb.exists(app.selectFrom('ratings').select('id'))))],
+      ['a join on qualified names of both tables', () => app.selectFrom('skills').innerJoin('users', 'users.id', 'skills.author_id').select(['skills.slug', 'users.email']).where('users.id', '=', 'u')],
+      ['all columns of one table (t.*)', () => app.selectFrom('skills').innerJoin('users', 'users.id', 'skills.author_id').selectAll('skills')],
     ])('%s: safe', (_label, query) => {
-      expect(madeOfSafeNodes(node(query()))).toBe(true)
+      expect(safe(query())).toBe(true)
     })
 
     it.each([
@@ -49,34 +54,94 @@ describe('session-safe statements', () => {
       ['a helper made of sql (jsonArrayFrom)', () => app.selectFrom('users').select((eb) => jsonArrayFrom(eb.selectFrom('skills').select('id').whereRef('skills.author_id', '=', 'users.id')).as('skills'))],
       ['a modifier written by hand', () => app.selectFrom('skills').select('id').modifyEnd(sql`for update`)],
       ['a schema statement (a temporary table)', () => app.schema.createTable('t').temporary().addColumn('a', 'text')],
-      ['a node made by hand, not frozen', () => ({ compile: () => ({ query: { kind: 'SelectQueryNode', from: { kind: 'FromNode', froms: [] } } }) as never })],
+      ['a node made by hand, not frozen', () => ({ compile: () => ({ query: { kind: 'SelectQueryNode', from: { kind: 'FromNode', froms: [] } }, sql: 'select' }) as never })],
+      // Review 1: "t"."f" is f(t) when t has no column f (attribute notation), a function call with no function node.
+      ['a qualified name that is no column of its table (attribute notation)', () => app.selectFrom('skills').select('skills.leak' as never)],
+      ['a qualified name through an alias', () => app.selectFrom('skills as s').select('s.id')],
+      ['a qualified name of a CTE that shadows a table', () => app.with('skills', (db) => db.selectFrom('users').select('id')).selectFrom('skills').select('skills.id')],
+      ['a qualified name of a relation the role cannot see', () => app.selectFrom('skills').select('pg_authid.rolname' as never)],
+      // Review 2: pg_settings is a view the app role may update, whose rule runs set_config(…, false).
+      ['an update of pg_settings', () => (app as Kysely<any>).updateTable('pg_settings').set({ setting: 'x' }).where('name', '=', 'application_name')],
+      ['an update of pg_catalog.pg_settings', () => (app as Kysely<any>).updateTable('pg_catalog.pg_settings').set({ setting: 'x' }).where('name', '=', 'application_name')],
+      // Review 2: Kysely writes -(-1) as --1, a comment that a newline in a later quoted name ends.
+      ['a negated negative number, then a name holding a newline', () => app.selectFrom('skills').select((eb) => eb.neg(eb.lit(-1)).as('\n1; select 2 --'))],
     ])('%s: not safe', (_label, query) => {
-      expect(madeOfSafeNodes(node(query() as { compile(): CompiledQuery }))).toBe(false)
+      expect(safe(query() as { compile(): CompiledQuery })).toBe(false)
+    })
+
+    it.each([
+      ['select "a" from "t" where "b" = $1 and "c" in ($2, $3)', true],
+      ['select "a"";--" from "t"', true],
+      ['select "a\nb" from "t"', true],
+      ['select --1 as "x"', false],
+      ['select 1 /* c */', false],
+      ['select 1; select 2', false],
+      ["select 'x'", false],
+      ['select $$x$$', false],
+      ['select "unterminated', false],
+      ['select "a" - -1', true],
+    ])('onlyQuotedNames(%j): %s', (text, expected) => {
+      expect(onlyQuotedNames(text)).toBe(expected)
     })
 
     it('an operator not on the list, in a node made by hand: not safe', () => {
       const where = app.selectFrom('skills').select('id').where('slug', '=', 'x').compile().query as unknown as { where: { where: { operator: { operator: string } } } }
       const forged = structuredClone(where) as unknown as RootOperationNode
       ;(forged as unknown as typeof where).where.where.operator.operator = '= 1; select 2; --'
-      expect(madeOfSafeNodes(forged)).toBe(false)
+      expect(madeOfSafeNodes(forged, columns)).toBe(false)
     })
   })
 
-  describe('the verdict is kept with the compiled query fn\'s transaction made, not with a copy', () => {
-    it('compiled in fn\'s transaction: safe (also with a plugin or a schema); copied, compiled elsewhere, or raw: not', async () => {
+  describe('the verdict is kept with the compiled query fn\'s transaction made in the request, not with a copy', () => {
+    it('compiled in fn\'s transaction: safe (also with a plugin or a schema); copied, compiled elsewhere or in an earlier request, or raw: not', async () => {
+      const earlier = await withTenant(app, A, async (trx) => trx.selectFrom('skills').select('id').compile())
       const verdicts = await withTenant(app, A, async (trx) => {
         const compiled = trx.selectFrom('skills').select('id').compile()
         return {
-          own: isSessionSafe(compiled),
-          withSchema: isSessionSafe(trx.withSchema('public').selectFrom('skills').select('id').compile()),
-          copy: isSessionSafe({ ...compiled }),
-          textReplaced: isSessionSafe({ ...compiled, sql: 'select 1' }),
-          compiledOutside: isSessionSafe(app.selectFrom('skills').select('id').compile()),
-          raw: isSessionSafe(CompiledQuery.raw('select "id" from "skills"')),
-          sql: isSessionSafe(sql`select id from skills`.compile(trx)),
+          own: isSessionSafe(trx, compiled),
+          withSchema: isSessionSafe(trx, trx.withSchema('public').selectFrom('skills').select('id').compile()),
+          copy: isSessionSafe(trx, { ...compiled }),
+          textReplaced: isSessionSafe(trx, { ...compiled, sql: 'select 1' }),
+          compiledOutside: isSessionSafe(trx, app.selectFrom('skills').select('id').compile()),
+          earlierRequest: isSessionSafe(trx, earlier),
+          raw: isSessionSafe(trx, CompiledQuery.raw('select "id" from "skills"')),
+          sql: isSessionSafe(trx, sql`select id from skills`.compile(trx)),
         }
       })
-      expect(verdicts).toEqual({ own: true, withSchema: true, copy: false, textReplaced: false, compiledOutside: false, raw: false, sql: false })
+      expect(verdicts).toEqual({ own: true, withSchema: true, copy: false, textReplaced: false, compiledOutside: false, earlierRequest: false, raw: false, sql: false })
+    })
+  })
+
+  // The outside reviews' attacks, end to end: what the request left does not reach the next one.
+  describe('what the outside reviews left on the session through builder statements does not reach the next request', () => {
+    const nextRequestSees = () => withTenant(app, B, async (trx) => (await sql<{ name: string; locks: number; prepared: number; channels: number }>`select current_setting('application_name') as name,
+      (select count(*)::int from pg_catalog.pg_locks where locktype = 'advisory' and pid = pg_catalog.pg_backend_pid()) as locks,
+      (select count(*)::int from pg_catalog.pg_prepared_statements where from_sql) as prepared,
+      (select count(*)::int from pg_catalog.pg_listening_channels()) as channels`.execute(trx)).rows[0])
+    const clean = { name: expect.not.stringMatching(/left-by-A/), locks: 0, prepared: 0, channels: 0 }
+
+    it('an update of pg_settings (its rule sets the setting for the session)', async () => {
+      await withTenant(app, A, (trx) => (trx as Kysely<any>).updateTable('pg_settings').set({ setting: 'left-by-A' }).where('name', '=', 'application_name').execute())
+      expect(await nextRequestSees()).toEqual(clean)
+    })
+
+    it('a negated negative number and a name holding a newline: the rest of the name ran as SQL', async () => {
+      const label = "\n1; select set_config('application_name', 'left-by-A', false), pg_advisory_lock(4242); prepare p as select 1; listen chan; select 1 --"
+      await withTenant(app, A, (trx) => trx.selectFrom('skills').select((eb) => eb.neg(eb.lit(-1)).as(label)).execute())
+      expect(await nextRequestSees()).toEqual(clean)
+    })
+
+    it('a function of a row made after the connection first asked, called through attribute notation', async () => {
+      const pooled = t.connectAs(inject('appRole'), 'test', 1, { pipelinedWithTenant: true })
+      try {
+        await withTenant(pooled, A, (trx) => trx.selectFrom('skills').select('id').execute())
+        await sql.raw(`create function public.late(s skills) returns text volatile language sql as $$ select pg_catalog.set_config('app.leak', s.tenant_id, false) $$`).execute(t.admin)
+        await withTenant(pooled, A, (trx) => trx.selectFrom('skills').select('skills.late' as never).limit(1).execute())
+        expect(await withTenant(pooled, B, async (trx) => (await sql<{ leak: string }>`select current_setting('app.leak', true) as leak`.execute(trx)).rows[0]!.leak)).toBe('')
+      } finally {
+        await pooled.destroy()
+        await sql`drop function public.late(skills)`.execute(t.admin)
+      }
     })
   })
 
@@ -93,7 +158,7 @@ describe('session-safe statements', () => {
         grant execute on function public.leak(skills) to public`).execute(t.admin)
       const fresh = t.connectAs(inject('appRole'), 'test', 1, { pipelinedWithTenant: true })
       try {
-        expect((await sql<{ f: string }>`${sql.raw(SESSION_CHANGING_REACHABLE)}`.execute(fresh)).rows).toEqual([{ f: 'leak(skills)' }])
+        expect((await sql<{ f: string }>`${sql.raw(SESSION_CHANGING_REACHABLE)}`.execute(fresh)).rows).toEqual([{ object: 'leak(skills)' }])
         // Attribute notation: a reference the builder quotes, which PostgreSQL reads as leak(skills).
         await withTenant(fresh, A, (trx) => trx.selectFrom('skills').select('skills.leak' as never).limit(1).execute())
         expect(await withTenant(fresh, B, async (trx) => (await sql<{ leak: string }>`select current_setting('app.leak', true) as leak`.execute(trx)).rows[0]!.leak)).toBe('')

@@ -1,6 +1,5 @@
 import type { CompiledQuery, DatabaseConnection, QueryResult } from 'kysely'
 import type pg from 'pg'
-import { isSessionSafe } from './session-safe-statements.ts'
 
 /**
  * How fn's statements reach the connection withTenant holds (its first may go with the tenant's
@@ -15,11 +14,11 @@ export type RunStatement = (text: string, values: readonly unknown[], sessionSaf
  * pays for on Node 20). Results as Kysely's own Postgres driver gives them.
  */
 export class ClientConnection implements DatabaseConnection {
-  constructor(private readonly run: RunStatement) {}
+  constructor(private readonly run: RunStatement, private readonly sessionSafe: (compiled: CompiledQuery) => boolean = () => false) {}
 
   async executeQuery<R>(compiledQuery: CompiledQuery, options?: { signal?: AbortSignal }): Promise<QueryResult<R>> {
     if (options?.signal) throw new Error('withTenant: a query inside fn cannot be aborted by a signal (the transaction would be left in doubt); abort the request around withTenant instead')
-    const result = await this.run(compiledQuery.sql, compiledQuery.parameters, isSessionSafe(compiledQuery))
+    const result = await this.run(compiledQuery.sql, compiledQuery.parameters, this.sessionSafe(compiledQuery))
     const { command, rowCount, rows } = result as pg.QueryResult
     if (command === 'ROLLBACK' || command === 'COMMIT') return { rows: [{ command } as R] }
     return {

@@ -6,35 +6,74 @@ import { DefaultQueryExecutor, type CompiledQuery, type DatabaseConnection, type
  * fn left the transaction entered and without the clean-up (issue 18: about 35 µs of the server's a
  * request). Anything else keeps both.
  *
- * A statement is one when Kysely's query builder compiled it, in fn's transaction, from a select,
- * insert, update or delete made only of the node kinds below. The verdict is kept with the
- * CompiledQuery object the transaction's own executor made (Kysely freezes it, so its text is the
- * text compiled from that query): a CompiledQuery made anywhere else, or copied, is not one. An
- * outside review beat the first version of this (8f72ed9), which looked for what could do harm
- * (a deny-list) and read the query while the server runs the text; this one lets through only
- * what it knows, and the verdict is tied to the text:
- * - no SQL written by hand (`sql`, `CompiledQuery.raw`): RawNode only as the builder's own
- *   `asc`/`desc`;
+ * A statement is one when Kysely's query builder compiled it, in fn's transaction and during the
+ * request, from a select, insert, update or delete made only of the node kinds below, and its text
+ * passes {@link onlyQuotedNames}. The verdict is kept, per request, with the CompiledQuery object
+ * the transaction's own executor made (Kysely freezes it, so its text is the text compiled from
+ * that query): a CompiledQuery made anywhere else, earlier, or copied, is not one. Two outside
+ * reviews shaped it (docs/design/tenant-context.md, "fifth step"):
+ * - no SQL written by hand (`sql`, `CompiledQuery.raw`): RawNode only when it is exactly `asc` or
+ *   `desc` (the builder's own order direction);
  * - no text the compiler writes out as given: an explain's format, a cast's type, a function's
  *   name; an operator only from the list below, an aggregate only `count`, `sum`, `avg`, `min`,
- *   `max`, an immediate value only a number, a boolean or null;
- * - names are quoted by the compiler. What a quoted name could still call, a function through
- *   attribute notation (`t.f` is `f(t)`), an operator's function, an aggregate of those names:
- *   test/session-safe-statements.test.ts checks that the app role can call none that is volatile
- *   or not PostgreSQL's own.
+ *   `max`, an immediate value only a number, a bigint, a boolean or null;
+ * - the compiled text has no comment, semicolon, string literal or dollar quote outside its quoted
+ *   names: Kysely writes a unary minus before a negative number as `--1`, a comment that a newline
+ *   in a later quoted name ends, letting the rest of that name run as SQL (review 2);
+ * - a qualified name (`"t"."c"`) only where `t` names a table or view of the session's
+ *   {@link KnownColumns} that has a column `c`, and no alias or CTE of the statement has that name:
+ *   anything else may be attribute notation, `c(t)`, a call of any function of one row (review 1);
+ * - no write to a relation named `pg_…` or in a system schema: `pg_settings` is a view the app role
+ *   may update, whose rule runs `set_config(…, false)` (review 2). Writable relations of other
+ *   schemas with rules are in {@link SESSION_CHANGING_REACHABLE}.
  *
  * Values are bound parameters, whatever they hold. What is not in scope: fn's own JavaScript made
  * up to deceive this (it runs with the app's key in hand, and could sign for any tenant).
  */
-export function isSessionSafe(compiled: CompiledQuery): boolean {
-  return safe.has(compiled)
+export function isSessionSafe(trx: { getExecutor(): unknown }, compiled: CompiledQuery): boolean {
+  const executor = trx.getExecutor()
+  return executor instanceof SessionSafeExecutor && executor.safe.has(compiled)
 }
 
-const safe = new WeakSet<CompiledQuery>()
+/**
+ * The columns of the tables and views (outside PostgreSQL's own schemas) the app role may use, by
+ * name: for a name held by several relations, the columns they all have. Read when a session is
+ * first asked ({@link KNOWN_COLUMNS}); a column added since is not known, and a qualified name of it
+ * makes its statement not session-safe (the safe way to be out of date).
+ */
+export type KnownColumns = ReadonlyMap<string, ReadonlySet<string>>
+
+/** {@link KnownColumns} as one JSON value: `[[relation, [column, …]], …]` (read per relation, merged by {@link knownColumns}). */
+export const KNOWN_COLUMNS = `
+  select coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(c.relname,
+           (select coalesce(pg_catalog.array_agg(a.attname), '{}') from pg_catalog.pg_attribute a
+             where a.attrelid operator(pg_catalog.=) c.oid and a.attnum operator(pg_catalog.>) 0 and not a.attisdropped))), '[]')
+    from pg_catalog.pg_class c
+   where c.relkind operator(pg_catalog.=) any ('{r,v,m,p,f}'::"char"[])
+     and c.relnamespace operator(pg_catalog.<>) all (array['pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace])
+     and pg_catalog.has_any_column_privilege(c.oid, 'select,insert,update,references')`
+
+/** {@link KNOWN_COLUMNS}'s answer as a map: a relation name held twice keeps the columns both have. */
+export function knownColumns(rows: [string, string[]][]): KnownColumns {
+  const map = new Map<string, Set<string>>()
+  for (const [relation, columns] of rows) {
+    const had = map.get(relation)
+    map.set(relation, had ? new Set(columns.filter((c) => had.has(c))) : new Set(columns))
+  }
+  return map
+}
 
 /** Whether a query the builder made is made only of what {@link isSessionSafe} lets through. */
-export function madeOfSafeNodes(node: RootOperationNode): boolean {
-  return ROOTS.has(node.kind) && safeNode(node)
+export function madeOfSafeNodes(node: RootOperationNode, columns: KnownColumns): boolean {
+  if (!ROOTS.has(node.kind)) return false
+  const found: Found = { names: new Set(), qualified: [] }
+  return safeNode(node, found) && found.qualified.every((ref) => knownColumn(ref, found.names, columns))
+}
+
+/** What a statement's walk collects: the names it gives (aliases, CTEs), and its qualified references. */
+interface Found {
+  names: Set<string>
+  qualified: Fields[]
 }
 
 const ROOTS = new Set(['SelectQueryNode', 'InsertQueryNode', 'UpdateQueryNode', 'DeleteQueryNode'])
@@ -56,7 +95,9 @@ type Fields = Record<string, unknown>
  * out as given must be. A kind not here makes the statement unsafe.
  */
 const KINDS: Record<string, (node: Fields) => boolean> = {
-  SelectQueryNode: yes, InsertQueryNode: (n) => !n.replace && !n.ignore, UpdateQueryNode: yes, DeleteQueryNode: yes,
+  SelectQueryNode: yes, UpdateQueryNode: (n) => writable(n.table),
+  InsertQueryNode: (n) => !n.replace && !n.ignore && writable(n.into),
+  DeleteQueryNode: (n) => ((n.from as Fields | undefined)?.froms as unknown[] | undefined)?.every(writable) ?? false,
   FromNode: yes, SelectionNode: yes, SelectAllNode: yes, WhereNode: yes, HavingNode: yes, ReturningNode: yes,
   ValuesNode: yes, ValueListNode: yes, TupleNode: yes, DefaultInsertValueNode: yes, ColumnUpdateNode: yes,
   OnConflictNode: yes, UsingNode: yes, LimitNode: yes, OffsetNode: yes, ListNode: yes,
@@ -71,7 +112,7 @@ const KINDS: Record<string, (node: Fields) => boolean> = {
   SetOperationNode: (n) => n.operator === 'union' || n.operator === 'intersect' || n.operator === 'except',
   SelectModifierNode: (n) => n.rawModifier === undefined && MODIFIERS.has(n.modifier as string),
   AggregateFunctionNode: (n) => AGGREGATES.has(n.func as string),
-  // The builder's own order direction (`orderBy('x', 'desc')`), and nothing else written by hand.
+  // Exactly `asc` or `desc` (the builder's own order direction), and nothing else written by hand.
   RawNode: (n) => (n.parameters as unknown[]).length === 0 && (n.sqlFragments as string[]).length === 1 && ((n.sqlFragments as string[])[0] === 'asc' || (n.sqlFragments as string[])[0] === 'desc'),
   // A value is a bound parameter; an immediate one is written into the text.
   ValueNode: (n) => !n.immediate || n.value === null || typeof n.value === 'number' || typeof n.value === 'boolean' || typeof n.value === 'bigint',
@@ -80,16 +121,19 @@ const KINDS: Record<string, (node: Fields) => boolean> = {
 /** Kinds whose fields are values (bound parameters), not nodes: not looked into. */
 const VALUES = new Set(['ValueNode', 'PrimitiveValueListNode'])
 
-function safeNode(node: OperationNode): boolean {
+function safeNode(node: OperationNode, found: Found): boolean {
   const fields = node as unknown as Fields
   const allowed = Object.hasOwn(KINDS, node.kind) ? KINDS[node.kind] : undefined
   if (!allowed || !Object.isFrozen(node) || !allowed(fields)) return false
   if (VALUES.has(node.kind)) return true
+  if (node.kind === 'AliasNode') found.names.add(identifierName(fields.alias) ?? '')
+  if (node.kind === 'CommonTableExpressionNameNode') found.names.add(tableName(fields.table)?.name ?? '')
+  if (node.kind === 'ReferenceNode' && fields.table !== undefined) found.qualified.push(fields)
   for (const key in fields) {
     const field = fields[key]
     if (Array.isArray(field)) {
-      for (const child of field) if (!safeChild(child)) return false
-    } else if (!safeChild(field)) {
+      for (const child of field) if (!safeChild(child, found)) return false
+    } else if (!safeChild(field, found)) {
       return false
     }
   }
@@ -97,33 +141,98 @@ function safeNode(node: OperationNode): boolean {
 }
 
 /** A field of a node: another node, or a plain value (a name, a flag) the compiler does not write out as given. */
-function safeChild(value: unknown): boolean {
+function safeChild(value: unknown, found: Found): boolean {
   if (typeof value !== 'object' || value === null) return true
-  return typeof (value as { kind?: unknown }).kind === 'string' && safeNode(value as OperationNode)
+  return typeof (value as { kind?: unknown }).kind === 'string' && safeNode(value as OperationNode, found)
+}
+
+/** `"t"."c"` (or `"t".*`) where t is a relation the session knows with a column c, and no name the statement gives. */
+function knownColumn(ref: Fields, names: ReadonlySet<string>, columns: KnownColumns): boolean {
+  const table = tableName(ref.table)?.name
+  if (table === undefined || names.has(table)) return false
+  const column = ref.column as Fields
+  if (column.kind === 'SelectAllNode') return columns.has(table)
+  return column.kind === 'ColumnNode' && (columns.get(table)?.has(identifierName(column.column) ?? '') ?? false)
+}
+
+/** What a write (insert, update, delete) may name: not a relation of PostgreSQL's own (pg_settings has a rule that sets). */
+function writable(target: unknown): boolean {
+  const node = (target as Fields | undefined)?.kind === 'AliasNode' ? (target as Fields).node : target
+  const name = tableName(node)
+  return name !== undefined && !name.name.startsWith('pg_') &&
+    (name.schema === undefined || (!name.schema.startsWith('pg_') && name.schema !== 'information_schema'))
+}
+
+/** A TableNode's name and schema, if it is one. */
+function tableName(node: unknown): { name: string; schema?: string } | undefined {
+  const table = node as Fields | undefined
+  if (table?.kind !== 'TableNode') return undefined
+  const identifier = table.table as Fields
+  const name = identifierName(identifier.identifier)
+  if (name === undefined) return undefined
+  const schema = identifier.schema === undefined ? undefined : identifierName(identifier.schema)
+  return schema === undefined ? { name } : { name, schema }
+}
+
+const identifierName = (node: unknown): string | undefined => {
+  const n = node as Fields | undefined
+  return n?.kind === 'IdentifierNode' && typeof n.name === 'string' ? n.name : undefined
 }
 
 /**
- * The executor of fn's transaction: Kysely's own, which also records the queries it compiled
- * that are session-safe (and stays so through withPlugin and the like).
+ * Whether compiled text is made only of what the builder writes outside quotes (names, keywords,
+ * operators, `$n` parameters, numbers) and quoted names: no comment (`--`, `/*`), no semicolon,
+ * no string literal, no dollar quote, no backslash or NUL. Read as PostgreSQL reads it: a quoted
+ * name runs to the next lone `"` (`""` is a quote within it), whatever it holds.
+ */
+export function onlyQuotedNames(text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (c === 0x22 /* " */) {
+      for (i++; ; i++) {
+        if (i >= text.length) return false
+        if (text.charCodeAt(i) === 0x22) {
+          if (text.charCodeAt(i + 1) === 0x22) i++
+          else break
+        }
+      }
+    } else if (c === 0x27 /* ' */ || c === 0x3b /* ; */ || c === 0x5c /* \ */ || c === 0) {
+      return false
+    } else if ((c === 0x2d /* - */ && text.charCodeAt(i + 1) === 0x2d) || (c === 0x2f /* / */ && text.charCodeAt(i + 1) === 0x2a)) {
+      return false
+    } else if (c === 0x24 /* $ */ && !(text.charCodeAt(i + 1) >= 0x30 && text.charCodeAt(i + 1) <= 0x39)) {
+      return false
+    }
+  }
+  return true
+}
+
+/**
+ * The executor of fn's transaction: Kysely's own, which also records the queries it compiles
+ * during the request that are session-safe (and stays so through withPlugin and the like).
  */
 export class SessionSafeExecutor extends DefaultQueryExecutor {
   constructor(private readonly parts: ExecutorParts, plugins: readonly KyselyPlugin[]) {
     super(parts.compiler, parts.adapter, parts.provider, [...plugins])
   }
 
-  static of(dialect: Dialect, provider: ExecutorParts['provider'], plugins: readonly KyselyPlugin[]): SessionSafeExecutor {
+  /** The session-safe queries this request's executors compiled. */
+  get safe(): WeakSet<CompiledQuery> {
+    return this.parts.safe
+  }
+
+  static of(dialect: Dialect, columns: KnownColumns, provider: ExecutorParts['provider'], plugins: readonly KyselyPlugin[]): SessionSafeExecutor {
     let made = compilers.get(dialect)
     if (!made) compilers.set(dialect, made = { compiler: dialect.createQueryCompiler(), adapter: dialect.createAdapter() })
-    return new SessionSafeExecutor({ ...made, provider }, plugins)
+    return new SessionSafeExecutor({ ...made, provider, columns, safe: new WeakSet() }, plugins)
   }
 
   override compileQuery<R = unknown>(node: RootOperationNode, queryId: QueryId): CompiledQuery<R> {
     const compiled = super.compileQuery(node, queryId) as CompiledQuery<R>
     // The same synchronous call: nothing can change the query between its compiling and this look.
-    if (Object.isFrozen(compiled) && madeOfSafeNodes(node)) safe.add(compiled)
+    if (Object.isFrozen(compiled) && madeOfSafeNodes(node, this.parts.columns) && onlyQuotedNames(compiled.sql)) this.parts.safe.add(compiled)
     return compiled
   }
-
   override withPlugins(plugins: readonly KyselyPlugin[]): SessionSafeExecutor {
     return new SessionSafeExecutor(this.parts, [...this.plugins, ...plugins])
   }
@@ -148,24 +257,28 @@ export class SessionSafeExecutor extends DefaultQueryExecutor {
 interface ExecutorParts {
   compiler: ReturnType<Dialect['createQueryCompiler']>
   adapter: ReturnType<Dialect['createAdapter']>
+  columns: KnownColumns
+  safe: WeakSet<CompiledQuery>
   provider: { provideConnection<T>(consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> }
 }
 /** One compiler per dialect: compiling is synchronous, so fn's transactions can share it. */
 const compilers = new WeakMap<Dialect, Pick<ExecutorParts, 'compiler' | 'adapter'>>()
 
 /**
- * Functions the app role may call that a session-safe statement could reach by name, and that
- * could change the session: any of them, and no request ends with COMMIT alone (askSession reads
- * it once per connection; test/session-safe-statements.test.ts holds the migrations to none).
- * Reached: through attribute notation (`"t"."f"` is `f(t)` when t has no column f: any function
- * callable with one argument a row can be), as an aggregate of the names let through (outside
- * pg_catalog, that name could resolve to a function of any schema on the search path), as an
- * operator's function, or as an implicit cast. Could change the session: volatile, or written in
- * SQL or a procedural language outside PostgreSQL's own schemas (a STABLE function of those may
- * still call a volatile one). PostgreSQL's own volatile functions of one row are none.
+ * What a session-safe statement could reach by name that could change the session: any of it, and
+ * no request ends with COMMIT alone (askSession reads it once per connection, so what is created
+ * later is seen by connections opened after; test/session-safe-statements.test.ts holds the
+ * migrations to none). Functions the app role may call that are reached as an aggregate of the
+ * names let through (outside pg_catalog, such a name could resolve to a function of any schema on
+ * the search path), as an operator's function, as an implicit cast, or with one argument a row can
+ * be (attribute notation, which {@link knownColumn} keeps out of safe statements: listed too, as a
+ * second line), and could change the session: volatile, or written in SQL or a procedural language
+ * outside PostgreSQL's own schemas (a STABLE function of those may still call a volatile one).
+ * PostgreSQL's own volatile functions of one row are none. And relations the app role may write
+ * that have a rule run by a write (outside pg_catalog: {@link writable} keeps writes out of there).
  */
 export const SESSION_CHANGING_REACHABLE = `
-  select p.oid::pg_catalog.regprocedure::pg_catalog.text as f from pg_catalog.pg_proc p
+  select p.oid::pg_catalog.regprocedure::pg_catalog.text as object from pg_catalog.pg_proc p
    where pg_catalog.has_function_privilege(p.oid, 'execute')
      and ((p.proname operator(pg_catalog.=) any ('{count,sum,avg,min,max}'::pg_catalog.name[])
            and p.pronamespace operator(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace)
@@ -179,4 +292,9 @@ export const SESSION_CHANGING_REACHABLE = `
                    or t.typtype operator(pg_catalog.=) 'c'
                    or (t.typtype operator(pg_catalog.=) 'd' and exists (select from pg_catalog.pg_type b where b.oid operator(pg_catalog.=) t.typbasetype and b.typtype operator(pg_catalog.=) 'c')))))
            or p.oid operator(pg_catalog.=) any (array(select o.oprcode::pg_catalog.oid from pg_catalog.pg_operator o))
-           or p.oid operator(pg_catalog.=) any (array(select c.castfunc from pg_catalog.pg_cast c where c.castcontext operator(pg_catalog.=) any ('{i,a}'::"char"[]))))))`
+           or p.oid operator(pg_catalog.=) any (array(select c.castfunc from pg_catalog.pg_cast c where c.castcontext operator(pg_catalog.=) any ('{i,a}'::"char"[]))))))
+  union all
+  select 'rule ' operator(pg_catalog.||) r.rulename operator(pg_catalog.||) ' on ' operator(pg_catalog.||) r.ev_class::pg_catalog.regclass::pg_catalog.text
+    from pg_catalog.pg_rewrite r join pg_catalog.pg_class c on c.oid operator(pg_catalog.=) r.ev_class
+   where r.ev_type operator(pg_catalog.<>) '1' and c.relnamespace operator(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace
+     and (pg_catalog.has_table_privilege(c.oid, 'insert') or pg_catalog.has_table_privilege(c.oid, 'update') or pg_catalog.has_table_privilege(c.oid, 'delete'))`

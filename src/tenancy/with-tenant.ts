@@ -53,9 +53,10 @@ export function withTenantDb(): Kysely<DB> | undefined {
  * temporary table or function, a WITH HOLD cursor, a prepared statement, a LISTEN, an advisory
  * lock) is discarded before COMMIT, in the same round trip. If that fails, so does the request,
  * and its connection is closed. A request whose statements were all session-safe (the query
- * builder's select, insert, update or delete, made in `trx` of the nodes session-safe-statements.ts
- * lets through: no `sql`, no function but count, sum, avg, min and max) can leave nothing, and ends
- * with COMMIT alone. Calling withTenant inside `fn` is an error: use `trx`.
+ * builder's select, insert, update or delete, made in `trx` during the request of what
+ * session-safe-statements.ts lets through: no `sql`, no function but count, sum, avg, min and max,
+ * qualified names only of known columns of unaliased tables) ends with COMMIT alone. Calling
+ * withTenant inside `fn` is an error: use `trx`.
  *
  * On Citus, a transaction Citus rolls back for a statement caught by a shard's move or split
  * ("shard for the given value does not exist", 40001), or as the victim of its distributed
