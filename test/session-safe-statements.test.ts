@@ -60,6 +60,7 @@ describe('session-safe statements', () => {
       ['a qualified name through an alias', () => app.selectFrom('skills as s').select('s.id')],
       ['a qualified name of a CTE that shadows a table', () => app.with('skills', (db) => db.selectFrom('users').select('id')).selectFrom('skills').select('skills.id')],
       ['a qualified name of a relation the role cannot see', () => app.selectFrom('skills').select('pg_authid.rolname' as never)],
+      ['a name in three parts (a column\'s field, or a function of a column, as PostgreSQL may read it)', () => app.selectFrom('skills').select('public.skills.id' as never)],
       // Review 2: pg_settings is a view the app role may update, whose rule runs set_config(…, false).
       ['an update of pg_settings', () => (app as Kysely<any>).updateTable('pg_settings').set({ setting: 'x' }).where('name', '=', 'application_name')],
       ['an update of pg_catalog.pg_settings', () => (app as Kysely<any>).updateTable('pg_catalog.pg_settings').set({ setting: 'x' }).where('name', '=', 'application_name')],

@@ -146,10 +146,12 @@ function safeChild(value: unknown, found: Found): boolean {
   return typeof (value as { kind?: unknown }).kind === 'string' && safeNode(value as OperationNode, found)
 }
 
-/** `"t"."c"` (or `"t".*`) where t is a relation the session knows with a column c, and no name the statement gives. */
+/** `"t"."c"` (or `"t".*`) where t is a relation the session knows with a column c, and no name the statement gives (and no schema). */
 function knownColumn(ref: Fields, names: ReadonlySet<string>, columns: KnownColumns): boolean {
-  const table = tableName(ref.table)?.name
-  if (table === undefined || names.has(table)) return false
+  const qualifier = tableName(ref.table)
+  // Three parts (`"a"."b"."c"`) may also read as a column's field, or a function of a column: not safe.
+  if (qualifier === undefined || qualifier.schema !== undefined || names.has(qualifier.name)) return false
+  const table = qualifier.name
   const column = ref.column as Fields
   if (column.kind === 'SelectAllNode') return columns.has(table)
   return column.kind === 'ColumnNode' && (columns.get(table)?.has(identifierName(column.column) ?? '') ?? false)
