@@ -1,6 +1,6 @@
 import { CompiledQuery, QueryNode, sql, type Kysely, type RootOperationNode, type SelectQueryNode } from 'kysely'
 import { jsonArrayFrom } from 'kysely/helpers/postgres'
-import { beforeAll, describe, expect, inject, it } from 'vitest'
+import { beforeAll, describe, expect, inject, it, vi } from 'vitest'
 import type { DB } from '../src/db-types.ts'
 import { isSessionSafe, KNOWN_COLUMNS, knownColumns, madeOfSafeNodes, onlyQuotedNames, SESSION_CHANGING_REACHABLE, type KnownColumns } from '../src/tenancy/session-safe-statements.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
@@ -39,6 +39,7 @@ describe('session-safe statements', () => {
       ['case, exists, not', () => app.selectFrom('skills').select((eb) => eb.case().when('total_uses', '>', 1).then(true).else(false).end().as('used')).where((eb) => eb.not(eb.exists(app.selectFrom('ratings').select('id'))))],
       ['a join on qualified names of both tables', () => app.selectFrom('skills').innerJoin('users', 'users.id', 'skills.author_id').select(['skills.slug', 'users.email']).where('users.id', '=', 'u')],
       ['all columns of one table (t.*)', () => app.selectFrom('skills').innerJoin('users', 'users.id', 'skills.author_id').selectAll('skills')],
+      ['a relation with an alias (its columns named unqualified)', () => app.selectFrom('skills as s').select(['slug', 'name']).where('slug', '=', 'x')],
     ])('%s: safe', (_label, query) => {
       expect(safe(query())).toBe(true)
     })
@@ -60,6 +61,9 @@ describe('session-safe statements', () => {
       ['a qualified name through an alias', () => app.selectFrom('skills as s').select('s.id')],
       ['a qualified name of a CTE that shadows a table', () => app.with('skills', (db) => db.selectFrom('users').select('id')).selectFrom('skills').select('skills.id')],
       ['a qualified name of a relation the role cannot see', () => app.selectFrom('skills').select('pg_authid.rolname' as never)],
+      // Review 3: a table in an expression is "skills"."late", which is late(skills).
+      ['a table in an expression (eb.table)', () => app.selectFrom('skills').select((eb) => eb.table('skills.late' as never).as('x'))],
+      ['a table in an expression, its schema from withSchema', () => app.withSchema('skills').selectFrom('users').select((eb) => eb.table('late' as never).as('x'))],
       ['a name in three parts (a column\'s field, or a function of a column, as PostgreSQL may read it)', () => app.selectFrom('skills').select('public.skills.id' as never)],
       // Review 2: pg_settings is a view the app role may update, whose rule runs set_config(…, false).
       ['an update of pg_settings', () => (app as Kysely<any>).updateTable('pg_settings').set({ setting: 'x' }).where('name', '=', 'application_name')],
@@ -130,6 +134,38 @@ describe('session-safe statements', () => {
       const label = "\n1; select set_config('application_name', 'left-by-A', false), pg_advisory_lock(4242); prepare p as select 1; listen chan; select 1 --"
       await withTenant(app, A, (trx) => trx.selectFrom('skills').select((eb) => eb.neg(eb.lit(-1)).as(label)).execute())
       expect(await nextRequestSees()).toEqual(clean)
+    })
+
+    it('a function of a row made after the connection first asked, called through a table in an expression (eb.table)', async () => {
+      const pooled = t.connectAs(inject('appRole'), 'test', 1, { pipelinedWithTenant: true })
+      try {
+        await withTenant(pooled, A, (trx) => trx.selectFrom('skills').select('id').execute())
+        await sql.raw(`create function public.late(s skills) returns text volatile language sql as $$ select pg_catalog.set_config('app.leak', s.tenant_id, false) $$`).execute(t.admin)
+        await withTenant(pooled, A, (trx) => trx.selectFrom('skills').select((eb) => eb.table('skills.late' as never).as('x')).limit(1).execute())
+        expect(await withTenant(pooled, B, async (trx) => (await sql<{ leak: string }>`select current_setting('app.leak', true) as leak`.execute(trx)).rows[0]!.leak)).toBe('')
+      } finally {
+        await pooled.destroy()
+        await sql`drop function public.late(skills)`.execute(t.admin)
+      }
+    })
+
+    // Review 3: what a session was asked (its known columns) went stale under an open pool. Asked again after a minute.
+    it('a column dropped and a function of its name made under an open pool: within a minute the session asks again, and no request leaves the function\'s setting', async () => {
+      await sql.raw(`alter table skills add column score text`).execute(t.admin)
+      const pooled = t.connectAs(inject('appRole'), 'test', 1, { pipelinedWithTenant: true })
+      try {
+        await withTenant(pooled, A, (trx) => trx.selectFrom('skills').select('id').execute())
+        await sql.raw(`alter table skills drop column score;
+          create function public.score(s skills) returns text volatile language sql as $$ select pg_catalog.set_config('app.leak', s.tenant_id, false) $$`).execute(t.admin)
+        vi.useFakeTimers({ toFake: ['Date'] })
+        vi.setSystemTime(Date.now() + 61_000)
+        await withTenant(pooled, A, (trx) => trx.selectFrom('skills').select('skills.score' as never).limit(1).execute())
+        expect(await withTenant(pooled, B, async (trx) => (await sql<{ leak: string }>`select current_setting('app.leak', true) as leak`.execute(trx)).rows[0]!.leak)).toBe('')
+      } finally {
+        vi.useRealTimers()
+        await pooled.destroy()
+        await sql`drop function if exists public.score(skills)`.execute(t.admin)
+      }
     })
 
     it('a function of a row made after the connection first asked, called through attribute notation', async () => {

@@ -75,7 +75,17 @@ interface SessionState {
   commitAlone: boolean
   /** The columns of the relations the app role may use, by name (session-safe-statements.ts). */
   columns: KnownColumns
+  /** When the session was asked (Date.now()): asked again once that is {@link ASKED_FOR} ago. */
+  askedAt: number
 }
+
+/**
+ * How long what a session was asked holds: the catalog can change under an open pool (a migration
+ * drops a column, an operator adds a function of a row), and what commitAlone and columns say must
+ * follow it (review 3: a column dropped and a function of its name made, while the pool was open).
+ * One more round trip and a few ms of the server's a minute per connection.
+ */
+const ASKED_FOR = 60_000
 const sessions = new WeakMap<pg.ClientBase, SessionState>()
 
 /** enter()'s answer to a challenge that is not the session's current one (0019), or a session never given one (currval's). */
@@ -120,7 +130,8 @@ export async function inEnteredTransaction<T>(db: Kysely<DB>, entry: Entry, fn: 
   if (!made || !batchesSupported) return undefined
   const client = await made.pool.connect()
   try {
-    const state = sessions.get(client) ?? await askSession(client)
+    const known = sessions.get(client)
+    const state = known && Date.now() - known.askedAt < ASKED_FOR ? known : await askSession(client)
     return state.citus ? undefined : { value: await entered(db, client, made.dialect, state, entry, fn) }
   } finally {
     client.release()
@@ -229,7 +240,7 @@ async function transactionStatus(client: pg.PoolClient): Promise<string | null |
 
 /** The session's first request: ask for its challenge (0019), or learn that it must be asked per transaction. */
 async function askSession(client: pg.PoolClient): Promise<SessionState> {
-  const state: SessionState = { next: 'per transaction', citus: false, cleanUp: [CLEAN_UP_CALL], end: END_REQUEST, begin: beginAt('read committed'), commitAlone: false, columns: new Map() }
+  const state: SessionState = { next: 'per transaction', citus: false, cleanUp: [CLEAN_UP_CALL], end: END_REQUEST, begin: beginAt('read committed'), commitAlone: false, columns: new Map(), askedAt: Date.now() }
   // The clean-up first, in the same round trip: SQL sent on the new connection before its first
   // request (a read-only default, a setting, a lock) is gone before session_challenge() and the
   // request, and the isolation level read after it is the session's own. In a transaction of its

@@ -67,7 +67,7 @@ export function knownColumns(rows: [string, string[]][]): KnownColumns {
 export function madeOfSafeNodes(node: RootOperationNode, columns: KnownColumns): boolean {
   if (!ROOTS.has(node.kind)) return false
   const found: Found = { names: new Set(), qualified: [] }
-  return safeNode(node, found) && found.qualified.every((ref) => knownColumn(ref, found.names, columns))
+  return safeNode(node, found, false) && found.qualified.every((ref) => knownColumn(ref, found.names, columns))
 }
 
 /** What a statement's walk collects: the names it gives (aliases, CTEs), and its qualified references. */
@@ -121,19 +121,33 @@ const KINDS: Record<string, (node: Fields) => boolean> = {
 /** Kinds whose fields are values (bound parameters), not nodes: not looked into. */
 const VALUES = new Set(['ValueNode', 'PrimitiveValueListNode'])
 
-function safeNode(node: OperationNode, found: Found): boolean {
+/**
+ * Where a TableNode may stand: a relation of FROM, JOIN, USING or a write, a CTE's name, or a
+ * qualified reference's table (checked by {@link knownColumn}). Anywhere else it is an expression,
+ * and `"s"."f"` there is `f(s)` (review 3: `eb.table('skills.late')`).
+ */
+const TABLE_FIELDS: Record<string, string> = {
+  FromNode: 'froms', JoinNode: 'table', UsingNode: 'tables', UpdateQueryNode: 'table', InsertQueryNode: 'into',
+  CommonTableExpressionNameNode: 'table', ReferenceNode: 'table',
+}
+
+function safeNode(node: OperationNode, found: Found, tablePosition: boolean): boolean {
   const fields = node as unknown as Fields
   const allowed = Object.hasOwn(KINDS, node.kind) ? KINDS[node.kind] : undefined
   if (!allowed || !Object.isFrozen(node) || !allowed(fields)) return false
+  if (node.kind === 'TableNode' && !tablePosition) return false
   if (VALUES.has(node.kind)) return true
   if (node.kind === 'AliasNode') found.names.add(identifierName(fields.alias) ?? '')
   if (node.kind === 'CommonTableExpressionNameNode') found.names.add(tableName(fields.table)?.name ?? '')
   if (node.kind === 'ReferenceNode' && fields.table !== undefined) found.qualified.push(fields)
+  const tableField = Object.hasOwn(TABLE_FIELDS, node.kind) ? TABLE_FIELDS[node.kind] : undefined
   for (const key in fields) {
     const field = fields[key]
+    // An alias of a relation (`skills as s`) is where the relation is; an alias of an expression is not.
+    const tables = key === tableField || (node.kind === 'AliasNode' && key === 'node' && tablePosition)
     if (Array.isArray(field)) {
-      for (const child of field) if (!safeChild(child, found)) return false
-    } else if (!safeChild(field, found)) {
+      for (const child of field) if (!safeChild(child, found, tables)) return false
+    } else if (!safeChild(field, found, tables)) {
       return false
     }
   }
@@ -141,9 +155,9 @@ function safeNode(node: OperationNode, found: Found): boolean {
 }
 
 /** A field of a node: another node, or a plain value (a name, a flag) the compiler does not write out as given. */
-function safeChild(value: unknown, found: Found): boolean {
+function safeChild(value: unknown, found: Found, tablePosition: boolean): boolean {
   if (typeof value !== 'object' || value === null) return true
-  return typeof (value as { kind?: unknown }).kind === 'string' && safeNode(value as OperationNode, found)
+  return typeof (value as { kind?: unknown }).kind === 'string' && safeNode(value as OperationNode, found, tablePosition)
 }
 
 /** `"t"."c"` (or `"t".*`) where t is a relation the session knows with a column c, and no name the statement gives (and no schema). */
