@@ -2,7 +2,7 @@ import { CompiledQuery, QueryNode, sql, type Kysely, type RootOperationNode, typ
 import { jsonArrayFrom } from 'kysely/helpers/postgres'
 import { beforeAll, describe, expect, inject, it, vi } from 'vitest'
 import type { DB } from '../src/db-types.ts'
-import { isSessionSafe, KNOWN_COLUMNS, knownColumns, madeOfSafeNodes, onlyQuotedNames, SESSION_CHANGING_REACHABLE, type KnownColumns } from '../src/tenancy/session-safe-statements.ts'
+import { isSessionSafe, KNOWN_RELATIONS, knownRelations, madeOfSafeNodes, onlyQuotedNames, SESSION_CHANGING_REACHABLE, type KnownRelations } from '../src/tenancy/session-safe-statements.ts'
 import { withTenant } from '../src/tenancy/with-tenant.ts'
 import { useTestDatabase } from './support/database.ts'
 import { A, B, seedTwoTenants } from './support/tenants.ts'
@@ -15,14 +15,14 @@ import { A, B, seedTwoTenants } from './support/tenants.ts'
 describe('session-safe statements', () => {
   const t = useTestDatabase('migrated')
   let app: Kysely<DB>
-  let columns: KnownColumns
+  let relations: KnownRelations
   beforeAll(async () => {
     await seedTwoTenants(t.admin)
     app = t.connectAs(inject('appRole'), 'test', 2, { pipelinedWithTenant: true })
-    columns = knownColumns((await sql<{ c: [string, string[]][] }>`select (${sql.raw(KNOWN_COLUMNS)}) as c`.execute(app)).rows[0]!.c)
+    relations = knownRelations((await sql<{ c: [string, string[], boolean][] }>`select (${sql.raw(KNOWN_RELATIONS)}) as c`.execute(app)).rows[0]!.c)
   })
   const node = (q: { compile(): CompiledQuery }) => q.compile().query as RootOperationNode
-  const safe = (q: { compile(): CompiledQuery }) => madeOfSafeNodes(node(q), columns) && onlyQuotedNames(q.compile().sql)
+  const safe = (q: { compile(): CompiledQuery }) => madeOfSafeNodes(node(q), relations) && onlyQuotedNames(q.compile().sql)
 
   describe('what the query builder makes', () => {
     it.each([
@@ -68,6 +68,10 @@ describe('session-safe statements', () => {
       // Review 2: pg_settings is a view the app role may update, whose rule runs set_config(…, false).
       ['an update of pg_settings', () => (app as Kysely<any>).updateTable('pg_settings').set({ setting: 'x' }).where('name', '=', 'application_name')],
       ['an update of pg_catalog.pg_settings', () => (app as Kysely<any>).updateTable('pg_catalog.pg_settings').set({ setting: 'x' }).where('name', '=', 'application_name')],
+      // Review 4: NaN and Infinity are written as names (a column, or a whole row of that name).
+      ['NaN or Infinity as an immediate value', () => app.selectFrom('users as nan').select((eb) => eb.lit(Number('x')).as('n'))],
+      ['a write to a view (its write runs what the view\'s owner wrote)', () => (app as Kysely<any>).updateTable('pg_stat_activity' as never).set({ query: 'x' } as never)],
+      ['a write to a table named with its schema', () => app.updateTable('public.skills' as never).set({ name: 'x' } as never)],
       // Review 2: Kysely writes -(-1) as --1, a comment that a newline in a later quoted name ends.
       ['a negated negative number, then a name holding a newline', () => app.selectFrom('skills').select((eb) => eb.neg(eb.lit(-1)).as('\n1; select 2 --'))],
     ])('%s: not safe', (_label, query) => {
@@ -93,7 +97,7 @@ describe('session-safe statements', () => {
       const where = app.selectFrom('skills').select('id').where('slug', '=', 'x').compile().query as unknown as { where: { where: { operator: { operator: string } } } }
       const forged = structuredClone(where) as unknown as RootOperationNode
       ;(forged as unknown as typeof where).where.where.operator.operator = '= 1; select 2; --'
-      expect(madeOfSafeNodes(forged, columns)).toBe(false)
+      expect(madeOfSafeNodes(forged, relations)).toBe(false)
     })
   })
 
@@ -165,6 +169,29 @@ describe('session-safe statements', () => {
         vi.useRealTimers()
         await pooled.destroy()
         await sql`drop function if exists public.score(skills)`.execute(t.admin)
+      }
+    })
+
+    // Review 4: a write through a view, or one that fires a rule, runs what the owner wrote there.
+    it.each([
+      ['a view over pg_settings the app role may update', `create view public.app_settings as select name, setting from pg_catalog.pg_settings;
+        grant select, update on public.app_settings to "$APP"`, 'app_settings', { setting: 'left-by-A' }, { name: 'application_name' }, 'drop view public.app_settings'],
+      ['a rule on a table the app role may not write, through a view it may', `create table public.prefs (k text primary key, v text); insert into public.prefs values ('application_name', 'x');
+        create rule apply as on update to public.prefs do also select pg_catalog.set_config('application_name', new.v, false);
+        create view public.prefs_v as select k, v from public.prefs; grant select, update on public.prefs_v to "$APP"`, 'prefs_v', { v: 'left-by-A' }, { k: 'application_name' }, 'drop view public.prefs_v; drop table public.prefs'],
+      ['a rule on a table the app role may update only some columns of', `create table public.colprefs (k text primary key, v text); insert into public.colprefs values ('application_name', 'x');
+        create rule apply as on update to public.colprefs do also select pg_catalog.set_config('application_name', new.v, false);
+        grant select on public.colprefs to "$APP"; grant update (v) on public.colprefs to "$APP"`, 'colprefs', { v: 'left-by-A' }, { k: 'application_name' }, 'drop table public.colprefs'],
+    ])('a write that runs what its owner wrote: %s', async (_label, make, table, set, where, drop) => {
+      await sql.raw(make.replaceAll('$APP', inject('appRole'))).execute(t.admin)
+      const pooled = t.connectAs(inject('appRole'), 'test', 1, { pipelinedWithTenant: true })
+      try {
+        const [column, value] = Object.entries(where)[0]!
+        await withTenant(pooled, A, (trx) => (trx as unknown as Kysely<any>).updateTable(table).set(set).where(column, '=', value).execute())
+        expect(await withTenant(pooled, B, async (trx) => (await sql<{ name: string }>`select current_setting('application_name') as name`.execute(trx)).rows[0]!.name)).not.toBe('left-by-A')
+      } finally {
+        await pooled.destroy()
+        await sql.raw(drop).execute(t.admin)
       }
     })
 

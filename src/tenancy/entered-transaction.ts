@@ -4,7 +4,7 @@ import { condemnSession } from '../connection/create-db.ts'
 import { poolOf } from '../connection/pipelined-pools.ts'
 import { queriesSent } from '../connection/query-count.ts'
 import { ClientConnection, type RunStatement } from './client-connection.ts'
-import { KNOWN_COLUMNS, knownColumns, SESSION_CHANGING_REACHABLE, SessionSafeExecutor, type KnownColumns } from './session-safe-statements.ts'
+import { KNOWN_RELATIONS, knownRelations, SESSION_CHANGING_REACHABLE, SessionSafeExecutor, type KnownRelations } from './session-safe-statements.ts'
 import { batchesSupported, sendBatch, type BatchAnswer, type BatchStatement } from '../connection/one-sync-batch.ts'
 import type { DB } from '../db-types.ts'
 import { signTenantContext, type TenantKey } from './tenant-key.ts'
@@ -73,15 +73,15 @@ interface SessionState {
    * (SESSION_CHANGING_REACHABLE in session-safe-statements.ts).
    */
   commitAlone: boolean
-  /** The columns of the relations the app role may use, by name (session-safe-statements.ts). */
-  columns: KnownColumns
+  /** The relations the app role may use, their columns, and which a write may name (session-safe-statements.ts). */
+  relations: KnownRelations
   /** When the session was asked (Date.now()): asked again once that is {@link ASKED_FOR} ago. */
   askedAt: number
 }
 
 /**
  * How long what a session was asked holds: the catalog can change under an open pool (a migration
- * drops a column, an operator adds a function of a row), and what commitAlone and columns say must
+ * drops a column, an operator adds a function of a row), and what commitAlone and relations say must
  * follow it (review 3: a column dropped and a function of its name made, while the pool was open).
  * One more round trip and a few ms of the server's a minute per connection.
  */
@@ -157,7 +157,7 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
   let value: T
   let failed: { error: unknown } | undefined
   try {
-    const running = fn(transactionOn(db, dialect, state.columns, open, run))
+    const running = fn(transactionOn(db, dialect, state.relations, open, run))
     // fn's first statement goes with the entry; if fn has sent none by the time its synchronous
     // part and the promises it set off have run, the entry goes alone.
     entering.sendSoon()
@@ -240,7 +240,7 @@ async function transactionStatus(client: pg.PoolClient): Promise<string | null |
 
 /** The session's first request: ask for its challenge (0019), or learn that it must be asked per transaction. */
 async function askSession(client: pg.PoolClient): Promise<SessionState> {
-  const state: SessionState = { next: 'per transaction', citus: false, cleanUp: [CLEAN_UP_CALL], end: END_REQUEST, begin: beginAt('read committed'), commitAlone: false, columns: new Map(), askedAt: Date.now() }
+  const state: SessionState = { next: 'per transaction', citus: false, cleanUp: [CLEAN_UP_CALL], end: END_REQUEST, begin: beginAt('read committed'), commitAlone: false, relations: { columns: new Map(), plainTables: new Set() }, askedAt: Date.now() }
   // The clean-up first, in the same round trip: SQL sent on the new connection before its first
   // request (a read-only default, a setting, a lock) is gone before session_challenge() and the
   // request, and the isolation level read after it is the session's own. In a transaction of its
@@ -249,13 +249,13 @@ async function askSession(client: pg.PoolClient): Promise<SessionState> {
     { text: 'begin read write' },
     { text: CLEAN_UP_CALL },
     { text: `select tenant_context.session_challenge() as c, pg_catalog.pg_backend_pid() as pid, pg_catalog.current_setting('default_transaction_isolation') as isolation,
-      pg_catalog.to_regprocedure('tenant_context.finish_request()') is not null as finish, not exists (${SESSION_CHANGING_REACHABLE}) as commit_alone, (${KNOWN_COLUMNS}) as columns` },
+      pg_catalog.to_regprocedure('tenant_context.finish_request()') is not null as finish, not exists (${SESSION_CHANGING_REACHABLE}) as commit_alone, (${KNOWN_RELATIONS}) as relations` },
     { text: 'commit' },
   ])
   const cleanAt = queriesSent(client)
   const [, cleaned, challenged, committed] = asked as [BatchAnswer, BatchAnswer, BatchAnswer, BatchAnswer]
   if (cleaned.ok && challenged.ok && committed.ok) {
-    const row = challenged.result.rows[0] as { c: string | null; pid: number; isolation: string; finish: boolean; commit_alone: boolean; columns: [string, string[]][] }
+    const row = challenged.result.rows[0] as { c: string | null; pid: number; isolation: string; finish: boolean; commit_alone: boolean; relations: [string, string[], boolean][] }
     // A pooler's connection shows a pid of its own, not the server's (PgBouncer makes one up).
     const direct = row.pid === (client as { processID?: number }).processID
     state.citus = row.c === null
@@ -263,7 +263,7 @@ async function askSession(client: pg.PoolClient): Promise<SessionState> {
     state.begin = beginAt(row.isolation)
     if (row.finish) state.end = FINISH_REQUEST
     state.commitAlone = row.commit_alone
-    state.columns = knownColumns(row.columns)
+    state.relations = knownRelations(row.relations)
     state.cleanAt = cleanAt
   } else {
     const error = (asked.find((a) => !a.ok) as { error: Error }).error
@@ -449,10 +449,10 @@ function condemned(db: Kysely<DB>, client: pg.PoolClient): void {
  * waited for before the request ends (an outside review had a chain of them run inside the next
  * request, another tenant's, and read its rows): nothing of fn's reaches the connection's next user.
  */
-function transactionOn(db: Kysely<DB>, dialect: Dialect, columns: KnownColumns, open: Open, run: RunStatement): Transaction<DB> {
+function transactionOn(db: Kysely<DB>, dialect: Dialect, relations: KnownRelations, open: Open, run: RunStatement): Transaction<DB> {
   // The connection asks the executor whether it compiled a query as session-safe in this request.
   const connection = new ClientConnection(run, (compiled) => executor.safe.has(compiled))
-  const executor: SessionSafeExecutor = SessionSafeExecutor.of(dialect, columns, {
+  const executor: SessionSafeExecutor = SessionSafeExecutor.of(dialect, relations, {
     provideConnection(consumer) {
       if (!open.now) throw new Error(ENDED)
       const running = consumer(connection)

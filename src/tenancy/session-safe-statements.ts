@@ -16,16 +16,16 @@ import { DefaultQueryExecutor, type CompiledQuery, type DatabaseConnection, type
  *   `desc` (the builder's own order direction);
  * - no text the compiler writes out as given: an explain's format, a cast's type, a function's
  *   name; an operator only from the list below, an aggregate only `count`, `sum`, `avg`, `min`,
- *   `max`, an immediate value only a number, a bigint, a boolean or null;
+ *   `max`, an immediate value only a finite number, a bigint, a boolean or null;
  * - the compiled text has no comment, semicolon, string literal or dollar quote outside its quoted
  *   names: Kysely writes a unary minus before a negative number as `--1`, a comment that a newline
  *   in a later quoted name ends, letting the rest of that name run as SQL (review 2);
  * - a qualified name (`"t"."c"`) only where `t` names a table or view of the session's
- *   {@link KnownColumns} that has a column `c`, and no alias or CTE of the statement has that name:
+ *   {@link KnownRelations} that has a column `c`, and no alias or CTE of the statement has that name:
  *   anything else may be attribute notation, `c(t)`, a call of any function of one row (review 1);
- * - no write to a relation named `pg_…` or in a system schema: `pg_settings` is a view the app role
- *   may update, whose rule runs `set_config(…, false)` (review 2). Writable relations of other
- *   schemas with rules are in {@link SESSION_CHANGING_REACHABLE}.
+ * - writes only to a plain table the session knows, named without its schema (no view, no rule
+ *   run by a write: `pg_settings` is a view the app role may update, whose rule runs
+ *   `set_config(…, false)`; review 2, and review 4 through a view over it).
  *
  * Values are bound parameters, whatever they hold. What is not in scope: fn's own JavaScript made
  * up to deceive this (it runs with the app's key in hand, and could sign for any tenant).
@@ -36,44 +36,59 @@ export function isSessionSafe(trx: { getExecutor(): unknown }, compiled: Compile
 }
 
 /**
- * The columns of the tables and views (outside PostgreSQL's own schemas) the app role may use, by
- * name: for a name held by several relations, the columns they all have. Read when a session is
- * first asked ({@link KNOWN_COLUMNS}); a column added since is not known, and a qualified name of it
- * makes its statement not session-safe (the safe way to be out of date).
+ * What a session knows of the relations (outside PostgreSQL's own schemas) the app role may use, by
+ * name; for a name held by several relations, what they all have. Read when a session is asked
+ * ({@link KNOWN_RELATIONS}, again once a minute): a column added since is not known, and a
+ * qualified name of it makes its statement not safe.
+ * - `columns`: each relation's columns;
+ * - `plainTables`: the tables a write may name and stay session-safe: ordinary or partitioned
+ *   tables with no rule run by a write (a view's write, or a rule's, runs what its owner wrote:
+ *   review 4 wrote `pg_settings` through a view over it, and set_config through a rule of a table
+ *   the app role could update only some columns of).
  */
-export type KnownColumns = ReadonlyMap<string, ReadonlySet<string>>
+export interface KnownRelations {
+  columns: ReadonlyMap<string, ReadonlySet<string>>
+  plainTables: ReadonlySet<string>
+}
 
-/** {@link KnownColumns} as one JSON value: `[[relation, [column, …]], …]` (read per relation, merged by {@link knownColumns}). */
-export const KNOWN_COLUMNS = `
+/** {@link KnownRelations} as one JSON value: `[[relation, [column, …], plain], …]` (per relation, merged by {@link knownRelations}). */
+export const KNOWN_RELATIONS = `
   select coalesce(pg_catalog.json_agg(pg_catalog.json_build_array(c.relname,
            (select coalesce(pg_catalog.array_agg(a.attname), '{}') from pg_catalog.pg_attribute a
-             where a.attrelid operator(pg_catalog.=) c.oid and a.attnum operator(pg_catalog.>) 0 and not a.attisdropped))), '[]')
+             where a.attrelid operator(pg_catalog.=) c.oid and a.attnum operator(pg_catalog.>) 0 and not a.attisdropped),
+           c.relkind operator(pg_catalog.=) any ('{r,p}'::"char"[])
+             and not exists (select from pg_catalog.pg_rewrite r where r.ev_class operator(pg_catalog.=) c.oid and r.ev_type operator(pg_catalog.<>) '1'))), '[]')
     from pg_catalog.pg_class c
    where c.relkind operator(pg_catalog.=) any ('{r,v,m,p,f}'::"char"[])
      and c.relnamespace operator(pg_catalog.<>) all (array['pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace])
      and pg_catalog.has_any_column_privilege(c.oid, 'select,insert,update,references')`
 
-/** {@link KNOWN_COLUMNS}'s answer as a map: a relation name held twice keeps the columns both have. */
-export function knownColumns(rows: [string, string[]][]): KnownColumns {
-  const map = new Map<string, Set<string>>()
-  for (const [relation, columns] of rows) {
-    const had = map.get(relation)
-    map.set(relation, had ? new Set(columns.filter((c) => had.has(c))) : new Set(columns))
+/** {@link KNOWN_RELATIONS}'s answer: a relation name held twice keeps the columns both have, and is a plain table only if both are. */
+export function knownRelations(rows: [string, string[], boolean][]): KnownRelations {
+  const columns = new Map<string, Set<string>>()
+  const plain = new Map<string, boolean>()
+  for (const [relation, names, isPlain] of rows) {
+    const had = columns.get(relation)
+    columns.set(relation, had ? new Set(names.filter((c) => had.has(c))) : new Set(names))
+    plain.set(relation, (plain.get(relation) ?? true) && isPlain)
   }
-  return map
+  return { columns, plainTables: new Set([...plain].filter(([, p]) => p).map(([name]) => name)) }
 }
 
 /** Whether a query the builder made is made only of what {@link isSessionSafe} lets through. */
-export function madeOfSafeNodes(node: RootOperationNode, columns: KnownColumns): boolean {
+export function madeOfSafeNodes(node: RootOperationNode, relations: KnownRelations): boolean {
   if (!ROOTS.has(node.kind)) return false
-  const found: Found = { names: new Set(), qualified: [] }
-  return safeNode(node, found, false) && found.qualified.every((ref) => knownColumn(ref, found.names, columns))
+  const found: Found = { names: new Set(), qualified: [], targets: [] }
+  return safeNode(node, found, false) && found.qualified.every((ref) => knownColumn(ref, found.names, relations.columns)) &&
+    found.targets.every((target) => writable(target, relations.plainTables))
 }
 
 /** What a statement's walk collects: the names it gives (aliases, CTEs), and its qualified references. */
 interface Found {
   names: Set<string>
   qualified: Fields[]
+  /** What its inserts, updates and deletes write to. */
+  targets: unknown[]
 }
 
 const ROOTS = new Set(['SelectQueryNode', 'InsertQueryNode', 'UpdateQueryNode', 'DeleteQueryNode'])
@@ -95,9 +110,7 @@ type Fields = Record<string, unknown>
  * out as given must be. A kind not here makes the statement unsafe.
  */
 const KINDS: Record<string, (node: Fields) => boolean> = {
-  SelectQueryNode: yes, UpdateQueryNode: (n) => writable(n.table),
-  InsertQueryNode: (n) => !n.replace && !n.ignore && writable(n.into),
-  DeleteQueryNode: (n) => ((n.from as Fields | undefined)?.froms as unknown[] | undefined)?.every(writable) ?? false,
+  SelectQueryNode: yes, UpdateQueryNode: yes, InsertQueryNode: (n) => !n.replace && !n.ignore, DeleteQueryNode: yes,
   FromNode: yes, SelectionNode: yes, SelectAllNode: yes, WhereNode: yes, HavingNode: yes, ReturningNode: yes,
   ValuesNode: yes, ValueListNode: yes, TupleNode: yes, DefaultInsertValueNode: yes, ColumnUpdateNode: yes,
   OnConflictNode: yes, UsingNode: yes, LimitNode: yes, OffsetNode: yes, ListNode: yes,
@@ -114,8 +127,9 @@ const KINDS: Record<string, (node: Fields) => boolean> = {
   AggregateFunctionNode: (n) => AGGREGATES.has(n.func as string),
   // Exactly `asc` or `desc` (the builder's own order direction), and nothing else written by hand.
   RawNode: (n) => (n.parameters as unknown[]).length === 0 && (n.sqlFragments as string[]).length === 1 && ((n.sqlFragments as string[])[0] === 'asc' || (n.sqlFragments as string[])[0] === 'desc'),
-  // A value is a bound parameter; an immediate one is written into the text.
-  ValueNode: (n) => !n.immediate || n.value === null || typeof n.value === 'number' || typeof n.value === 'boolean' || typeof n.value === 'bigint',
+  // A value is a bound parameter; an immediate one is written into the text (NaN and Infinity as
+  // names PostgreSQL reads as columns or whole rows: review 4).
+  ValueNode: (n) => !n.immediate || n.value === null || Number.isFinite(n.value) || typeof n.value === 'boolean' || typeof n.value === 'bigint',
   PrimitiveValueListNode: yes,
 }
 /** Kinds whose fields are values (bound parameters), not nodes: not looked into. */
@@ -140,6 +154,9 @@ function safeNode(node: OperationNode, found: Found, tablePosition: boolean): bo
   if (node.kind === 'AliasNode') found.names.add(identifierName(fields.alias) ?? '')
   if (node.kind === 'CommonTableExpressionNameNode') found.names.add(tableName(fields.table)?.name ?? '')
   if (node.kind === 'ReferenceNode' && fields.table !== undefined) found.qualified.push(fields)
+  if (node.kind === 'UpdateQueryNode') found.targets.push(fields.table)
+  if (node.kind === 'InsertQueryNode') found.targets.push(fields.into)
+  if (node.kind === 'DeleteQueryNode') found.targets.push(...(((fields.from as Fields | undefined)?.froms as unknown[] | undefined) ?? [undefined]))
   const tableField = Object.hasOwn(TABLE_FIELDS, node.kind) ? TABLE_FIELDS[node.kind] : undefined
   for (const key in fields) {
     const field = fields[key]
@@ -161,7 +178,7 @@ function safeChild(value: unknown, found: Found, tablePosition: boolean): boolea
 }
 
 /** `"t"."c"` (or `"t".*`) where t is a relation the session knows with a column c, and no name the statement gives (and no schema). */
-function knownColumn(ref: Fields, names: ReadonlySet<string>, columns: KnownColumns): boolean {
+function knownColumn(ref: Fields, names: ReadonlySet<string>, columns: KnownRelations['columns']): boolean {
   const qualifier = tableName(ref.table)
   // Three parts (`"a"."b"."c"`) may also read as a column's field, or a function of a column: not safe.
   if (qualifier === undefined || qualifier.schema !== undefined || names.has(qualifier.name)) return false
@@ -171,12 +188,14 @@ function knownColumn(ref: Fields, names: ReadonlySet<string>, columns: KnownColu
   return column.kind === 'ColumnNode' && (columns.get(table)?.has(identifierName(column.column) ?? '') ?? false)
 }
 
-/** What a write (insert, update, delete) may name: not a relation of PostgreSQL's own (pg_settings has a rule that sets). */
-function writable(target: unknown): boolean {
+/**
+ * What a write (insert, update, delete) may name: a plain table the session knows (no view, no rule
+ * run by a write), by its name alone (and none of PostgreSQL's own: pg_settings has a rule that sets).
+ */
+function writable(target: unknown, plainTables: ReadonlySet<string>): boolean {
   const node = (target as Fields | undefined)?.kind === 'AliasNode' ? (target as Fields).node : target
   const name = tableName(node)
-  return name !== undefined && !name.name.startsWith('pg_') &&
-    (name.schema === undefined || (!name.schema.startsWith('pg_') && name.schema !== 'information_schema'))
+  return name !== undefined && name.schema === undefined && !name.name.startsWith('pg_') && plainTables.has(name.name)
 }
 
 /** A TableNode's name and schema, if it is one. */
@@ -237,16 +256,16 @@ export class SessionSafeExecutor extends DefaultQueryExecutor {
     return this.parts.safe
   }
 
-  static of(dialect: Dialect, columns: KnownColumns, provider: ExecutorParts['provider'], plugins: readonly KyselyPlugin[]): SessionSafeExecutor {
+  static of(dialect: Dialect, relations: KnownRelations, provider: ExecutorParts['provider'], plugins: readonly KyselyPlugin[]): SessionSafeExecutor {
     let made = compilers.get(dialect)
     if (!made) compilers.set(dialect, made = { compiler: dialect.createQueryCompiler(), adapter: dialect.createAdapter() })
-    return new SessionSafeExecutor({ ...made, provider, columns, safe: new WeakSet() }, plugins)
+    return new SessionSafeExecutor({ ...made, provider, relations, safe: new WeakSet() }, plugins)
   }
 
   override compileQuery<R = unknown>(node: RootOperationNode, queryId: QueryId): CompiledQuery<R> {
     const compiled = super.compileQuery(node, queryId) as CompiledQuery<R>
     // The same synchronous call: nothing can change the query between its compiling and this look.
-    if (Object.isFrozen(compiled) && madeOfSafeNodes(node, this.parts.columns) && onlyQuotedNames(compiled.sql)) this.parts.safe.add(compiled)
+    if (Object.isFrozen(compiled) && madeOfSafeNodes(node, this.parts.relations) && onlyQuotedNames(compiled.sql)) this.parts.safe.add(compiled)
     return compiled
   }
   override withPlugins(plugins: readonly KyselyPlugin[]): SessionSafeExecutor {
@@ -273,7 +292,7 @@ export class SessionSafeExecutor extends DefaultQueryExecutor {
 interface ExecutorParts {
   compiler: ReturnType<Dialect['createQueryCompiler']>
   adapter: ReturnType<Dialect['createAdapter']>
-  columns: KnownColumns
+  relations: KnownRelations
   safe: WeakSet<CompiledQuery>
   provider: { provideConnection<T>(consumer: (connection: DatabaseConnection) => Promise<T>): Promise<T> }
 }
