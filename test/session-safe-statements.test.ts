@@ -64,6 +64,7 @@ describe('session-safe statements', () => {
       // Review 3: a table in an expression is "skills"."late", which is late(skills).
       ['a table in an expression (eb.table)', () => app.selectFrom('skills').select((eb) => eb.table('skills.late' as never).as('x'))],
       ['a table in an expression, its schema from withSchema', () => app.withSchema('skills').selectFrom('users').select((eb) => eb.table('late' as never).as('x'))],
+      ['a qualified name of a relation named with its schema in FROM (an app table of the same name would be known)', () => app.selectFrom('information_schema.tables' as never).select('tables.table_name' as never)],
       ['a name in three parts (a column\'s field, or a function of a column, as PostgreSQL may read it)', () => app.selectFrom('skills').select('public.skills.id' as never)],
       // Review 2: pg_settings is a view the app role may update, whose rule runs set_config(…, false).
       ['an update of pg_settings', () => (app as Kysely<any>).updateTable('pg_settings').set({ setting: 'x' }).where('name', '=', 'application_name')],
@@ -189,6 +190,34 @@ describe('session-safe statements', () => {
         const [column, value] = Object.entries(where)[0]!
         await withTenant(pooled, A, (trx) => (trx as unknown as Kysely<any>).updateTable(table).set(set).where(column, '=', value).execute())
         expect(await withTenant(pooled, B, async (trx) => (await sql<{ name: string }>`select current_setting('application_name') as name`.execute(trx)).rows[0]!.name)).not.toBe('left-by-A')
+      } finally {
+        await pooled.destroy()
+        await sql.raw(drop).execute(t.admin)
+      }
+    })
+
+    // Review 5: what PostgreSQL runs for the owner behind an allowed operator, or behind a foreign key.
+    it.each([
+      ['an explicit cast of an owner\'s type, which || runs (anytextcat casts its operand to text)', `create type public.mood as enum ('ok', 'meh');
+        alter table public.skills add column mood public.mood not null default 'ok';
+        create function public.mood_text(m public.mood) returns text volatile language sql as
+          $$ select pg_catalog.set_config('app.leak', pg_catalog.current_setting('app.current_tenant_id', true), false); select m::name::text $$;
+        create cast (public.mood as text) with function public.mood_text(public.mood)`,
+      async (trx: Kysely<DB>): Promise<unknown> => trx.selectFrom('skills').select((eb) => eb('mood' as never, '||', eb.ref('name') as never).as('x')).limit(1).execute(),
+      'alter table public.skills drop column mood; drop cast (public.mood as text); drop function public.mood_text(public.mood); drop type public.mood'],
+      ['a rule of a table the app role may not write, run by a foreign key\'s cascade', `insert into skills (id, tenant_id, name, slug, description, category, content, author_id) values ('sA9', 'tenant-a', 'X', 'x9', 'd', 'dev', 'c', 'uA1');
+        create table public.prefs (skill_id text primary key references public.skills(id) on delete cascade, v text);
+        insert into public.prefs values ('sA9', 'x');
+        create rule apply as on delete to public.prefs do also select pg_catalog.set_config('app.leak', pg_catalog.current_setting('app.current_tenant_id', true), false)`,
+      async (trx: Kysely<DB>): Promise<unknown> => trx.deleteFrom('skills').where('id', '=', 'sA9').execute(),
+      "drop table public.prefs; delete from skills where id = 'sA9'"],
+    ])('%s: found, and nothing reaches the next request', async (_label, make, request, drop) => {
+      await sql.raw(make).execute(t.admin)
+      const pooled = t.connectAs(inject('appRole'), 'test', 1, { pipelinedWithTenant: true })
+      try {
+        expect((await sql<{ object: string }>`${sql.raw(SESSION_CHANGING_REACHABLE)}`.execute(pooled)).rows).not.toEqual([])
+        await withTenant(pooled, A, (trx) => request(trx))
+        expect(await withTenant(pooled, B, async (trx) => (await sql<{ leak: string | null }>`select current_setting('app.leak', true) as leak`.execute(trx)).rows[0]!.leak)).not.toBe(A)
       } finally {
         await pooled.destroy()
         await sql.raw(drop).execute(t.admin)

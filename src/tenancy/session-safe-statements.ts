@@ -150,6 +150,9 @@ function safeNode(node: OperationNode, found: Found, tablePosition: boolean): bo
   const allowed = Object.hasOwn(KINDS, node.kind) ? KINDS[node.kind] : undefined
   if (!allowed || !Object.isFrozen(node) || !allowed(fields)) return false
   if (node.kind === 'TableNode' && !tablePosition) return false
+  // A relation named with its schema may be one the session does not know under that name (an app
+  // table `attributes` beside information_schema.attributes): no qualified name may refer to it.
+  if (node.kind === 'TableNode' && tableName(node)?.schema !== undefined) found.names.add(tableName(node)!.name)
   if (VALUES.has(node.kind)) return true
   if (node.kind === 'AliasNode') found.names.add(identifierName(fields.alias) ?? '')
   if (node.kind === 'CommonTableExpressionNameNode') found.names.add(tableName(fields.table)?.name ?? '')
@@ -307,10 +310,12 @@ const compilers = new WeakMap<Dialect, Pick<ExecutorParts, 'compiler' | 'adapter
  * names let through (outside pg_catalog, such a name could resolve to a function of any schema on
  * the search path), as an operator's function, as an implicit cast, or with one argument a row can
  * be (attribute notation, which {@link knownColumn} keeps out of safe statements: listed too, as a
- * second line), and could change the session: volatile, or written in SQL or a procedural language
- * outside PostgreSQL's own schemas (a STABLE function of those may still call a volatile one).
- * PostgreSQL's own volatile functions of one row are none. And relations the app role may write
- * that have a rule run by a write (outside pg_catalog: {@link writable} keeps writes out of there).
+ * second line), or as a cast of any kind (PostgreSQL's own SQL functions cast explicitly:
+ * `anytextcat`, behind `||`, runs `$1::text`; review 5), and could change the session: volatile,
+ * or written in SQL or a procedural language outside PostgreSQL's own schemas (a STABLE function
+ * of those may still call a volatile one). PostgreSQL's own volatile functions of one row are
+ * none. And every rule run by a write, outside pg_catalog, whoever may write its table: a foreign
+ * key's cascade writes a table the app role may not (review 5).
  */
 export const SESSION_CHANGING_REACHABLE = `
   select p.oid::pg_catalog.regprocedure::pg_catalog.text as object from pg_catalog.pg_proc p
@@ -327,9 +332,8 @@ export const SESSION_CHANGING_REACHABLE = `
                    or t.typtype operator(pg_catalog.=) 'c'
                    or (t.typtype operator(pg_catalog.=) 'd' and exists (select from pg_catalog.pg_type b where b.oid operator(pg_catalog.=) t.typbasetype and b.typtype operator(pg_catalog.=) 'c')))))
            or p.oid operator(pg_catalog.=) any (array(select o.oprcode::pg_catalog.oid from pg_catalog.pg_operator o))
-           or p.oid operator(pg_catalog.=) any (array(select c.castfunc from pg_catalog.pg_cast c where c.castcontext operator(pg_catalog.=) any ('{i,a}'::"char"[]))))))
+           or p.oid operator(pg_catalog.=) any (array(select c.castfunc from pg_catalog.pg_cast c)))))
   union all
   select 'rule ' operator(pg_catalog.||) r.rulename operator(pg_catalog.||) ' on ' operator(pg_catalog.||) r.ev_class::pg_catalog.regclass::pg_catalog.text
     from pg_catalog.pg_rewrite r join pg_catalog.pg_class c on c.oid operator(pg_catalog.=) r.ev_class
-   where r.ev_type operator(pg_catalog.<>) '1' and c.relnamespace operator(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace
-     and (pg_catalog.has_table_privilege(c.oid, 'insert') or pg_catalog.has_table_privilege(c.oid, 'update') or pg_catalog.has_table_privilege(c.oid, 'delete'))`
+   where r.ev_type operator(pg_catalog.<>) '1' and c.relnamespace operator(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace`
