@@ -12,6 +12,9 @@ import { A, B, seedTwoTenants } from './support/tenants.ts'
  * ends with COMMIT alone. What withTenant does with them end to end, and the three statements that
  * beat the first version of this (8f72ed9), are in test/tenant-context-protocol.test.ts.
  */
+/** What the owner's code of review 6 runs: a session setting that names the tenant entered. */
+const LEAK = `select pg_catalog.set_config('app.leak', coalesce(pg_catalog.current_setting('app.current_tenant_id', true), 'A-was-here'), false)`
+
 describe('session-safe statements', () => {
   const t = useTestDatabase('migrated')
   let app: Kysely<DB>
@@ -224,6 +227,93 @@ describe('session-safe statements', () => {
       }
     })
 
+    // Review 6: the owner's code a session-safe statement makes PostgreSQL run. Listed (conservatively), so
+    // every request on such a database keeps the end check and the clean-up.
+      const ownerCode: [string, string, (trx: Kysely<any>) => Promise<unknown>, string][] = [
+      ['a view over an owner SQL function of a text (stable)',
+        `create function public.owner_tag(t text) returns text stable language sql as $$ ${LEAK} $$;
+         create view public.owner_v as select id, public.owner_tag(name) as tag from public.skills;
+         grant select on public.owner_v to "$APP"`,
+        (trx) => trx.selectFrom('owner_v').select('tag').limit(1).execute(),
+        'drop view public.owner_v; drop function public.owner_tag(text)'],
+      ['a view calling pg_catalog.set_config directly',
+        `create view public.owner_v2 as select 1 as one, pg_catalog.set_config('app.leak', 'A-was-here', false) as x;
+         grant select on public.owner_v2 to "$APP"`,
+        (trx) => trx.selectFrom('owner_v2').select('one').execute(),
+        'drop view public.owner_v2'],
+      ['a stored generated column (immutable SQL function)',
+        `create function public.owner_gen(t text) returns text immutable language sql as $$ ${LEAK} $$;
+         create table public.owner_gen_t (id text primary key, g text generated always as (public.owner_gen(id)) stored);
+         grant select, insert on public.owner_gen_t to "$APP"`,
+        (trx) => trx.insertInto('owner_gen_t').values({ id: 'x1' }).execute(),
+        'drop table public.owner_gen_t; drop function public.owner_gen(text)'],
+      ['a check constraint',
+        `create function public.owner_chk(t text) returns boolean language sql as $$ select (${LEAK}) is not null $$;
+         create table public.owner_chk_t (id text primary key check (public.owner_chk(id)));
+         grant select, insert on public.owner_chk_t to "$APP"`,
+        (trx) => trx.insertInto('owner_chk_t').values({ id: 'x1' }).execute(),
+        'drop table public.owner_chk_t; drop function public.owner_chk(text)'],
+      ['a domain check (the bound parameter is coerced to the domain)',
+        `create function public.owner_dom(t text) returns boolean language sql as $$ select (${LEAK}) is not null $$;
+         create domain public.owner_d as text check (public.owner_dom(value));
+         create table public.owner_dom_t (id public.owner_d primary key);
+         grant select, insert on public.owner_dom_t to "$APP"`,
+        (trx) => trx.insertInto('owner_dom_t').values({ id: 'x1' }).execute(),
+        'drop table public.owner_dom_t; drop domain public.owner_d; drop function public.owner_dom(text)'],
+      ['a row-level security policy',
+        `create function public.owner_pol(t text) returns boolean stable language sql as $$ select (${LEAK}) is not null $$;
+         create table public.owner_pol_t (id text primary key); insert into public.owner_pol_t values ('x1');
+         alter table public.owner_pol_t enable row level security;
+         create policy owner_p on public.owner_pol_t using (public.owner_pol(id));
+         grant select on public.owner_pol_t to "$APP"`,
+        (trx) => trx.selectFrom('owner_pol_t').select('id').execute(),
+        'drop table public.owner_pol_t; drop function public.owner_pol(text)'],
+      ['an expression index',
+        `create function public.owner_idx(t text) returns text immutable language sql as $$ ${LEAK} $$;
+         create table public.owner_idx_t (id text primary key); create index owner_idx_i on public.owner_idx_t (public.owner_idx(id));
+         grant select, insert on public.owner_idx_t to "$APP"`,
+        (trx) => trx.insertInto('owner_idx_t').values({ id: 'x1' }).execute(),
+        'drop table public.owner_idx_t; drop function public.owner_idx(text)'],
+      ['a column default (documented as relied upon)',
+        `create function public.owner_def() returns text language sql as $$ ${LEAK} $$;
+         create table public.owner_def_t (id text primary key, d text default public.owner_def());
+         grant select, insert on public.owner_def_t to "$APP"`,
+        (trx) => trx.insertInto('owner_def_t').values({ id: 'x1' }).execute(),
+        'drop table public.owner_def_t; drop function public.owner_def()'],
+      ['a trigger (documented as relied upon)',
+        `create function public.owner_trg() returns trigger language plpgsql as $$ begin perform pg_catalog.set_config('app.leak', 'A-was-here', false); return new; end $$;
+         create table public.owner_trg_t (id text primary key);
+         create trigger owner_t before insert on public.owner_trg_t for each row execute function public.owner_trg();
+         grant select, insert on public.owner_trg_t to "$APP"`,
+        (trx) => trx.insertInto('owner_trg_t').values({ id: 'x1' }).execute(),
+        'drop table public.owner_trg_t; drop function public.owner_trg()'],
+      ['a CHECK calling PostgreSQL\'s set_config itself',
+        `create table public.owner_setchk_t (id text primary key check (pg_catalog.set_config('app.leak', id, false) is not null));
+         grant select, insert on public.owner_setchk_t to "$APP"`,
+        (trx) => trx.insertInto('owner_setchk_t').values({ id: 'tenant-a' }).execute(),
+        'drop table public.owner_setchk_t'],
+      ['a view taking a session\'s advisory lock (a "run once" helper)',
+        `create function public.owner_once(k bigint) returns boolean volatile language sql as $$ select pg_catalog.pg_try_advisory_lock(k) $$;
+         create view public.owner_jobs as select id, public.owner_once(4242) as mine from public.skills;
+         grant select on public.owner_jobs to "$APP"`,
+        (trx) => trx.selectFrom('owner_jobs').select('mine').limit(1).execute(),
+        'drop view public.owner_jobs; drop function public.owner_once(bigint)'],
+    ]
+
+    it.each(ownerCode)('the owner\'s code, %s: found, and nothing reaches the next request', async (_label, make, request, drop) => {
+      await sql.raw(make.replaceAll('$APP', inject('appRole'))).execute(t.admin)
+      const pooled = t.connectAs(inject('appRole'), 'test', 1, { pipelinedWithTenant: true })
+      try {
+        expect((await sql<{ object: string }>`${sql.raw(SESSION_CHANGING_REACHABLE)}`.execute(pooled)).rows).not.toEqual([])
+        await withTenant(pooled, A, (trx) => request(trx as unknown as Kysely<any>))
+        expect(await withTenant(pooled, B, async (trx) => (await sql<{ leak: string | null; locks: number }>`select current_setting('app.leak', true) as leak,
+          (select count(*)::int from pg_catalog.pg_locks where locktype = 'advisory' and pid = pg_catalog.pg_backend_pid()) as locks`.execute(trx)).rows[0])).toEqual({ leak: expect.not.stringMatching(/tenant-a|A-was-here/), locks: 0 })
+      } finally {
+        await pooled.destroy()
+        await sql.raw(drop).execute(t.admin)
+      }
+    })
+
     it('a function of a row made after the connection first asked, called through attribute notation', async () => {
       const pooled = t.connectAs(inject('appRole'), 'test', 1, { pipelinedWithTenant: true })
       try {
@@ -251,7 +341,7 @@ describe('session-safe statements', () => {
         grant execute on function public.leak(skills) to public`).execute(t.admin)
       const fresh = t.connectAs(inject('appRole'), 'test', 1, { pipelinedWithTenant: true })
       try {
-        expect((await sql<{ f: string }>`${sql.raw(SESSION_CHANGING_REACHABLE)}`.execute(fresh)).rows).toEqual([{ object: 'leak(skills)' }])
+        expect((await sql<{ f: string }>`${sql.raw(SESSION_CHANGING_REACHABLE)}`.execute(fresh)).rows).toEqual([{ object: 'leak(skills)' }, { object: 'function leak(skills)' }])
         // Attribute notation: a reference the builder quotes, which PostgreSQL reads as leak(skills).
         await withTenant(fresh, A, (trx) => trx.selectFrom('skills').select('skills.leak' as never).limit(1).execute())
         expect(await withTenant(fresh, B, async (trx) => (await sql<{ leak: string }>`select current_setting('app.leak', true) as leak`.execute(trx)).rows[0]!.leak)).toBe('')

@@ -315,7 +315,11 @@ const compilers = new WeakMap<Dialect, Pick<ExecutorParts, 'compiler' | 'adapter
  * or written in SQL or a procedural language outside PostgreSQL's own schemas (a STABLE function
  * of those may still call a volatile one). PostgreSQL's own volatile functions of one row are
  * none. And every rule run by a write, outside pg_catalog, whoever may write its table: a foreign
- * key's cascade writes a table the app role may not (review 5).
+ * key's cascade writes a table the app role may not (review 5). And the owner's code such a
+ * statement can make PostgreSQL run (review 6), conservatively: any function of the owner's not
+ * written in C but skills-db's own, any view, any domain with a constraint, and any expression of
+ * a table (a CHECK, a default, a generated column, an index, a policy) that calls one of
+ * PostgreSQL's own functions that change the session.
  */
 export const SESSION_CHANGING_REACHABLE = `
   select p.oid::pg_catalog.regprocedure::pg_catalog.text as object from pg_catalog.pg_proc p
@@ -336,4 +340,33 @@ export const SESSION_CHANGING_REACHABLE = `
   union all
   select 'rule ' operator(pg_catalog.||) r.rulename operator(pg_catalog.||) ' on ' operator(pg_catalog.||) r.ev_class::pg_catalog.regclass::pg_catalog.text
     from pg_catalog.pg_rewrite r join pg_catalog.pg_class c on c.oid operator(pg_catalog.=) r.ev_class
-   where r.ev_type operator(pg_catalog.<>) '1' and c.relnamespace operator(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace`
+   where r.ev_type operator(pg_catalog.<>) '1' and c.relnamespace operator(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace
+  union all
+  -- Code of the owner's that such a statement can make PostgreSQL run (review 6: a view, a generated
+  -- column, a CHECK, a domain, a policy, an index expression, a default or a trigger calling a
+  -- function of the owner's, or set_config itself): every function written in a language other than
+  -- C outside PostgreSQL's own schemas but skills-db's (its migrations' own, tested to leave
+  -- nothing), every view, every domain with a constraint, and every expression of a table that
+  -- calls one of PostgreSQL's own functions that change the session.
+  select 'function ' operator(pg_catalog.||) p.oid::pg_catalog.regprocedure::pg_catalog.text from pg_catalog.pg_proc p
+   where p.prolang operator(pg_catalog.<>) all (array[12, 13]::pg_catalog.oid[])
+     and p.pronamespace operator(pg_catalog.<>) all (array['pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace])
+     and p.pronamespace::pg_catalog.regnamespace::pg_catalog.text operator(pg_catalog.<>) all ('{tenant_context,skills_db}'::pg_catalog.text[])
+     and p.oid::pg_catalog.regprocedure::pg_catalog.text operator(pg_catalog.<>) all ('{resolve_api_key(text),audit_logs_append_only(),audit_signatures_append_only()}'::pg_catalog.text[])
+  union all
+  select 'view ' operator(pg_catalog.||) c.oid::pg_catalog.regclass::pg_catalog.text from pg_catalog.pg_class c
+   where c.relkind operator(pg_catalog.=) any ('{v,m}'::"char"[])
+     and c.relnamespace operator(pg_catalog.<>) all (array['pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace])
+  union all
+  select 'domain ' operator(pg_catalog.||) t.oid::pg_catalog.regtype::pg_catalog.text from pg_catalog.pg_type t
+   where t.typtype operator(pg_catalog.=) 'd' and t.typnamespace operator(pg_catalog.<>) all (array['pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace])
+     and exists (select from pg_catalog.pg_constraint k where k.contypid operator(pg_catalog.=) t.oid)
+  union all
+  select 'expression on ' operator(pg_catalog.||) e.relation::pg_catalog.regclass::pg_catalog.text from (
+      select k.conrelid as relation, k.conbin::pg_catalog.text as tree from pg_catalog.pg_constraint k where k.conbin is not null and k.conrelid operator(pg_catalog.<>) 0
+      union all select d.adrelid, d.adbin::pg_catalog.text from pg_catalog.pg_attrdef d
+      union all select i.indrelid, coalesce(i.indexprs::pg_catalog.text, '') operator(pg_catalog.||) coalesce(i.indpred::pg_catalog.text, '') from pg_catalog.pg_index i
+      union all select o.polrelid, coalesce(o.polqual::pg_catalog.text, '') operator(pg_catalog.||) coalesce(o.polwithcheck::pg_catalog.text, '') from pg_catalog.pg_policy o) e
+   where e.tree operator(pg_catalog.~) (':funcid (' operator(pg_catalog.||) (select pg_catalog.string_agg(f.oid::pg_catalog.text, '|') from pg_catalog.pg_proc f
+       where f.pronamespace operator(pg_catalog.=) 'pg_catalog'::pg_catalog.regnamespace
+         and f.proname operator(pg_catalog.=) any ('{set_config,pg_advisory_lock,pg_advisory_lock_shared,pg_try_advisory_lock,pg_try_advisory_lock_shared,setseed,pg_notify}'::pg_catalog.name[])) operator(pg_catalog.||) ') ')`
