@@ -309,8 +309,10 @@ const compilers = new WeakMap<Dialect, Pick<ExecutorParts, 'compiler' | 'adapter
  * migrations to none). Functions the app role may call that are reached as an aggregate of the
  * names let through (outside pg_catalog, such a name could resolve to a function of any schema on
  * the search path), as an operator's function, as an implicit cast, or with one argument a row can
- * be (attribute notation, which {@link knownColumn} keeps out of safe statements: listed too, as a
- * second line), or as a cast of any kind (PostgreSQL's own SQL functions cast explicitly:
+ * be (attribute notation, which {@link knownColumn} and the table node's place keep out of safe
+ * statements: listed too, as a second line, outside pg_catalog; PostgreSQL 18's own
+ * `pg_restore_relation_stats(VARIADIC "any")` is volatile and would otherwise be listed), or as a
+ * cast of any kind (PostgreSQL's own SQL functions cast explicitly:
  * `anytextcat`, behind `||`, runs `$1::text`; review 5), and could change the session: volatile,
  * or written in SQL or a procedural language outside PostgreSQL's own schemas (a STABLE function
  * of those may still call a volatile one). PostgreSQL's own volatile functions of one row are
@@ -329,7 +331,7 @@ export const SESSION_CHANGING_REACHABLE = `
        or ((p.provolatile operator(pg_catalog.=) 'v'
             or (p.pronamespace operator(pg_catalog.<>) all (array['pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace])
                 and p.prolang operator(pg_catalog.<>) all (array[12, 13]::pg_catalog.oid[])))
-         and ((p.pronargs operator(pg_catalog.>=) 1
+         and ((p.pronamespace operator(pg_catalog.<>) 'pg_catalog'::pg_catalog.regnamespace and p.pronargs operator(pg_catalog.>=) 1
                and p.pronargs operator(pg_catalog.-) p.pronargdefaults operator(pg_catalog.<=) case when p.provariadic operator(pg_catalog.<>) 0 then 2 else 1 end
                and exists (select from pg_catalog.pg_type t where t.oid operator(pg_catalog.=) p.proargtypes[0]
                  and (t.typname operator(pg_catalog.=) any ('{record,anyelement,anynonarray,anycompatible,anycompatiblenonarray,any}'::pg_catalog.name[])
